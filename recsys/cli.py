@@ -1,0 +1,246 @@
+"""`recsys` command line: train, evaluate, recommend, similar, recommend-all, info.
+
+Thin by design: every command parses arguments, calls the library and formats the answer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, artifacts
+from .exceptions import RecsysError
+
+log = logging.getLogger("recsys")
+
+
+# ------------------------------------------------------------------------------------------ commands
+def _load_interactions(args: argparse.Namespace):
+    from .data import read_interactions
+    from .datasets import load_movielens
+
+    on_error = "drop" if args.drop_bad_rows else "raise"
+    if args.data is None:
+        ds = load_movielens("ml-latest-small")
+        return read_interactions(ds.interactions, user_col="user", item_col="item", weight_col="rating",
+                                 time_col="timestamp", item_metadata=ds.items, on_error=on_error)
+    items = pd.read_csv(args.items, dtype={args.items_id_col: str}).rename(
+        columns={args.items_id_col: "item"}) if args.items else None
+    return read_interactions(args.data, user_col=args.user_col, item_col=args.item_col,
+                             weight_col=args.weight_col, time_col=args.time_col, duplicates=args.duplicates,
+                             on_error=on_error, item_metadata=items)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import train_and_bundle
+
+    inter = _load_interactions(args)
+    print(f"Data: {inter.nnz:,} interactions, {inter.n_users:,} users, {inter.n_items:,} items"
+          + (f" ({inter.n_dropped} bad rows dropped)" if inter.n_dropped else ""))
+    params = {k: v for k, v in {"epochs": args.epochs, "factors": args.factors, "loss": args.loss}.items()
+              if v is not None}
+    if args.model == "mf":
+        params.update(seed=args.seed, progress=not args.quiet, device=args.device)
+    report = train_and_bundle(inter, model=args.model, params=params, out=args.out,
+                              test_fraction=args.test_fraction, refit=not args.no_refit, seed=args.seed)
+    print(f"\nHeld-out evaluation (each user's latest {args.test_fraction:.0%}, full ranking, seen items excluded):")
+    print(report.table().to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"\nBundle: {report.bundle}  (published as {Path(args.out) / artifacts.CURRENT})")
+    print(f"Trained in {report.seconds:.1f} s")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    manifest = artifacts.verify(args.bundle)
+    evaluation = manifest.get("evaluation", {})
+    metrics = {manifest["model"]["class"]: manifest.get("metrics", {}), **evaluation.get("baselines", {})}
+    if args.json:
+        print(json.dumps(manifest.get("metrics", {}), indent=2))
+        return 0
+    frame = pd.DataFrame(metrics).T
+    print(f"Bundle {artifacts.resolve(args.bundle)}: {evaluation.get('protocol', 'holdout')} "
+          f"(test fraction {evaluation.get('test_fraction', '?')})")
+    print(frame.drop(columns=["users"], errors="ignore").to_string(float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _engine(bundle_path: str):
+    from .models import load
+
+    return load(bundle_path).engine_
+
+
+def _print_ranked(ids: np.ndarray, scores: np.ndarray, titles: np.ndarray | None) -> None:
+    for rank, (item, score) in enumerate(zip(ids, scores), 1):
+        if item is None:
+            continue
+        title = f"  {titles[rank - 1]}" if titles is not None and titles[rank - 1] is not None else ""
+        print(f"{rank:>3}. {item:<12} {score:8.4f}{title}")
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    engine = _engine(args.bundle)
+    if args.user is not None:
+        ids, scores = engine.recommend([args.user], args.k, exclude_seen=not args.include_seen)
+        ids, scores = ids[0], scores[0]
+        print(f"Top {args.k} for user {args.user}:")
+    else:
+        history = [h for h in args.history.split(",") if h]
+        ids, scores = engine.recommend_for_history(history, args.k)
+        print(f"Top {args.k} for a history of {len(history)} items:")
+    _print_ranked(ids, scores, engine.titles(ids))
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    engine = _engine(args.bundle)
+    ids, scores = engine.similar_items([args.item], args.k)
+    titles = engine.titles(np.array([args.item], dtype=object))
+    name = f" ({titles[0]})" if titles is not None and titles[0] is not None else ""
+    print(f"Items similar to {args.item}{name}:")
+    _print_ranked(ids[0], scores[0], engine.titles(ids[0]))
+    return 0
+
+
+def cmd_recommend_all(args: argparse.Namespace) -> int:
+    engine = _engine(args.bundle)
+    users = np.arange(len(engine.users))
+    idx, scores = engine.recommend_indices(users, args.k, exclude_seen=not args.include_seen)
+    valid = idx >= 0
+    frame = pd.DataFrame({
+        "user": np.repeat(engine.users.ids, args.k)[valid.ravel()].astype(str),
+        "item": engine.items.ids[idx[valid]].astype(str),
+        "rank": np.tile(np.arange(1, args.k + 1, dtype=np.int32), len(users))[valid.ravel()],
+        "score": scores[valid].astype(np.float32),
+    })
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    print(f"Wrote {len(frame):,} rows ({len(users):,} users x top {args.k}) to {out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    manifest = artifacts.verify(args.bundle)
+    if args.json:
+        print(json.dumps({k: v for k, v in manifest.items() if k not in ("files", "training")}, indent=2))
+        return 0
+    print(f"Bundle:        {artifacts.resolve(args.bundle)}  (checksums OK)")
+    print(f"Model:         {manifest['model']['class']}  {json.dumps(manifest['model']['params'])}")
+    print(f"Created:       {manifest['created_at']} with recsys {manifest['recsys_version']}")
+    print(f"Dimensions:    {manifest['n_users']:,} users, {manifest['n_items']:,} items, "
+          f"{manifest['factors']} factors")
+    training = manifest.get("training", {})
+    if "best_epoch" in training:
+        print(f"Training:      {training.get('epochs_run')} epochs in {training.get('train_seconds')} s "
+              f"on {training.get('device')}")
+    metrics = manifest.get("metrics", {})
+    print("Metrics:       " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "users"))
+    files = ", ".join(f"{name} ({info['bytes']:,} B)" for name, info in manifest["files"].items())
+    print(f"Files:         {files}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsys", description="Train, evaluate and query recommendation models.")
+    p.add_argument("--version", action="version", version=f"recsys {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model and write a versioned bundle",
+                       description="Train on the bundled MovieLens data (default) or --data PATH; evaluate on "
+                                   "each user's latest interactions; write a bundle under --out and point "
+                                   "OUT/current at it.")
+    t.add_argument("--data", help="interaction log: .csv, .tsv or .parquet (default: bundled ml-latest-small)")
+    t.add_argument("--user-col", default="user", help="user id column (default: user)")
+    t.add_argument("--item-col", default="item", help="item id column (default: item)")
+    t.add_argument("--time-col", default=None, help="timestamp column: Unix seconds or ISO dates")
+    t.add_argument("--weight-col", default=None, help="weight or rating column (default: every row counts 1)")
+    t.add_argument("--items", default=None, help="optional CSV of item metadata (title, genres, ...)")
+    t.add_argument("--items-id-col", default="item", help="item id column in --items (default: item)")
+    t.add_argument("--duplicates", choices=["sum", "max", "last"], default="sum",
+                   help="how repeated (user, item) rows combine (default: sum)")
+    t.add_argument("--drop-bad-rows", action="store_true", help="drop invalid rows instead of failing")
+    t.add_argument("--model", default="mf", choices=["mf", "popularity"], help="model to train (default: mf)")
+    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping picks fewer)")
+    t.add_argument("--factors", type=int, default=None, help="embedding size")
+    t.add_argument("--loss", choices=["softmax", "sampled", "bpr"], default=None, help="MF training loss")
+    t.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
+    t.add_argument("--test-fraction", type=float, default=0.2, help="held-out share per user (default: 0.2)")
+    t.add_argument("--no-refit", action="store_true", help="bundle the evaluated model instead of refitting "
+                                                          "on all interactions")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="models", help="models root; the bundle is a new version in it (default: "
+                                                   "models)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    def bundle_arg(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--bundle", required=True, help="bundle directory, or a models root with 'current'")
+
+    e = sub.add_parser("evaluate", help="show a bundle's held-out metrics beside its baselines")
+    bundle_arg(e)
+    e.add_argument("--json", action="store_true", help="print the model's metrics as JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("recommend", help="top-k items for a user, or for a history of items")
+    bundle_arg(r)
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id known to the bundle")
+    who.add_argument("--history", help="comma-separated item ids, for a user the bundle has not seen")
+    r.add_argument("--k", type=_positive_int, default=10)
+    r.add_argument("--include-seen", action="store_true", help="do not exclude the user's known items")
+    r.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("similar", help="the items nearest to an item")
+    bundle_arg(s)
+    s.add_argument("--item", required=True, help="an item id known to the bundle")
+    s.add_argument("--k", type=_positive_int, default=10)
+    s.set_defaults(func=cmd_similar)
+
+    a = sub.add_parser("recommend-all", help="top-k for every user to a Parquet file (user, item, rank, score)")
+    bundle_arg(a)
+    a.add_argument("--out", required=True, help="output .parquet file")
+    a.add_argument("--k", type=_positive_int, default=10)
+    a.add_argument("--include-seen", action="store_true")
+    a.set_defaults(func=cmd_recommend_all)
+
+    i = sub.add_parser("info", help="verify a bundle and summarise its manifest")
+    bundle_arg(i)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (RecsysError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"recsys {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

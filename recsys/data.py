@@ -1,0 +1,359 @@
+"""Interaction logs -> validated, id-mapped `Interactions`; splits. Knows nothing of models (no torch).
+
+    >>> inter = read_interactions("ratings.csv", user_col="userId", item_col="movieId",
+    ...                           weight_col="rating", time_col="timestamp")
+    >>> train, test = temporal_split(inter, test_fraction=0.2)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .exceptions import DataValidationError, UnknownIdError
+
+log = logging.getLogger("recsys")
+
+Source = pd.DataFrame | str | Path
+DUPLICATE_POLICIES = ("sum", "max", "last")
+
+
+# ----------------------------------------------------------------------------------------------- id maps
+class IdMap:
+    """Bidirectional map between external string ids and contiguous indices 0..n-1."""
+
+    def __init__(self, ids: Iterable[str]):
+        self.ids = np.asarray([str(x) for x in ids], dtype=object)
+        self._index = {x: i for i, x in enumerate(self.ids)}
+        if len(self._index) != len(self.ids):
+            raise DataValidationError("IdMap ids must be unique; found duplicates.")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, external_id: object) -> bool:
+        return str(external_id) in self._index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IdMap) and np.array_equal(self.ids, other.ids)
+
+    def index(self, external_id: object, kind: str = "id") -> int:
+        try:
+            return self._index[str(external_id)]
+        except KeyError:
+            raise UnknownIdError(f"Unknown {kind} {external_id!r}: it is not in the model's {len(self)} {kind}s.")
+
+    def to_index(self, external_ids: Iterable[object], missing: Literal["raise", "ignore"] = "raise",
+                 kind: str = "id") -> np.ndarray:
+        """Indices of `external_ids`; unknown ids raise, or map to -1 with missing='ignore'."""
+        if missing == "raise":
+            return np.fromiter((self.index(x, kind) for x in external_ids), dtype=np.int64)
+        get = self._index.get
+        return np.fromiter((get(str(x), -1) for x in external_ids), dtype=np.int64)
+
+    def to_ids(self, indices: np.ndarray) -> np.ndarray:
+        """External ids for `indices`; -1 (padding) becomes None."""
+        indices = np.asarray(indices)
+        out = self.ids[np.where(indices < 0, 0, indices)] if len(self) else np.full(indices.shape, None)
+        out = np.asarray(out, dtype=object)
+        out[indices < 0] = None
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(list(self.ids))
+
+    @classmethod
+    def from_json(cls, text: str) -> IdMap:
+        return cls(json.loads(text))
+
+
+# ----------------------------------------------------------------------------------------- interactions
+@dataclass
+class Interactions:
+    """One row per (user, item) pair: indices into `users`/`items`, a weight and an optional timestamp.
+
+    `timestamp` is int64 seconds since the Unix epoch (UTC) or None. `item_metadata` (optional) is a frame
+    aligned with `items` (row i describes item index i).
+    """
+
+    users: IdMap
+    items: IdMap
+    user_index: np.ndarray
+    item_index: np.ndarray
+    weight: np.ndarray
+    timestamp: np.ndarray | None = None
+    item_metadata: pd.DataFrame | None = field(default=None, repr=False)
+    n_dropped: int = 0  # bad rows dropped while reading (on_error='drop')
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def nnz(self) -> int:
+        return len(self.user_index)
+
+    def __len__(self) -> int:
+        return self.nnz
+
+    def matrix(self, binary: bool = False) -> sp.csr_matrix:
+        """Users x items CSR matrix of weights (or ones), with sorted column indices."""
+        data = np.ones(self.nnz, np.float32) if binary else self.weight.astype(np.float32)
+        m = sp.csr_matrix((data, (self.user_index, self.item_index)), shape=(self.n_users, self.n_items))
+        m.sum_duplicates()
+        m.sort_indices()
+        return m
+
+    def subset(self, mask: np.ndarray) -> Interactions:
+        """The rows where `mask` is true, keeping the same id maps (indices stay comparable)."""
+        return Interactions(self.users, self.items, self.user_index[mask], self.item_index[mask],
+                            self.weight[mask], None if self.timestamp is None else self.timestamp[mask],
+                            self.item_metadata)
+
+    def to_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame({"user": self.users.ids[self.user_index], "item": self.items.ids[self.item_index],
+                              "weight": self.weight})
+        if self.timestamp is not None:
+            frame["timestamp"] = pd.to_datetime(self.timestamp, unit="s", utc=True)
+        return frame
+
+    def item_titles(self) -> np.ndarray | None:
+        if self.item_metadata is None or "title" not in self.item_metadata:
+            return None
+        return self.item_metadata["title"].to_numpy(dtype=object)
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _read_source(source: Source, columns: Sequence[str], id_cols: Sequence[str]) -> tuple[pd.DataFrame, str]:
+    if isinstance(source, pd.DataFrame):
+        return source, "the DataFrame"
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"Interaction log {str(path)!r} does not exist. Pass the path of a CSV or "
+                                "Parquet file.")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame = pd.read_parquet(path)
+    elif suffix.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")):
+        sep = "\t" if ".tsv" in suffix else ","
+        header = pd.read_csv(path, sep=sep, nrows=0).columns
+        frame = pd.read_csv(path, sep=sep, dtype={c: str for c in id_cols if c in header})
+    else:
+        raise DataValidationError(f"Cannot read {str(path)!r}: unknown file type {path.suffix!r}. "
+                                  "Use .csv, .tsv or .parquet (or pass a pandas DataFrame).")
+    return frame, repr(path.name)
+
+
+def _ids_as_str(col: pd.Series) -> pd.Series:
+    if pd.api.types.is_float_dtype(col):  # 1.0 -> "1" when every value is integral (NaN-padded int ids)
+        finite = col.dropna()
+        if len(finite) and np.all(np.mod(finite, 1) == 0):
+            col = col.astype("Int64")
+    out = col.astype(object)
+    return out.where(col.isna(), out.map(str))
+
+
+def _bad_rows_error(name: str, role: str, bad: np.ndarray, frame: pd.DataFrame, what: str, fix: str,
+                    where: str, file_lines: bool) -> DataValidationError:
+    pos = int(np.flatnonzero(bad)[0])
+    value = frame[name].iloc[pos]
+    line = f" (line {pos + 2} of the file)" if file_lines else ""
+    return DataValidationError(
+        f"Column {name!r} ({role}) in {where} has {what} {value!r} at row {pos}{line}; "
+        f"{int(bad.sum())} row(s) in all. {fix} Or pass on_error='drop' (CLI: --drop-bad-rows) to drop bad rows.")
+
+
+def read_interactions(
+    source: Source,
+    *,
+    user_col: str = "user",
+    item_col: str = "item",
+    weight_col: str | None = None,
+    time_col: str | None = None,
+    duplicates: Literal["sum", "max", "last"] = "sum",
+    on_error: Literal["raise", "drop"] = "raise",
+    time_unit: str = "s",
+    item_metadata: pd.DataFrame | None = None,
+) -> Interactions:
+    """Read, validate, deduplicate and id-map an interaction log.
+
+    source: a DataFrame or the path of a CSV/TSV/Parquet file. Ids are read as strings. Weights default to 1.
+    Numeric timestamps are read in `time_unit` since the epoch; strings are parsed as dates.
+    duplicates: how repeated (user, item) rows combine: 'sum' or 'max' of weights (latest timestamp), or
+    'last' (the row with the latest timestamp, file order breaking ties).
+    on_error: 'raise' on the first bad row (the message names column, row and fix), or 'drop' bad rows and
+    log how many were dropped (the count is also on the result as `n_dropped`).
+    item_metadata: optional frame with an `item` column (plus e.g. title, genres), aligned to the item map.
+    """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise DataValidationError(f"The 'duplicates' parameter must be one of {DUPLICATE_POLICIES}. "
+                                  f"Got {duplicates!r}.")
+    if on_error not in ("raise", "drop"):
+        raise DataValidationError(f"The 'on_error' parameter must be 'raise' or 'drop'. Got {on_error!r}.")
+    roles = {"user_col": user_col, "item_col": item_col, "weight_col": weight_col, "time_col": time_col}
+    wanted = {role: c for role, c in roles.items() if c is not None}
+    frame, where = _read_source(source, list(wanted.values()), [user_col, item_col])
+    file_lines = not isinstance(source, pd.DataFrame)
+    for role, name in wanted.items():
+        if name not in frame.columns:
+            raise DataValidationError(
+                f"Column {name!r} ({role}) not found in {where}. Available columns: {list(frame.columns)}. "
+                f"Pass {role}=<column name> (CLI: --{role.replace('_col', '-col')}).")
+    frame = frame.reset_index(drop=True)
+    n_rows = len(frame)
+    bad = np.zeros(n_rows, dtype=bool)
+
+    def check(mask: np.ndarray, name: str, role: str, what: str, fix: str) -> None:
+        nonlocal bad
+        if mask.any():
+            if on_error == "raise":
+                raise _bad_rows_error(name, role, mask, frame, what, fix, where, file_lines)
+            bad |= mask
+
+    users = _ids_as_str(frame[user_col])
+    items = _ids_as_str(frame[item_col])
+    for name, role, col in ((user_col, "user_col", users), (item_col, "item_col", items)):
+        null = col.isna().to_numpy() | (col.astype(str).str.strip() == "").to_numpy()
+        check(null, name, role, "a null or empty id", "Every row needs a user id and an item id.")
+
+    if weight_col is not None:
+        weight = pd.to_numeric(frame[weight_col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        check(~np.isfinite(weight), weight_col, "weight_col", "a non-numeric or missing weight",
+              "Weights must be finite numbers.")
+    else:
+        weight = np.ones(n_rows)
+
+    timestamp = None
+    if time_col is not None:
+        raw = frame[time_col]
+        if pd.api.types.is_numeric_dtype(raw):
+            parsed = pd.to_datetime(raw, unit=time_unit, utc=True, errors="coerce")
+        elif pd.api.types.is_datetime64_any_dtype(raw):
+            parsed = pd.to_datetime(raw, utc=True)
+        else:
+            as_num = pd.to_numeric(raw, errors="coerce")
+            if as_num.notna().all():
+                parsed = pd.to_datetime(as_num, unit=time_unit, utc=True, errors="coerce")
+            else:
+                parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+        check(parsed.isna().to_numpy(), time_col, "time_col", "an unparsable or missing timestamp",
+              "Use Unix seconds (or set time_unit) or an ISO 8601 date such as 2024-05-01T12:00:00Z.")
+        timestamp = parsed.dt.tz_convert(None).to_numpy().astype("datetime64[s]").astype(np.int64)
+
+    if bad.any():
+        log.warning("Dropped %d of %d rows with bad values (on_error='drop').", int(bad.sum()), n_rows)
+        keep = ~bad
+        users, items, weight = users[keep], items[keep], weight[keep]
+        timestamp = None if timestamp is None else timestamp[keep]
+    if len(users) == 0:
+        raise DataValidationError(f"No interactions left in {where}: the log is empty"
+                                  + (" after dropping bad rows." if bad.any() else "."))
+    inter = from_arrays(users.to_numpy(), items.to_numpy(), weight, timestamp, duplicates=duplicates,
+                        item_metadata=item_metadata)
+    inter.n_dropped = int(bad.sum())
+    return inter
+
+
+def from_arrays(users: np.ndarray, items: np.ndarray, weight: np.ndarray | None = None,
+                timestamp: np.ndarray | None = None, *, duplicates: str = "sum",
+                item_metadata: pd.DataFrame | None = None) -> Interactions:
+    """Build `Interactions` from already-valid arrays of external ids (sorted id maps)."""
+    user_codes, user_ids = pd.factorize(pd.Series(users, dtype=object).map(str), sort=True)
+    item_codes, item_ids = pd.factorize(pd.Series(items, dtype=object).map(str), sort=True)
+    weight = np.ones(len(user_codes)) if weight is None else np.asarray(weight, dtype=np.float64)
+    frame = pd.DataFrame({"u": user_codes, "i": item_codes, "w": weight, "order": np.arange(len(user_codes))})
+    if timestamp is not None:
+        frame["t"] = np.asarray(timestamp, dtype=np.int64)
+    n_before = len(frame)
+    if duplicates == "last":
+        sort_cols = ["t", "order"] if timestamp is not None else ["order"]
+        frame = frame.sort_values(sort_cols, kind="stable").drop_duplicates(["u", "i"], keep="last")
+        frame = frame.sort_values(["u", "i"], kind="stable")
+    else:
+        agg = {"w": duplicates}
+        if timestamp is not None:
+            agg["t"] = "max"
+        frame = frame.groupby(["u", "i"], sort=True, as_index=False).agg(agg)
+    if len(frame) < n_before:
+        log.info("Combined %d duplicate (user, item) rows with duplicates=%r.", n_before - len(frame), duplicates)
+    item_map = IdMap(item_ids)
+    return Interactions(
+        users=IdMap(user_ids), items=item_map,
+        user_index=frame["u"].to_numpy(np.int32), item_index=frame["i"].to_numpy(np.int32),
+        weight=frame["w"].to_numpy(np.float32),
+        timestamp=frame["t"].to_numpy(np.int64) if timestamp is not None else None,
+        item_metadata=align_item_metadata(item_metadata, item_map),
+    )
+
+
+def align_item_metadata(metadata: pd.DataFrame | None, items: IdMap) -> pd.DataFrame | None:
+    """Reorder an item frame (with an `item` column) so that row i describes item index i."""
+    if metadata is None:
+        return None
+    if "item" not in metadata.columns:
+        raise DataValidationError(f"Item metadata needs an 'item' column. Got columns {list(metadata.columns)}.")
+    meta = metadata.assign(item=_ids_as_str(metadata["item"])).drop_duplicates("item").set_index("item")
+    return meta.reindex(pd.Index(items.ids, name="item")).reset_index()
+
+
+# ---------------------------------------------------------------------------------------------- splits
+def _per_user_rank(inter: Interactions, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row: its 0-based position within its user when ordered by `key`, and the user's row count."""
+    order = np.lexsort((key, inter.user_index))
+    counts = np.bincount(inter.user_index, minlength=inter.n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(inter.nnz, dtype=np.int64)
+    rank[order] = np.arange(inter.nnz) - starts[inter.user_index[order]]
+    return rank, counts[inter.user_index]
+
+
+def _holdout(inter: Interactions, key: np.ndarray, test_fraction: float | None, test_k: int | None,
+             min_train: int) -> tuple[Interactions, Interactions]:
+    if (test_fraction is None) == (test_k is None):
+        raise DataValidationError("Pass exactly one of test_fraction (e.g. 0.2) or test_k (e.g. 1).")
+    if test_fraction is not None and not 0 < test_fraction < 1:
+        raise DataValidationError(f"The 'test_fraction' parameter must be a float in (0, 1). Got {test_fraction}.")
+    if test_k is not None and (int(test_k) != test_k or test_k < 1):
+        raise DataValidationError(f"The 'test_k' parameter must be an int >= 1. Got {test_k}.")
+    rank, count = _per_user_rank(inter, key)
+    n_test = np.round(count * test_fraction).astype(np.int64) if test_k is None else np.full_like(count, test_k)
+    n_test = np.clip(np.minimum(n_test, count - min_train), 0, None)
+    is_test = rank >= count - n_test
+    return inter.subset(~is_test), inter.subset(is_test)
+
+
+def random_split(inter: Interactions, test_fraction: float | None = 0.2, *, test_k: int | None = None,
+                 seed: int = 0, min_train: int = 1) -> tuple[Interactions, Interactions]:
+    """Per user, a random `test_fraction` (or `test_k`) of their items go to test; `min_train` stay in train."""
+    key = np.random.default_rng(seed).random(inter.nnz)
+    return _holdout(inter, key, test_fraction, test_k, min_train)
+
+
+def temporal_split(inter: Interactions, test_fraction: float | None = 0.2, *, test_k: int | None = None,
+                   min_train: int = 1) -> tuple[Interactions, Interactions]:
+    """Per user, their latest `test_fraction` (or last `test_k`) interactions go to test."""
+    if inter.timestamp is None:
+        raise DataValidationError("temporal_split needs timestamps: read the log with time_col=<column>.")
+    return _holdout(inter, inter.timestamp, test_fraction, test_k, min_train)
+
+
+def time_split(inter: Interactions, cutoff: str | pd.Timestamp | int) -> tuple[Interactions, Interactions]:
+    """Global time cut: interactions at or after `cutoff` go to test (cold users/items may appear there)."""
+    if inter.timestamp is None:
+        raise DataValidationError("time_split needs timestamps: read the log with time_col=<column>.")
+    if not isinstance(cutoff, (int, np.integer)):
+        cutoff = int(pd.Timestamp(cutoff, tz="UTC").timestamp()) if pd.Timestamp(cutoff).tzinfo is None \
+            else int(pd.Timestamp(cutoff).timestamp())
+    is_test = inter.timestamp >= cutoff
+    return inter.subset(~is_test), inter.subset(is_test)

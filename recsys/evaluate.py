@@ -1,0 +1,55 @@
+"""Offline evaluation: full ranking over the catalogue, the user's training items excluded.
+
+Ranks through `recsys.runtime.Engine`, the same path the server uses. Metric definitions live in
+`recsys.metrics` (Precision, Recall = hits / min(K, |test|), binary NDCG, MAP, HitRate, coverage).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .data import Interactions
+from .exceptions import DataValidationError
+from .metrics import ranking_metrics
+from .runtime import Engine
+
+
+def _engine(model: Any) -> Engine:
+    if isinstance(model, Engine):
+        return model
+    check = getattr(model, "_check_fitted", None)
+    if check is None:
+        raise DataValidationError(f"evaluate expects a fitted model or an Engine. Got {type(model).__name__}.")
+    return check()
+
+
+def evaluate(model: Any, test: Interactions, k: int | Sequence[int] = 10, *, train: Interactions | None = None,
+             max_users: int | None = None, seed: int = 0) -> dict[str, float]:
+    """Ranking metrics of `model` (fitted model or Engine) on `test`.
+
+    Items each user interacted with in `train` (default: the model's own training interactions) are
+    excluded from their ranking. `test` must share the model's id maps (use the recsys.data splits).
+    max_users: evaluate a random sample of test users (for fast validation during training).
+    """
+    engine = _engine(model)
+    if test.users != engine.users or test.items != engine.items:
+        raise DataValidationError("test must share the model's id maps: split one Interactions with "
+                                  "recsys.data.temporal_split / random_split and fit on the train part.")
+    seen = engine.seen if train is None else train.matrix(binary=True)
+    relevant = test.matrix(binary=True)
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    if max_users is not None and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    ks = [k] if isinstance(k, (int, np.integer)) else list(k)
+    top, _ = engine.search(engine.user_vectors[users], max(ks), exclude=seen[users])
+    return ranking_metrics(top, relevant[users], ks, n_items=engine.n_items)
+
+
+def compare(models: dict[str, Any], test: Interactions, k: int | Sequence[int] = 10,
+            train: Interactions | None = None) -> pd.DataFrame:
+    """One row per model, one column per metric: a side-by-side table."""
+    rows = {name: evaluate(m, test, k, train=train) for name, m in models.items()}
+    return pd.DataFrame(rows).T

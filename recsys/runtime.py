@@ -1,0 +1,223 @@
+"""The one place that answers "top k for this user / item / history, with these filters" (numpy only).
+
+Models, the evaluator, the CLI and the server all rank through `Engine`, so offline evaluation and online
+serving rank the same way. Scores are inner products `user_vector . item_vector`; item-to-item and
+user-to-user similarity use cosine (or dot, for models whose vectors carry no direction, e.g. Popularity).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .data import IdMap
+from .exceptions import DataValidationError
+
+FOLDIN_METHODS = ("ridge", "mean", "constant")
+SIMILARITIES = ("cosine", "dot")
+
+
+def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the column indices of the k largest finite scores, best first; -1 / -inf pad short rows."""
+    n_rows, n_cols = scores.shape
+    kk = min(k, n_cols)
+    if kk == 0:
+        return np.full((n_rows, k), -1, np.int64), np.full((n_rows, k), -np.inf, np.float32)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n_cols else np.tile(np.arange(n_cols),
+                                                                                        (n_rows, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    val = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    idx[~np.isfinite(val)] = -1
+    if kk < k:
+        idx = np.pad(idx, ((0, 0), (0, k - kk)), constant_values=-1)
+        val = np.pad(val, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    return idx, val
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
+
+
+class Engine:
+    """Exact top-k retrieval with exclusions, allow/deny lists and fold-in of unseen users.
+
+    item_vectors (n_items, d), user_vectors (n_users, d): exported by a model. seen: users x items CSR of
+    the training interactions (excluded by default). foldin: {"method": "ridge", "reg": float} solves a
+    small ridge regression of the history on the item vectors; "mean" averages them; "constant" uses the
+    mean user vector (for models without personalisation).
+    """
+
+    def __init__(self, item_vectors: np.ndarray, user_vectors: np.ndarray, users: IdMap, items: IdMap,
+                 seen: sp.csr_matrix | None = None, foldin: dict | None = None, similarity: str = "cosine",
+                 item_metadata: pd.DataFrame | None = None, batch_size: int = 1024):
+        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
+        self.users, self.items = users, items
+        if self.item_vectors.shape != (len(items), self.user_vectors.shape[1]) or \
+                len(self.user_vectors) != len(users):
+            raise DataValidationError(
+                f"Vector shapes do not match the id maps: items {self.item_vectors.shape} for {len(items)} ids, "
+                f"users {self.user_vectors.shape} for {len(users)} ids.")
+        self.seen = seen if seen is not None else sp.csr_matrix((len(users), len(items)), dtype=np.float32)
+        self.foldin = dict(foldin or {"method": "mean"})
+        if self.foldin.get("method") not in FOLDIN_METHODS:
+            raise DataValidationError(f"Fold-in method must be one of {FOLDIN_METHODS}. Got {self.foldin!r}.")
+        if similarity not in SIMILARITIES:
+            raise DataValidationError(f"similarity must be one of {SIMILARITIES}. Got {similarity!r}.")
+        self.similarity = similarity
+        self.item_metadata = item_metadata
+        self.batch_size = batch_size
+        self._item_sim = _normalise(self.item_vectors) if similarity == "cosine" else self.item_vectors
+        self._user_sim = _normalise(self.user_vectors) if similarity == "cosine" else self.user_vectors
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    # ------------------------------------------------------------------------------ index-level search
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | sp.csr_matrix | None = None,
+               allow: np.ndarray | None = None, candidates: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices by inner product of `queries` (b, d) with `candidates` (default: item_vectors).
+
+        exclude: per-query item indices to leave out (a list of arrays, or a CSR with one row per query).
+        allow: if given, only these item indices can be returned.
+        """
+        vectors = self.item_vectors if candidates is None else candidates
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        out_idx = np.empty((len(queries), k), np.int64)
+        out_val = np.empty((len(queries), k), np.float32)
+        position = None
+        if allow is not None:
+            allow = np.unique(np.asarray(allow, dtype=np.int64))
+            position = np.full(len(vectors), -1, np.int64)
+            position[allow] = np.arange(len(allow))
+            vectors = vectors[allow]
+        for start in range(0, len(queries), self.batch_size):
+            stop = min(start + self.batch_size, len(queries))
+            scores = queries[start:stop] @ vectors.T
+            if exclude is not None:
+                rows, cols = _exclusion_pairs(exclude, start, stop)
+                if position is not None:
+                    cols = position[cols]
+                    rows, cols = rows[cols >= 0], cols[cols >= 0]
+                scores[rows, cols] = -np.inf
+            idx, val = topk(scores, k)
+            if allow is not None:
+                idx = np.where(idx >= 0, allow[np.maximum(idx, 0)], -1)
+            out_idx[start:stop], out_val[start:stop] = idx, val
+        return out_idx, out_val
+
+    def recommend_indices(self, user_index: np.ndarray, k: int = 10, exclude_seen: bool = True,
+                          allow: np.ndarray | None = None, deny: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        user_index = np.asarray(user_index, dtype=np.int64)
+        exclude = _combine_exclusions(self.seen[user_index] if exclude_seen else None, deny, len(user_index),
+                                      self.n_items)
+        return self.search(self.user_vectors[user_index], k, exclude=exclude, allow=allow)
+
+    def fold_in(self, item_index: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """A user vector for a history of item indices, computed from the item vectors (no retraining)."""
+        item_index = np.asarray(item_index, dtype=np.int64)
+        method = self.foldin["method"]
+        if method == "constant" or len(item_index) == 0:
+            return self.user_vectors.mean(axis=0) if len(self.user_vectors) else \
+                np.zeros(self.item_vectors.shape[1], np.float32)
+        w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
+        hist = self.item_vectors[item_index]
+        if method == "mean":
+            return (w @ hist) / w.sum()
+        reg = float(self.foldin.get("reg", 0.1))
+        gram = hist.T @ (hist * w[:, None]) + reg * np.eye(hist.shape[1], dtype=np.float32)
+        target = float(self.foldin.get("target", 1.0))
+        return np.linalg.solve(gram, hist.T @ (w * target)).astype(np.float32)
+
+    def similar_item_indices(self, item_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        item_index = np.asarray(item_index, dtype=np.int64)
+        return self.search(self._item_sim[item_index], k, exclude=[np.array([i]) for i in item_index],
+                           candidates=self._item_sim)
+
+    def similar_user_indices(self, user_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        user_index = np.asarray(user_index, dtype=np.int64)
+        return self.search(self._user_sim[user_index], k, exclude=[np.array([u]) for u in user_index],
+                           candidates=self._user_sim)
+
+    # ---------------------------------------------------------------------------------- id-level API
+    def recommend(self, user_ids: Iterable[object], k: int = 10, exclude_seen: bool = True,
+                  items: Iterable[object] | None = None, exclude: Iterable[object] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), each (n_users, k), for known users; `items` is an allow-list, `exclude` a deny-list."""
+        _check_k(k)
+        user_index = self.users.to_index(user_ids, kind="user")
+        allow = None if items is None else self.items.to_index(items, kind="item")
+        deny = None if exclude is None else self.items.to_index(exclude, missing="ignore")
+        idx, val = self.recommend_indices(user_index, k, exclude_seen, allow=allow, deny=deny)
+        return self.items.to_ids(idx), val
+
+    def recommend_for_history(self, item_ids: Iterable[object], k: int = 10, exclude_history: bool = True,
+                              weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of shape (k,) for an unseen user described by the items they interacted with."""
+        _check_k(k)
+        history = self.items.to_index(list(item_ids), missing="ignore")
+        keep = history >= 0
+        history = history[keep]
+        w = None if weights is None else np.asarray(weights, np.float32)[keep]
+        vector = self.fold_in(history, w)
+        idx, val = self.search(vector[None, :], k, exclude=[history] if exclude_history else None)
+        return self.items.to_ids(idx[0]), val[0]
+
+    def similar_items(self, item_ids: Iterable[object], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        _check_k(k)
+        idx, val = self.similar_item_indices(self.items.to_index(item_ids, kind="item"), k)
+        return self.items.to_ids(idx), val
+
+    def similar_users(self, user_ids: Iterable[object], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        _check_k(k)
+        idx, val = self.similar_user_indices(self.users.to_index(user_ids, kind="user"), k)
+        return self.users.to_ids(idx), val
+
+    def titles(self, item_ids: np.ndarray) -> np.ndarray | None:
+        """Titles for external item ids (None where unknown), if the bundle has item metadata."""
+        if self.item_metadata is None or "title" not in self.item_metadata:
+            return None
+        idx = self.items.to_index(np.ravel(item_ids), missing="ignore")
+        titles = self.item_metadata["title"].to_numpy(dtype=object)[np.maximum(idx, 0)]
+        titles[idx < 0] = None
+        return titles.reshape(np.shape(item_ids))
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise DataValidationError(f"The 'k' parameter must be an int >= 1. Got {k!r}.")
+
+
+def _exclusion_pairs(exclude: Sequence[np.ndarray] | sp.csr_matrix, start: int, stop: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    if sp.issparse(exclude):
+        block = exclude[start:stop]
+        rows = np.repeat(np.arange(stop - start), np.diff(block.indptr))
+        return rows, block.indices.astype(np.int64)
+    parts = [np.asarray(e, dtype=np.int64) for e in exclude[start:stop]]
+    rows = np.repeat(np.arange(stop - start), [len(p) for p in parts])
+    cols = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    return rows, cols
+
+
+def _combine_exclusions(seen_rows: sp.csr_matrix | None, deny: np.ndarray | None, n_rows: int, n_items: int
+                        ) -> sp.csr_matrix | None:
+    if deny is not None:
+        deny = deny[deny >= 0]
+    if seen_rows is None and (deny is None or len(deny) == 0):
+        return None
+    out = seen_rows if seen_rows is not None else sp.csr_matrix((n_rows, n_items), dtype=np.float32)
+    if deny is not None and len(deny):
+        block = sp.csr_matrix((np.ones(n_rows * len(deny), np.float32),
+                               (np.repeat(np.arange(n_rows), len(deny)), np.tile(deny, n_rows))),
+                              shape=(n_rows, n_items))
+        out = (out + block).tocsr()
+    return out

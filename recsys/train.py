@@ -1,0 +1,79 @@
+"""Shared training machinery for the torch models: device choice, seeding, the epoch loop with early stopping.
+
+Training state (modules, optimisers) lives here and in the model's `_fit`; only exported arrays leave.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger("recsys")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; returns a CPU generator for shuffling and sampling."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class LoopResult:
+    best_state: object
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fit_loop(*, epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[], object],
+             validate: Callable[[object], float] | None = None, patience: int = 3, progress: bool = True,
+             desc: str = "training") -> LoopResult:
+    """Run `run_epoch(epoch) -> mean loss` up to `epochs` times.
+
+    With `validate(state) -> metric` (higher is better) the loop keeps the best `snapshot()` and stops after
+    `patience` epochs without improvement; without it, the last state is kept.
+    """
+    start = time.perf_counter()
+    history: list[dict] = []
+    best_state, best_epoch, best_metric, stale = None, 0, -np.inf, 0
+    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False, unit="epoch")
+    for epoch in bar:
+        loss = run_epoch(epoch)
+        record = {"epoch": epoch, "loss": round(float(loss), 6)}
+        state = snapshot()
+        if validate is None:
+            best_state, best_epoch = state, epoch
+        else:
+            metric = float(validate(state))
+            record["val_ndcg@10"] = round(metric, 6)
+            if metric > best_metric:
+                best_state, best_epoch, best_metric, stale = state, epoch, metric, 0
+            else:
+                stale += 1
+        history.append(record)
+        bar.set_postfix({k: v for k, v in record.items() if k != "epoch"})
+        log.debug("%s epoch %d: %s", desc, epoch, record)
+        if validate is not None and stale >= patience:
+            log.info("%s: early stop at epoch %d (best epoch %d, val ndcg@10 %.4f)", desc, epoch, best_epoch,
+                     best_metric)
+            break
+    return LoopResult(best_state, best_epoch, history, time.perf_counter() - start)
