@@ -147,7 +147,10 @@ def _read_source(source: Source, columns: Sequence[str], id_cols: Sequence[str])
         frame = pd.read_parquet(path)
     elif suffix.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")):
         sep = "\t" if ".tsv" in suffix else ","
-        header = pd.read_csv(path, sep=sep, nrows=0).columns
+        try:
+            header = pd.read_csv(path, sep=sep, nrows=0).columns
+        except pd.errors.EmptyDataError:
+            raise DataValidationError(f"Interaction log {str(path)!r} is empty (no header row and no data).")
         frame = pd.read_csv(path, sep=sep, dtype={c: str for c in id_cols if c in header})
     else:
         raise DataValidationError(f"Cannot read {str(path)!r}: unknown file type {path.suffix!r}. "
@@ -204,7 +207,8 @@ def read_interactions(
     roles = {"user_col": user_col, "item_col": item_col, "weight_col": weight_col, "time_col": time_col}
     wanted = {role: c for role, c in roles.items() if c is not None}
     frame, where = _read_source(source, list(wanted.values()), [user_col, item_col])
-    file_lines = not isinstance(source, pd.DataFrame)
+    # CSV/TSV rows have line numbers; Parquet files and DataFrames do not
+    file_lines = not isinstance(source, pd.DataFrame) and Path(source).suffix.lower() not in (".parquet", ".pq")
     for role, name in wanted.items():
         if name not in frame.columns:
             raise DataValidationError(

@@ -25,8 +25,20 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     kk = min(k, n_cols)
     if kk == 0:
         return np.full((n_rows, k), -1, np.int64), np.full((n_rows, k), -np.inf, np.float32)
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n_cols else np.tile(np.arange(n_cols),
-                                                                                        (n_rows, 1))
+    if kk < n_cols:
+        neg = -scores
+        part = np.argpartition(neg, kk - 1, axis=1)[:, :kk]
+        # argpartition keeps an arbitrary subset of the scores tied at the k-th place; keep the lowest column
+        # indices instead, so ties rank by column index whatever k is (as they do when kk == n_cols).
+        part_neg = np.take_along_axis(neg, part, axis=1)
+        kth = part_neg.max(axis=1)
+        n_tied_in = (part_neg == kth[:, None]).sum(axis=1)
+        for r in np.flatnonzero((neg == kth[:, None]).sum(axis=1) > n_tied_in):
+            part[r] = np.concatenate([np.flatnonzero(neg[r] < kth[r]),
+                                      np.flatnonzero(neg[r] == kth[r])[:n_tied_in[r]]])
+        part = np.sort(part, axis=1)
+    else:
+        part = np.tile(np.arange(n_cols), (n_rows, 1))
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
@@ -47,14 +59,16 @@ class Engine:
     """Exact top-k retrieval with exclusions, allow/deny lists and fold-in of unseen users.
 
     item_vectors (n_items, d), user_vectors (n_users, d): exported by a model. seen: users x items CSR of
-    the training interactions (excluded by default). foldin: {"method": "ridge", "reg": float} solves a
+    the training interactions (excluded by default). similarity_dims: how many leading dimensions
+    similar_items / similar_users compare (None: all; a model with a bias column leaves it out). foldin: {"method": "ridge", "reg": float} solves a
     small ridge regression of the history on the item vectors; "mean" averages them; "constant" uses the
     mean user vector (for models without personalisation).
     """
 
     def __init__(self, item_vectors: np.ndarray, user_vectors: np.ndarray, users: IdMap, items: IdMap,
                  seen: sp.csr_matrix | None = None, foldin: dict | None = None, similarity: str = "cosine",
-                 item_metadata: pd.DataFrame | None = None, batch_size: int = 1024):
+                 item_metadata: pd.DataFrame | None = None, batch_size: int = 1024,
+                 similarity_dims: int | None = None):
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
         self.users, self.items = users, items
@@ -72,8 +86,11 @@ class Engine:
         self.similarity = similarity
         self.item_metadata = item_metadata
         self.batch_size = batch_size
-        self._item_sim = _normalise(self.item_vectors) if similarity == "cosine" else self.item_vectors
-        self._user_sim = _normalise(self.user_vectors) if similarity == "cosine" else self.user_vectors
+        # similarity_dims: leading dimensions compared by similar_items/users (leaves out e.g. a bias column)
+        dims = slice(0, similarity_dims)
+        prep = _normalise if similarity == "cosine" else np.ascontiguousarray
+        self._item_sim = prep(self.item_vectors[:, dims])
+        self._user_sim = prep(self.user_vectors[:, dims])
 
     @property
     def n_items(self) -> int:

@@ -1,0 +1,29 @@
+"""Shared fixtures: small synthetic logs (fast) and the bundled MovieLens data (session-scoped)."""
+from __future__ import annotations
+
+import pytest
+
+from recsys.data import Interactions, read_interactions, temporal_split
+from recsys.datasets import load_movielens, make_synthetic
+
+
+def _to_interactions(ds) -> Interactions:
+    return read_interactions(ds.interactions, user_col="user", item_col="item", weight_col="rating",
+                             time_col="timestamp", item_metadata=ds.items)
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> Interactions:
+    """300 users x 200 items with planted clusters: big enough to learn, small enough to fit in a second."""
+    return _to_interactions(make_synthetic(n_users=300, n_items=200, n_factors=4, interactions_per_user=15,
+                                           seed=7))
+
+
+@pytest.fixture(scope="session")
+def synthetic_split(synthetic):
+    return temporal_split(synthetic, test_fraction=0.2)
+
+
+@pytest.fixture(scope="session")
+def movielens() -> Interactions:
+    return _to_interactions(load_movielens("ml-latest-small"))
