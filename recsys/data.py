@@ -247,10 +247,11 @@ def read_interactions(
             parsed = pd.to_datetime(raw, utc=True)
         else:
             as_num = pd.to_numeric(raw, errors="coerce")
-            if as_num.notna().all():
-                parsed = pd.to_datetime(as_num, unit=time_unit, utc=True, errors="coerce")
-            else:
-                parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+            parsed = pd.to_datetime(as_num, unit=time_unit, utc=True, errors="coerce")
+            text = as_num.isna() & raw.notna()  # per row: numbers are epoch offsets, other strings dates
+            if text.any():
+                dates = pd.to_datetime(raw.where(text), utc=True, errors="coerce", format="mixed")
+                parsed = parsed.where(~text, dates)
         check(parsed.isna().to_numpy(), time_col, "time_col", "an unparsable or missing timestamp",
               "Use Unix seconds (or set time_unit) or an ISO 8601 date such as 2024-05-01T12:00:00Z.")
         timestamp = parsed.dt.tz_convert(None).to_numpy().astype("datetime64[s]").astype(np.int64)

@@ -1,0 +1,125 @@
+"""The `recsys` command line: every command on a small log, and errors without tracebacks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from recsys.cli import main
+from recsys.datasets import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def log_csv(tmp_path_factory):
+    frame = make_synthetic(n_users=120, n_items=80, interactions_per_user=10, seed=3).interactions
+    frame = frame.rename(columns={"user": "uid", "item": "iid", "rating": "stars", "timestamp": "when"})
+    frame["when"] = frame["when"].astype("int64") // 10**9
+    path = tmp_path_factory.mktemp("logs") / "log.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(log_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    code = main(["train", "--data", str(log_csv), "--user-col", "uid", "--item-col", "iid", "--time-col", "when",
+                 "--weight-col", "stars", "--factors", "8", "--epochs", "5", "--quiet", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_prints_table_and_publishes(models, capsys):
+    assert (models / "current").exists()
+    assert main(["evaluate", "--bundle", str(models)]) == 0
+    out = capsys.readouterr().out
+    assert "ndcg@10" in out and "mf" in out and "popularity" in out
+
+
+def test_evaluate_json_has_metric_keys(models, capsys):
+    assert main(["evaluate", "--bundle", str(models), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0 <= metrics["ndcg@10"] <= 1 and "recall@10" in metrics
+
+
+def test_recommend_and_similar(models, log_csv, capsys):
+    user = str(pd.read_csv(log_csv, dtype=str)["uid"].iloc[0])
+    assert main(["recommend", "--bundle", str(models), "--user", user, "--k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"Top 3 for user {user}" in out and out.count("\n") == 4
+    assert main(["similar", "--bundle", str(models), "--item", "i0001", "--k", "4"]) == 0
+    assert "Items similar to i0001" in capsys.readouterr().out
+    assert main(["recommend", "--bundle", str(models), "--history", "i0001,i0002", "--k", "2"]) == 0
+    assert "history of 2 items" in capsys.readouterr().out
+
+
+def test_recommend_all_writes_every_user(models, tmp_path, capsys):
+    out = tmp_path / "recs.parquet"
+    assert main(["recommend-all", "--bundle", str(models), "--out", str(out), "--k", "5"]) == 0
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == ["user", "item", "rank", "score"]
+    manifest = json.loads((models / "current" / "manifest.json").read_text())
+    assert frame["user"].nunique() == manifest["n_users"]
+    assert (frame.groupby("user")["rank"].max() == 5).all()
+    assert (frame.groupby("user")["score"].is_monotonic_decreasing).all()
+
+
+def test_info_summarises(models, capsys):
+    assert main(["info", "--bundle", str(models)]) == 0
+    out = capsys.readouterr().out
+    assert "checksums OK" in out and "Model:" in out
+
+
+def test_unknown_user_is_a_clean_error(models, capsys):
+    assert main(["recommend", "--bundle", str(models), "--user", "nobody"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown user 'nobody'" in err and "Traceback" not in err
+
+
+def test_null_user_id_names_the_row_without_traceback(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item\nu1,i1\nu2,i2\n,i3\nu4,i4\n")
+    proc = subprocess.run([sys.executable, "-m", "recsys.cli", "train", "--data", str(bad), "--out",
+                           str(tmp_path / "m"), "--model", "popularity"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Column 'user'" in proc.stderr and "row 2 (line 4 of the file)" in proc.stderr
+    assert "--drop-bad-rows" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists(), "a failed run writes no bundle"
+
+
+def test_drop_bad_rows_reports_the_count(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item\nu1,i1\nu2,i2\n,i3\nu4,i1\nu1,i2\n")
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "m"), "--model", "popularity",
+                 "--drop-bad-rows"]) == 0
+    assert "1 bad rows dropped" in capsys.readouterr().out
+
+
+def test_missing_column_names_the_flag(log_csv, tmp_path, capsys):
+    assert main(["train", "--data", str(log_csv), "--out", str(tmp_path / "m"), "--model", "popularity"]) == 2
+    err = capsys.readouterr().err
+    assert "Column 'user' (user_col) not found" in err and "--user-col" in err
+
+
+def test_corrupt_bundle_is_refused(models, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(models / "current", copy)
+    arrays = copy / "arrays.safetensors"
+    data = bytearray(arrays.read_bytes())
+    data[-1] ^= 0xFF
+    arrays.write_bytes(bytes(data))
+    assert main(["recommend", "--bundle", str(copy), "--user", "u0001"]) == 2
+    assert "Checksum mismatch for arrays.safetensors" in capsys.readouterr().err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "recommend", "similar", "recommend-all", "info"):
+        assert command in out
