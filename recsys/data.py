@@ -171,9 +171,10 @@ def _bad_rows_error(name: str, role: str, bad: np.ndarray, frame: pd.DataFrame, 
                     where: str, file_lines: bool) -> DataValidationError:
     pos = int(np.flatnonzero(bad)[0])
     value = frame[name].iloc[pos]
+    shown = "" if pd.isna(value) else f" {value!r}"
     line = f" (line {pos + 2} of the file)" if file_lines else ""
     return DataValidationError(
-        f"Column {name!r} ({role}) in {where} has {what} {value!r} at row {pos}{line}; "
+        f"Column {name!r} ({role}) in {where} has {what}{shown} at row {pos}{line}; "
         f"{int(bad.sum())} row(s) in all. {fix} Or pass on_error='drop' (CLI: --drop-bad-rows) to drop bad rows.")
 
 

@@ -125,7 +125,7 @@ class Engine:
                     rows, cols = rows[cols >= 0], cols[cols >= 0]
                 scores[rows, cols] = -np.inf
             idx, val = topk(scores, k)
-            if allow is not None:
+            if allow is not None and len(allow):  # (an empty allow-list leaves only -1 padding)
                 idx = np.where(idx >= 0, allow[np.maximum(idx, 0)], -1)
             out_idx[start:stop], out_val[start:stop] = idx, val
         return out_idx, out_val
@@ -204,7 +204,7 @@ class Engine:
             return None
         idx = self.items.to_index(np.ravel(item_ids), missing="ignore")
         titles = self.item_metadata["title"].to_numpy(dtype=object)[np.maximum(idx, 0)]
-        titles[idx < 0] = None
+        titles[(idx < 0) | pd.isna(titles)] = None
         return titles.reshape(np.shape(item_ids))
 
 
@@ -231,7 +231,8 @@ def _combine_exclusions(seen_rows: sp.csr_matrix | None, deny: np.ndarray | None
         deny = deny[deny >= 0]
     if seen_rows is None and (deny is None or len(deny) == 0):
         return None
-    out = seen_rows if seen_rows is not None else sp.csr_matrix((n_rows, n_items), dtype=np.float32)
+    out = sp.csr_matrix((n_rows, n_items), dtype=np.float32) if seen_rows is None else seen_rows.copy()
+    out.data = np.ones_like(out.data)  # structural: a stored weight of 0 or -1 still excludes the item
     if deny is not None and len(deny):
         block = sp.csr_matrix((np.ones(n_rows * len(deny), np.float32),
                                (np.repeat(np.arange(n_rows), len(deny)), np.tile(deny, n_rows))),

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.exceptions import DataValidationError, NotFittedError, UnknownIdError
-from recsys.exceptions import BundleError
+from recsys.exceptions import BundleError, DataValidationError, NotFittedError, UnknownIdError
 from recsys.models import MF, Popularity, Recommender, load
 
 

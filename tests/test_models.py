@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from contract import RecommenderContract
 
 from recsys.data import temporal_split
 from recsys.evaluate import evaluate
@@ -10,11 +11,9 @@ from recsys.exceptions import DataValidationError
 from recsys.metrics import ranking_metrics
 from recsys.models import MF, Popularity
 
-from contract import RecommenderContract
-
 
 def fast_mf(**overrides) -> MF:
-    params = dict(factors=16, epochs=15, reg=0.01, lr=0.02, progress=False, device="cpu", seed=0)
+    params = {"factors": 16, "epochs": 15, "reg": 0.01, "lr": 0.02, "progress": False, "device": "cpu", "seed": 0}
     return MF(**{**params, **overrides})
 
 
@@ -72,7 +71,7 @@ def test_same_seed_same_vectors(synthetic):
 
 
 def test_early_stopping_keeps_the_best_epoch(synthetic_split):
-    train, test = synthetic_split
+    train, _ = synthetic_split
     fit_part, valid = temporal_split(train, 0.2)
     model = fast_mf(epochs=60, patience=2, lr=0.05).fit(fit_part, valid)
     extra = model.exported_.extra
@@ -108,7 +107,6 @@ def test_fold_in_of_a_users_history_approaches_their_learned_vector(synthetic_sp
     engine = model.engine_
     folded = np.stack([engine.fold_in(seen[u].indices) for u in range(train.n_users)])
     top, _ = engine.search(folded, 10, exclude=seen)
-    from recsys.metrics import ranking_metrics
 
     folded_ndcg = ranking_metrics(top, test.matrix(), 10)["ndcg@10"]
     assert folded_ndcg > 0.8 * evaluate(model, test)["ndcg@10"]
