@@ -1,0 +1,15 @@
+"""Models sharing one contract (`recsys.models.base.Recommender`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import MODEL_REGISTRY, Recommender
+from .mf import MF
+from .popularity import Popularity
+
+__all__ = ["MF", "MODEL_REGISTRY", "Popularity", "Recommender", "load"]
+
+
+def load(path: str | Path) -> Recommender:
+    """Load any model from a bundle directory (or a models root with a `current` pointer)."""
+    return Recommender.load(path)

@@ -1,0 +1,251 @@
+"""The contract every model shares (scikit-learn / implicit style).
+
+`__init__` stores keyword arguments only; `fit(interactions)` validates them and returns `self`; learned
+state ends in `_`. A fitted model exports plain arrays (item and user vectors, fold-in settings) and answers
+`recommend`, `recommend_for_history`, `similar_items` and `similar_users` through `recsys.runtime.Engine`:
+the same ranking path the server and the evaluator use. `save` writes a bundle; `load` reads one.
+"""
+from __future__ import annotations
+
+import inspect
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable
+
+import numpy as np
+
+from .. import artifacts
+from ..data import Interactions
+from ..exceptions import BundleError, DataValidationError, NotFittedError
+from ..runtime import Engine
+
+
+# ------------------------------------------------------------------------------------ parameter checks
+@dataclass(frozen=True)
+class Interval:
+    """An int or float parameter within [low, high] (None = unbounded); `closed_low=False` excludes low."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    closed_low: bool = True
+    none_ok: bool = False
+
+    def check(self, value: Any) -> bool:
+        if value is None:
+            return self.none_ok
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if self.kind is int and not isinstance(value, numbers.Integral):
+            return False
+        if self.low is not None and (value < self.low or (not self.closed_low and value == self.low)):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        name = "an int" if self.kind is int else "a float"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>=' if self.closed_low else '>'} {self.low}")
+        if self.high is not None:
+            parts.append(f"<= {self.high}")
+        return f"{name} {' and '.join(parts)}".strip() + (" or None" if self.none_ok else "")
+
+
+@dataclass(frozen=True)
+class Options:
+    values: tuple
+
+    def check(self, value: Any) -> bool:
+        return any(type(value) is type(v) and value == v for v in self.values)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+BOOL = Options((True, False))
+
+
+# ---------------------------------------------------------------------------------------- exported state
+@dataclass
+class Exported:
+    """What serving needs from a trained model: plain arrays plus a little config."""
+
+    item_vectors: np.ndarray
+    user_vectors: np.ndarray
+    foldin: dict = field(default_factory=lambda: {"method": "mean"})
+    similarity: str = "cosine"
+    similarity_dims: int | None = None
+    extra: dict = field(default_factory=dict)  # JSON-able training facts (best epoch, history, ...)
+
+
+MODEL_REGISTRY: dict[str, type["Recommender"]] = {}
+
+
+class Recommender:
+    """Base class. Subclasses declare `_parameter_constraints` and implement `_fit(train, validation)`."""
+
+    _parameter_constraints: ClassVar[dict[str, Any]] = {}
+    name: ClassVar[str] = "base"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MODEL_REGISTRY[cls.name] = cls
+
+    # -------------------------------------------------------------------------------- parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind == p.KEYWORD_ONLY
+                or (p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD)]
+
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "Recommender":
+        valid = self._param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise DataValidationError(f"Invalid parameter {key!r} for {type(self).__name__}. "
+                                          f"Valid parameters: {valid}.")
+            setattr(self, key, value)
+        return self
+
+    def _validate_params(self) -> None:
+        for name, constraint in self._parameter_constraints.items():
+            value = getattr(self, name)
+            if not constraint.check(value):
+                raise DataValidationError(f"The {name!r} parameter of {type(self).__name__} must be "
+                                          f"{constraint.describe()}. Got {value!r}.")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ---------------------------------------------------------------------------------------- fit
+    def fit(self, interactions: Interactions, validation: Interactions | None = None) -> "Recommender":
+        """Learn from `interactions`; `validation` (same id maps) enables early stopping where supported."""
+        self._validate_params()
+        if not isinstance(interactions, Interactions):
+            raise DataValidationError(f"{type(self).__name__}.fit expects recsys.data.Interactions "
+                                      f"(see recsys.data.read_interactions). Got {type(interactions).__name__}.")
+        if interactions.nnz == 0:
+            raise DataValidationError("Cannot fit on an empty set of interactions.")
+        if validation is not None and (validation.items != interactions.items or
+                                       validation.users != interactions.users):
+            raise DataValidationError("validation must share the id maps of the training interactions: "
+                                      "create both with one of the recsys.data split functions.")
+        exported = self._fit(interactions, validation)
+        self._set_state(exported, interactions.users, interactions.items, interactions.matrix(),
+                        interactions.item_metadata)
+        return self
+
+    def _fit(self, train: Interactions, validation: Interactions | None) -> Exported:
+        raise NotImplementedError
+
+    def _set_state(self, exported: Exported, users, items, seen, item_metadata) -> None:
+        self.exported_ = exported
+        self.users_, self.items_ = users, items
+        self.engine_ = Engine(exported.item_vectors, exported.user_vectors, users, items, seen=seen,
+                              foldin=exported.foldin, similarity=exported.similarity, item_metadata=item_metadata,
+                              similarity_dims=exported.similarity_dims)
+
+    def _check_fitted(self) -> Engine:
+        if not hasattr(self, "engine_"):
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                                 "Interactions (or 'load' a bundle) before using it.")
+        return self.engine_
+
+    @property
+    def item_vectors_(self) -> np.ndarray:
+        return self._check_fitted().item_vectors
+
+    @property
+    def user_vectors_(self) -> np.ndarray:
+        return self._check_fitted().user_vectors
+
+    # ------------------------------------------------------------------------------------ queries
+    def recommend(self, user_ids: object | Iterable[object], k: int = 10, exclude_seen: bool = True,
+                  items: Iterable[object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (item ids, scores) for one user id (1-D arrays) or a list of user ids (2-D arrays)."""
+        engine = self._check_fitted()
+        single = _is_scalar(user_ids)
+        ids, scores = engine.recommend([user_ids] if single else list(user_ids), k, exclude_seen, items=items)
+        return (ids[0], scores[0]) if single else (ids, scores)
+
+    def recommend_for_history(self, item_ids: Iterable[object], k: int = 10, exclude_history: bool = True
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for an unseen user given the items they interacted with (fold-in, no retraining)."""
+        return self._check_fitted().recommend_for_history(item_ids, k, exclude_history)
+
+    def similar_items(self, item_ids: object | Iterable[object], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        engine = self._check_fitted()
+        single = _is_scalar(item_ids)
+        ids, scores = engine.similar_items([item_ids] if single else list(item_ids), k)
+        return (ids[0], scores[0]) if single else (ids, scores)
+
+    def similar_users(self, user_ids: object | Iterable[object], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        engine = self._check_fitted()
+        single = _is_scalar(user_ids)
+        ids, scores = engine.similar_users([user_ids] if single else list(user_ids), k)
+        return (ids[0], scores[0]) if single else (ids, scores)
+
+    # -------------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path, *, metrics: dict | None = None, extra: dict | None = None) -> Path:
+        """Write a bundle at `path` (a new directory) and return it."""
+        engine = self._check_fitted()
+        arrays = {"item_vectors": engine.item_vectors, "user_vectors": engine.user_vectors,
+                  **artifacts.csr_arrays(engine.seen)}
+        manifest = {
+            "model": {"class": self.name, "params": _jsonable(self.get_params())},
+            "factors": int(engine.item_vectors.shape[1]),
+            "foldin": self.exported_.foldin,
+            "similarity": self.exported_.similarity,
+            "similarity_dims": self.exported_.similarity_dims,
+            "training": _jsonable(self.exported_.extra),
+            "metrics": metrics or {},
+            **(extra or {}),
+        }
+        return artifacts.write_bundle(path, arrays=arrays, users=self.users_, items=self.items_,
+                                      manifest=manifest, item_metadata=engine.item_metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recommender":
+        """Load a bundle written by `save` (checksums verified). On the base class, picks the right model."""
+        bundle = artifacts.read_bundle(path)
+        return model_from_bundle(bundle, expected=None if cls is Recommender else cls)
+
+
+def model_from_bundle(bundle: artifacts.Bundle, expected: type[Recommender] | None = None) -> Recommender:
+    name = bundle.manifest["model"]["class"]
+    model_cls = MODEL_REGISTRY.get(name)
+    if model_cls is None:
+        raise BundleError(f"Bundle {str(bundle.path)!r} holds an unknown model class {name!r}. "
+                          f"Known: {sorted(MODEL_REGISTRY)}.")
+    if expected is not None and model_cls is not expected:
+        raise BundleError(f"Bundle {str(bundle.path)!r} holds a {model_cls.__name__}, not a {expected.__name__}. "
+                          "Use recsys.models.load(path) to load any model.")
+    params = {k: v for k, v in bundle.manifest["model"]["params"].items() if k in model_cls._param_names()}
+    model = model_cls(**params)
+    exported = Exported(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"],
+                        foldin=bundle.manifest["foldin"], similarity=bundle.manifest["similarity"],
+                        similarity_dims=bundle.manifest.get("similarity_dims"),
+                        extra=bundle.manifest.get("training", {}))
+    model._set_state(exported, bundle.users, bundle.items, bundle.seen(), bundle.item_metadata)
+    model.manifest_ = bundle.manifest
+    return model
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, (str, bytes, numbers.Number)) or np.ndim(value) == 0
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -1,0 +1,146 @@
+"""Matrix factorisation in PyTorch: score(u, i) = user_u . item_i, learned from implicit feedback.
+
+Losses: 'softmax' (multinomial likelihood over the full catalogue, batched by user: one user's row of logits
+serves all their positives, so an epoch costs n_users x n_items x factors, not nnz x n_items x factors),
+'sampled' (softmax against `negatives` items sampled uniformly, shared by the batch of interactions, for
+catalogues too large for full softmax) and 'bpr' (Bayesian personalised ranking, one uniform negative per
+positive).
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import Interactions
+from ..evaluate import evaluate
+from ..runtime import Engine
+from ..train import fit_loop, resolve_device, seed_everything
+from .base import BOOL, Exported, Interval, Options, Recommender
+
+
+class MF(Recommender):
+    """Matrix factorisation trained with mini-batch Adam.
+
+    factors: embedding size. epochs: maximum epochs (early stopping on validation NDCG@10 when `fit` gets a
+    validation set; `patience` epochs without improvement stop it). reg: L2 penalty on the embeddings used in
+    each batch. foldin_reg: ridge penalty when folding in an unseen user from their history.
+    """
+
+    name: ClassVar[str] = "mf"
+    _parameter_constraints = {
+        "factors": Interval(int, 1), "epochs": Interval(int, 1), "batch_size": Interval(int, 1),
+        "user_batch_size": Interval(int, 1), "item_bias": BOOL,
+        "lr": Interval(float, 0, closed_low=False), "reg": Interval(float, 0),
+        "loss": Options(("softmax", "sampled", "bpr")), "negatives": Interval(int, 1),
+        "init_std": Interval(float, 0, closed_low=False), "patience": Interval(int, 1),
+        "foldin_reg": Interval(float, 0, closed_low=False), "seed": Interval(int, 0),
+        "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
+        "max_val_users": Interval(int, 1, none_ok=True),
+    }
+
+    def __init__(self, *, factors: int = 256, epochs: int = 300, loss: str = "softmax", lr: float = 0.005,
+                 reg: float = 0.03, item_bias: bool = True, batch_size: int = 1024, user_batch_size: int = 64,
+                 negatives: int = 1000, init_std: float = 0.1, patience: int = 10, foldin_reg: float = 10.0, seed: int = 0, device: str = "auto",
+                 progress: bool = True, max_val_users: int | None = 5000):
+        self.factors = factors
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.user_batch_size = user_batch_size
+        self.item_bias = item_bias
+        self.lr = lr
+        self.reg = reg
+        self.loss = loss
+        self.negatives = negatives
+        self.init_std = init_std
+        self.patience = patience
+        self.foldin_reg = foldin_reg
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+        self.max_val_users = max_val_users
+
+    def _fit(self, train: Interactions, validation: Interactions | None) -> Exported:
+        gen = seed_everything(self.seed)
+        device = resolve_device(self.device)
+        users = torch.nn.Embedding(train.n_users, self.factors).to(device)
+        items = torch.nn.Embedding(train.n_items, self.factors).to(device)
+        for emb in (users, items):
+            torch.nn.init.normal_(emb.weight, std=self.init_std, generator=gen) if device.type == "cpu" else \
+                torch.nn.init.normal_(emb.weight, std=self.init_std)
+        bias = torch.zeros(train.n_items, device=device, requires_grad=True)
+        opt = torch.optim.Adam([users.weight, items.weight] + ([bias] if self.item_bias else []), lr=self.lr)
+        u_all = torch.as_tensor(train.user_index, dtype=torch.long)
+        i_all = torch.as_tensor(train.item_index, dtype=torch.long)
+        foldin = {"method": "ridge", "reg": self.foldin_reg}
+        seen = train.matrix(binary=True)
+
+        def batches() -> Iterator[tuple[torch.Tensor, ...]]:
+            if self.loss == "softmax":  # batches of users with their dense rows of positives
+                order = torch.randperm(train.n_users, generator=gen)
+                for start in range(0, len(order), self.user_batch_size):
+                    u = order[start:start + self.user_batch_size]
+                    rows = torch.as_tensor(seen[u.numpy()].toarray())
+                    yield u.to(device), rows.to(device)
+            else:
+                order = torch.randperm(len(u_all), generator=gen)
+                for start in range(0, len(order), self.batch_size):
+                    idx = order[start:start + self.batch_size]
+                    yield u_all[idx].to(device), i_all[idx].to(device)
+
+        def run_epoch(epoch: int) -> float:
+            total, batches_run = 0.0, 0
+            for u, target in batches():
+                loss = self._batch_loss(users.weight, items.weight, bias, u, target, gen, device)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+                batches_run += 1
+            return total / max(batches_run, 1)
+
+        def snapshot() -> Exported:
+            item_vectors = items.weight.detach().cpu().numpy().copy()
+            user_vectors = users.weight.detach().cpu().numpy().copy()
+            if self.item_bias:  # score = u.v + b_i, as one inner product: [u, 1] . [v, b_i]
+                item_vectors = np.hstack([item_vectors, bias.detach().cpu().numpy()[:, None]])
+                user_vectors = np.hstack([user_vectors, np.ones((len(user_vectors), 1), np.float32)])
+            return Exported(item_vectors, user_vectors, foldin=foldin, similarity_dims=self.factors)
+
+        def validate(state: Exported) -> float:
+            engine = Engine(state.item_vectors, state.user_vectors, train.users, train.items, seen=seen)
+            return evaluate(engine, validation, 10, max_users=self.max_val_users, seed=self.seed)["ndcg@10"]
+
+        result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
+                          validate=validate if validation is not None else None, patience=self.patience,
+                          progress=self.progress, desc=f"MF({self.loss})")
+        exported = result.best_state
+        exported.extra = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                          "history": result.history, "train_seconds": round(result.seconds, 2),
+                          "device": str(device)}
+        return exported
+
+    def _batch_loss(self, U: torch.Tensor, V: torch.Tensor, b: torch.Tensor, u: torch.Tensor, i: torch.Tensor,
+                    gen: torch.Generator, device: torch.device) -> torch.Tensor:
+        eu = U[u]
+        n_items = V.shape[0]
+        if self.loss == "softmax":  # i: dense (users, items) rows of positives
+            logp = torch.log_softmax(eu @ V.T + b, dim=1)
+            n_pos = i.sum()
+            loss = -(logp * i).sum() / n_pos
+            return loss + self.reg * ((eu ** 2).sum(1) * i.sum(1)).sum() / n_pos + \
+                self.reg * ((V ** 2).sum(1) * i.sum(0)).sum() / n_pos
+        ei = V[i]
+        if self.loss == "sampled":
+            neg = torch.randint(n_items, (min(self.negatives, n_items),), generator=gen).to(device)
+            pos = (eu * ei).sum(-1, keepdim=True) + b[i][:, None]
+            neg_scores = (eu @ V[neg].T + b[neg]).masked_fill(neg[None, :] == i[:, None], float("-inf"))
+            logits = torch.cat([pos, neg_scores], dim=1)
+            loss = F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=device))
+        else:
+            neg = torch.randint(n_items, (len(u),), generator=gen).to(device)
+            loss = -F.logsigmoid((eu * ei).sum(-1) + b[i] - (eu * V[neg]).sum(-1) - b[neg]).mean()
+            ei = torch.cat([ei, V[neg]])
+        return loss + self.reg * ((eu ** 2).sum() + (ei ** 2).sum()) / len(u)
