@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -77,8 +77,12 @@ def csr_arrays(matrix: sp.csr_matrix, prefix: str = "seen") -> dict[str, np.ndar
 
 
 def write_bundle(path: str | Path, *, arrays: dict[str, np.ndarray], users: IdMap, items: IdMap,
-                 manifest: dict[str, Any], item_metadata: pd.DataFrame | None = None) -> Path:
-    """Write a new bundle at `path` (which must not exist) atomically; returns the path."""
+                 manifest: dict[str, Any], item_metadata: pd.DataFrame | None = None,
+                 files: dict[str, Callable[[Path], None]] | None = None) -> Path:
+    """Write a new bundle at `path` (which must not exist) atomically; returns the path.
+
+    files: extra files (e.g. Annoy indexes) as {name: writer}, each writer called with its target path.
+    """
     path = Path(path)
     if path.exists():
         raise BundleError(f"Bundle directory {str(path)!r} already exists; bundles are never modified in "
@@ -91,6 +95,8 @@ def write_bundle(path: str | Path, *, arrays: dict[str, np.ndarray], users: IdMa
         (tmp / "items.json").write_text(items.to_json())
         if item_metadata is not None:
             _metadata_for_parquet(item_metadata).to_parquet(tmp / "items.parquet", index=False)
+        for name, writer in (files or {}).items():
+            writer(tmp / name)
         files = {}
         for f in sorted(tmp.iterdir()):
             files[f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}

@@ -14,9 +14,11 @@ import scipy.sparse as sp
 
 from .data import IdMap
 from .exceptions import DataValidationError
+from .index import AnnIndex
 
 FOLDIN_METHODS = ("ridge", "mean", "constant")
 SIMILARITIES = ("cosine", "dot")
+SEARCH_MODES = ("auto", "exact", "ann")
 
 
 def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,15 +62,18 @@ class Engine:
 
     item_vectors (n_items, d), user_vectors (n_users, d): exported by a model. seen: users x items CSR of
     the training interactions (excluded by default). similarity_dims: how many leading dimensions
-    similar_items / similar_users compare (None: all; a model with a bias column leaves it out). foldin: {"method": "ridge", "reg": float} solves a
-    small ridge regression of the history on the item vectors; "mean" averages them; "constant" uses the
+    similar_items / similar_users compare (None: all; a model with a bias column leaves it out).
+    foldin: {"method": "ridge", "reg": float} solves a small ridge regression of the history on the item vectors; "mean" averages them; "constant" uses the
     mean user vector (for models without personalisation).
+    indexes / index_stats / mode: optional Annoy indexes with their tuning measurements; mode 'auto' picks
+    the index or exact scoring per call by what the measurements say is faster, 'exact' and 'ann' force one.
     """
 
     def __init__(self, item_vectors: np.ndarray, user_vectors: np.ndarray, users: IdMap, items: IdMap,
                  seen: sp.csr_matrix | None = None, foldin: dict | None = None, similarity: str = "cosine",
                  item_metadata: pd.DataFrame | None = None, batch_size: int = 1024,
-                 similarity_dims: int | None = None):
+                 similarity_dims: int | None = None, indexes: dict[str, AnnIndex] | None = None,
+                 index_stats: dict[str, dict] | None = None, mode: str = "auto"):
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
         self.users, self.items = users, items
@@ -91,6 +96,12 @@ class Engine:
         prep = _normalise if similarity == "cosine" else np.ascontiguousarray
         self._item_sim = prep(self.item_vectors[:, dims])
         self._user_sim = prep(self.user_vectors[:, dims])
+        # indexes: {"ip": AnnIndex over item_vectors, "angular": AnnIndex over the similarity vectors}
+        self.indexes = dict(indexes or {})
+        self.index_stats = dict(index_stats or {})
+        if mode not in SEARCH_MODES:
+            raise DataValidationError(f"The 'mode' parameter must be one of {SEARCH_MODES}. Got {mode!r}.")
+        self.mode = mode
 
     @property
     def n_items(self) -> int:
@@ -98,20 +109,81 @@ class Engine:
 
     # ------------------------------------------------------------------------------ index-level search
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | sp.csr_matrix | None = None,
-               allow: np.ndarray | None = None, candidates: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+               allow: np.ndarray | None = None, candidates: np.ndarray | None = None, metric: str = "ip",
+               mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item indices by inner product of `queries` (b, d) with `candidates` (default: item_vectors).
 
         exclude: per-query item indices to leave out (a list of arrays, or a CSR with one row per query).
-        allow: if given, only these item indices can be returned.
+        allow: if given, only these item indices can be returned. When at least k items pass the filters,
+        exactly k come back, best first. metric names the index that serves these candidates ('ip' for
+        item_vectors, 'angular' for the similarity vectors); mode overrides the engine's mode for this call.
         """
-        vectors = self.item_vectors if candidates is None else candidates
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        vectors = self.item_vectors if candidates is None else candidates
+        allow = None if allow is None else np.unique(np.asarray(allow, dtype=np.int64))
+        if self._use_index(metric, len(queries), len(vectors) if allow is None else len(allow), mode):
+            return self._index_search(self.indexes[metric], vectors, queries, k, exclude, allow)
+        return self._exact_search(vectors, queries, k, exclude, allow)
+
+    def _use_index(self, metric: str, n_queries: int, n_allowed: int, mode: str | None) -> bool:
+        mode = mode or self.mode
+        if mode == "exact" or metric not in self.indexes or n_allowed == 0:
+            return False
+        if mode == "ann":
+            return True
+        stats = self.index_stats.get(metric)
+        if not stats:
+            return False
+        # Exact cost scales with the allowed share of the catalogue; the index must over-fetch by its inverse.
+        share = n_allowed / self.n_items
+        exact_ms = (stats["exact_ms"] if n_queries == 1 else stats["exact_batch_ms"]) * share
+        return stats["recall"] >= stats["target_recall"] and stats["ann_ms"] / max(share, 1e-9) < exact_ms
+
+    def _index_search(self, index: AnnIndex, vectors: np.ndarray, queries: np.ndarray, k: int,
+                      exclude: Sequence[np.ndarray] | sp.csr_matrix | None, allow: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: fetch candidates, drop filtered ones and re-score exactly; fetch more (doubling) until
+        k pass, falling back to exact scoring once over-fetching would cost more than a scan."""
+        n = len(vectors)
+        allowed = None
+        if allow is not None:
+            allowed = np.zeros(n, bool)
+            allowed[allow] = True
+        share = 1.0 if allow is None else max(len(allow), 1) / n
+        out_idx = np.full((len(queries), k), -1, np.int64)
+        out_val = np.full((len(queries), k), -np.inf, np.float32)
+        for r, q in enumerate(queries):
+            excluded = _row_exclusions(exclude, r)
+            n_passing = n if allowed is None else len(allow)
+            n_passing -= len(excluded) if allowed is None else int(allowed[excluded].sum())
+            want = min(k, n_passing)
+            fetch = int(np.ceil((k * index.fetch + len(excluded)) / share * 1.2))
+            cand = None
+            while fetch <= max(n // 4, k):
+                found = index.candidates(q, min(fetch, n))
+                keep = np.ones(len(found), bool) if allowed is None else allowed[found]
+                if len(excluded):
+                    keep &= ~np.isin(found, excluded)
+                if keep.sum() >= want:
+                    cand = found[keep]
+                    break
+                fetch *= 2
+            if cand is None:  # scanning is cheaper than fetching more: exact for this query
+                idx, val = self._exact_search(vectors, q[None, :], k, [excluded], allow)
+                out_idx[r], out_val[r] = idx[0], val[0]
+                continue
+            scores = vectors[cand] @ q
+            order = np.argsort(-scores, kind="stable")[:k]
+            out_idx[r, :len(order)], out_val[r, :len(order)] = cand[order], scores[order]
+        return out_idx, out_val
+
+    def _exact_search(self, vectors: np.ndarray, queries: np.ndarray, k: int,
+                      exclude: Sequence[np.ndarray] | sp.csr_matrix | None, allow: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
         out_idx = np.empty((len(queries), k), np.int64)
         out_val = np.empty((len(queries), k), np.float32)
         position = None
         if allow is not None:
-            allow = np.unique(np.asarray(allow, dtype=np.int64))
             position = np.full(len(vectors), -1, np.int64)
             position[allow] = np.arange(len(allow))
             vectors = vectors[allow]
@@ -157,12 +229,12 @@ class Engine:
     def similar_item_indices(self, item_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         item_index = np.asarray(item_index, dtype=np.int64)
         return self.search(self._item_sim[item_index], k, exclude=[np.array([i]) for i in item_index],
-                           candidates=self._item_sim)
+                           candidates=self._item_sim, metric="angular" if self.similarity == "cosine" else "dot")
 
     def similar_user_indices(self, user_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         user_index = np.asarray(user_index, dtype=np.int64)
         return self.search(self._user_sim[user_index], k, exclude=[np.array([u]) for u in user_index],
-                           candidates=self._user_sim)
+                           candidates=self._user_sim, metric="users")
 
     # ---------------------------------------------------------------------------------- id-level API
     def recommend(self, user_ids: Iterable[object], k: int = 10, exclude_seen: bool = True,
@@ -211,6 +283,14 @@ class Engine:
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise DataValidationError(f"The 'k' parameter must be an int >= 1. Got {k!r}.")
+
+
+def _row_exclusions(exclude: Sequence[np.ndarray] | sp.csr_matrix | None, r: int) -> np.ndarray:
+    if exclude is None:
+        return np.empty(0, np.int64)
+    if sp.issparse(exclude):
+        return exclude.indices[exclude.indptr[r]:exclude.indptr[r + 1]].astype(np.int64)
+    return np.unique(np.asarray(exclude[r], dtype=np.int64))
 
 
 def _exclusion_pairs(exclude: Sequence[np.ndarray] | sp.csr_matrix, start: int, stop: int
