@@ -180,7 +180,7 @@ def tune(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", k: int
             index.fetch, index.search_k = fetch, n_trees * sk_mult
             found = None
 
-            def run() -> None:
+            def run(index: AnnIndex = index) -> None:
                 nonlocal found
                 found = index.search(queries, vectors, k)
 

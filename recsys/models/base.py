@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import inspect
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class Exported:
     extra: dict = field(default_factory=dict)  # JSON-able training facts (best epoch, history, ...)
 
 
-MODEL_REGISTRY: dict[str, type["Recommender"]] = {}
+MODEL_REGISTRY: dict[str, type[Recommender]] = {}
 
 
 class Recommender:
@@ -104,7 +105,7 @@ class Recommender:
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params: Any) -> "Recommender":
+    def set_params(self, **params: Any) -> Recommender:
         valid = self._param_names()
         for key, value in params.items():
             if key not in valid:
@@ -125,7 +126,7 @@ class Recommender:
         return f"{type(self).__name__}({args})"
 
     # ---------------------------------------------------------------------------------------- fit
-    def fit(self, interactions: Interactions, validation: Interactions | None = None) -> "Recommender":
+    def fit(self, interactions: Interactions, validation: Interactions | None = None) -> Recommender:
         """Learn from `interactions`; `validation` (same id maps) enables early stopping where supported."""
         self._validate_params()
         if not isinstance(interactions, Interactions):
@@ -231,7 +232,7 @@ class Recommender:
                                       manifest=manifest, item_metadata=engine.item_metadata, files=files)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recommender":
+    def load(cls, path: str | Path) -> Recommender:
         """Load a bundle written by `save` (checksums verified). On the base class, picks the right model."""
         bundle = artifacts.read_bundle(path)
         return model_from_bundle(bundle, expected=None if cls is Recommender else cls)

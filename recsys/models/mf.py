@@ -8,7 +8,8 @@ positive).
 """
 from __future__ import annotations
 
-from typing import ClassVar, Iterator
+from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ class MF(Recommender):
     """
 
     name: ClassVar[str] = "mf"
-    _parameter_constraints = {
+    _parameter_constraints: ClassVar[dict] = {
         "factors": Interval(int, 1), "epochs": Interval(int, 1), "batch_size": Interval(int, 1),
         "user_batch_size": Interval(int, 1), "item_bias": BOOL,
         "lr": Interval(float, 0, closed_low=False), "reg": Interval(float, 0),

@@ -17,7 +17,7 @@ class Popularity(Recommender):
     """
 
     name: ClassVar[str] = "popularity"
-    _parameter_constraints = {"use_weights": BOOL}
+    _parameter_constraints: ClassVar[dict] = {"use_weights": BOOL}
 
     def __init__(self, *, use_weights: bool = False):
         self.use_weights = use_weights
