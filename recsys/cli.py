@@ -48,7 +48,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model == "mf":
         params.update(seed=args.seed, progress=not args.quiet, device=args.device)
     report = train_and_bundle(inter, model=args.model, params=params, out=args.out,
-                              test_fraction=args.test_fraction, refit=not args.no_refit, seed=args.seed)
+                              test_fraction=args.test_fraction, refit=not args.no_refit, seed=args.seed,
+                              index=not args.no_index, target_recall=args.target_recall)
     print(f"\nHeld-out evaluation (each user's latest {args.test_fraction:.0%}, full ranking, seen items excluded):")
     print(report.table().to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"\nBundle: {report.bundle}  (published as {Path(args.out) / artifacts.CURRENT})")
@@ -87,7 +88,8 @@ def _print_ranked(ids: np.ndarray, scores: np.ndarray, titles: np.ndarray | None
 def cmd_recommend(args: argparse.Namespace) -> int:
     engine = _engine(args.bundle)
     if args.user is not None:
-        ids, scores = engine.recommend([args.user], args.k, exclude_seen=not args.include_seen)
+        filters = {args.genre_col: args.genre} if args.genre else None
+        ids, scores = engine.recommend([args.user], args.k, exclude_seen=not args.include_seen, filters=filters)
         ids, scores = ids[0], scores[0]
         print(f"Top {args.k} for user {args.user}:")
     else:
@@ -110,21 +112,13 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 def cmd_recommend_all(args: argparse.Namespace) -> int:
     engine = _engine(args.bundle)
-    users = np.arange(len(engine.users))
-    idx, scores = engine.recommend_indices(users, args.k, exclude_seen=not args.include_seen)
-    valid = idx >= 0
-    frame = pd.DataFrame({
-        "user": np.repeat(engine.users.ids, args.k)[valid.ravel()].astype(str),
-        "item": engine.items.ids[idx[valid]].astype(str),
-        "rank": np.tile(np.arange(1, args.k + 1, dtype=np.int32), len(users))[valid.ravel()],
-        "score": scores[valid].astype(np.float32),
-    })
+    frame = engine.recommend_all(args.k, exclude_seen=not args.include_seen)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(out)
-    print(f"Wrote {len(frame):,} rows ({len(users):,} users x top {args.k}) to {out}")
+    print(f"Wrote {len(frame):,} rows ({len(engine.users):,} users x top {args.k}) to {out}")
     return 0
 
 
@@ -142,6 +136,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "best_epoch" in training:
         print(f"Training:      {training.get('epochs_run')} epochs in {training.get('train_seconds')} s "
               f"on {training.get('device')}")
+    for metric, st in manifest.get("index_measured", {}).items():
+        verdict = "kept" if st.get("kept") else "not kept: exact search is faster or recall short"
+        print(f"Index {metric:<8} n_trees={st['n_trees']} fetch={st['fetch']}k: recall@{st['k']}={st['recall']:.3f}, "
+              f"{st['ann_ms']:.3f} ms/query vs exact {st['exact_ms']:.3f} ms ({st['speedup']:.2f}x), {verdict}")
     metrics = manifest.get("metrics", {})
     print("Metrics:       " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "users"))
     files = ", ".join(f"{name} ({info['bytes']:,} B)" for name, info in manifest["files"].items())
@@ -178,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-fraction", type=float, default=0.2, help="held-out share per user (default: 0.2)")
     t.add_argument("--no-refit", action="store_true", help="bundle the evaluated model instead of refitting "
                                                           "on all interactions")
+    t.add_argument("--no-index", action="store_true", help="skip building the Annoy indexes")
+    t.add_argument("--target-recall", type=float, default=0.95,
+                   help="recall@10 against exact search the indexes are tuned to (default: 0.95)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="models", help="models root; the bundle is a new version in it (default: "
                                                    "models)")
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--history", help="comma-separated item ids, for a user the bundle has not seen")
     r.add_argument("--k", type=_positive_int, default=10)
     r.add_argument("--include-seen", action="store_true", help="do not exclude the user's known items")
+    r.add_argument("--genre", action="append", help="only items with this genre (repeat for any of several)")
+    r.add_argument("--genre-col", default="genres", help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("similar", help="the items nearest to an item")

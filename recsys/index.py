@@ -152,12 +152,15 @@ def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int =
 def tune(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", k: int = 10,
          target_recall: float = 0.95, n_trees_grid: tuple[int, ...] = (10, 25, 50, 100),
          efforts: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (2, 4), (4, 2), (8, 2), (16, 2), (32, 4)),
-         seed: int = 0, max_build_seconds: float = 600.0) -> tuple[AnnIndex, IndexStats]:
+         seed: int = 0, max_build_seconds: float = 600.0, slow_factor: float = 4.0
+         ) -> tuple[AnnIndex, IndexStats]:
     """Build indexes with growing `n_trees`; at each, raise the effort (fetch multiple, search_k per
     candidate as a multiple of n_trees) until the recall target is met; keep the fastest setting found.
 
     queries: sampled real query vectors (user vectors for 'ip', item vectors for 'angular'). If no setting
-    reaches the target, the most accurate one is returned (its recall is recorded honestly).
+    reaches the target, the most accurate one is returned (its recall is recorded honestly). Tuning stops
+    early once a setting is `slow_factor` x slower than exact scanning without reaching the target: on such a
+    small catalogue more effort or more trees only make the index slower still, and exact search wins.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -170,6 +173,7 @@ def tune(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", k: int
     best_index: AnnIndex | None = None
     fallback: tuple[IndexStats, AnnIndex] | None = None
     spent = 0.0
+    too_slow = False
     for n_trees in n_trees_grid:
         start = time.perf_counter()
         index = AnnIndex(metric, n_trees, seed=seed).build(vectors)
@@ -198,7 +202,10 @@ def tune(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", k: int
             if recall >= target_recall:
                 best, best_index, improved = stats, index, True
                 break
-        if (best is not None and not improved) or spent > max_build_seconds:
+            if ms > slow_factor * exact_ms:
+                too_slow = True
+                break
+        if too_slow or (best is not None and not improved) or spent > max_build_seconds:
             break  # more trees no longer buy a faster setting (or the build budget is spent)
     stats, index = (best, best_index) if best is not None else fallback
     index.fetch, index.search_k = stats.fetch, stats.search_k
@@ -218,7 +225,8 @@ def build_indexes(item_vectors: np.ndarray, user_vectors: np.ndarray, similarity
                   *, k: int = 10, target_recall: float = 0.95, n_queries: int = 200, seed: int = 0
                   ) -> tuple[dict[str, AnnIndex], dict[str, dict]]:
     """Tune an 'ip' index (user -> item) on sampled user vectors and, when `similarity_vectors` is given,
-    an 'angular' index (item -> item) on sampled items. Returns the indexes and their measurements."""
+    an 'angular' index (item -> item) on sampled items. Returns the indexes worth keeping (recall target met
+    and faster than exact single-query scoring) and the measurements of all (`kept` says which)."""
     rng = np.random.default_rng(seed)
     indexes: dict[str, AnnIndex] = {}
     stats: dict[str, dict] = {}
@@ -228,8 +236,11 @@ def build_indexes(item_vectors: np.ndarray, user_vectors: np.ndarray, similarity
     for metric, vectors, query_pool in jobs:
         sample = query_pool[rng.choice(len(query_pool), min(n_queries, len(query_pool)), replace=False)]
         index, measured = tune(vectors, sample, metric=metric, k=k, target_recall=target_recall, seed=seed)
-        indexes[metric] = index
         stats[metric] = measured.to_dict()
+        useful = measured.recall >= target_recall and measured.speedup > 1
+        stats[metric]["kept"] = useful
+        if useful:  # an index slower than exact scanning would only cost disk and page cache
+            indexes[metric] = index
         log.info("%s index: n_trees=%d search_k=%d recall@%d=%.3f, %.3f ms/query vs exact %.3f ms (%.1fx)",
                  metric, index.n_trees, index.search_k, k, measured.recall, measured.ann_ms, measured.exact_ms,
                  measured.speedup)

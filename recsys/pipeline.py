@@ -4,7 +4,8 @@
 2. Models with early stopping carve a validation split from the training part the same way and pick the
    number of epochs on it (the test split is never looked at while choosing).
 3. Refit on the whole training part with that many epochs and evaluate on the test split, beside Popularity.
-4. Refit on all interactions (so the served model knows every user's latest items) and write a new
+4. Refit on all interactions (so the served model knows every user's latest items), build Annoy indexes
+   tuned to `target_recall` (the engine still scans exactly where that measured faster), and write a new
    versioned bundle under `out`, holding the held-out metrics; then move `out/current` to it.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ def holdout(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[I
 
 def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str, Any] | None = None,
                      out: str | Path = "models", test_fraction: float = 0.2, refit: bool = True,
-                     seed: int = 0) -> TrainReport:
+                     seed: int = 0, index: bool = True, target_recall: float = 0.95) -> TrainReport:
     """Run the whole job (see module docstring) and return where the bundle went and what it scored."""
     start = time.perf_counter()
     params = dict(params or {})
@@ -73,6 +74,8 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     if model != "popularity":
         metrics["popularity"] = evaluate(Popularity().fit(train), test, EVAL_K)
     final = make_model(model, **params).fit(inter) if refit else evaluated
+    if index:
+        final.build_index(target_recall=target_recall, seed=seed)
     path = artifacts.new_version_path(out, model)
     final.save(path, metrics=metrics[model], extra={
         "evaluation": {"protocol": "temporal holdout" if inter.timestamp is not None else "random holdout",

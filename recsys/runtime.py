@@ -238,12 +238,16 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- id-level API
     def recommend(self, user_ids: Iterable[object], k: int = 10, exclude_seen: bool = True,
-                  items: Iterable[object] | None = None, exclude: Iterable[object] | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores), each (n_users, k), for known users; `items` is an allow-list, `exclude` a deny-list."""
+                  items: Iterable[object] | None = None, exclude: Iterable[object] | None = None,
+                  filters: dict[str, object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), each (n_users, k), for known users.
+
+        items: an allow-list of item ids; exclude: a deny-list; filters: item attributes, e.g.
+        {"genres": ["Comedy", "Drama"]} (any of these), combined with each other and the lists by AND.
+        """
         _check_k(k)
         user_index = self.users.to_index(user_ids, kind="user")
-        allow = None if items is None else self.items.to_index(items, kind="item")
+        allow = self.allowed_items(items, filters)
         deny = None if exclude is None else self.items.to_index(exclude, missing="ignore")
         idx, val = self.recommend_indices(user_index, k, exclude_seen, allow=allow, deny=deny)
         return self.items.to_ids(idx), val
@@ -269,6 +273,49 @@ class Engine:
         _check_k(k)
         idx, val = self.similar_user_indices(self.users.to_index(user_ids, kind="user"), k)
         return self.users.to_ids(idx), val
+
+    def allowed_items(self, items: Iterable[object] | None = None, filters: dict[str, object] | None = None
+                      ) -> np.ndarray | None:
+        """Item indices passing an allow-list of ids and attribute filters (None: no restriction)."""
+        allow = None if items is None else np.unique(self.items.to_index(items, kind="item"))
+        if filters:
+            passing = np.flatnonzero(self.attribute_mask(filters))
+            allow = passing if allow is None else np.intersect1d(allow, passing)
+        return allow
+
+    def attribute_mask(self, filters: dict[str, object]) -> np.ndarray:
+        """Boolean mask over items: for every column, the item's value (or any of its list values, e.g.
+        genres) is one of the wanted values."""
+        meta = self.item_metadata
+        if meta is None:
+            raise DataValidationError("This model has no item metadata, so attribute filters cannot apply. "
+                                      "Train with item metadata (CLI: --items) or drop the filter.")
+        mask = np.ones(self.n_items, bool)
+        for column, wanted in filters.items():
+            if column not in meta.columns or column == "item":
+                raise DataValidationError(f"Unknown item attribute {column!r} in filters. Available: "
+                                          f"{[c for c in meta.columns if c != 'item']}.")
+            values = set(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else {wanted}
+            col = meta[column].to_numpy(dtype=object)
+            mask &= np.fromiter(
+                ((not values.isdisjoint(v)) if isinstance(v, (list, tuple, np.ndarray)) else v in values
+                 for v in col), dtype=bool, count=len(col))
+        return mask
+
+    def recommend_all(self, k: int = 10, exclude_seen: bool = True, batch_size: int = 4096) -> pd.DataFrame:
+        """Top-k for every known user: a frame with columns user, item, rank, score (best first)."""
+        _check_k(k)
+        frames = []
+        for start in range(0, len(self.users), batch_size):
+            users = np.arange(start, min(start + batch_size, len(self.users)))
+            idx, scores = self.recommend_indices(users, k, exclude_seen)
+            valid = idx >= 0
+            frames.append(pd.DataFrame({
+                "user": np.repeat(self.users.ids[users], k)[valid.ravel()].astype(str),
+                "item": self.items.ids[idx[valid]].astype(str),
+                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))[valid.ravel()],
+                "score": scores[valid].astype(np.float32)}))
+        return pd.concat(frames, ignore_index=True)
 
     def titles(self, item_ids: np.ndarray) -> np.ndarray | None:
         """Titles for external item ids (None where unknown), if the bundle has item metadata."""

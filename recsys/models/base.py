@@ -222,12 +222,11 @@ class Recommender:
             "metrics": metrics or {},
             **(extra or {}),
         }
-        files = {}
-        if engine.indexes:
-            manifest["index"] = {metric: {"file": INDEX_FILES[metric], "config": index.config(),
-                                          "stats": engine.index_stats.get(metric, {})}
-                                 for metric, index in engine.indexes.items()}
-            files = {INDEX_FILES[metric]: index.save for metric, index in engine.indexes.items()}
+        files = {INDEX_FILES[metric]: index.save for metric, index in engine.indexes.items()}
+        manifest["index"] = {metric: {"file": INDEX_FILES[metric], "config": index.config(),
+                                      "stats": engine.index_stats.get(metric, {})}
+                             for metric, index in engine.indexes.items()}
+        manifest["index_measured"] = engine.index_stats  # every index tuned, kept or not
         return artifacts.write_bundle(path, arrays=arrays, users=self.users_, items=self.items_,
                                       manifest=manifest, item_metadata=engine.item_metadata, files=files)
 

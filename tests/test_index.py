@@ -1,0 +1,198 @@
+"""Annoy retrieval: the inner-product augmentation, tuning to a recall target, filters that still return k."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recsys.data import IdMap
+from recsys.exceptions import BundleError, DataValidationError
+from recsys.index import AnnIndex, build_indexes, exact_topk, recall_at_k, tune
+from recsys.models import MF, Popularity, load
+from recsys.runtime import Engine
+
+
+def mf_like(n_items: int, dim: int = 16, n_queries: int = 50, seed: int = 0):
+    """Clustered item vectors with log-normal norms (popularity-like), and user-like queries."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dim))
+    items = centres[rng.integers(0, 40, n_items)] + 0.7 * rng.normal(size=(n_items, dim))
+    items *= rng.lognormal(0, 0.4, size=(n_items, 1))
+    queries = centres[rng.integers(0, 40, n_queries)] + 0.7 * rng.normal(size=(n_queries, dim))
+    return items.astype(np.float32), queries.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    return mf_like(3000)
+
+
+@pytest.fixture(scope="module")
+def exhaustive_index(vectors):
+    items, _ = vectors
+    index = AnnIndex("ip", n_trees=10).build(items)
+    index.fetch, index.search_k = 300, 1000  # fetch 10 * 300 = all items: must equal exact search
+    return index
+
+
+def test_augmentation_makes_angular_search_rank_by_inner_product(vectors, exhaustive_index):
+    items, queries = vectors
+    found = exhaustive_index.search(queries, items, 10)
+    np.testing.assert_array_equal(found, exact_topk(queries, items, 10))
+
+
+def test_tune_reaches_the_target_and_records_honest_measurements(vectors):
+    items, queries = vectors
+    index, stats = tune(items, queries, k=10, target_recall=0.9, n_trees_grid=(5, 10, 20))
+    assert stats.recall >= 0.9
+    assert stats.recall == pytest.approx(recall_at_k(index.search(queries, items, 10),
+                                                      exact_topk(queries, items, 10)), abs=1e-3)
+    assert (stats.n_trees, stats.fetch, stats.search_k) == (index.n_trees, index.fetch, index.search_k)
+    assert stats.exact_ms > 0 and stats.ann_ms > 0 and stats.to_dict()["speedup"] > 0
+
+
+def test_unreachable_target_returns_the_most_accurate_setting_and_is_not_kept(vectors):
+    items, queries = vectors
+    _, stats = build_indexes(items, queries, None, target_recall=1.01, n_queries=20)
+    assert stats["ip"]["recall"] < 1.01 and stats["ip"]["kept"] is False
+
+
+def test_angular_metric_ranks_by_cosine(vectors):
+    items, queries = vectors
+    unit = items / np.linalg.norm(items, axis=1, keepdims=True)
+    index = AnnIndex("angular", n_trees=10).build(unit)
+    index.fetch, index.search_k = 300, 1000
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    np.testing.assert_array_equal(index.search(q, unit, 5), exact_topk(q, unit, 5))
+
+
+def test_bad_metric_is_named():
+    with pytest.raises(DataValidationError, match="'metric' parameter of AnnIndex"):
+        AnnIndex("dot")
+
+
+def test_save_and_mmap_load_give_the_same_answers(vectors, exhaustive_index, tmp_path):
+    items, queries = vectors
+    exhaustive_index.save(tmp_path / "i.ann")
+    loaded = AnnIndex.load(tmp_path / "i.ann", **exhaustive_index.config())
+    np.testing.assert_array_equal(loaded.search(queries, items, 10), exhaustive_index.search(queries, items, 10))
+
+
+# --------------------------------------------------------------------------------- engine with an index
+def engine_with(items: np.ndarray, users: np.ndarray, index: AnnIndex | None, seen=None, mode="ann",
+                metadata=None) -> Engine:
+    return Engine(items, users, IdMap([f"u{i}" for i in range(len(users))]),
+                  IdMap([f"i{j}" for j in range(len(items))]), seen=seen, item_metadata=metadata,
+                  indexes={"ip": index} if index else None, mode=mode)
+
+
+@pytest.fixture(scope="module")
+def fast_index(vectors):
+    items, _ = vectors
+    index = AnnIndex("ip", n_trees=10, search_k=10, fetch=2).build(items)  # deliberately approximate
+    return index
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_filtered_index_results_hold_k_items_that_pass_best_first(vectors, fast_index, data):
+    items, queries = vectors
+    n = len(items)
+    k = data.draw(st.integers(1, 30))
+    allow_share = data.draw(st.sampled_from([None, 0.002, 0.05, 0.5]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 10_000)))
+    allow = None if allow_share is None else rng.choice(n, max(1, int(n * allow_share)), replace=False)
+    n_seen = data.draw(st.integers(0, 200))
+    seen = sp.csr_matrix((np.ones(n_seen), (np.zeros(n_seen, int), rng.choice(n, n_seen, replace=False))),
+                         shape=(1, n))
+    engine = engine_with(items, queries[:1], fast_index, seen=seen)
+    idx, scores = engine.recommend_indices(np.array([0]), k, allow=allow)
+    passing = np.setdiff1d(np.arange(n) if allow is None else allow, seen.indices)
+    got = idx[0][idx[0] >= 0]
+    assert len(got) == min(k, len(passing)), "exactly k when k pass"
+    assert set(got) <= set(passing)
+    np.testing.assert_allclose(scores[0][:len(got)], items[got] @ queries[0], rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores[0][:len(got)]) <= 1e-6), "best first"
+    exact = engine_with(items, queries[:1], None, seen=seen, mode="exact")
+    exact_idx, _ = exact.recommend_indices(np.array([0]), k, allow=allow)
+    if len(passing) <= 4 * k:  # small candidate sets go through the exact fallback: identical to brute force
+        np.testing.assert_array_equal(idx, exact_idx)
+
+
+def test_exhaustive_index_with_filters_matches_brute_force(vectors, exhaustive_index):
+    items, queries = vectors
+    rng = np.random.default_rng(1)
+    seen = sp.random(len(queries), len(items), density=0.02, format="csr", random_state=2)
+    allow = rng.choice(len(items), 1500, replace=False)
+    ann = engine_with(items, queries, exhaustive_index, seen=seen)
+    exact = engine_with(items, queries, None, seen=seen, mode="exact")
+    users = np.arange(len(queries))
+    np.testing.assert_array_equal(ann.recommend_indices(users, 10, allow=allow)[0],
+                                  exact.recommend_indices(users, 10, allow=allow)[0])
+
+
+def test_auto_mode_follows_the_measurements(vectors, fast_index):
+    items, queries = vectors
+    engine = engine_with(items, queries, fast_index, mode="auto")
+    stats = {"recall": 0.97, "target_recall": 0.95, "ann_ms": 0.1, "exact_ms": 1.0, "exact_batch_ms": 0.05}
+    engine.index_stats = {"ip": stats}
+    assert engine._use_index("ip", 1, len(items), None), "one query: the index is 10x faster"
+    assert not engine._use_index("ip", 512, len(items), None), "a batch: exact is cheaper per query"
+    assert not engine._use_index("ip", 1, 50, None), "a small allow-list: scanning it is cheaper"
+    assert not engine._use_index("ip", 1, len(items), "exact")
+    engine.index_stats = {"ip": {**stats, "recall": 0.5}}
+    assert not engine._use_index("ip", 1, len(items), None), "below the recall target: never"
+
+
+# ------------------------------------------------------------------------------------- attribute filters
+def test_attribute_filters_and_recommend_all(synthetic):
+    model = Popularity().fit(synthetic)
+    engine = model.engine_
+    user = synthetic.users.ids[0]
+    ids, _ = engine.recommend([user], k=5, filters={"genres": "cluster1"})
+    genres = engine.item_metadata.set_index("item")["genres"]
+    assert all("cluster1" in genres[i] for i in ids[0])
+    both, _ = engine.recommend([user], k=5, filters={"genres": ["cluster1", "cluster2"]})
+    assert all({"cluster1", "cluster2"} & set(genres[i]) for i in both[0])
+    with pytest.raises(DataValidationError, match="Unknown item attribute 'colour'"):
+        engine.recommend([user], k=5, filters={"colour": "red"})
+    frame = engine.recommend_all(k=3)
+    assert len(frame) == 3 * synthetic.n_users
+    first = frame[frame["user"] == user]["item"].tolist()
+    assert first == list(model.recommend(user, k=3)[0])
+
+
+def test_filters_need_metadata():
+    engine = Engine(np.ones((2, 1)), np.ones((1, 1)), IdMap(["u"]), IdMap(["a", "b"]))
+    with pytest.raises(DataValidationError, match="no item metadata"):
+        engine.recommend(["u"], filters={"genres": "x"})
+
+
+# -------------------------------------------------------------------------------------------- bundles
+def test_indexes_travel_in_the_bundle_and_are_verified(synthetic, tmp_path):
+    model = MF(factors=8, epochs=3, progress=False, device="cpu").fit(synthetic)
+    stats = model.build_index(target_recall=0.5, n_queries=50)
+    assert set(stats) == {"ip", "angular"}
+    model.engine_.indexes = {m: model.engine_.indexes.get(m) or AnnIndex(m, 5).build(
+        model.engine_.item_vectors if m == "ip" else model.engine_._item_sim) for m in ("ip", "angular")}
+    path = model.save(tmp_path / "b")
+    loaded = load(path)
+    assert set(loaded.engine_.indexes) == {"ip", "angular"}
+    assert loaded.manifest_["index"]["ip"]["file"] == "index_ip.ann"
+    for mode in ("exact", "ann"):
+        loaded.engine_.mode = mode
+        ids, _ = loaded.recommend(synthetic.users.ids[:5], k=5)
+        assert all(i is not None for i in ids.ravel())
+    data = bytearray((path / "index_ip.ann").read_bytes())
+    data[100] ^= 1
+    (path / "index_ip.ann").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="Checksum mismatch for index_ip.ann"):
+        load(path)
+
+
+def test_popularity_builds_no_angular_index(synthetic):
+    stats = Popularity().fit(synthetic).build_index(n_queries=20)
+    assert set(stats) == {"ip"}
