@@ -12,7 +12,7 @@ and, for the largest size, checks that two processes loading the same index file
 Results are printed as markdown-friendly tables (stdout) and written as JSON (default
 benchmarks/results/retrieval.json); progress is logged to stderr.
 
-    .venv/bin/python benchmarks/retrieval.py            # sizes 10k, 100k, 1M (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/retrieval.py            # sizes 10k, 100k, 1M (4-5 min on a quiet 2-core machine)
     .venv/bin/python benchmarks/retrieval.py --quick    # sizes 10k, 100k only
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import itertools
 import json
 import logging
 import os
@@ -45,8 +46,8 @@ log = logging.getLogger("benchmarks.retrieval")
 
 DEFAULT_SIZES = "10000,100000,1000000"
 QUICK_SIZES = "10000,100000"
-# tune()'s own default n_trees grid; above LARGE items the grid is cut so the default run stays ~10 minutes
-# on 2 cores (one 1M x 64 build costs ~3 s per tree there).
+# tune()'s own default n_trees grid; above LARGE items the grid is cut so the default run stays under ~10
+# minutes on 2 cores (a 1M x 64 build costs 1.2 s per tree on a quiet machine, up to 3 s under load).
 N_TREES_GRID = (10, 25, 50, 100)
 LARGE = 500_000
 N_TREES_GRID_LARGE = (10, 25, 50)
@@ -54,7 +55,13 @@ N_TREES_GRID_LARGE = (10, 25, 50)
 # ones so that a hard catalogue can still reach the target (at some cost in latency, which is reported).
 EFFORTS = ((1, 1), (2, 1), (2, 4), (4, 2), (8, 2), (16, 2), (32, 4), (64, 4), (128, 4))
 SWEEP_FETCH = (1, 2, 4, 8, 16, 32, 64, 128)
-SWEEP_SK = (1, 2, 4)
+SWEEP_SK = (1, 4)
+# Prototype of the fix suggested for recsys.index (see benchmarks/README.md): split the catalogue by item norm
+# (top-heavy quantiles of the norm ranking), one 'ip' AnnIndex per range.
+PROTO_QUANTILES = (0.002, 0.01, 0.03, 0.08, 0.2, 0.5, 1.0)
+PROTO_N_TREES = 20
+# fetch stays 1: Annoy already ranks a range's candidates in exact inner-product order (see README).
+PROTO_EFFORTS = tuple((1, m) for m in (1, 2, 4, 8, 12, 16, 32))
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -127,10 +134,14 @@ def sweep(index: AnnIndex, queries: np.ndarray, vectors: np.ndarray, truth: np.n
     """recall@k and ms/query over (fetch, search_k per candidate) at the index's n_trees. Stops raising fetch
     for a search_k multiple once a setting costs more than `max_ms` per query or reaches recall 1."""
     saved = index.fetch, index.search_k
+    grids = [[(fetch, sk_mult) for fetch in SWEEP_FETCH] for sk_mult in SWEEP_SK]
+    chosen = (index.fetch, index.search_k // index.n_trees)
+    if all(chosen not in grid for grid in grids):
+        grids.append([chosen])
     rows = []
     try:
-        for sk_mult in SWEEP_SK:
-            for fetch in SWEEP_FETCH:
+        for grid in grids:
+            for fetch, sk_mult in grid:
                 index.fetch, index.search_k = fetch, index.n_trees * sk_mult
                 found, ms = time_ann(index, queries, vectors, k)
                 rows.append({"n_trees": index.n_trees, "fetch": fetch, "search_k": index.search_k,
@@ -142,6 +153,79 @@ def sweep(index: AnnIndex, queries: np.ndarray, vectors: np.ndarray, truth: np.n
     finally:
         index.fetch, index.search_k = saved
     return rows
+
+
+class NormRangedPrototype:
+    """NOT part of recsys.index: a prototype of the suggested fix, built from public AnnIndex calls only.
+
+    With one augmentation constant M = max norm, every item whose norm is well below M gets a large extra
+    coordinate sqrt(M^2 - |x|^2), so most items crowd around the extra axis and the trees' split planes
+    separate them by norm rather than by direction, which the query [q, 0] cannot see. Splitting the catalogue
+    into norm ranges, each augmented to its own M_b (Yan et al. 2018, "Norm-Ranging LSH for MIPS"), keeps the
+    extra coordinate small inside each range. Ranges are searched from the largest norms down, and a range is
+    skipped once |q| * M_b is below the k-th best exact score found so far (Cauchy-Schwarz), which is exact.
+    """
+
+    def __init__(self, n_trees: int = PROTO_N_TREES, quantiles: tuple[float, ...] = PROTO_QUANTILES,
+                 seed: int = 0):
+        self.n_trees, self.quantiles, self.seed = n_trees, quantiles, seed
+        self.fetch, self.sk_mult = 1, 1
+        self.ranges_searched = 0.0
+
+    def build(self, vectors: np.ndarray) -> NormRangedPrototype:
+        norms = np.linalg.norm(vectors, axis=1)
+        order = np.argsort(-norms, kind="stable")
+        edges = np.unique((np.r_[0.0, self.quantiles] * len(vectors)).astype(np.int64))
+        self.ranges = [order[a:b] for a, b in itertools.pairwise(edges) if b > a]
+        self.max_norms = [float(norms[r[0]]) for r in self.ranges]
+        self.norm_ratios = [float(norms[r[0]] / max(norms[r[-1]], 1e-12)) for r in self.ranges]
+        self.indexes = [AnnIndex("ip", self.n_trees, seed=self.seed).build(vectors[r]) for r in self.ranges]
+        return self
+
+    def search(self, queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
+        out = np.full((len(queries), k), -1, np.int64)
+        searched = 0
+        for row, q in enumerate(queries):
+            q_norm, kth, parts = float(np.linalg.norm(q)), -np.inf, []
+            for ids, index, m in zip(self.ranges, self.indexes, self.max_norms):
+                if q_norm * m < kth:
+                    break
+                index.search_k = self.n_trees * self.sk_mult
+                parts.append(ids[index.candidates(q, k * self.fetch)])
+                searched += 1
+                cand = np.concatenate(parts)
+                scores = vectors[cand] @ q
+                if len(scores) >= k:
+                    kth = float(np.partition(scores, len(scores) - k)[len(scores) - k])
+            best = cand[np.argsort(-scores, kind="stable")[:k]]
+            out[row, :len(best)] = best
+        self.ranges_searched = searched / max(len(queries), 1)
+        return out
+
+
+def bench_prototype(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int, exact_ms: float,
+                    tmp: Path, seed: int) -> dict:
+    t = time.perf_counter()
+    proto = NormRangedPrototype(seed=seed).build(items)
+    build_s = time.perf_counter() - t
+    size = 0
+    for i, index in enumerate(proto.indexes):
+        path = tmp / f"proto_{len(items)}_{i}.ann"
+        index.save(path)
+        size += path.stat().st_size
+    rows = []
+    for fetch, sk_mult in PROTO_EFFORTS:
+        proto.fetch, proto.sk_mult = fetch, sk_mult
+        start = time.perf_counter()
+        found = proto.search(queries, items, k)
+        ms = (time.perf_counter() - start) / len(queries) * 1000
+        rows.append({"fetch": fetch, "search_k_per_candidate_multiple": sk_mult, "recall": recall_at_k(found, truth),
+                     "ann_ms": ms, "speedup": exact_ms / ms, "ranges_searched": proto.ranges_searched})
+        log.info("prototype fetch=%d search_k=%dx: recall@%d=%.3f %.3f ms/query (%.1fx), %.1f ranges searched",
+                 fetch, sk_mult, k, rows[-1]["recall"], ms, exact_ms / ms, proto.ranges_searched)
+    return {"n_items": len(items), "n_trees_per_range": proto.n_trees, "quantiles": list(proto.quantiles),
+            "range_sizes": [len(r) for r in proto.ranges], "range_norm_ratios": proto.norm_ratios,
+            "build_s": build_s, "index_files_bytes": size, "exact_ms": exact_ms, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------ memory sharing
@@ -278,6 +362,12 @@ def bench_size(n: int, args: argparse.Namespace, centres: np.ndarray, tmp: Path)
     rows = sweep(index, eval_q, items, truth, args.k, max_ms=2 * held_out["exact_ms"])
     phases["sweep_s"] = time.perf_counter() - t
 
+    prototype = None
+    if n == max(args.sizes) and not args.no_prototype:
+        t = time.perf_counter()
+        prototype = bench_prototype(items, eval_q, truth, args.k, held_out["exact_ms"], tmp, args.seed)
+        phases["prototype_s"] = time.perf_counter() - t
+
     result = {
         "n_items": n, "dim": args.dim,
         "norm_max_over_median": float(norms.max() / np.median(norms)),
@@ -289,6 +379,7 @@ def bench_size(n: int, args: argparse.Namespace, centres: np.ndarray, tmp: Path)
         "tune": stats.to_dict(),
         "held_out": held_out,
         "sweep": rows,
+        "norm_ranged_prototype": prototype,
         "phases_s": {key: round(val, 2) for key, val in phases.items()},
     }
     return result, index, index_file
@@ -346,6 +437,20 @@ def report(out: dict) -> str:
                   "<- chosen" if (s["fetch"], s["search_k"]) == (r["chosen"]["fetch"], r["chosen"]["search_k"])
                   else ""] for s in r["sweep"]]
         lines.append(table(["fetch (x k)", "search_k/cand", f"recall@{k}", "ms/q", "speed-up", ""], srows))
+    for r in out["results"]:
+        pr = r.get("norm_ranged_prototype")
+        if not pr:
+            continue
+        lines += ["", (f"## Prototype, NOT in recsys.index: norm-ranged 'ip' at n = {pr['n_items']:,} "
+                       f"({len(pr['range_sizes'])} norm ranges, {pr['n_trees_per_range']} trees each, built in "
+                       f"{pr['build_s']:.1f} s, index files {fmt_bytes(pr['index_files_bytes'])}; same held-out "
+                       f"queries, exact single {pr['exact_ms']:.3f} ms/q)"), "",
+                  "range sizes: " + ", ".join(f"{x:,}" for x in pr["range_sizes"]),
+                  "max/min norm within each range: " + ", ".join(f"{x:.2f}" for x in pr["range_norm_ratios"]), ""]
+        prows = [[x["fetch"], f"{x['search_k_per_candidate_multiple']}x", f"{x['recall']:.3f}", f"{x['ann_ms']:.3f}",
+                  f"{x['speedup']:.1f}x", f"{x['ranges_searched']:.2f}"] for x in pr["rows"]]
+        lines.append(table(["fetch (x k)", "search_k/cand (x n_trees)", f"recall@{k}", "ms/q", "speed-up",
+                            "ranges searched"], prows))
     mem = out.get("memory")
     if mem:
         lines += ["", (f"## Memory sharing: two processes mmap the same index ({out['memory_n_items']:,} items, "
@@ -378,7 +483,7 @@ def report(out: dict) -> str:
     return "\n".join(lines)
 
 
-PHASES = ("generate_s", "tune_s", "save_s", "ground_truth_s", "compare_s", "sweep_s")
+PHASES = ("generate_s", "tune_s", "save_s", "ground_truth_s", "compare_s", "sweep_s", "prototype_s")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -397,8 +502,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"n_trees grid for catalogues of {LARGE:,} items or more")
     p.add_argument("--max-build-seconds", type=float, default=120.0, help="tune()'s build budget per size")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians reported)")
-    p.add_argument("--memory-queries", type=int, default=2000, help="queries each memory child runs")
+    p.add_argument("--memory-queries", type=int, default=500, help="queries each memory child runs")
     p.add_argument("--no-memory", action="store_true", help="skip the memory-sharing check")
+    p.add_argument("--no-prototype", action="store_true",
+                   help="skip the norm-ranged prototype (the suggested index change) at the largest size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "retrieval.json")
     args = p.parse_args(argv)

@@ -143,7 +143,7 @@ class Engine:
                       exclude: Sequence[np.ndarray] | sp.csr_matrix | None, allow: np.ndarray | None
                       ) -> tuple[np.ndarray, np.ndarray]:
         """Per query: fetch candidates, drop filtered ones and re-score exactly; fetch more (doubling) until
-        k pass, falling back to exact scoring once over-fetching would cost more than a scan."""
+        k pass, falling back to an exact scan once over-fetching would cost more than the scan."""
         n = len(vectors)
         allowed = None
         if allow is not None:
@@ -154,27 +154,22 @@ class Engine:
         out_val = np.full((len(queries), k), -np.inf, np.float32)
         for r, q in enumerate(queries):
             excluded = _row_exclusions(exclude, r)
-            n_passing = n if allowed is None else len(allow)
-            n_passing -= len(excluded) if allowed is None else int(allowed[excluded].sum())
+            n_passing = n - len(excluded) if allowed is None else len(allow) - int(allowed[excluded].sum())
             want = min(k, n_passing)
+            keep = _keep_filter(allowed, excluded)
             fetch = int(np.ceil((k * index.fetch + len(excluded)) / share * 1.2))
-            cand = None
-            while fetch <= max(n // 4, k):
-                found = index.candidates(q, min(fetch, n))
-                keep = np.ones(len(found), bool) if allowed is None else allowed[found]
-                if len(excluded):
-                    keep &= ~np.isin(found, excluded)
-                if keep.sum() >= want:
-                    cand = found[keep]
+            found = None
+            while fetch * index.n_ranges <= max(n // 4, k):
+                idx, val = index.search_one(q, k, vectors, n_fetch=fetch, keep=keep)
+                if len(idx) >= want:
+                    found = idx, val
                     break
                 fetch *= 2
-            if cand is None:  # scanning is cheaper than fetching more: exact for this query
+            if found is None:  # scanning is cheaper than fetching more: exact for this query
                 idx, val = self._exact_search(vectors, q[None, :], k, [excluded], allow)
                 out_idx[r], out_val[r] = idx[0], val[0]
                 continue
-            scores = vectors[cand] @ q
-            order = np.argsort(-scores, kind="stable")[:k]
-            out_idx[r, :len(order)], out_val[r, :len(order)] = cand[order], scores[order]
+            out_idx[r, :len(found[0])], out_val[r, :len(found[0])] = found
         return out_idx, out_val
 
     def _exact_search(self, vectors: np.ndarray, queries: np.ndarray, k: int,
@@ -330,6 +325,16 @@ class Engine:
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise DataValidationError(f"The 'k' parameter must be an int >= 1. Got {k!r}.")
+
+
+def _keep_filter(allowed: np.ndarray | None, excluded: np.ndarray):
+    if allowed is None and not len(excluded):
+        return None
+
+    def keep(cand: np.ndarray) -> np.ndarray:
+        mask = np.ones(len(cand), bool) if allowed is None else allowed[cand]
+        return mask & ~np.isin(cand, excluded) if len(excluded) else mask
+    return keep
 
 
 def _row_exclusions(exclude: Sequence[np.ndarray] | sp.csr_matrix | None, r: int) -> np.ndarray:

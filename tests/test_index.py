@@ -33,7 +33,7 @@ def vectors():
 def exhaustive_index(vectors):
     items, _ = vectors
     index = AnnIndex("ip", n_trees=10).build(items)
-    index.fetch, index.search_k = 300, 1000  # fetch 10 * 300 = all items: must equal exact search
+    index.fetch, index.search_k = 300, 1000  # fetch 10 * 300 = every item of every range: exact
     return index
 
 
@@ -50,7 +50,7 @@ def test_tune_reaches_the_target_and_records_honest_measurements(vectors):
     assert stats.recall >= 0.9
     assert stats.recall == pytest.approx(recall_at_k(index.search(queries, items, 10),
                                                       exact_topk(queries, items, 10)), abs=1e-3)
-    assert (stats.n_trees, stats.fetch, stats.search_k) == (index.n_trees, index.fetch, index.search_k)
+    assert (stats.n_trees, stats.search_k, stats.n_ranges) == (index.n_trees, index.search_k, index.n_ranges)
     assert stats.exact_ms > 0 and stats.ann_ms > 0 and stats.to_dict()["speedup"] > 0
 
 
@@ -74,10 +74,34 @@ def test_bad_metric_is_named():
         AnnIndex("dot")
 
 
+def test_norm_ranges_are_top_heavy_and_cover_everything():
+    from recsys.index import norm_ranges
+
+    bounds = norm_ranges(np.arange(100_000, dtype=float))
+    assert bounds[0] == 0 and bounds[-1] == 100_000 and np.all(np.diff(bounds) >= 1000)
+    assert list(bounds[:3]) == [0, 1000, 3000]  # 0.2% is folded up to the 1000-item minimum
+    assert list(norm_ranges(np.ones(500))) == [0, 500]
+
+
+def test_ranged_index_on_wide_norms_beats_a_single_range():
+    """The reason for norm ranges: with popularity-like norms one augmented range loses recall."""
+    rng = np.random.default_rng(3)
+    items, queries = mf_like(20_000, dim=16, n_queries=100, seed=3)
+    items *= rng.lognormal(0, 0.8, size=(len(items), 1)).astype(np.float32)
+    truth = exact_topk(queries, items, 10)
+    ranged = AnnIndex("ip", n_trees=10, search_k=20).build(items)
+    single = AnnIndex("ip", n_trees=10, search_k=20, quantiles=(1.0,)).build(items)
+    assert single.n_ranges == 1 and ranged.n_ranges > 3
+    r_ranged = recall_at_k(ranged.search(queries, items, 10), truth)
+    r_single = recall_at_k(single.search(queries, items, 10), truth)
+    assert r_ranged > r_single + 0.1, (r_ranged, r_single)
+
+
 def test_save_and_mmap_load_give_the_same_answers(vectors, exhaustive_index, tmp_path):
     items, queries = vectors
-    exhaustive_index.save(tmp_path / "i.ann")
-    loaded = AnnIndex.load(tmp_path / "i.ann", **exhaustive_index.config())
+    for name, write in exhaustive_index.file_writers("idx").items():
+        write(tmp_path / name)
+    loaded = AnnIndex.load(tmp_path, "idx", **exhaustive_index.config())
     np.testing.assert_array_equal(loaded.search(queries, items, 10), exhaustive_index.search(queries, items, 10))
 
 
@@ -92,7 +116,7 @@ def engine_with(items: np.ndarray, users: np.ndarray, index: AnnIndex | None, se
 @pytest.fixture(scope="module")
 def fast_index(vectors):
     items, _ = vectors
-    index = AnnIndex("ip", n_trees=10, search_k=10, fetch=2).build(items)  # deliberately approximate
+    index = AnnIndex("ip", n_trees=3, search_k=1, fetch=1).build(items)  # deliberately approximate
     return index
 
 
@@ -181,15 +205,15 @@ def test_indexes_travel_in_the_bundle_and_are_verified(synthetic, tmp_path):
     path = model.save(tmp_path / "b")
     loaded = load(path)
     assert set(loaded.engine_.indexes) == {"ip", "angular"}
-    assert loaded.manifest_["index"]["ip"]["file"] == "index_ip.ann"
+    assert loaded.manifest_["index"]["ip"]["prefix"] == "index_ip"
     for mode in ("exact", "ann"):
         loaded.engine_.mode = mode
         ids, _ = loaded.recommend(synthetic.users.ids[:5], k=5)
         assert all(i is not None for i in ids.ravel())
-    data = bytearray((path / "index_ip.ann").read_bytes())
+    data = bytearray((path / "index_ip.0.ann").read_bytes())
     data[100] ^= 1
-    (path / "index_ip.ann").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="Checksum mismatch for index_ip.ann"):
+    (path / "index_ip.0.ann").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="Checksum mismatch for index_ip.0.ann"):
         load(path)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from .. import artifacts
 from ..data import Interactions
 from ..exceptions import BundleError, DataValidationError, NotFittedError
-from ..index import INDEX_FILES, AnnIndex, build_indexes
+from ..index import INDEX_PREFIX, AnnIndex, build_indexes
 from ..runtime import Engine
 
 
@@ -222,8 +222,10 @@ class Recommender:
             "metrics": metrics or {},
             **(extra or {}),
         }
-        files = {INDEX_FILES[metric]: index.save for metric, index in engine.indexes.items()}
-        manifest["index"] = {metric: {"file": INDEX_FILES[metric], "config": index.config(),
+        files = {}
+        for metric, index in engine.indexes.items():
+            files.update(index.file_writers(INDEX_PREFIX[metric]))
+        manifest["index"] = {metric: {"prefix": INDEX_PREFIX[metric], "config": index.config(),
                                       "stats": engine.index_stats.get(metric, {})}
                              for metric, index in engine.indexes.items()}
         manifest["index_measured"] = engine.index_stats  # every index tuned, kept or not
@@ -254,7 +256,7 @@ def model_from_bundle(bundle: artifacts.Bundle, expected: type[Recommender] | No
                         extra=bundle.manifest.get("training", {}))
     model._set_state(exported, bundle.users, bundle.items, bundle.seen(), bundle.item_metadata)
     for metric, info in bundle.manifest.get("index", {}).items():
-        model.engine_.indexes[metric] = AnnIndex.load(bundle.path / info["file"], **info["config"])
+        model.engine_.indexes[metric] = AnnIndex.load(bundle.path, info["prefix"], **info["config"])
         model.engine_.index_stats[metric] = info["stats"]
     model.manifest_ = bundle.manifest
     return model
