@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from .data import IdMap
 from .exceptions import DataValidationError
-from .index import AnnIndex
+from .index import EXACT_BLOCK, AnnIndex
 
 FOLDIN_METHODS = ("ridge", "mean", "constant")
 SIMILARITIES = ("cosine", "dot")
@@ -182,8 +182,9 @@ class Engine:
             position = np.full(len(vectors), -1, np.int64)
             position[allow] = np.arange(len(allow))
             vectors = vectors[allow]
-        for start in range(0, len(queries), self.batch_size):
-            stop = min(start + self.batch_size, len(queries))
+        step = max(1, min(self.batch_size, EXACT_BLOCK // max(len(vectors), 1)))  # bounded score matrix
+        for start in range(0, len(queries), step):
+            stop = min(start + step, len(queries))
             scores = queries[start:stop] @ vectors.T
             if exclude is not None:
                 rows, cols = _exclusion_pairs(exclude, start, stop)

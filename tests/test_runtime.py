@@ -474,3 +474,16 @@ def test_titles_are_none_for_items_without_metadata():
     engine = Engine(np.ones((2, 1), np.float32), np.ones((1, 1), np.float32), IdMap(["u"]), items,
                     item_metadata=meta)
     assert list(engine.titles(np.array(["a", "b", "zzz"], dtype=object))) == ["A", None, None]
+
+
+def test_exact_scoring_blocks_bound_memory_and_give_the_same_answer(monkeypatch):
+    """Rows per block shrink with the catalogue so the score matrix stays within EXACT_BLOCK floats."""
+    import recsys.runtime as runtime
+
+    rng = np.random.default_rng(0)
+    items, users = rng.normal(size=(500, 4)).astype(np.float32), rng.normal(size=(37, 4)).astype(np.float32)
+    engine = Engine(items, users, IdMap([f"u{i}" for i in range(37)]), IdMap([f"i{j}" for j in range(500)]))
+    whole = engine.recommend_indices(np.arange(37), 5)
+    monkeypatch.setattr(runtime, "EXACT_BLOCK", 1000)  # two rows per block
+    blocked = engine.recommend_indices(np.arange(37), 5)
+    np.testing.assert_array_equal(whole[0], blocked[0])
