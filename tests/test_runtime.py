@@ -478,7 +478,7 @@ def test_titles_are_none_for_items_without_metadata():
 
 def test_exact_scoring_blocks_bound_memory_and_give_the_same_answer(monkeypatch):
     """Rows per block shrink with the catalogue so the score matrix stays within EXACT_BLOCK floats."""
-    import recsys.runtime as runtime
+    from recsys import runtime
 
     rng = np.random.default_rng(0)
     items, users = rng.normal(size=(500, 4)).astype(np.float32), rng.normal(size=(37, 4)).astype(np.float32)
