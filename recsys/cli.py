@@ -138,7 +138,8 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"on {training.get('device')}")
     for metric, st in manifest.get("index_measured", {}).items():
         verdict = "kept" if st.get("kept") else "not kept: exact search is faster or recall short"
-        print(f"Index {metric:<8} n_trees={st['n_trees']} fetch={st['fetch']}k: recall@{st['k']}={st['recall']:.3f}, "
+        print(f"Index {metric:<8} n_trees={st['n_trees']} search_k={st['search_k']} ranges={st['n_ranges']}: "
+              f"recall@{st['k']}={st['recall']:.3f}, "
               f"{st['ann_ms']:.3f} ms/query vs exact {st['exact_ms']:.3f} ms ({st['speedup']:.2f}x), {verdict}")
     metrics = manifest.get("metrics", {})
     print("Metrics:       " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "users"))

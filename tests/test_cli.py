@@ -70,6 +70,7 @@ def test_info_summarises(models, capsys):
     assert main(["info", "--bundle", str(models)]) == 0
     out = capsys.readouterr().out
     assert "checksums OK" in out and "Model:" in out
+    assert "Index ip" in out and "recall@10=" in out, "tuning measurements are shown, kept or not"
 
 
 def test_unknown_user_is_a_clean_error(models, capsys):
