@@ -92,9 +92,21 @@ def test_ranged_index_on_wide_norms_beats_a_single_range():
     ranged = AnnIndex("ip", n_trees=10, search_k=20).build(items)
     single = AnnIndex("ip", n_trees=10, search_k=20, quantiles=(1.0,)).build(items)
     assert single.n_ranges == 1 and ranged.n_ranges > 3
+    assert ranged.exact_ranges >= 1, "the largest-norm range is scored exactly"
     r_ranged = recall_at_k(ranged.search(queries, items, 10), truth)
     r_single = recall_at_k(single.search(queries, items, 10), truth)
     assert r_ranged > r_single + 0.1, (r_ranged, r_single)
+
+
+def test_exact_prefix_survives_save_and_load(tmp_path):
+    items, queries = mf_like(20_000, dim=8, n_queries=20, seed=5)
+    index = AnnIndex("ip", n_trees=5, search_k=5).build(items)
+    assert index.exact_ranges >= 1 and len(index.prefix) == index.bounds[index.exact_ranges]
+    for name, write in index.file_writers("p").items():
+        write(tmp_path / name)
+    assert not (tmp_path / "p.0.ann").exists(), "exactly scored ranges have no forest"
+    loaded = AnnIndex.load(tmp_path, "p", **index.config())
+    np.testing.assert_array_equal(loaded.search(queries, items, 10), index.search(queries, items, 10))
 
 
 def test_save_and_mmap_load_give_the_same_answers(vectors, exhaustive_index, tmp_path):
