@@ -141,12 +141,12 @@ def ranges_searched(index: AnnIndex, queries: np.ndarray, vectors: np.ndarray, k
             calls += 1
             return self.forest.get_nns_by_vector(*args, **kwargs)
 
-    index._forests = [Counting(f) for f in forests]
+    index._forests = [None if f is None else Counting(f) for f in forests]
     try:
         index.search(queries, vectors, k)
     finally:
         index._forests = forests
-    return calls / max(len(queries), 1)
+    return calls / max(len(queries), 1) + index.exact_ranges  # exactly scored ranges are always visited
 
 
 def sweep(index: AnnIndex, queries: np.ndarray, vectors: np.ndarray, truth: np.ndarray, k: int,
