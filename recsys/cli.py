@@ -72,9 +72,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _engine(bundle_path: str):
-    from .models import load
+    from .runtime import load_engine  # queries need numpy and annoy only, not torch
 
-    return load(bundle_path).engine_
+    return load_engine(bundle_path)[0]
 
 
 def _print_ranked(ids: np.ndarray, scores: np.ndarray, titles: np.ndarray | None) -> None:

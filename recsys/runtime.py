@@ -7,11 +7,13 @@ user-to-user similarity use cosine (or dot, for models whose vectors carry no di
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from . import artifacts
 from .data import IdMap
 from .exceptions import DataValidationError
 from .index import EXACT_BLOCK, AnnIndex
@@ -372,3 +374,19 @@ def _combine_exclusions(seen_rows: sp.csr_matrix | None, deny: np.ndarray | None
                               shape=(n_rows, n_items))
         out = (out + block).tocsr()
     return out
+
+
+def load_engine(path: str | Path, mode: str = "auto") -> tuple[Engine, artifacts.Bundle]:
+    """Load and verify a bundle into an Engine (numpy + annoy only: no torch, no model classes).
+
+    The server and the CLI answer queries through this; `recsys.models.load` builds on it.
+    """
+    bundle = artifacts.read_bundle(path)
+    m = bundle.manifest
+    engine = Engine(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"], bundle.users, bundle.items,
+                    seen=bundle.seen(), foldin=m["foldin"], similarity=m["similarity"],
+                    item_metadata=bundle.item_metadata, similarity_dims=m.get("similarity_dims"), mode=mode)
+    for metric, info in m.get("index", {}).items():
+        engine.indexes[metric] = AnnIndex.load(bundle.path, info["prefix"], **info["config"])
+        engine.index_stats[metric] = info["stats"]
+    return engine, bundle

@@ -19,8 +19,8 @@ import numpy as np
 from .. import artifacts
 from ..data import Interactions
 from ..exceptions import BundleError, DataValidationError, NotFittedError
-from ..index import INDEX_PREFIX, AnnIndex, build_indexes
-from ..runtime import Engine
+from ..index import INDEX_PREFIX, build_indexes
+from ..runtime import Engine, load_engine
 
 
 # ------------------------------------------------------------------------------------ parameter checks
@@ -235,11 +235,12 @@ class Recommender:
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
         """Load a bundle written by `save` (checksums verified). On the base class, picks the right model."""
-        bundle = artifacts.read_bundle(path)
-        return model_from_bundle(bundle, expected=None if cls is Recommender else cls)
+        engine, bundle = load_engine(path)
+        return model_from_bundle(engine, bundle, expected=None if cls is Recommender else cls)
 
 
-def model_from_bundle(bundle: artifacts.Bundle, expected: type[Recommender] | None = None) -> Recommender:
+def model_from_bundle(engine: Engine, bundle: artifacts.Bundle, expected: type[Recommender] | None = None
+                      ) -> Recommender:
     name = bundle.manifest["model"]["class"]
     model_cls = MODEL_REGISTRY.get(name)
     if model_cls is None:
@@ -250,14 +251,11 @@ def model_from_bundle(bundle: artifacts.Bundle, expected: type[Recommender] | No
                           "Use recsys.models.load(path) to load any model.")
     params = {k: v for k, v in bundle.manifest["model"]["params"].items() if k in model_cls._param_names()}
     model = model_cls(**params)
-    exported = Exported(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"],
-                        foldin=bundle.manifest["foldin"], similarity=bundle.manifest["similarity"],
-                        similarity_dims=bundle.manifest.get("similarity_dims"),
-                        extra=bundle.manifest.get("training", {}))
-    model._set_state(exported, bundle.users, bundle.items, bundle.seen(), bundle.item_metadata)
-    for metric, info in bundle.manifest.get("index", {}).items():
-        model.engine_.indexes[metric] = AnnIndex.load(bundle.path, info["prefix"], **info["config"])
-        model.engine_.index_stats[metric] = info["stats"]
+    model.exported_ = Exported(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"],
+                               foldin=bundle.manifest["foldin"], similarity=bundle.manifest["similarity"],
+                               similarity_dims=bundle.manifest.get("similarity_dims"),
+                               extra=bundle.manifest.get("training", {}))
+    model.users_, model.items_, model.engine_ = bundle.users, bundle.items, engine
     model.manifest_ = bundle.manifest
     return model
 
