@@ -148,6 +148,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start the REST service in a new process image (recsys never imports the server or flask)."""
+    import os
+    import shutil
+
+    path = artifacts.resolve(args.bundle)
+    artifacts.verify(path)  # refuse a corrupt bundle before starting anything
+    env = {**os.environ, "RECSYS_BUNDLE": str(Path(args.bundle).resolve()),
+           "RECSYS_BIND": f"{args.host}:{args.port}", "RECSYS_WORKERS": str(args.workers)}
+    root = Path(__file__).resolve().parents[1]
+    if args.dev:
+        argv = [sys.executable, "-m", "flask", "--app", "server:create_app()", "run", "--host", args.host,
+                "--port", str(args.port)]
+    else:
+        gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or "gunicorn"
+        argv = [gunicorn, "-c", str(root / "server" / "gunicorn.conf.py")]
+    print(f"Serving {path} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
+    os.chdir(root)
+    os.execvpe(argv[0], argv, env)
+    return 0  # not reached
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description="Train, evaluate and query recommendation models.")
@@ -217,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--k", type=_positive_int, default=10)
     a.add_argument("--include-seen", action="store_true")
     a.set_defaults(func=cmd_recommend_all)
+
+    v = sub.add_parser("serve", help="start the REST service (gunicorn; --dev for Flask's server)")
+    bundle_arg(v)
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--workers", type=_positive_int, default=2)
+    v.add_argument("--dev", action="store_true", help="Flask's development server (one process, reloads)")
+    v.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="verify a bundle and summarise its manifest")
     bundle_arg(i)

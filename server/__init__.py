@@ -1,0 +1,50 @@
+"""The recsys REST service: HTTP in, a call into `recsys.runtime`, JSON out.
+
+    create_app({"BUNDLE": "models"})     # a bundle directory, or a models root with a `current` pointer
+
+Configuration: defaults, then environment variables prefixed RECSYS_ (e.g. RECSYS_BUNDLE=models,
+RECSYS_MAX_K=500), then the mapping given to `create_app`. Never imports torch or recsys.models.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+
+from .state import ModelState
+
+DEFAULTS: dict[str, Any] = {
+    "BUNDLE": None,                   # bundle dir or models root; the service is not ready without one
+    "SEARCH_MODE": "auto",            # auto | exact | ann
+    "MAX_K": 1000,
+    "MAX_BATCH_USERS": 1000,
+    "MAX_HISTORY_ITEMS": 1000,
+    "MAX_CONTENT_LENGTH": 1 << 20,    # bytes of request body
+    "API_TITLE": "recsys",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "/docs",
+    "OPENAPI_SWAGGER_UI_URL": "/docs/assets/",  # served by the app itself: works offline
+}
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("RECSYS")
+    if config:
+        app.config.from_mapping(config)
+    logging.getLogger("recsys").setLevel(logging.INFO)
+
+    from . import api, errors, health
+
+    app.extensions["recsys_state"] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"])
+    smorest = Api(app)
+    errors.register(app)
+    smorest.register_blueprint(api.blp)
+    app.register_blueprint(health.bp)
+    return app

@@ -1,0 +1,159 @@
+"""Versioned endpoints (/v1): parse and validate, call the runtime, format."""
+from __future__ import annotations
+
+import numpy as np
+from flask import current_app
+from flask_smorest import Blueprint, abort
+
+from . import schemas as s
+from .state import Loaded
+
+blp = Blueprint("v1", __name__, url_prefix="/v1", description="Recommendations, similar items and users")
+
+
+def _model() -> Loaded:
+    loaded = current_app.extensions["recsys_state"].current
+    if loaded is None:
+        abort(503, message="No model loaded: the service is not ready (see /readyz).")
+    return loaded
+
+
+def _items(m: Loaded, idx: np.ndarray, scores: np.ndarray) -> list[dict]:
+    valid = idx >= 0
+    idx, scores = idx[valid], scores[valid]
+    ids = m.engine.items.ids[idx]
+    titles = m.engine.titles(ids)
+    return [{"id": str(i), "score": float(sc), "title": None if titles is None else titles[n]}
+            for n, (i, sc) in enumerate(zip(ids, scores))]
+
+
+def _filters(genres: list[str]) -> dict | None:
+    return {"genres": genres} if genres else None
+
+
+def _popular(m: Loaded, k: int, genres: list[str], exclude: np.ndarray | None = None) -> list[dict]:
+    order = m.popular
+    if genres:
+        order = order[m.engine.attribute_mask(_filters(genres))[order]]
+    if exclude is not None and len(exclude):
+        order = order[~np.isin(order, exclude)]
+    top = order[:k]
+    counts = m.engine.seen[:, top].getnnz(axis=0) if len(top) else np.zeros(0)
+    return _items(m, top, counts.astype(np.float32))
+
+
+def _recommend(m: Loaded, user: str, k: int, offset: int = 0, exclude: list[str] | None = None,
+               genres: list[str] | None = None, include_seen: bool = False) -> dict:
+    limit = current_app.config["MAX_K"]
+    if k + offset > limit:
+        abort(422, message=f"k + offset must be <= {limit}. Got {k + offset}.")
+    exclude = exclude or []
+    if user not in m.engine.users:
+        deny = m.engine.items.to_index(exclude, missing="ignore")
+        items = _popular(m, k + offset, genres or [], deny[deny >= 0])[offset:]
+        return {"user": user, "items": items, "fallback": True, "model_version": m.version}
+    ids, scores = m.engine.recommend([user], k + offset, exclude_seen=not include_seen, exclude=exclude or None,
+                                     filters=_filters(genres or []))
+    idx = m.engine.items.to_index([i for i in ids[0] if i is not None], missing="ignore")
+    items = _items(m, idx, scores[0][:len(idx)])[offset:]
+    return {"user": user, "items": items, "fallback": False, "model_version": m.version}
+
+
+@blp.route("/users/<string:user_id>/recommendations")
+@blp.arguments(s.RecommendQuery, location="query")
+@blp.response(200, s.Recommendations)
+def recommend(args, user_id):
+    """Top-k items for a user (popularity when the user is unknown: `fallback` is true)."""
+    return _recommend(_model(), user_id, args["k"], args["offset"], args["exclude"], args["genre"],
+                      args["include_seen"])
+
+
+@blp.route("/recommendations/batch", methods=["POST"])
+@blp.arguments(s.BatchRequest)
+@blp.response(200, s.BatchResponse)
+def recommend_batch(body):
+    """Top-k for many users in one call."""
+    m = _model()
+    if len(body["users"]) > current_app.config["MAX_BATCH_USERS"]:
+        abort(422, message=f"At most {current_app.config['MAX_BATCH_USERS']} users per batch.")
+    return {"results": [_recommend(m, u, body["k"]) for u in body["users"]]}
+
+
+@blp.route("/sessions/recommendations", methods=["POST"])
+@blp.arguments(s.SessionRequest)
+@blp.response(200, s.ItemList)
+def recommend_session(body):
+    """Top-k for an anonymous session from the item ids it touched (fold-in, no retraining)."""
+    m = _model()
+    if len(body["items"]) > current_app.config["MAX_HISTORY_ITEMS"]:
+        abort(422, message=f"At most {current_app.config['MAX_HISTORY_ITEMS']} history items.")
+    known = [i for i in body["items"] if i in m.engine.items]
+    if not known:
+        return {"items": _popular(m, body["k"], []), "fallback": True, "model_version": m.version}
+    ids, scores = m.engine.recommend_for_history(known, body["k"])
+    idx = m.engine.items.to_index([i for i in ids if i is not None])
+    return {"items": _items(m, idx, scores[:len(idx)]), "fallback": False, "model_version": m.version}
+
+
+@blp.route("/items/<string:item_id>/similar")
+@blp.arguments(s.KQuery, location="query")
+@blp.response(200, s.SimilarItems)
+def similar_items(args, item_id):
+    """The items nearest to an item."""
+    m = _model()
+    idx, scores = m.engine.similar_item_indices(m.engine.items.to_index([item_id], kind="item"), args["k"])
+    return {"item": item_id, "items": _items(m, idx[0], scores[0]), "model_version": m.version}
+
+
+@blp.route("/users/<string:user_id>/similar")
+@blp.arguments(s.KQuery, location="query")
+@blp.response(200, s.SimilarUsers)
+def similar_users(args, user_id):
+    """The users nearest to a user."""
+    m = _model()
+    ids, scores = m.engine.similar_users([user_id], args["k"])
+    users = [{"id": str(u), "score": float(sc)} for u, sc in zip(ids[0], scores[0]) if u is not None]
+    return {"user": user_id, "users": users, "model_version": m.version}
+
+
+@blp.route("/items/popular")
+@blp.arguments(s.PopularQuery, location="query")
+@blp.response(200, s.ItemList)
+def popular(args):
+    """The most interacted items (optionally of some genres); scores are interaction counts."""
+    m = _model()
+    return {"items": _popular(m, args["k"], args["genre"]), "fallback": False, "model_version": m.version}
+
+
+@blp.route("/items/<string:item_id>")
+@blp.response(200, s.Item)
+def item(item_id):
+    """Item metadata (title, genres, tags, year) when the bundle has it."""
+    m = _model()
+    i = m.engine.items.index(item_id, kind="item")
+    out = {"id": item_id}
+    meta = m.engine.item_metadata
+    if meta is not None:
+        row = meta.iloc[i]
+        for key in ("title", "genres", "tags", "year"):
+            if key in meta.columns:
+                value = row[key]
+                if isinstance(value, (list, tuple, np.ndarray)):
+                    out[key] = [str(v) for v in value]
+                elif value is not None and not (isinstance(value, float) and np.isnan(value)) and \
+                        str(value) not in ("<NA>", "nan"):
+                    out[key] = int(value) if key == "year" else str(value)
+    return out
+
+
+@blp.route("/model")
+@blp.response(200, s.ModelInfo)
+def model_info():
+    """What is being served: version, training time, held-out metrics, index recall."""
+    m = _model()
+    man = m.manifest
+    return {"version": m.version, "model": man["model"]["class"], "params": man["model"]["params"],
+            "created_at": man["created_at"], "recsys_version": man["recsys_version"],
+            "n_users": man["n_users"], "n_items": man["n_items"], "factors": man["factors"],
+            "metrics": {k: float(v) for k, v in man.get("metrics", {}).items()},
+            "index": man.get("index_measured", {})}
