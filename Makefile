@@ -15,12 +15,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: install
-	$(BIN)/recsys train --out $(MODELS)
+	@test -e $(MODELS)/current || $(BIN)/recsys train --out $(MODELS)
 	$(BIN)/recsys evaluate --bundle $(MODELS)
 	$(BIN)/recsys recommend --bundle $(MODELS) --user 1 --k 5
 	$(BIN)/recsys recommend --bundle $(MODELS) --user 414 --k 5
 	$(BIN)/recsys similar --bundle $(MODELS) --item 1 --k 5
 	$(BIN)/recsys similar --bundle $(MODELS) --item 2571 --k 5
+	@echo
+	@echo "Starting the service on http://127.0.0.1:8000 (Ctrl-C stops it). Try, from another terminal:"
+	@echo "  curl -s 'http://127.0.0.1:8000/v1/users/1/recommendations?k=5'"
+	@echo "  curl -s 'http://127.0.0.1:8000/v1/users/1/recommendations?k=5&genre=Comedy'"
+	@echo "  curl -s 'http://127.0.0.1:8000/v1/items/2571/similar?k=5'"
+	@echo "  curl -s -X POST http://127.0.0.1:8000/v1/sessions/recommendations -H 'Content-Type: application/json' -d '{\"items\": [\"1\", \"2571\"], \"k\": 5}'"
+	@echo "  curl -s http://127.0.0.1:8000/v1/model;  open http://127.0.0.1:8000/docs for the API reference"
+	$(BIN)/recsys serve --bundle $(MODELS)
 
 test: install
 	$(BIN)/python -m pytest -q
