@@ -37,10 +37,29 @@ def _load_interactions(args: argparse.Namespace):
                              on_error=on_error, item_metadata=items)
 
 
+def _with_feedback(inter, url: str):
+    """The base log plus every feedback event stored at `url` (recsys.feedback), as new Interactions."""
+    from .data import read_interactions
+    from .feedback import FeedbackStore
+
+    events = FeedbackStore(url).to_frame()
+    base = inter.to_frame()
+    if inter.timestamp is None:
+        events = events.drop(columns=["timestamp"])
+    frame = pd.concat([base, events[base.columns]], ignore_index=True)
+    print(f"Feedback: {len(events):,} events from the database added to {len(base):,} logged interactions")
+    return read_interactions(frame, user_col="user", item_col="item", weight_col="weight",
+                             time_col="timestamp" if inter.timestamp is not None else None,
+                             duplicates="sum",
+                             item_metadata=inter.item_metadata)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import train_and_bundle
 
     inter = _load_interactions(args)
+    if args.from_db:
+        inter = _with_feedback(inter, args.from_db)
     print(f"Data: {inter.nnz:,} interactions, {inter.n_users:,} users, {inter.n_items:,} items"
           + (f" ({inter.n_dropped} bad rows dropped)" if inter.n_dropped else ""))
     params = {k: v for k, v in {"epochs": args.epochs, "factors": args.factors, "loss": args.loss}.items()
@@ -188,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-col", default=None, help="weight or rating column (default: every row counts 1)")
     t.add_argument("--items", default=None, help="optional CSV of item metadata (title, genres, ...)")
     t.add_argument("--items-id-col", default="item", help="item id column in --items (default: item)")
+    t.add_argument("--from-db", metavar="URL", default=None,
+                   help="also train on feedback events stored by the service (a database URL such as "
+                        "sqlite:///instance/feedback.db)")
     t.add_argument("--duplicates", choices=["sum", "max", "last"], default="sum",
                    help="how repeated (user, item) rows combine (default: sum)")
     t.add_argument("--drop-bad-rows", action="store_true", help="drop invalid rows instead of failing")

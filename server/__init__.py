@@ -8,10 +8,13 @@ RECSYS_MAX_K=500), then the mapping given to `create_app`. Never imports torch o
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+
+from recsys.feedback import FeedbackStore
 
 from .state import ModelState
 
@@ -22,6 +25,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH_USERS": 1000,
     "MAX_HISTORY_ITEMS": 1000,
     "MAX_CONTENT_LENGTH": 1 << 20,    # bytes of request body
+    "MAX_FEEDBACK_EVENTS": 1000,
+    "FEEDBACK_DB_URL": None,          # SQLAlchemy URL; default sqlite:///<instance folder>/feedback.db
+    "API_KEYS": [],                   # list, or comma-separated in RECSYS_API_KEYS; needed for writes/admin
+    "READ_REQUIRES_KEY": False,
     "API_TITLE": "recsys",
     "API_VERSION": "v1",
     "OPENAPI_VERSION": "3.0.3",
@@ -43,7 +50,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from . import api, errors, health
 
     app.extensions["recsys_state"] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"])
+    url = app.config["FEEDBACK_DB_URL"]
+    if not url:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{Path(app.instance_path) / 'feedback.db'}"
+    app.extensions["recsys_feedback"] = FeedbackStore(url)
     smorest = Api(app)
+    smorest.spec.components.security_scheme("ApiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     errors.register(app)
     smorest.register_blueprint(api.blp)
     app.register_blueprint(health.bp)

@@ -2,13 +2,22 @@
 from __future__ import annotations
 
 import numpy as np
-from flask import current_app
+from flask import current_app, request
 from flask_smorest import Blueprint, abort
 
+from recsys.feedback import Event
+
 from . import schemas as s
+from .auth import require_key
 from .state import Loaded
 
 blp = Blueprint("v1", __name__, url_prefix="/v1", description="Recommendations, similar items and users")
+
+
+@blp.before_request
+def _read_auth() -> None:
+    if current_app.config["READ_REQUIRES_KEY"] and request.method == "GET":
+        require_key()
 
 
 def _model() -> Loaded:
@@ -48,6 +57,9 @@ def _recommend(m: Loaded, user: str, k: int, offset: int = 0, exclude: list[str]
     if k + offset > limit:
         abort(422, message=f"k + offset must be <= {limit}. Got {k + offset}.")
     exclude = exclude or []
+    history = current_app.extensions["recsys_feedback"].history(user)
+    if history:  # live feedback: fold the whole history in with the current model, no retraining
+        return _recommend_from_history(m, user, history, k, offset, exclude, genres or [], include_seen)
     if user not in m.engine.users:
         deny = m.engine.items.to_index(exclude, missing="ignore")
         items = _popular(m, k + offset, genres or [], deny[deny >= 0])[offset:]
@@ -57,6 +69,39 @@ def _recommend(m: Loaded, user: str, k: int, offset: int = 0, exclude: list[str]
     idx = m.engine.items.to_index([i for i in ids[0] if i is not None], missing="ignore")
     items = _items(m, idx, scores[0][:len(idx)])[offset:]
     return {"user": user, "items": items, "fallback": False, "model_version": m.version}
+
+
+def _recommend_from_history(m: Loaded, user: str, history: list[tuple[str, float]], k: int, offset: int,
+                            exclude: list[str], genres: list[str], include_seen: bool) -> dict:
+    e = m.engine
+    items = e.items.to_index([i for i, _ in history], missing="ignore")
+    weights = np.asarray([w for _, w in history], np.float32)[items >= 0]
+    items = items[items >= 0]
+    if user in e.users:  # what the bundle already knows about this user counts too
+        known = e.seen[e.users.index(user, "user")].indices
+        items = np.concatenate([known, items])
+        weights = np.concatenate([np.ones(len(known), np.float32), weights])
+    positive = weights > 0
+    vector = e.fold_in(items[positive], weights[positive])
+    deny = e.items.to_index(exclude, missing="ignore")
+    hidden = np.unique(np.concatenate([deny[deny >= 0], [] if include_seen else items])).astype(np.int64)
+    idx, scores = e.search(vector[None, :], k + offset, exclude=[hidden], allow=e.allowed_items(None, _filters(genres)))
+    return {"user": user, "items": _items(m, idx[0], scores[0])[offset:], "fallback": False,
+            "model_version": m.version}
+
+
+@blp.route("/feedback", methods=["POST"])
+@blp.arguments(s.FeedbackRequest)
+@blp.response(201, s.FeedbackResponse)
+@blp.doc(security=[{"ApiKey": []}])
+def feedback(body):
+    """Store interaction events (committed before the 201); they change the user's recommendations at once."""
+    require_key()
+    if len(body["events"]) > current_app.config["MAX_FEEDBACK_EVENTS"]:
+        abort(422, message=f"At most {current_app.config['MAX_FEEDBACK_EVENTS']} events per request.")
+    stored, duplicates = current_app.extensions["recsys_feedback"].add(
+        Event(e["user"], e["item"], e["weight"], e["type"], e["timestamp"], e["event_id"]) for e in body["events"])
+    return {"stored": stored, "duplicates": duplicates}
 
 
 @blp.route("/users/<string:user_id>/recommendations")

@@ -28,7 +28,11 @@ def register(app: Flask) -> None:
         detail = data.get("message") or e.description or e.name
         if messages:
             detail = "Invalid request: " + "; ".join(_flatten(messages))
-        return problem(e.code or 500, e.name, detail, **extra)
+        response = problem(e.code or 500, e.name, detail, **extra)
+        for key, value in [*e.get_headers(), *(data.get("headers") or {}).items()]:
+            if key.lower() != "content-type":  # e.g. Allow on 405, WWW-Authenticate on 401
+                response.headers[key] = value
+        return response
 
     @app.errorhandler(UnknownIdError)
     def unknown_id(e: UnknownIdError):

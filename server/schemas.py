@@ -99,3 +99,24 @@ class ModelInfo(Schema):
     factors = fields.Integer(required=True)
     metrics = fields.Dict(keys=fields.String(), values=fields.Float())
     index = fields.Dict(keys=fields.String(), metadata={"description": "per index: recall, latency, kept"})
+
+
+class FeedbackEvent(Schema):
+    user = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    item = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    weight = fields.Float(load_default=1.0, validate=validate.Range(min=-1e6, max=1e6), allow_nan=False)
+    type = fields.String(load_default="interaction", validate=validate.Length(min=1, max=64))
+    timestamp = fields.Float(load_default=None, allow_none=True, allow_nan=False,
+                             validate=validate.Range(min=0, max=1e11),
+                             metadata={"description": "Unix seconds; default: time of receipt"})
+    event_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128),
+                             metadata={"description": "idempotency key: the same id is stored once"})
+
+
+class FeedbackRequest(Schema):
+    events = fields.List(fields.Nested(FeedbackEvent), required=True, validate=validate.Length(min=1, max=1000))
+
+
+class FeedbackResponse(Schema):
+    stored = fields.Integer(required=True)
+    duplicates = fields.Integer(required=True)

@@ -27,9 +27,14 @@ def models_root(synthetic, tmp_path_factory):
     return root
 
 
+KEY = "test-key-123"
+AUTH = {"X-API-Key": KEY}
+
+
 @pytest.fixture()
-def app(models_root):
-    return create_app({"BUNDLE": str(models_root), "TESTING": True})
+def app(models_root, tmp_path):
+    return create_app({"BUNDLE": str(models_root), "TESTING": True, "API_KEYS": [KEY],
+                       "FEEDBACK_DB_URL": f"sqlite:///{tmp_path / 'feedback.db'}"})
 
 
 @pytest.fixture()
@@ -44,7 +49,7 @@ def test_health(client):
 
 
 def test_not_ready_without_a_bundle_is_a_problem():
-    client = create_app({"BUNDLE": None}).test_client()
+    client = create_app({"BUNDLE": None, "FEEDBACK_DB_URL": "sqlite://"}).test_client()
     r = client.get("/readyz")
     assert r.status_code == 503 and r.content_type == PROBLEM
     r = client.get("/v1/users/u0001/recommendations")
@@ -57,7 +62,7 @@ def test_corrupt_bundle_leaves_the_service_not_ready(models_root, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(artifacts.resolve(models_root), bad)
     (bad / "users.json").write_text("[]")
-    r = create_app({"BUNDLE": str(bad)}).test_client().get("/readyz")
+    r = create_app({"BUNDLE": str(bad), "FEEDBACK_DB_URL": "sqlite://"}).test_client().get("/readyz")
     assert r.status_code == 503 and "Checksum mismatch for users.json" in r.get_json()["detail"]
 
 
@@ -140,7 +145,8 @@ def test_validation_errors_name_the_field(client):
 
 
 def test_body_size_is_bounded(models_root):
-    client = create_app({"BUNDLE": str(models_root), "MAX_CONTENT_LENGTH": 100}).test_client()
+    client = create_app({"BUNDLE": str(models_root), "MAX_CONTENT_LENGTH": 100,
+                         "FEEDBACK_DB_URL": "sqlite://"}).test_client()
     r = client.post("/v1/recommendations/batch", json={"users": ["u"] * 100})
     assert r.status_code == 413 and r.content_type == PROBLEM
 
@@ -160,6 +166,7 @@ def test_openapi_and_offline_docs(client):
 def test_config_from_environment(models_root, monkeypatch):
     monkeypatch.setenv("RECSYS_BUNDLE", str(models_root))
     monkeypatch.setenv("RECSYS_MAX_K", "5")
+    monkeypatch.setenv("RECSYS_FEEDBACK_DB_URL", "sqlite://")
     app = create_app()
     assert app.config["MAX_K"] == 5
     r = app.test_client().get("/v1/users/u0001/recommendations?k=6")
@@ -167,7 +174,7 @@ def test_config_from_environment(models_root, monkeypatch):
 
 
 def test_server_never_imports_torch_or_models(models_root):
-    config = repr({"BUNDLE": str(models_root)})
+    config = repr({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://"})
     code = (f"import sys; from server import create_app; c = create_app({config}).test_client(); "
             "assert c.get('/v1/users/u0001/recommendations').status_code == 200; "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('recsys.models')]; "
@@ -205,3 +212,80 @@ def test_gunicorn_smoke(models_root):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------------ feedback and auth
+def events(*pairs, **extra):
+    return {"events": [{"user": u, "item": i, **extra} for u, i in pairs]}
+
+
+def test_writes_need_a_valid_key(client):
+    r = client.post("/v1/feedback", json=events(("u0001", "i0001")))
+    assert r.status_code == 401 and r.content_type == PROBLEM and r.headers["WWW-Authenticate"] == "ApiKey"
+    r = client.post("/v1/feedback", json=events(("u0001", "i0001")), headers={"X-API-Key": "nope"})
+    assert r.status_code == 403 and r.content_type == PROBLEM
+    r = client.post("/v1/feedback", json=events(("u0001", "i0001")), headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 201 and r.get_json() == {"stored": 1, "duplicates": 0}
+
+
+def test_no_configured_keys_means_no_writes(models_root):
+    client = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://"}).test_client()
+    r = client.post("/v1/feedback", json=events(("u", "i")), headers=AUTH)
+    assert r.status_code == 401 and "none is configured" in r.get_json()["detail"]
+
+
+def test_reads_can_require_a_key(models_root):
+    client = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "API_KEYS": KEY,
+                         "READ_REQUIRES_KEY": True}).test_client()
+    assert client.get("/v1/items/popular").status_code == 401
+    assert client.get("/v1/items/popular", headers=AUTH).status_code == 200
+    assert client.get("/livez").status_code == 200, "health stays open"
+
+
+def test_replayed_event_id_is_stored_once(client, app):
+    body = events(("u0001", "i0003"), event_id="evt-1")
+    assert client.post("/v1/feedback", json=body, headers=AUTH).get_json() == {"stored": 1, "duplicates": 0}
+    assert client.post("/v1/feedback", json=body, headers=AUTH).get_json() == {"stored": 0, "duplicates": 1}
+    assert app.extensions["recsys_feedback"].count() == 1
+
+
+def test_bad_events_are_named(client):
+    r = client.post("/v1/feedback", json={"events": [{"user": "u0001"}]}, headers=AUTH)
+    assert r.status_code == 422 and "item" in r.get_json()["detail"]
+    r = client.post("/v1/feedback", json={"events": [{"user": "u", "item": "i", "weight": "x"}]}, headers=AUTH)
+    assert r.status_code == 422 and "weight" in r.get_json()["detail"]
+
+
+def test_feedback_changes_recommendations_at_once(client, synthetic):
+    cluster = synthetic.item_metadata.set_index("item")["genres"]
+    in_cluster = [i for i in synthetic.items.ids if "cluster2" in cluster[i]][:8]
+    before = client.get("/v1/users/newcomer/recommendations?k=10").get_json()
+    assert before["fallback"] is True
+    client.post("/v1/feedback", json=events(*[("newcomer", i) for i in in_cluster]), headers=AUTH)
+    after = client.get("/v1/users/newcomer/recommendations?k=10").get_json()
+    assert after["fallback"] is False and after["items"] != before["items"]
+    got = [i["id"] for i in after["items"]]
+    assert not set(got) & set(in_cluster), "what they interacted with is excluded"
+    share = sum("cluster2" in cluster[i] for i in got) / len(got)
+    assert share >= 0.5, f"folded-in history should pull towards its cluster ({share:.0%})"
+
+    user = synthetic.users.ids[0]
+    known_before = [i["id"] for i in client.get(f"/v1/users/{user}/recommendations?k=5").get_json()["items"]]
+    client.post("/v1/feedback", json=events((user, known_before[0])), headers=AUTH)
+    known_after = [i["id"] for i in client.get(f"/v1/users/{user}/recommendations?k=5").get_json()["items"]]
+    assert known_before[0] not in known_after
+
+
+def test_train_from_db_adds_stored_events(client, app, tmp_path, capsys):
+    from recsys.cli import main
+
+    log = tmp_path / "log.csv"
+    log.write_text("user,item\nu1,a\nu1,b\nu2,b\nu2,c\nu3,a\n")
+    client.post("/v1/feedback", json=events(("u9", "zz-new-item"), ("u1", "c")), headers=AUTH)
+    url = app.extensions["recsys_feedback"].url
+    assert main(["train", "--data", str(log), "--from-db", url, "--model", "popularity", "--no-index",
+                 "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "2 events from the database" in out
+    manifest = json.loads((tmp_path / "m" / "current" / "manifest.json").read_text())
+    assert manifest["n_users"] == 4 and manifest["n_items"] == 4, "u9 and zz-new-item came from the database"
