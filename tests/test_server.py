@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -188,30 +189,68 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_gunicorn_smoke(models_root):
-    """A real gunicorn master with two workers on 127.0.0.1, via `recsys serve`; bounded in time."""
-    port = _free_port()
+def _start(models_root, port: int, db_url: str) -> subprocess.Popen:
     recsys_bin = Path(sys.executable).parent / "recsys"
-    proc = subprocess.Popen([str(recsys_bin), "serve", "--bundle", str(models_root), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    env = {**os.environ, "RECSYS_API_KEYS": KEY, "RECSYS_FEEDBACK_DB_URL": db_url}
+    return subprocess.Popen([str(recsys_bin), "serve", "--bundle", str(models_root), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
+def _get(port: int, path: str, timeout: float = 5):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.status, json.loads(r.read())
+
+
+def _wait_ready(proc: subprocess.Popen, port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if _get(port, "/readyz", 2)[0] == 200:
+                return
+        except OSError:
+            pass
+        assert proc.poll() is None, "the server exited"
+        assert time.monotonic() < deadline, f"not ready in {seconds} s"
+        time.sleep(0.3)
+
+
+def _kill(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()
-                assert time.monotonic() < deadline, "gunicorn did not become ready in 60 s"
-                time.sleep(0.3)
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def test_gunicorn_smoke_and_acknowledged_feedback_survives_a_kill(models_root, tmp_path):
+    """A real gunicorn (2 workers) on 127.0.0.1 via `recsys serve`. After a 201 for a feedback event the
+    whole process group is SIGKILLed; after a restart the event is there and shapes the recommendations."""
+    port, db = _free_port(), f"sqlite:///{tmp_path / 'fb.db'}"
+    proc = _start(models_root, port, db)
+    try:
+        _wait_ready(proc, port)
         for _ in range(20):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/users/u0001/recommendations?k=3",
-                                        timeout=5) as r:
-                assert r.status == 200 and len(json.loads(r.read())["items"]) == 3
+            status, body = _get(port, "/v1/users/u0001/recommendations?k=3")
+            assert status == 200 and len(body["items"]) == 3
+        assert _get(port, "/v1/users/walk-in/recommendations?k=3")[1]["fallback"] is True
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/feedback", method="POST", headers={**AUTH, "Content-Type": "application/json"},
+            data=json.dumps(events(("walk-in", "i0001"), event_id="crash-1")).encode())
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.status == 201
+        _kill(proc, signal.SIGKILL)  # right after the acknowledgement: no graceful shutdown
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            _kill(proc)
+    from recsys.feedback import FeedbackStore
+
+    assert FeedbackStore(db).history("walk-in") == [("i0001", 1.0)]
+    proc = _start(models_root, port, db)
+    try:
+        _wait_ready(proc, port)
+        assert _get(port, "/v1/users/walk-in/recommendations?k=3")[1]["fallback"] is False
+    finally:
+        _kill(proc)
 
 
 # ------------------------------------------------------------------------------------ feedback and auth
