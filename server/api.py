@@ -1,10 +1,14 @@
 """Versioned endpoints (/v1): parse and validate, call the runtime, format."""
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 from flask import current_app, request
 from flask_smorest import Blueprint, abort
 
+from recsys.exceptions import RecsysError
 from recsys.feedback import Event
 
 from . import schemas as s
@@ -102,6 +106,25 @@ def feedback(body):
     stored, duplicates = current_app.extensions["recsys_feedback"].add(
         Event(e["user"], e["item"], e["weight"], e["type"], e["timestamp"], e["event_id"]) for e in body["events"])
     return {"stored": stored, "duplicates": duplicates}
+
+
+@blp.route("/admin/reload", methods=["POST"])
+@blp.response(200, s.ReloadResponse)
+@blp.doc(security=[{"ApiKey": []}])
+def reload():
+    """Load the bundle `current` points at (checksums verified) and swap it in; a corrupt one is refused
+    and the old model keeps serving. Under gunicorn, every worker is then replaced gracefully (SIGHUP)."""
+    require_key()
+    state = current_app.extensions["recsys_state"]
+    previous = state.current.version if state.current else None
+    try:
+        loaded = state.load()
+    except (RecsysError, OSError, ValueError) as e:
+        abort(409, message=f"Refused to reload: {e} Still serving {previous}.")
+    master = os.environ.get("RECSYS_MASTER_PID")
+    if master:
+        os.kill(int(master), signal.SIGHUP)  # gunicorn reloads the app in the master, then new workers
+    return {"version": loaded.version, "previous": previous, "workers_restarting": bool(master)}
 
 
 @blp.route("/users/<string:user_id>/recommendations")

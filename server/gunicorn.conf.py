@@ -15,3 +15,18 @@ graceful_timeout = 20
 accesslog = "-"
 access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(b)s, "ms": %(M)s}'
 wsgi_app = "server:create_app()"
+
+
+def post_fork(server, worker):
+    """Workers learn the master's pid, so /v1/admin/reload can ask it to replace every worker."""
+    os.environ["RECSYS_MASTER_PID"] = str(server.pid)
+
+
+def on_reload(server):
+    """SIGHUP: load the bundle `current` points at into the preloaded app (checksums verified) before gunicorn
+    forks new workers; old workers finish their requests. A corrupt bundle is refused: the old one stays."""
+    try:
+        state = server.app.wsgi().extensions["recsys_state"]
+        state.load()
+    except Exception as e:  # noqa: BLE001 - the master must survive any bad bundle
+        server.log.error("Reload refused, still serving the previous bundle: %s", e)

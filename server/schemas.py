@@ -120,3 +120,9 @@ class FeedbackRequest(Schema):
 class FeedbackResponse(Schema):
     stored = fields.Integer(required=True)
     duplicates = fields.Integer(required=True)
+
+
+class ReloadResponse(Schema):
+    version = fields.String(required=True)
+    previous = fields.String(allow_none=True)
+    workers_restarting = fields.Boolean(required=True)

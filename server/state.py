@@ -45,11 +45,13 @@ class ModelState:
                 log.error("Could not load bundle %s: %s", bundle, e)
 
     def load(self) -> Loaded:
+        """Load the bundle the configured path (or its `current` pointer) names, verify every checksum, then
+        swap it in with one assignment. On any error the model being served stays as it was."""
         with self._lock:
             path = artifacts.resolve(self.bundle)
             engine, bundle = load_engine(path, mode=self.mode)
             counts = np.asarray(engine.seen.astype(bool).sum(axis=0)).ravel()
             loaded = Loaded(engine, bundle.manifest, bundle.path, np.argsort(-counts, kind="stable"))
-            self.current, self.error = loaded, None
+            self.current, self.error = loaded, None  # requests in flight keep the object they already read
             log.info("Serving bundle %s", path)
             return loaded

@@ -328,3 +328,79 @@ def test_train_from_db_adds_stored_events(client, app, tmp_path, capsys):
     assert "2 events from the database" in out
     manifest = json.loads((tmp_path / "m" / "current" / "manifest.json").read_text())
     assert manifest["n_users"] == 4 and manifest["n_items"] == 4, "u9 and zz-new-item came from the database"
+
+
+# ------------------------------------------------------------------------------------------- hot reload
+@pytest.fixture()
+def own_root(synthetic, tmp_path):
+    """A models root of this test's own, so publishing new versions does not disturb other tests."""
+    root = tmp_path / "models"
+    model = MF(factors=8, epochs=2, progress=False, device="cpu").fit(synthetic)
+    artifacts.publish(root, model.save(artifacts.new_version_path(root, "first")))
+    return root, model
+
+
+def test_admin_reload_swaps_and_refuses_a_corrupt_bundle(own_root, tmp_path):
+    root, model = own_root
+    client = create_app({"BUNDLE": str(root), "API_KEYS": KEY, "FEEDBACK_DB_URL": "sqlite://"}).test_client()
+    first = client.get("/v1/model").get_json()["version"]
+    assert client.post("/v1/admin/reload").status_code == 401
+    second = model.save(artifacts.new_version_path(root, "second"))
+    artifacts.publish(root, second)
+    r = client.post("/v1/admin/reload", headers=AUTH).get_json()
+    assert r == {"version": second.name, "previous": first, "workers_restarting": False}
+    assert client.get("/v1/model").get_json()["version"] == second.name
+
+    third = model.save(artifacts.new_version_path(root, "third"))
+    artifacts.publish(root, third)
+    (third / "items.json").write_text("[]")  # corrupted after publishing
+    r = client.post("/v1/admin/reload", headers=AUTH)
+    assert r.status_code == 409 and r.content_type == PROBLEM and "Checksum mismatch" in r.get_json()["detail"]
+    assert client.get("/v1/model").get_json()["version"] == second.name, "the old model keeps serving"
+    assert client.get("/v1/users/u0001/recommendations?k=3").status_code == 200
+
+
+def test_sighup_reload_under_load_drops_nothing(own_root, tmp_path):
+    """A bounded client loop on 127.0.0.1 keeps requesting while a new bundle is published and the master
+    gets SIGHUP: zero failed requests, and the new version is served afterwards."""
+    import threading
+
+    root, model = own_root
+    port = _free_port()
+    proc = _start(root, port, f"sqlite:///{tmp_path / 'fb.db'}")
+    failures, versions, done = [], set(), threading.Event()
+
+    def client_loop() -> None:
+        for _ in range(2000):
+            if done.is_set():
+                return
+            try:
+                status, body = _get(port, "/v1/users/u0001/recommendations?k=5")
+                versions.add(body["model_version"])
+                if status != 200 or len(body["items"]) != 5:
+                    failures.append(status)
+            except Exception as e:  # noqa: BLE001 - any failure counts
+                failures.append(repr(e))
+
+    try:
+        _wait_ready(proc, port)
+        threads = [threading.Thread(target=client_loop) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        second = model.save(artifacts.new_version_path(root, "second"))
+        artifacts.publish(root, second)
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while _get(port, "/v1/model")[1]["version"] != second.name:
+            assert time.monotonic() < deadline, "the new bundle was not served within 30 s"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        done.set()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        done.set()
+        _kill(proc)
+    assert failures == []
+    assert second.name in versions and len(versions) == 2
