@@ -47,7 +47,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.from_mapping(config)
     logging.getLogger("recsys").setLevel(logging.INFO)
 
-    from . import api, errors, health
+    from . import api, errors, health, metrics
 
     app.extensions["recsys_state"] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"])
     url = app.config["FEEDBACK_DB_URL"]
@@ -60,4 +60,5 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     errors.register(app)
     smorest.register_blueprint(api.blp)
     app.register_blueprint(health.bp)
+    metrics.register(app)
     return app

@@ -4,6 +4,10 @@ preload_app loads the bundle once in the master before forking: workers share th
 pages and the numpy arrays copy-on-write. Loopback only by default.
 """
 import os
+import tempfile
+
+# Prometheus multiprocess mode: must be set before the app (and prometheus_client) is imported.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsys-metrics-"))
 
 bind = os.environ.get("RECSYS_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("RECSYS_WORKERS", "2"))
@@ -30,3 +34,9 @@ def on_reload(server):
         state.load()
     except Exception as e:  # noqa: BLE001 - the master must survive any bad bundle
         server.log.error("Reload refused, still serving the previous bundle: %s", e)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

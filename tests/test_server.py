@@ -232,6 +232,12 @@ def test_gunicorn_smoke_and_acknowledged_feedback_survives_a_kill(models_root, t
         for _ in range(20):
             status, body = _get(port, "/v1/users/u0001/recommendations?k=3")
             assert status == 200 and len(body["items"]) == 3
+        line = 'recsys_requests_total{endpoint="/v1/users/<string:user_id>/recommendations",method="GET",status="200"}'
+        for _ in range(4):  # whichever worker answers, the count covers both
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            assert f"{line} 20.0" in text, [t for t in text.splitlines() if "recommendations" in t]
+            assert "recsys_request_seconds_bucket" in text and "recsys_model_info" in text
         assert _get(port, "/v1/users/walk-in/recommendations?k=3")[1]["fallback"] is True
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/feedback", method="POST", headers={**AUTH, "Content-Type": "application/json"},
@@ -404,3 +410,12 @@ def test_sighup_reload_under_load_drops_nothing(own_root, tmp_path):
         _kill(proc)
     assert failures == []
     assert second.name in versions and len(versions) == 2
+
+
+def test_metrics_count_requests(client):
+    client.get("/v1/items/popular?k=2")
+    client.get("/v1/items/nope")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'recsys_requests_total{endpoint="/v1/items/popular",method="GET",status="200"}' in text
+    assert 'endpoint="/v1/items/<string:item_id>",method="GET",status="404"' in text
+    assert "recsys_model_info{" in text
