@@ -7,12 +7,14 @@ RECSYS_MAX_K=500), then the mapping given to `create_app`. Never imports torch o
 """
 from __future__ import annotations
 
+import http
 import logging
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
 
 from recsys.feedback import FeedbackStore
 
@@ -39,6 +41,24 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class ProblemApi(Api):
+    """flask-smorest, with every documented error response as RFC 9457 application/problem+json."""
+
+    def _register_responses(self) -> None:
+        from .schemas import Problem
+
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = Problem
+            prepare_response(response, self.spec, "application/problem+json" if status >= 400 else
+                             self.DEFAULT_RESPONSE_CONTENT_TYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Error (RFC 9457 problem details)", "schema": Problem}
+        prepare_response(response, self.spec, "application/problem+json")
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
@@ -55,7 +75,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{Path(app.instance_path) / 'feedback.db'}"
     app.extensions["recsys_feedback"] = FeedbackStore(url)
-    smorest = Api(app)
+    smorest = ProblemApi(app)
     smorest.spec.components.security_scheme("ApiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     errors.register(app)
     smorest.register_blueprint(api.blp)

@@ -126,3 +126,13 @@ class ReloadResponse(Schema):
     version = fields.String(required=True)
     previous = fields.String(allow_none=True)
     workers_restarting = fields.Boolean(required=True)
+
+
+class Problem(Schema):
+    """RFC 9457 problem details."""
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    errors = fields.Dict(metadata={"description": "per-field validation messages"})

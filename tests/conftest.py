@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from recsys import artifacts
 from recsys.data import Interactions, read_interactions, temporal_split
 from recsys.datasets import load_movielens, make_synthetic
 
@@ -27,3 +28,14 @@ def synthetic_split(synthetic):
 @pytest.fixture(scope="session")
 def movielens() -> Interactions:
     return _to_interactions(load_movielens("ml-latest-small"))
+
+
+@pytest.fixture(scope="session")
+def models_root(synthetic, tmp_path_factory):
+    """A models root with one small MF bundle published as `current` (for the service tests)."""
+    from recsys.models import MF
+
+    root = tmp_path_factory.mktemp("models")
+    model = MF(factors=8, epochs=5, progress=False, device="cpu").fit(synthetic)
+    artifacts.publish(root, model.save(artifacts.new_version_path(root, "mf")))
+    return root

@@ -20,14 +20,6 @@ from server import create_app
 PROBLEM = "application/problem+json"
 
 
-@pytest.fixture(scope="session")
-def models_root(synthetic, tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    model = MF(factors=8, epochs=5, progress=False, device="cpu").fit(synthetic)
-    artifacts.publish(root, model.save(artifacts.new_version_path(root, "mf")))
-    return root
-
-
 KEY = "test-key-123"
 AUTH = {"X-API-Key": KEY}
 
