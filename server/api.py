@@ -40,6 +40,12 @@ def _items(m: Loaded, idx: np.ndarray, scores: np.ndarray) -> list[dict]:
             for n, (i, sc) in enumerate(zip(ids, scores))]
 
 
+def _check_limit(n: int, key: str, what: str) -> None:
+    limit = current_app.config[key]
+    if n > limit:
+        abort(422, message=f"At most {limit} {what} per request (got {n}).")
+
+
 def _filters(genres: list[str]) -> dict | None:
     return {"genres": genres} if genres else None
 
@@ -101,8 +107,7 @@ def _recommend_from_history(m: Loaded, user: str, history: list[tuple[str, float
 def feedback(body):
     """Store interaction events (committed before the 201); they change the user's recommendations at once."""
     require_key()
-    if len(body["events"]) > current_app.config["MAX_FEEDBACK_EVENTS"]:
-        abort(422, message=f"At most {current_app.config['MAX_FEEDBACK_EVENTS']} events per request.")
+    _check_limit(len(body["events"]), "MAX_FEEDBACK_EVENTS", "events")
     stored, duplicates = current_app.extensions["recsys_feedback"].add(
         Event(e["user"], e["item"], e["weight"], e["type"], e["timestamp"], e["event_id"]) for e in body["events"])
     return {"stored": stored, "duplicates": duplicates}
@@ -142,8 +147,7 @@ def recommend(args, user_id):
 def recommend_batch(body):
     """Top-k for many users in one call."""
     m = _model()
-    if len(body["users"]) > current_app.config["MAX_BATCH_USERS"]:
-        abort(422, message=f"At most {current_app.config['MAX_BATCH_USERS']} users per batch.")
+    _check_limit(len(body["users"]), "MAX_BATCH_USERS", "users")
     return {"results": [_recommend(m, u, body["k"]) for u in body["users"]]}
 
 
@@ -153,8 +157,7 @@ def recommend_batch(body):
 def recommend_session(body):
     """Top-k for an anonymous session from the item ids it touched (fold-in, no retraining)."""
     m = _model()
-    if len(body["items"]) > current_app.config["MAX_HISTORY_ITEMS"]:
-        abort(422, message=f"At most {current_app.config['MAX_HISTORY_ITEMS']} history items.")
+    _check_limit(len(body["items"]), "MAX_HISTORY_ITEMS", "history items")
     known = [i for i in body["items"] if i in m.engine.items]
     if not known:
         return {"items": _popular(m, body["k"], []), "fallback": True, "model_version": m.version}

@@ -411,3 +411,14 @@ def test_metrics_count_requests(client):
     assert 'recsys_requests_total{endpoint="/v1/items/popular",method="GET",status="200"}' in text
     assert 'endpoint="/v1/items/<string:item_id>",method="GET",status="404"' in text
     assert "recsys_model_info{" in text
+
+
+def test_request_limits_come_from_config(models_root):
+    client = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "MAX_BATCH_USERS": 2,
+                         "MAX_HISTORY_ITEMS": 1, "API_KEYS": KEY, "MAX_FEEDBACK_EVENTS": 1}).test_client()
+    r = client.post("/v1/recommendations/batch", json={"users": ["a", "b", "c"]})
+    assert r.status_code == 422 and "At most 2 users per request (got 3)" in r.get_json()["detail"]
+    r = client.post("/v1/sessions/recommendations", json={"items": ["i0001", "i0002"]})
+    assert r.status_code == 422 and "history items" in r.get_json()["detail"]
+    r = client.post("/v1/feedback", json=events(("u", "i"), ("u", "j")), headers=AUTH)
+    assert r.status_code == 422 and "events" in r.get_json()["detail"]
