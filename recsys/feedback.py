@@ -49,6 +49,8 @@ class FeedbackStore:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_durable)
         metadata.create_all(self.engine)
+        self._history_sql = sa.text("SELECT item_id, weight FROM feedback_events WHERE user_id = :user "
+                                    "ORDER BY ts, id")
 
     def add(self, batch: Iterable[Event]) -> tuple[int, int]:
         """Store events in one transaction, committed before returning; returns (stored, duplicates)."""
@@ -75,9 +77,8 @@ class FeedbackStore:
 
     def history(self, user: str) -> list[tuple[str, float]]:
         """(item, weight) of a user's events, oldest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(events.c.item_id, events.c.weight).where(events.c.user_id == user)
-                                .order_by(events.c.ts, events.c.id)).all()
+        with self.engine.connect() as conn:  # a fixed statement: this runs on every recommendation request
+            rows = conn.execute(self._history_sql, {"user": user}).all()
         return [(r[0], r[1]) for r in rows]
 
     def to_frame(self) -> pd.DataFrame:

@@ -92,6 +92,7 @@ class Engine:
             raise DataValidationError(f"similarity must be one of {SIMILARITIES}. Got {similarity!r}.")
         self.similarity = similarity
         self.item_metadata = item_metadata
+        self._titles: np.ndarray | None = None
         self.batch_size = batch_size
         # similarity_dims: leading dimensions compared by similar_items/users (leaves out e.g. a bias column)
         dims = slice(0, similarity_dims)
@@ -319,10 +320,14 @@ class Engine:
         """Titles for external item ids (None where unknown), if the bundle has item metadata."""
         if self.item_metadata is None or "title" not in self.item_metadata:
             return None
+        if self._titles is None:  # built once: per-request conversion of the column was a hot spot
+            titles = self.item_metadata["title"].to_numpy(dtype=object).copy()
+            titles[pd.isna(titles)] = None
+            self._titles = titles
         idx = self.items.to_index(np.ravel(item_ids), missing="ignore")
-        titles = self.item_metadata["title"].to_numpy(dtype=object)[np.maximum(idx, 0)]
-        titles[(idx < 0) | pd.isna(titles)] = None
-        return titles.reshape(np.shape(item_ids))
+        out = self._titles[np.maximum(idx, 0)]
+        out[idx < 0] = None
+        return out.reshape(np.shape(item_ids))
 
 
 def _check_k(k: int) -> None:

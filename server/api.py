@@ -101,7 +101,7 @@ def _recommend_from_history(m: Loaded, user: str, history: list[tuple[str, float
 
 
 @blp.route("/feedback", methods=["POST"])
-@blp.arguments(s.FeedbackRequest)
+@blp.arguments(s.FeedbackRequest())
 @blp.response(201, s.FeedbackResponse)
 @blp.doc(security=[{"ApiKey": []}])
 def feedback(body):
@@ -133,7 +133,7 @@ def reload():
 
 
 @blp.route("/users/<string:user_id>/recommendations")
-@blp.arguments(s.RecommendQuery, location="query")
+@blp.arguments(s.RecommendQuery(), location="query")
 @blp.response(200, s.Recommendations)
 def recommend(args, user_id):
     """Top-k items for a user (popularity when the user is unknown: `fallback` is true)."""
@@ -142,7 +142,7 @@ def recommend(args, user_id):
 
 
 @blp.route("/recommendations/batch", methods=["POST"])
-@blp.arguments(s.BatchRequest)
+@blp.arguments(s.BatchRequest())
 @blp.response(200, s.BatchResponse)
 def recommend_batch(body):
     """Top-k for many users in one call."""
@@ -152,7 +152,7 @@ def recommend_batch(body):
 
 
 @blp.route("/sessions/recommendations", methods=["POST"])
-@blp.arguments(s.SessionRequest)
+@blp.arguments(s.SessionRequest())
 @blp.response(200, s.ItemList)
 def recommend_session(body):
     """Top-k for an anonymous session from the item ids it touched (fold-in, no retraining)."""
@@ -167,7 +167,7 @@ def recommend_session(body):
 
 
 @blp.route("/items/<string:item_id>/similar")
-@blp.arguments(s.KQuery, location="query")
+@blp.arguments(s.KQuery(), location="query")
 @blp.response(200, s.SimilarItems)
 def similar_items(args, item_id):
     """The items nearest to an item."""
@@ -177,7 +177,7 @@ def similar_items(args, item_id):
 
 
 @blp.route("/users/<string:user_id>/similar")
-@blp.arguments(s.KQuery, location="query")
+@blp.arguments(s.KQuery(), location="query")
 @blp.response(200, s.SimilarUsers)
 def similar_users(args, user_id):
     """The users nearest to a user."""
@@ -188,7 +188,7 @@ def similar_users(args, user_id):
 
 
 @blp.route("/items/popular")
-@blp.arguments(s.PopularQuery, location="query")
+@blp.arguments(s.PopularQuery(), location="query")
 @blp.response(200, s.ItemList)
 def popular(args):
     """The most interacted items (optionally of some genres); scores are interaction counts."""

@@ -1,0 +1,602 @@
+"""Serving benchmark: the recommendations endpoint under gunicorn against a bare Flask endpoint, same run.
+
+One run:
+  * makes sure there is a bundle: trains one on the bundled MovieLens data into a temporary directory
+    (`recsys train --out TMP --quiet`, about 35 s) unless --bundle DIR is given;
+  * starts gunicorn with the service's own settings (`-c server/gunicorn.conf.py`: gthread workers,
+    preload_app; the same RECSYS_WORKERS / RECSYS_THREADS for both, a free port on 127.0.0.1, the feedback
+    store in a temporary sqlite file) twice, one after the other:
+      (a) the recsys app serving the bundle: GET /v1/users/<id>/recommendations?k=10, ids "1".."610"
+          (every MovieLens user, cycled);
+      (b) `benchmarks/bare_app.py`: a minimal Flask app answering the same route with a static JSON
+          document of the same shape and size;
+  * for each: waits for /readyz (bounded), checks a few answers, warms up (--warmup s, not recorded), then
+    drives it for --duration seconds with --connections keep-alive connections (wrk with a Lua script when
+    wrk is installed, else a Python thread generator) and records requests/s, latency percentiles, errors
+    (non-2xx + socket errors + timeouts), bytes per answer and the server's CPU time per request;
+  * prints the table, the ratios and the issue's targets (PASS / FAIL), and writes
+    benchmarks/results/serving.json and benchmarks/results/serving.md (the printed output).
+
+    .venv/bin/python benchmarks/serving.py                      # train a bundle, 20 s per endpoint
+    .venv/bin/python benchmarks/serving.py --duration 60        # the acceptance run
+    .venv/bin/python benchmarks/serving.py --bundle models --duration 10 --out /tmp/s.json
+
+Latencies are those of a closed-loop generator (each connection sends its next request when the previous
+answer arrives), measured from the client, on the same machine as the server: the generator's CPU is
+taken from the server's cores and is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONF = "server/gunicorn.conf.py"
+N_USERS = 610  # MovieLens ml-latest-small users "1".."610"
+ROUTE = "/v1/users/{user}/recommendations?k={k}"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+log = logging.getLogger("benchmarks.serving")
+
+APPS = {
+    "recommendations": {"app": None, "what": "recsys app (server:create_app(), the config's wsgi_app)"},
+    "bare": {"app": "benchmarks.bare_app:create_app()", "what": "bare Flask app, static JSON document"},
+}
+
+LUA = r"""
+-- cycles through the users "1".."N_USERS"; every thread starts at a different user
+local n_users = N_USERS
+local prefix, suffix = "/v1/users/", "/recommendations?k=K"
+local counter, non2xx = 0, 0
+local threads, next_id = {}, 0
+
+function setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  counter = (tid or 0) * 97
+end
+
+function request()
+  counter = counter + 1
+  return wrk.format("GET", prefix .. ((counter % n_users) + 1) .. suffix)
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then non2xx = non2xx + 1 end
+end
+
+function done(summary, latency, requests)
+  local bad = 0
+  for _, t in ipairs(threads) do bad = bad + (t:get("non2xx") or 0) end
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "bytes": %d, "non2xx": %d, "connect": %d, "read": %d, ' ..
+    '"write": %d, "status": %d, "timeout": %d, "mean_us": %f, "stdev_us": %f, "min_us": %d, "max_us": %d, ' ..
+    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "p999_us": %d}\n',
+    summary.requests, summary.duration, summary.bytes, bad, e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency.stdev, latency.min, latency.max, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (gunicorn's workers), from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes (their own threads; reaped children not included)."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# ------------------------------------------------------------------------------------------ the bundle
+def train_bundle(tmp: Path, timeout: float) -> Path:
+    out = tmp / "models"
+    cmd = [str(BIN / "recsys"), "train", "--out", str(out), "--quiet"]
+    log.info("training a bundle: %s", " ".join(cmd))
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                   stdout=sys.stderr)  # its summary is progress, not the report
+    log.info("trained in %.1f s", time.perf_counter() - start)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- gunicorn
+class Server:
+    """One gunicorn master (and its workers) on a free loopback port; output goes to a log file."""
+
+    def __init__(self, name: str, args: argparse.Namespace, bundle: Path, tmp: Path):
+        self.name = name
+        self.port = free_port()
+        work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))  # one per server start
+        self.log_path = work / "gunicorn.log"
+        metrics_dir = work / "prometheus"
+        metrics_dir.mkdir()
+        env = dict(os.environ)
+        env.update({
+            "RECSYS_BIND": f"127.0.0.1:{self.port}",
+            "RECSYS_WORKERS": str(args.workers),
+            "RECSYS_THREADS": str(args.threads),
+            "RECSYS_BUNDLE": str(bundle),
+            "RECSYS_FEEDBACK_DB_URL": f"sqlite:///{work / 'feedback.db'}",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        })
+        env.update(args.server_env)  # what-if experiments, applied to both servers alike
+        self.cmd = [str(BIN / "gunicorn"), "-c", CONF]
+        app = args.recommendations_app if name == "recommendations" else APPS[name]["app"]
+        if app:
+            self.cmd.append(app)  # a command-line app overrides the config file's wsgi_app
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self, ready_timeout: float, k: int) -> dict:
+        log.info("starting %s on 127.0.0.1:%d: %s", self.name, self.port, " ".join(self.cmd))
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = started + ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn ({self.name}) exited with {self.proc.returncode}; see "
+                                   f"{self.log_path}:\n{self.log_tail()}")
+            try:
+                status, _ = get(self.port, "/readyz", timeout=2)
+                if status == 200 and len(children(self.proc.pid)) >= 1:
+                    break
+            except OSError:
+                pass
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"gunicorn ({self.name}) not ready after {ready_timeout:.0f} s:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.25)
+        ready_s = time.perf_counter() - started
+        # every worker up (gunicorn forks them one by one), bounded by the same deadline
+        n_workers = int(self.env["RECSYS_WORKERS"])
+        while len(children(self.proc.pid)) < n_workers and time.perf_counter() < deadline:
+            time.sleep(0.1)
+        sizes, statuses = [], []
+        for user in ("1", "414", "610"):
+            status, body = get(self.port, ROUTE.format(user=user, k=k), timeout=10)
+            statuses.append(status)
+            sizes.append(len(body))
+            if status != 200:
+                raise RuntimeError(f"{self.name}: GET {ROUTE.format(user=user, k=k)} answered {status}: "
+                                   f"{body[:300]!r}")
+            doc = json.loads(body)
+            if len(doc.get("items", [])) != k and self.name == "recommendations":
+                raise RuntimeError(f"{self.name}: expected {k} items, got {len(doc.get('items', []))}")
+        log.info("%s ready in %.1f s, workers %s", self.name, ready_s, self.workers())
+        return {"ready_s": round(ready_s, 2), "sample_body_bytes": sizes}
+
+    def workers(self) -> list[int]:
+        return children(self.proc.pid) if self.proc else []
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def log_counts(self) -> dict:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return {"booted_workers": text.count("Booting worker"),
+                "worker_timeouts": text.count("WORKER TIMEOUT"), "tracebacks": text.count("Traceback")}
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self._log:
+            self._log.close()
+            self._log = None
+
+
+# ----------------------------------------------------------------------------------- load generators
+def run_wrk(port: int, args: argparse.Namespace, duration: float, tmp: Path) -> dict:
+    script = tmp / "users.lua"
+    script.write_text(LUA.replace("N_USERS", str(N_USERS)).replace("K\"", f"{args.k}\""))
+    cmd = ["wrk", f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{duration:g}s",
+           f"--timeout={args.request_timeout:g}s", "-s", str(script), f"http://127.0.0.1:{port}"]
+    before = child_cpu()
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=duration + 60,
+                       stdin=subprocess.DEVNULL)
+    cpu = child_cpu() - before
+    line = next((x for x in r.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    w = json.loads(line[len("WRKJSON "):])
+    socket_errors = w["connect"] + w["read"] + w["write"] + w["timeout"]
+    return {
+        "requests": w["requests"], "seconds": w["duration_us"] / 1e6,
+        "rps": w["requests"] / (w["duration_us"] / 1e6),
+        "p50_ms": w["p50_us"] / 1000, "p90_ms": w["p90_us"] / 1000, "p99_ms": w["p99_us"] / 1000,
+        "p999_ms": w["p999_us"] / 1000, "mean_ms": w["mean_us"] / 1000, "max_ms": w["max_us"] / 1000,
+        "non2xx": w["non2xx"], "socket_errors": socket_errors, "errors": w["non2xx"] + socket_errors,
+        "error_detail": {k: w[k] for k in ("connect", "read", "write", "timeout", "status")},
+        "bytes_per_response": w["bytes"] / max(w["requests"], 1),  # headers included
+        "loadgen_cpu_s": cpu, "loadgen": "wrk", "wrk_command": " ".join(cmd),
+    }
+
+
+def run_python(port: int, args: argparse.Namespace, duration: float, tmp: Path) -> dict:
+    """Closed-loop keep-alive generator: one thread per connection (http.client). On a 2-core machine it
+    competes with the server for CPU, and the GIL serialises the threads: prefer wrk."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    counts = {"non2xx": 0, "socket_errors": 0, "bytes": 0}
+    start_at = time.perf_counter() + 0.2
+    stop_at = start_at + duration
+
+    def worker(n: int) -> None:
+        lat, non2xx, errs, nbytes = [], 0, 0, 0
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=args.request_timeout)
+        i = n * 97
+        while time.perf_counter() < start_at:
+            time.sleep(0.01)
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                break
+            i += 1
+            try:
+                conn.request("GET", ROUTE.format(user=i % N_USERS + 1, k=args.k))
+                r = conn.getresponse()
+                body = r.read()
+                lat.append(time.perf_counter() - t0)
+                nbytes += len(body)
+                if not 200 <= r.status <= 299:
+                    non2xx += 1
+                if r.will_close:
+                    conn.close()
+            except (OSError, http.client.HTTPException):
+                errs += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=args.request_timeout)
+        conn.close()
+        with lock:
+            latencies.extend(lat)
+            counts["non2xx"] += non2xx
+            counts["socket_errors"] += errs
+            counts["bytes"] += nbytes
+
+    cpu0 = self_cpu()
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(args.connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=duration + args.request_timeout + 30)
+    cpu = self_cpu() - cpu0
+    seconds = max(stop_at - start_at, 1e-9)
+    lat = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q / 100 * len(lat)))] * 1000 if lat else float("nan")
+
+    return {
+        "requests": len(lat), "seconds": seconds, "rps": len(lat) / seconds,
+        "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "p999_ms": pct(99.9),
+        "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan"),
+        "max_ms": lat[-1] * 1000 if lat else 0.0,
+        "non2xx": counts["non2xx"], "socket_errors": counts["socket_errors"],
+        "errors": counts["non2xx"] + counts["socket_errors"], "error_detail": {},
+        "bytes_per_response": counts["bytes"] / max(len(lat), 1),  # bodies only
+        "loadgen_cpu_s": cpu, "loadgen": "python",
+    }
+
+
+def measure(server: Server, args: argparse.Namespace, tmp: Path) -> dict:
+    gen = run_wrk if args.loadgen == "wrk" else run_python
+    if args.warmup > 0:
+        gen(server.port, args, args.warmup, tmp)
+    pids = [server.proc.pid, *server.workers()]
+    load0 = os.getloadavg()
+    cpu0, t0 = cpu_seconds(pids), time.perf_counter()
+    res = gen(server.port, args, args.duration, tmp)
+    cpu1, t1 = cpu_seconds(pids), time.perf_counter()
+    res["server_cpu_s"] = cpu1 - cpu0
+    res["server_cpu_ms_per_request"] = (cpu1 - cpu0) / max(res["requests"], 1) * 1000
+    res["server_cores_busy"] = (cpu1 - cpu0) / (t1 - t0)
+    res["loadgen_cores_busy"] = res["loadgen_cpu_s"] / (t1 - t0)
+    res["loadavg_before"] = load0
+    res["loadavg_after"] = os.getloadavg()
+    res["workers_at_end"] = len(server.workers())
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ report
+def fmt_table(rows: list[tuple]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, r in enumerate(rows):
+        out.append("| " + " | ".join(str(c).rjust(widths[i]) if i else str(c).ljust(widths[i])
+                                     for i, c in enumerate(r)) + " |")
+        if n == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return out
+
+
+def report(out: dict) -> str:
+    a = out["args"]
+    lines = [
+        "# Serving benchmark: recommendations vs a bare Flask endpoint",
+        "",
+        f"command: {out['command']}",
+        f"date: {out['date']}",
+        (f"cpu_count: {out['machine']['cpu_count']}  ({out['machine']['processor']}, "
+         f"{out['machine']['platform']})"),
+        (f"python {out['machine']['python']}, gunicorn {out['machine']['gunicorn']}, "
+        f"flask {out['machine']['flask']}"),
+        (f"gunicorn: -c {CONF} (worker_class {out['gunicorn']['worker_class']}, preload_app "
+        f"{out['gunicorn']['preload_app']}, timeout {out['gunicorn']['timeout']}), workers {a['workers']}, "
+        f"threads {a['threads']}, bind 127.0.0.1:<free port>, access log to a file"),
+        f"bundle: {out['bundle']}",
+        *([f"extra server environment: {a['server_env']}"] if a["server_env"] else []),
+        *([f"recommendations app: {a['recommendations_app']}"] if a["recommendations_app"] else []),
+        (f"load: {out['loadgen_desc']}; {a['duration']:g} s per endpoint after {a['warmup']:g} s warm-up, "
+        f"{a['connections']} connections, GET /v1/users/<1..610>/recommendations?k={a['k']}"),
+        (f"loadavg at start: {' '.join(f'{x:.2f}' for x in out['machine']['loadavg_start'])}; at end: "
+        f"{' '.join(f'{x:.2f}' for x in out['machine']['loadavg_end'])}"),
+        "",
+    ]
+    rows = [("endpoint", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
+             "bytes/resp", "server CPU ms/req", "server cores", "loadgen cores")]
+    for rnd in out["rounds"]:
+        for name in ("recommendations", "bare"):
+            r = rnd[name]
+            label = name if len(out["rounds"]) == 1 else f"{name} (round {rnd['round']})"
+            rows.append((label, r["requests"], f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                         f"{r['p99_ms']:.2f}", f"{r['p999_ms']:.2f}", f"{r['max_ms']:.1f}", r["errors"],
+                         f"{r['bytes_per_response']:.0f}", f"{r['server_cpu_ms_per_request']:.3f}",
+                         f"{r['server_cores_busy']:.2f}", f"{r['loadgen_cores_busy']:.2f}"))
+    lines += fmt_table(rows)
+    s = out["summary"]
+    lines += [
+        "",
+        ("errors = non-2xx answers + socket errors (connect, read, write, timeout); bytes/resp: headers + "
+         "body with wrk, body only with the Python generator; server CPU = user + system time of the "
+         "gunicorn master and workers during the measured window; cores = CPU seconds / wall seconds."),
+        "",
+        (f"throughput ratio (recommendations / bare req/s): {s['throughput_ratio']:.3f}   target >= 0.7: "
+        f"{'PASS' if s['throughput_pass'] else 'FAIL'}"),
+        (f"p99 ratio (recommendations / bare p99):          {s['p99_ratio']:.3f}   target <= 2.0: "
+        f"{'PASS' if s['p99_pass'] else 'FAIL'}"),
+        f"server CPU per request ratio (recommendations / bare): {s['cpu_ratio']:.2f}",
+        f"errors in the {a['duration']:g}-second runs: recommendations {s['recommendations_errors']}, "
+        f"bare {s['bare_errors']}   target zero errors in a 60-second run: "
+        + (("PASS" if s["zero_errors_pass"] else "FAIL") if a["duration"] >= 60 else "not tested (needs "
+           "--duration 60)"),
+    ]
+    for name in ("recommendations", "bare"):
+        c = {key: sum(r[name]["gunicorn_log"][key] for r in out["rounds"])
+             for key in ("booted_workers", "worker_timeouts", "tracebacks")}
+        lines.append(f"gunicorn log ({name}): {c['booted_workers']} worker boots, {c['worker_timeouts']} "
+                     f"worker timeouts, {c['tracebacks']} tracebacks")
+    if out["loadgen"] == "python":
+        lines += ["", ("Caveat: the Python load generator runs on the same cores as the server (see "
+                       "`loadgen cores`) and its GIL-bound threads add their own queueing to the latencies; "
+                       "wrk is preferred.")]
+    lines.append(f"\ntotal {out['total_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def gunicorn_settings() -> dict:
+    ns: dict = {"__file__": str(ROOT / CONF)}
+    old = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = old or "/nonexistent"  # the config only setdefault()s it
+    try:
+        exec(compile((ROOT / CONF).read_text(), CONF, "exec"), ns)  # noqa: S102 - the repository's own file
+    finally:
+        if old is None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return {k: ns.get(k) for k in ("worker_class", "preload_app", "timeout", "graceful_timeout", "wsgi_app")}
+
+
+# -------------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path,
+                   help="bundle dir or models root (default: train one into a temp dir)")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per endpoint (default 20)")
+    p.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds of load first (default 3)")
+    p.add_argument("--connections", type=int, default=16,
+                   help="concurrent keep-alive connections (default 16)")
+    p.add_argument("--workers", type=int, default=2, help="RECSYS_WORKERS for both servers (default 2)")
+    p.add_argument("--threads", type=int, default=4, help="RECSYS_THREADS for both servers (default 4)")
+    p.add_argument("--k", type=int, default=10, help="k in the query string (default 10)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure both this many times, alternating which goes first; ratios of the medians "
+                        "(default 1: recommendations, then bare)")
+    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
+                   help="wrk when installed (auto), or the Python thread generator")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: leave the cores to "
+                   "the server)")
+    p.add_argument("--request-timeout", type=float, default=5.0, help="a slower answer counts as an error")
+    p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
+    p.add_argument("--train-timeout", type=float, default=900.0)
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for both gunicorn servers (repeatable), e.g. "
+                        "OPENBLAS_NUM_THREADS=1")
+    p.add_argument("--recommendations-app", metavar="MODULE:CALL",
+                   help="serve this app instead of the config's wsgi_app (server:create_app()) as (a), e.g. "
+                        "a patched variant to measure a change; it must serve the same route")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
+    p.add_argument("--md", type=Path, help="the printed output (default: --out with .md)")
+    args = p.parse_args(argv)
+    if args.loadgen == "auto":
+        args.loadgen = "wrk" if shutil.which("wrk") else "python"
+    try:
+        args.server_env = dict(kv.split("=", 1) for kv in args.server_env)
+    except ValueError:
+        p.error("--server-env takes NAME=VALUE")
+    if args.md is None:
+        args.md = args.out.with_suffix(".md")
+    if args.duration <= 0 or args.connections < 1 or args.rounds < 1:
+        p.error("--duration, --connections and --rounds must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    started = time.perf_counter()
+    out: dict = {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "date": dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "gunicorn": importlib.metadata.version("gunicorn"),
+                    "flask": importlib.metadata.version("flask"), "loadavg_start": os.getloadavg()},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "gunicorn": gunicorn_settings(),
+        "loadgen": args.loadgen,
+        "rounds": [],
+        "servers": {},
+    }
+    if args.loadgen == "wrk":
+        version = subprocess.run(["wrk", "--version"], check=False, capture_output=True, text=True,
+                                 timeout=10)
+        name = (version.stdout or version.stderr).splitlines()[0].split(" Copyright")[0]
+        out["loadgen_desc"] = f"{name}, {args.wrk_threads} thread(s), Lua script cycling the users"
+    else:
+        out["loadgen_desc"] = "Python threads (http.client keep-alive), one per connection"
+    log.info("command: %s; cpu_count %s; load generator: %s", out["command"], os.cpu_count(),
+             out["loadgen_desc"])
+    tmp = Path(tempfile.mkdtemp(prefix="recsys-serving-"))
+    servers: list[Server] = []
+    try:
+        bundle = args.bundle.resolve() if args.bundle else train_bundle(tmp, args.train_timeout)
+        out["bundle"] = str(args.bundle) if args.bundle else "trained for this run (recsys train --quiet)"
+        for rnd in range(1, args.rounds + 1):
+            result = {"round": rnd}
+            order = ("recommendations", "bare") if rnd % 2 else ("bare", "recommendations")
+            for name in order:  # alternate the order between rounds: the machine's load drifts
+                server = Server(name, args, bundle, tmp)
+                servers.append(server)
+                try:
+                    info = server.start(args.ready_timeout, args.k)
+                    log.info("%s: %g s warm-up + %g s measured, %d connections (%s)", name, args.warmup,
+                             args.duration, args.connections, args.loadgen)
+                    result[name] = measure(server, args, tmp)
+                    r = result[name]
+                    log.info("%s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors", name, r["rps"],
+                             r["p50_ms"], r["p99_ms"], r["errors"])
+                finally:
+                    server.stop()
+                result[name].update(info, gunicorn_log=server.log_counts())
+                out["servers"][name] = {"command": " ".join(shlex.quote(c) for c in server.cmd)}
+            out["rounds"].append(result)
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[name][key] for r in out["rounds"])
+
+    rps = {n: med(n, "rps") for n in ("recommendations", "bare")}
+    p99 = {n: med(n, "p99_ms") for n in ("recommendations", "bare")}
+    cpu = {n: med(n, "server_cpu_ms_per_request") for n in ("recommendations", "bare")}
+    errors = {n: sum(r[n]["errors"] for r in out["rounds"]) for n in ("recommendations", "bare")}
+    s = {
+        "throughput_ratio": rps["recommendations"] / rps["bare"],
+        "p99_ratio": p99["recommendations"] / p99["bare"],
+        "cpu_ratio": cpu["recommendations"] / cpu["bare"],
+        "recommendations_errors": errors["recommendations"], "bare_errors": errors["bare"],
+        "targets": "Recommendations throughput >= 0.7 x the bare endpoint's and p99 <= 2 x its p99, in the "
+                   "same run; a 60-second load run shows zero errors.",
+    }
+    s["throughput_pass"] = s["throughput_ratio"] >= 0.7
+    s["p99_pass"] = s["p99_ratio"] <= 2.0
+    s["zero_errors_pass"] = args.duration >= 60 and errors["recommendations"] == 0
+    out["summary"] = s
+    out["total_s"] = time.perf_counter() - started
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    text = report(out)
+    print(text, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    args.md.parent.mkdir(parents=True, exist_ok=True)
+    args.md.write_text(text + "\n")
+    log.info("wrote %s and %s", args.out, args.md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
