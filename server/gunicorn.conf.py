@@ -31,7 +31,9 @@ def post_fork(server, worker):
     """Workers learn the master's pid, so /v1/admin/reload can ask it to replace every worker; pooled
     database connections inherited from the master are dropped (each worker opens its own)."""
     os.environ["RECSYS_MASTER_PID"] = str(server.pid)
-    server.app.wsgi().extensions["recsys_feedback"].engine.dispose(close=False)
+    store = getattr(server.app.wsgi(), "extensions", {}).get("recsys_feedback")
+    if store is not None:
+        store.engine.dispose(close=False)
 
 
 def on_reload(server):
