@@ -57,8 +57,7 @@ def _popular(m: Loaded, k: int, genres: list[str], exclude: np.ndarray | None = 
     if exclude is not None and len(exclude):
         order = order[~np.isin(order, exclude)]
     top = order[:k]
-    counts = m.engine.seen[:, top].getnnz(axis=0) if len(top) else np.zeros(0)
-    return _items(m, top, counts.astype(np.float32))
+    return _items(m, top, m.counts[top])
 
 
 def _recommend(m: Loaded, user: str, k: int, offset: int = 0, exclude: list[str] | None = None,

@@ -21,6 +21,7 @@ class Loaded:
     manifest: dict
     path: Path
     popular: np.ndarray  # item indices, most interacted first
+    counts: np.ndarray   # users who interacted with each item
 
     @property
     def version(self) -> str:
@@ -51,7 +52,8 @@ class ModelState:
             path = artifacts.resolve(self.bundle)
             engine, bundle = load_engine(path, mode=self.mode)
             counts = np.asarray(engine.seen.astype(bool).sum(axis=0)).ravel()
-            loaded = Loaded(engine, bundle.manifest, bundle.path, np.argsort(-counts, kind="stable"))
+            loaded = Loaded(engine, bundle.manifest, bundle.path, np.argsort(-counts, kind="stable"),
+                            counts.astype(np.float32))
             self.current, self.error = loaded, None  # requests in flight keep the object they already read
             log.info("Serving bundle %s", path)
             return loaded
