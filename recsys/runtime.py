@@ -259,9 +259,18 @@ class Engine:
         keep = history >= 0
         history = history[keep]
         w = None if weights is None else np.asarray(weights, np.float32)[keep]
-        vector = self.fold_in(history, w)
-        idx, val = self.search(vector[None, :], k, exclude=[history] if exclude_history else None)
-        return self.items.to_ids(idx[0]), val[0]
+        idx, val = self.history_indices(history, k, w, hide=history if exclude_history else None)
+        return self.items.to_ids(idx), val
+
+    def history_indices(self, history: np.ndarray, k: int, weights: np.ndarray | None = None,
+                        hide: np.ndarray | None = None, allow: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (item indices, scores), shape (k,), for a user folded in from `history` (item indices);
+        `hide` lists item indices to leave out (typically the history itself), `allow` restricts."""
+        vector = self.fold_in(history, weights)
+        hide = None if hide is None else [np.unique(np.asarray(hide, dtype=np.int64))]
+        idx, val = self.search(vector[None, :], k, exclude=hide, allow=allow)
+        return idx[0], val[0]
 
     def similar_items(self, item_ids: Iterable[object], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         _check_k(k)

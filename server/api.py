@@ -65,23 +65,24 @@ def _recommend(m: Loaded, user: str, k: int, offset: int = 0, exclude: list[str]
     limit = current_app.config["MAX_K"]
     if k + offset > limit:
         abort(422, message=f"k + offset must be <= {limit}. Got {k + offset}.")
-    exclude = exclude or []
+    e = m.engine
+    deny = e.items.to_index(exclude or [], missing="ignore")
+    deny = deny[deny >= 0]
     history = current_app.extensions["recsys_feedback"].history(user)
     if history:  # live feedback: fold the whole history in with the current model, no retraining
-        return _recommend_from_history(m, user, history, k, offset, exclude, genres or [], include_seen)
-    if user not in m.engine.users:
-        deny = m.engine.items.to_index(exclude, missing="ignore")
-        items = _popular(m, k + offset, genres or [], deny[deny >= 0])[offset:]
+        return _recommend_from_history(m, user, history, k, offset, deny, genres or [], include_seen)
+    if user not in e.users:
+        items = _popular(m, k + offset, genres or [], deny)[offset:]
         return {"user": user, "items": items, "fallback": True, "model_version": m.version}
-    ids, scores = m.engine.recommend([user], k + offset, exclude_seen=not include_seen, exclude=exclude or None,
-                                     filters=_filters(genres or []))
-    idx = m.engine.items.to_index([i for i in ids[0] if i is not None], missing="ignore")
-    items = _items(m, idx, scores[0][:len(idx)])[offset:]
+    idx, scores = e.recommend_indices(np.array([e.users.index(user, "user")]), k + offset,
+                                      exclude_seen=not include_seen, deny=deny,
+                                      allow=e.allowed_items(None, _filters(genres or [])))
+    items = _items(m, idx[0], scores[0])[offset:]
     return {"user": user, "items": items, "fallback": False, "model_version": m.version}
 
 
 def _recommend_from_history(m: Loaded, user: str, history: list[tuple[str, float]], k: int, offset: int,
-                            exclude: list[str], genres: list[str], include_seen: bool) -> dict:
+                            deny: np.ndarray, genres: list[str], include_seen: bool) -> dict:
     e = m.engine
     items = e.items.to_index([i for i, _ in history], missing="ignore")
     weights = np.asarray([w for _, w in history], np.float32)[items >= 0]
@@ -91,12 +92,10 @@ def _recommend_from_history(m: Loaded, user: str, history: list[tuple[str, float
         items = np.concatenate([known, items])
         weights = np.concatenate([np.ones(len(known), np.float32), weights])
     positive = weights > 0
-    vector = e.fold_in(items[positive], weights[positive])
-    deny = e.items.to_index(exclude, missing="ignore")
-    hidden = np.unique(np.concatenate([deny[deny >= 0], [] if include_seen else items])).astype(np.int64)
-    idx, scores = e.search(vector[None, :], k + offset, exclude=[hidden], allow=e.allowed_items(None, _filters(genres)))
-    return {"user": user, "items": _items(m, idx[0], scores[0])[offset:], "fallback": False,
-            "model_version": m.version}
+    hide = deny if include_seen else np.concatenate([deny, items])
+    idx, scores = e.history_indices(items[positive], k + offset, weights[positive], hide=hide,
+                                    allow=e.allowed_items(None, _filters(genres)))
+    return {"user": user, "items": _items(m, idx, scores)[offset:], "fallback": False, "model_version": m.version}
 
 
 @blp.route("/feedback", methods=["POST"])
@@ -157,12 +156,12 @@ def recommend_session(body):
     """Top-k for an anonymous session from the item ids it touched (fold-in, no retraining)."""
     m = _model()
     _check_limit(len(body["items"]), "MAX_HISTORY_ITEMS", "history items")
-    known = [i for i in body["items"] if i in m.engine.items]
-    if not known:
+    history = m.engine.items.to_index(body["items"], missing="ignore")
+    history = history[history >= 0]
+    if not len(history):
         return {"items": _popular(m, body["k"], []), "fallback": True, "model_version": m.version}
-    ids, scores = m.engine.recommend_for_history(known, body["k"])
-    idx = m.engine.items.to_index([i for i in ids if i is not None])
-    return {"items": _items(m, idx, scores[:len(idx)]), "fallback": False, "model_version": m.version}
+    idx, scores = m.engine.history_indices(history, body["k"], hide=history)
+    return {"items": _items(m, idx, scores), "fallback": False, "model_version": m.version}
 
 
 @blp.route("/items/<string:item_id>/similar")
