@@ -18,7 +18,7 @@ from .data import IdMap
 from .exceptions import DataValidationError
 from .index import EXACT_BLOCK, AnnIndex
 
-FOLDIN_METHODS = ("ridge", "mean", "constant")
+FOLDIN_METHODS = ("ridge", "mean", "indicator", "constant")
 SIMILARITIES = ("cosine", "dot")
 SEARCH_MODES = ("auto", "exact", "ann")
 
@@ -65,8 +65,11 @@ class Engine:
     item_vectors (n_items, d), user_vectors (n_users, d): exported by a model. seen: users x items CSR of
     the training interactions (excluded by default). similarity_dims: how many leading dimensions
     similar_items / similar_users compare (None: all; a model with a bias column leaves it out).
-    foldin: {"method": "ridge", "reg": float} solves a small ridge regression of the history on the item vectors; "mean" averages them; "constant" uses the
-    mean user vector (for models without personalisation).
+    foldin: {"method": "ridge", "reg": float, "unobserved_weight": float (default 0)} solves a small ridge
+    regression of the history on the item vectors (with unobserved_weight > 0, every other item is a weighted
+    zero target, as in iALS); "mean" averages them; "indicator" uses the weighted history itself as the user
+    vector (item-item models whose item vectors are item-item weights); "constant" uses the mean user vector
+    (for models without personalisation).
     indexes / index_stats / mode: optional Annoy indexes with their tuning measurements; mode 'auto' picks
     the index or exact scoring per call by what the measurements say is faster, 'exact' and 'ann' force one.
     """
@@ -93,6 +96,7 @@ class Engine:
         self.similarity = similarity
         self.item_metadata = item_metadata
         self._titles: np.ndarray | None = None
+        self._gram: np.ndarray | None = None  # item_vectors.T @ item_vectors, for iALS fold-in
         self.batch_size = batch_size
         # similarity_dims: leading dimensions compared by similar_items/users (leaves out e.g. a bias column)
         dims = slice(0, similarity_dims)
@@ -220,10 +224,22 @@ class Engine:
         hist = self.item_vectors[item_index]
         if method == "mean":
             return (w @ hist) / w.sum()
+        if method == "indicator":  # item-item models: the user vector is the (weighted) history itself
+            vector = np.zeros(self.item_vectors.shape[1], np.float32)
+            np.add.at(vector, item_index, w)
+            return vector
         reg = float(self.foldin.get("reg", 0.1))
         gram = hist.T @ (hist * w[:, None]) + reg * np.eye(hist.shape[1], dtype=np.float32)
+        unobserved = float(self.foldin.get("unobserved_weight", 0.0))
+        if unobserved:  # iALS: every item not in the history pulls the score towards 0 with this weight
+            gram += unobserved * self._gramian()
         target = float(self.foldin.get("target", 1.0))
         return np.linalg.solve(gram, hist.T @ (w * target)).astype(np.float32)
+
+    def _gramian(self) -> np.ndarray:
+        if self._gram is None:
+            self._gram = self.item_vectors.T @ self.item_vectors
+        return self._gram
 
     def similar_item_indices(self, item_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         item_index = np.asarray(item_index, dtype=np.int64)

@@ -250,6 +250,26 @@ def test_fold_in_ridge_closed_form() -> None:
                                rtol=1e-4, atol=1e-5)
 
 
+def test_fold_in_ridge_with_unobserved_weight_is_the_ials_user_solve() -> None:
+    reg, alpha0 = 0.7, 0.05
+    engine = make_engine(foldin={"method": "ridge", "reg": reg, "unobserved_weight": alpha0})
+    history, w = np.array([0, 4, 9]), np.array([2.0, 1.0, 3.0])
+    v = engine.item_vectors.astype(np.float64)
+    h = v[history]
+    expected = np.linalg.solve(h.T @ (w[:, None] * h) + alpha0 * v.T @ v + reg * np.eye(DIM), h.T @ w)
+    np.testing.assert_allclose(engine.fold_in(history, w), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fold_in_indicator_is_the_weighted_history() -> None:
+    n = 12
+    engine = Engine(np.eye(n, dtype=np.float32), np.zeros((3, n), np.float32), IdMap([f"u{i}" for i in range(3)]),
+                    IdMap([f"i{i:02d}" for i in range(n)]), foldin={"method": "indicator"})
+    got = engine.fold_in(np.array([1, 5, 5]), np.array([1.0, 2.0, 0.5]))
+    expected = np.zeros(n, np.float32)
+    expected[[1, 5]] = [1.0, 2.5]
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_fold_in_constant_and_empty_history() -> None:
     mean_user = make_engine().user_vectors.mean(axis=0)
     constant = make_engine(foldin={"method": "constant"})
