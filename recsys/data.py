@@ -189,6 +189,7 @@ def read_interactions(
     on_error: Literal["raise", "drop"] = "raise",
     time_unit: str = "s",
     item_metadata: pd.DataFrame | None = None,
+    catalog: Literal["interactions", "metadata"] = "interactions",
 ) -> Interactions:
     """Read, validate, deduplicate and id-map an interaction log.
 
@@ -199,12 +200,17 @@ def read_interactions(
     on_error: 'raise' on the first bad row (the message names column, row and fix), or 'drop' bad rows and
     log how many were dropped (the count is also on the result as `n_dropped`).
     item_metadata: optional frame with an `item` column (plus e.g. title, genres), aligned to the item map.
+    catalog: which items get an index. 'interactions' (default): the items of the log only (metadata rows
+    of other items are ignored). 'metadata': also every item of `item_metadata`, with or without
+    interactions, so that models using item features can score cold-start items (other models simply
+    leave those items uninformed).
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise DataValidationError(f"The 'duplicates' parameter must be one of {DUPLICATE_POLICIES}. "
                                   f"Got {duplicates!r}.")
     if on_error not in ("raise", "drop"):
         raise DataValidationError(f"The 'on_error' parameter must be 'raise' or 'drop'. Got {on_error!r}.")
+    _check_catalog(catalog, item_metadata)
     roles = {"user_col": user_col, "item_col": item_col, "weight_col": weight_col, "time_col": time_col}
     wanted = {role: c for role, c in roles.items() if c is not None}
     frame, where = _read_source(source, list(wanted.values()), [user_col, item_col])
@@ -266,17 +272,31 @@ def read_interactions(
         raise DataValidationError(f"No interactions left in {where}: the log is empty"
                                   + (" after dropping bad rows." if bad.any() else "."))
     inter = from_arrays(users.to_numpy(), items.to_numpy(), weight, timestamp, duplicates=duplicates,
-                        item_metadata=item_metadata)
+                        item_metadata=item_metadata, catalog=catalog)
     inter.n_dropped = int(bad.sum())
     return inter
 
 
 def from_arrays(users: np.ndarray, items: np.ndarray, weight: np.ndarray | None = None,
                 timestamp: np.ndarray | None = None, *, duplicates: str = "sum",
-                item_metadata: pd.DataFrame | None = None) -> Interactions:
-    """Build `Interactions` from already-valid arrays of external ids (sorted id maps)."""
+                item_metadata: pd.DataFrame | None = None,
+                catalog: Literal["interactions", "metadata"] = "interactions") -> Interactions:
+    """Build `Interactions` from already-valid arrays of external ids (sorted id maps).
+
+    catalog='metadata' also gives an index to every item of `item_metadata` without interactions (see
+    `read_interactions`).
+    """
+    _check_catalog(catalog, item_metadata)
     user_codes, user_ids = pd.factorize(pd.Series(users, dtype=object).map(str), sort=True)
     item_codes, item_ids = pd.factorize(pd.Series(items, dtype=object).map(str), sort=True)
+    if catalog == "metadata":
+        extra = _ids_as_str(item_metadata["item"]).dropna().astype(str).to_numpy(dtype=object)
+        all_ids = np.unique(np.concatenate([np.asarray(item_ids, dtype=object), extra]))
+        if len(all_ids) > len(item_ids):
+            log.info("catalog='metadata': %d item(s) of item_metadata have no interactions.",
+                     len(all_ids) - len(item_ids))
+            item_codes = np.searchsorted(all_ids, np.asarray(item_ids, dtype=object))[item_codes]
+            item_ids = all_ids
     weight = np.ones(len(user_codes)) if weight is None else np.asarray(weight, dtype=np.float64)
     frame = pd.DataFrame({"u": user_codes, "i": item_codes, "w": weight, "order": np.arange(len(user_codes))})
     if timestamp is not None:
@@ -301,6 +321,17 @@ def from_arrays(users: np.ndarray, items: np.ndarray, weight: np.ndarray | None 
         timestamp=frame["t"].to_numpy(np.int64) if timestamp is not None else None,
         item_metadata=align_item_metadata(item_metadata, item_map),
     )
+
+
+def _check_catalog(catalog: str, item_metadata: pd.DataFrame | None) -> None:
+    if catalog not in ("interactions", "metadata"):
+        raise DataValidationError(f"The 'catalog' parameter must be 'interactions' or 'metadata'. Got {catalog!r}.")
+    if catalog == "metadata":
+        if item_metadata is None:
+            raise DataValidationError("catalog='metadata' needs item_metadata: the frame of catalogue items.")
+        if "item" not in item_metadata.columns:
+            raise DataValidationError("Item metadata needs an 'item' column. "
+                                      f"Got columns {list(item_metadata.columns)}.")
 
 
 def align_item_metadata(metadata: pd.DataFrame | None, items: IdMap) -> pd.DataFrame | None:

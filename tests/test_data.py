@@ -522,3 +522,37 @@ def test_item_metadata_through_reader() -> None:
     titles = inter.item_titles()
     assert titles[0] == "One" and pd.isna(titles[1]) and titles[2] == "Three"
     assert read_interactions(raw_log(), **COLS).item_titles() is None
+
+
+def test_catalog_metadata_indexes_items_without_interactions() -> None:
+    meta = pd.DataFrame({"item": ["m3", "m0", "m1", "zz", None], "title": ["Three", "Zero", "One", "Zed", "?"]})
+    inter = read_interactions(raw_log(), item_metadata=meta, catalog="metadata", **COLS)
+    assert list(inter.items.ids) == ["m0", "m1", "m2", "m3", "zz"]  # the sorted union; null ids ignored
+    assert list(inter.item_metadata["title"][[0, 1, 3, 4]]) == ["Zero", "One", "Three", "Zed"]
+    assert pd.isna(inter.item_metadata["title"][2])  # m2: interactions but no metadata row
+    default = read_interactions(raw_log(), item_metadata=meta, **COLS)
+    assert list(default.items.ids) == ["m1", "m2", "m3"]  # the default is unchanged
+    assert pairs(inter) == pairs(default) and rows(inter) == rows(default)
+    m = inter.matrix()
+    assert m.shape == (3, 5) and m[:, [0, 4]].nnz == 0
+    np.testing.assert_array_equal(m[:, [1, 2, 3]].toarray(), default.matrix().toarray())
+
+
+def test_catalog_metadata_with_numeric_ids_and_no_extra_items() -> None:
+    inter = from_arrays(np.array(["a", "b"]), np.array(["2", "10"]), catalog="metadata",
+                        item_metadata=pd.DataFrame({"item": [10.0, 2.0, 3.0]}))
+    assert list(inter.items.ids) == ["10", "2", "3"]
+    assert sorted(zip(inter.users.ids[inter.user_index], inter.items.ids[inter.item_index])) == \
+        [("a", "2"), ("b", "10")]
+    same = from_arrays(np.array(["a"]), np.array(["x"]), catalog="metadata",
+                       item_metadata=pd.DataFrame({"item": ["x"]}))
+    assert list(same.items.ids) == ["x"]
+
+
+def test_catalog_parameter_errors() -> None:
+    with pytest.raises(DataValidationError, match="'catalog' parameter must be 'interactions' or 'metadata'"):
+        read_interactions(raw_log(), catalog="all", **COLS)
+    with pytest.raises(DataValidationError, match="catalog='metadata' needs item_metadata"):
+        read_interactions(raw_log(), catalog="metadata", **COLS)
+    with pytest.raises(DataValidationError, match="'item' column"):
+        from_arrays(np.array(["a"]), np.array(["x"]), catalog="metadata", item_metadata=pd.DataFrame({"t": [1]}))
