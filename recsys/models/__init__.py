@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import MODEL_REGISTRY, Recommender
+from .baselines import EASE, ItemKNN
 from .mf import MF
 from .popularity import Popularity
 
-__all__ = ["MF", "MODEL_REGISTRY", "Popularity", "Recommender", "load"]
+__all__ = ["EASE", "MF", "ItemKNN", "MODEL_REGISTRY", "Popularity", "Recommender", "load"]
 
 
 def load(path: str | Path) -> Recommender:
