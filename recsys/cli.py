@@ -1,4 +1,4 @@
-"""`recsys` command line: train, evaluate, recommend, similar, recommend-all, info.
+"""`recsys` command line: train, tune, evaluate, recommend, similar, recommend-all, info, serve.
 
 Thin by design: every command parses arguments, calls the library and formats the answer.
 """
@@ -15,7 +15,11 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, artifacts
-from .exceptions import RecsysError
+from .exceptions import DataValidationError, RecsysError
+from .tune import DEFAULT_BUDGET
+
+# model names without importing torch (recsys.models) at parse time
+MODEL_NAMES = ["ials", "mf", "two_tower", "ease", "itemknn", "popularity"]
 
 log = logging.getLogger("recsys")
 
@@ -55,24 +59,85 @@ def _with_feedback(inter, url: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import train_and_bundle
+    from .pipeline import make_model, train_and_bundle
 
     inter = _load_interactions(args)
     if args.from_db:
         inter = _with_feedback(inter, args.from_db)
     print(f"Data: {inter.nnz:,} interactions, {inter.n_users:,} users, {inter.n_items:,} items"
           + (f" ({inter.n_dropped} bad rows dropped)" if inter.n_dropped else ""))
-    params = {k: v for k, v in {"epochs": args.epochs, "factors": args.factors, "loss": args.loss}.items()
-              if v is not None}
-    if args.model == "mf":
-        params.update(seed=args.seed, progress=not args.quiet, device=args.device)
+    params = _params_arg(args.params)
+    params.update({k: v for k, v in {"epochs": args.epochs, "factors": args.factors, "loss": args.loss}.items()
+                   if v is not None})
+    if params and args.model == "auto":
+        raise DataValidationError(f"Parameters {sorted(params)} need a model: add --model (one of {MODEL_NAMES}).")
+    if params:
+        accepted = make_model(args.model)._param_names()
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise DataValidationError(f"Model {args.model!r} has no parameter(s) {unknown} (from --params or "
+                                      f"--epochs/--factors/--loss). Its parameters: {accepted}.")
+    budget = (args.tune_budget or DEFAULT_BUDGET) if args.tune else None
     report = train_and_bundle(inter, model=args.model, params=params, out=args.out,
                               test_fraction=args.test_fraction, refit=not args.no_refit, seed=args.seed,
-                              index=not args.no_index, target_recall=args.target_recall)
+                              index=not args.no_index, target_recall=args.target_recall, tune_budget=budget,
+                              common={"seed": args.seed, "progress": not args.quiet, "device": args.device})
+    if report.tuning:
+        _print_tuning(report.tuning)
+    print(f"\nModel: {report.model} {json.dumps(report.params)}")
     print(f"\nHeld-out evaluation (each user's latest {args.test_fraction:.0%}, full ranking, seen items excluded):")
     print(report.table().to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"\nBundle: {report.bundle}  (published as {Path(args.out) / artifacts.CURRENT})")
     print(f"Trained in {report.seconds:.1f} s")
+    return 0
+
+
+def _params_arg(text: str | None) -> dict:
+    """--params: inline JSON, or a JSON file (a `recsys tune --out` file: its best_params are used)."""
+    if not text:
+        return {}
+    path = Path(text)
+    try:
+        value = json.loads(path.read_text() if path.exists() else text)
+    except json.JSONDecodeError as e:
+        raise DataValidationError(f"--params {text!r} is neither a JSON file nor inline JSON ({e}). "
+                                  'Example: --params \'{"factors": 128}\'.') from None
+    value = value.get("best_params", value) if isinstance(value, dict) else value
+    if not isinstance(value, dict):
+        raise DataValidationError(f"--params must hold a JSON object of parameters. Got {type(value).__name__}.")
+    return value
+
+
+def _print_tuning(tuning: dict) -> None:
+    print(f"\nTuning ({tuning['metric']} on a validation split carved from the training part):")
+    for name, c in tuning["candidates"].items():
+        print(f"  {name:<10} {c['value']:.4f} after {c['n_trials']} trial(s)  {json.dumps(c['params'])}")
+    for name, side in tuning.get("edges", {}).items():
+        print(f"  note: the best {name} is at the {side} edge of its search range")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .pipeline import holdout, model_params
+    from .tune import EMBEDDING_MODELS, tune
+
+    inter = _load_interactions(args)
+    train, _ = holdout(inter, args.test_fraction, args.seed)
+    names = [m for m in EMBEDDING_MODELS if m in MODEL_NAMES] if args.model == "auto" else [args.model]
+    results = []
+    for name in names:
+        fixed = model_params(name, seed=args.seed, progress=not args.quiet, device=args.device)
+        results.append(tune(train, name, budget=args.budget / len(names), n_trials=args.trials, fixed=fixed,
+                            validation_fraction=args.test_fraction, seed=args.seed))
+        r = results[-1]
+        print(f"{name}: best {r.metric} {r.best_value:.4f} after {r.n_trials} trials in {r.seconds:.0f} s: "
+              f"{json.dumps(r.best_params)}" + "".join(f"\n  note: the best {p} is at the {side} edge of its "
+                                                       "range: widen it" for p, side in r.edges.items()))
+    best = max(results, key=lambda r: r.best_value)
+    print(f"Best: {best.model} ({best.metric} {best.best_value:.4f} on validation)")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"best_model": best.model, "best_params": best.best_params,
+                                              "results": [r.to_dict() for r in results]}, indent=2))
+        print(f"Wrote {args.out}: recsys train --model {best.model} --params {args.out}")
     return 0
 
 
@@ -190,6 +255,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+def data_args(parser: argparse.ArgumentParser) -> None:
+    """Where the interactions come from and how they are held out (shared by train and tune)."""
+    parser.add_argument("--data", help="interaction log: .csv, .tsv or .parquet (default: bundled ml-latest-small)")
+    parser.add_argument("--user-col", default="user", help="user id column (default: user)")
+    parser.add_argument("--item-col", default="item", help="item id column (default: item)")
+    parser.add_argument("--time-col", default=None, help="timestamp column: Unix seconds or ISO dates")
+    parser.add_argument("--weight-col", default=None, help="weight or rating column (default: every row counts 1)")
+    parser.add_argument("--items", default=None, help="optional CSV of item metadata (title, genres, ...)")
+    parser.add_argument("--items-id-col", default="item", help="item id column in --items (default: item)")
+    parser.add_argument("--duplicates", choices=["sum", "max", "last"], default="sum",
+                        help="how repeated (user, item) rows combine (default: sum)")
+    parser.add_argument("--drop-bad-rows", action="store_true", help="drop invalid rows instead of failing")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share per user (default: 0.2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description="Train, evaluate and query recommendation models.")
     p.add_argument("--version", action="version", version=f"recsys {__version__}")
@@ -200,35 +282,45 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on the bundled MovieLens data (default) or --data PATH; evaluate on "
                                    "each user's latest interactions; write a bundle under --out and point "
                                    "OUT/current at it.")
-    t.add_argument("--data", help="interaction log: .csv, .tsv or .parquet (default: bundled ml-latest-small)")
-    t.add_argument("--user-col", default="user", help="user id column (default: user)")
-    t.add_argument("--item-col", default="item", help="item id column (default: item)")
-    t.add_argument("--time-col", default=None, help="timestamp column: Unix seconds or ISO dates")
-    t.add_argument("--weight-col", default=None, help="weight or rating column (default: every row counts 1)")
-    t.add_argument("--items", default=None, help="optional CSV of item metadata (title, genres, ...)")
-    t.add_argument("--items-id-col", default="item", help="item id column in --items (default: item)")
+    data_args(t)
     t.add_argument("--from-db", metavar="URL", default=None,
                    help="also train on feedback events stored by the service (a database URL such as "
                         "sqlite:///instance/feedback.db)")
-    t.add_argument("--duplicates", choices=["sum", "max", "last"], default="sum",
-                   help="how repeated (user, item) rows combine (default: sum)")
-    t.add_argument("--drop-bad-rows", action="store_true", help="drop invalid rows instead of failing")
-    t.add_argument("--model", default="mf", choices=["mf", "popularity"], help="model to train (default: mf)")
+    t.add_argument("--model", default="auto", choices=["auto", *MODEL_NAMES],
+                   help="model to train; auto (default): the best embedding model on the validation split")
+    t.add_argument("--params", metavar="JSON", default=None,
+                   help="model parameters: a JSON file (such as `recsys tune --out` writes) or inline JSON")
+    t.add_argument("--tune", action="store_true", help="search the model's hyper-parameters with Optuna on a "
+                                                       "validation split first (recsys tune)")
+    t.add_argument("--tune-budget", type=float, default=None, metavar="SECONDS",
+                   help=f"seconds of search for --tune (default: {DEFAULT_BUDGET:.0f})")
     t.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping picks fewer)")
     t.add_argument("--factors", type=int, default=None, help="embedding size")
     t.add_argument("--loss", choices=["softmax", "sampled", "bpr"], default=None, help="MF training loss")
     t.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
-    t.add_argument("--test-fraction", type=float, default=0.2, help="held-out share per user (default: 0.2)")
     t.add_argument("--no-refit", action="store_true", help="bundle the evaluated model instead of refitting "
                                                           "on all interactions")
     t.add_argument("--no-index", action="store_true", help="skip building the Annoy indexes")
     t.add_argument("--target-recall", type=float, default=0.95,
                    help="recall@10 against exact search the indexes are tuned to (default: 0.95)")
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="models", help="models root; the bundle is a new version in it (default: "
                                                    "models)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
+
+    u = sub.add_parser("tune", help="search a model's hyper-parameters (Optuna) on a validation split",
+                       description="Hold out each user's latest --test-fraction (never used here), carve a "
+                                   "validation split from the rest the same way, and search the model's "
+                                   "hyper-parameters on it within --budget seconds.")
+    data_args(u)
+    u.add_argument("--model", default="auto", choices=["auto", *MODEL_NAMES],
+                   help="model to tune; auto (default): every embedding model, sharing the budget")
+    u.add_argument("--budget", type=float, default=DEFAULT_BUDGET, metavar="SECONDS",
+                   help=f"seconds of search (default: {DEFAULT_BUDGET:.0f}); a running trial finishes")
+    u.add_argument("--trials", type=_positive_int, default=None, help="stop after this many trials per model")
+    u.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
+    u.add_argument("--out", default=None, metavar="JSON",
+                   help="write the result here; `recsys train --model M --params FILE` trains with it")
+    u.set_defaults(func=cmd_tune)
 
     def bundle_arg(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--bundle", required=True, help="bundle directory, or a models root with 'current'")

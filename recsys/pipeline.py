@@ -1,8 +1,9 @@
 """The training job behind `recsys train`: split, early-stop, evaluate, refit on everything, bundle, publish.
 
 1. Hold out each user's latest `test_fraction` of interactions (random when the log has no timestamps).
-2. Models with early stopping carve a validation split from the training part the same way and pick the
-   number of epochs on it (the test split is never looked at while choosing).
+2. A validation split is carved from the training part the same way. On it, models with early stopping pick
+   their number of epochs, `tune_budget` runs an Optuna search (recsys.tune), and model 'auto' picks the best
+   embedding model. The test split is never looked at while choosing.
 3. Refit on the whole training part with that many epochs and evaluate on the test split, beside Popularity.
 4. Refit on all interactions (so the served model knows every user's latest items), build Annoy indexes
    tuned to `target_recall` (the engine still scans exactly where that measured faster), and write a new
@@ -34,6 +35,8 @@ class TrainReport:
     metrics: dict[str, dict[str, float]]  # model name -> held-out metrics
     params: dict[str, Any]
     seconds: float
+    model: str = ""
+    tuning: dict | None = None
 
     def table(self) -> pd.DataFrame:
         cols = [f"{m}@{k}" for k in EVAL_K for m in ("ndcg", "recall", "precision", "map", "hit_rate", "coverage")]
@@ -55,16 +58,46 @@ def holdout(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[I
     return random_split(inter, test_fraction, seed=seed)
 
 
+def model_params(model: str, params: dict[str, Any] | None = None, **common: Any) -> dict[str, Any]:
+    """`params` plus those of `common` (seed, progress, device, ...) that `model` accepts."""
+    accepted = make_model(model)._param_names()
+    return {**{k: v for k, v in common.items() if k in accepted and v is not None}, **(params or {})}
+
+
 def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str, Any] | None = None,
                      out: str | Path = "models", test_fraction: float = 0.2, refit: bool = True,
-                     seed: int = 0, index: bool = True, target_recall: float = 0.95) -> TrainReport:
-    """Run the whole job (see module docstring) and return where the bundle went and what it scored."""
+                     seed: int = 0, index: bool = True, target_recall: float = 0.95,
+                     tune_budget: float | None = None, common: dict[str, Any] | None = None) -> TrainReport:
+    """Run the whole job (see module docstring) and return where the bundle went and what it scored.
+
+    model 'auto': the best of the embedding models (recsys.tune.EMBEDDING_MODELS) on the validation split.
+    tune_budget: seconds of Optuna search (recsys.tune) on the validation split before the final fits; the
+    chosen parameters and the search summary travel in the bundle's manifest. common: parameters such as
+    seed / progress / device, passed to whichever model is trained when it accepts them.
+    """
+    from .tune import EMBEDDING_MODELS, tune
+
     start = time.perf_counter()
-    params = dict(params or {})
+    common = dict(common or {})
+    train, test = holdout(inter, test_fraction, seed)
+    tuning = None
+    if tune_budget is not None or model == "auto":
+        candidates = tuple(m for m in EMBEDDING_MODELS if m in MODEL_REGISTRY) if model == "auto" else (model,)
+        budget = None if tune_budget is None else tune_budget / len(candidates)
+        results = [tune(train, name, budget=budget, n_trials=None if budget else 1,
+                        fixed=model_params(name, params if model != "auto" else None, **common),
+                        validation_fraction=test_fraction, seed=seed) for name in candidates]
+        best = max(results, key=lambda r: r.best_value)
+        model, params = best.model, dict(best.best_params)
+        tuning = {**{k: v for k, v in best.to_dict().items() if k != "trials"},
+                  "searched": tune_budget is not None,
+                  "candidates": {r.model: {"value": r.best_value, "n_trials": r.n_trials,
+                                           "params": r.best_params} for r in results}}
+        log.info("Chose %s (validation %s %.4f)", model, best.metric, best.best_value)
+    params = model_params(model, params, **common)
     candidate = make_model(model, **params)
     candidate._validate_params()
-    train, test = holdout(inter, test_fraction, seed)
-    if "epochs" in candidate.get_params():
+    if tuning is None and "epochs" in candidate.get_params():
         fit_part, valid = holdout(train, test_fraction, seed)
         best = make_model(model, **params).fit(fit_part, valid).exported_.extra["best_epoch"]
         params["epochs"] = int(best)
@@ -81,6 +114,7 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
         "evaluation": {"protocol": "temporal holdout" if inter.timestamp is not None else "random holdout",
                        "test_fraction": test_fraction, "baselines": {k: v for k, v in metrics.items() if k != model},
                        "refit_on_all_data": refit},
-        "data": {"interactions": inter.nnz, "users": inter.n_users, "items": inter.n_items}})
+        "data": {"interactions": inter.nnz, "users": inter.n_users, "items": inter.n_items},
+        **({"tuning": tuning} if tuning else {})})
     artifacts.publish(out, path)
-    return TrainReport(path, metrics, final.get_params(), time.perf_counter() - start)
+    return TrainReport(path, metrics, final.get_params(), time.perf_counter() - start, model, tuning)

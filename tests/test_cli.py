@@ -26,7 +26,8 @@ def log_csv(tmp_path_factory):
 def models(log_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     code = main(["train", "--data", str(log_csv), "--user-col", "uid", "--item-col", "iid", "--time-col", "when",
-                 "--weight-col", "stars", "--factors", "8", "--epochs", "5", "--quiet", "--out", str(out)])
+                 "--weight-col", "stars", "--model", "mf", "--factors", "8", "--epochs", "5", "--quiet",
+                 "--out", str(out)])
     assert code == 0
     return out
 
@@ -123,5 +124,45 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "evaluate", "recommend", "similar", "recommend-all", "info"):
+    for command in ("train", "tune", "evaluate", "recommend", "similar", "recommend-all", "info", "serve"):
         assert command in out
+
+
+LOG_COLS = ["--user-col", "uid", "--item-col", "iid", "--time-col", "when"]
+
+
+def test_tune_writes_params_that_train_uses(log_csv, tmp_path, capsys):
+    tuned = tmp_path / "tuned.json"
+    assert main(["tune", "--data", str(log_csv), *LOG_COLS, "--model", "ease", "--trials", "3",
+                 "--out", str(tuned)]) == 0
+    out = capsys.readouterr().out
+    assert "ease: best ndcg@10" in out and f"recsys train --model ease --params {tuned}" in out
+    result = json.loads(tuned.read_text())
+    assert result["best_model"] == "ease" and len(result["results"][0]["trials"]) == 3
+    models = tmp_path / "m"
+    assert main(["train", "--data", str(log_csv), *LOG_COLS, "--model", "ease", "--params", str(tuned),
+                 "--no-index", "--out", str(models)]) == 0
+    manifest = json.loads((models / "current" / "manifest.json").read_text())
+    assert manifest["model"]["params"]["l2"] == pytest.approx(result["best_params"]["l2"])
+
+
+def test_train_tune_stores_the_search_in_the_bundle(log_csv, tmp_path, capsys):
+    models = tmp_path / "m"
+    assert main(["train", "--data", str(log_csv), *LOG_COLS, "--model", "itemknn", "--tune", "--tune-budget", "3",
+                 "--no-index", "--out", str(models)]) == 0
+    assert "Tuning (ndcg@10 on a validation split" in capsys.readouterr().out
+    tuning = json.loads((models / "current" / "manifest.json").read_text())["tuning"]
+    assert tuning["model"] == "itemknn" and tuning["searched"] and tuning["n_trials"] >= 1
+    assert set(tuning["best_params"]) >= {"neighbours", "shrink"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--factors", "8"], "need a model: add --model"),
+    (["--model", "ease", "--params", '{"factors": 3}'], "Model 'ease' has no parameter(s) ['factors']"),
+    (["--model", "ease", "--params", "{not json"], "is neither a JSON file nor inline JSON"),
+    (["--model", "ease", "--params", "[1, 2]"], "must hold a JSON object"),
+])
+def test_bad_parameters_are_named(log_csv, tmp_path, capsys, argv, message):
+    assert main(["train", "--data", str(log_csv), *LOG_COLS, "--out", str(tmp_path / "m"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

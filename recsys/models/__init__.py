@@ -8,7 +8,7 @@ from .baselines import EASE, ItemKNN
 from .mf import MF
 from .popularity import Popularity
 
-__all__ = ["EASE", "MF", "ItemKNN", "MODEL_REGISTRY", "Popularity", "Recommender", "load"]
+__all__ = ["EASE", "MF", "MODEL_REGISTRY", "ItemKNN", "Popularity", "Recommender", "load"]
 
 
 def load(path: str | Path) -> Recommender:

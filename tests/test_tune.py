@@ -1,0 +1,108 @@
+"""recsys.tune: Optuna search on a validation split carved from the training data."""
+from __future__ import annotations
+
+import pytest
+
+from recsys import pipeline, tune
+from recsys.evaluate import evaluate
+from recsys.exceptions import DataValidationError
+from recsys.models import EASE
+from recsys.tune import Choice, Float, Int, Range
+
+
+def test_first_trial_is_the_defaults_and_best_is_never_worse(synthetic_split):
+    train, _ = synthetic_split
+    result = tune.tune(train, "ease", n_trials=4, budget=None)
+    assert result.trials[0]["l2"] == EASE().l2
+    assert result.best_value == max(t["value"] for t in result.trials) >= result.trials[0]["value"]
+    assert result.n_trials == 4 and result.metric == "ndcg@10"
+    assert 1.0 <= result.best_params["l2"] <= 1e5
+
+
+def test_the_value_is_measured_on_a_split_carved_from_train(synthetic_split):
+    train, _ = synthetic_split
+    result = tune.tune(train, "ease", n_trials=1, budget=None, validation_fraction=0.25)
+    fit_part, valid = pipeline.holdout(train, 0.25)
+    expected = evaluate(EASE(l2=result.best_params["l2"]).fit(fit_part), valid)["ndcg@10"]
+    assert result.best_value == pytest.approx(expected)
+
+
+def test_same_seed_same_search(synthetic_split):
+    train, _ = synthetic_split
+    a = tune.tune(train, "itemknn", n_trials=5, budget=None, seed=3)
+    b = tune.tune(train, "itemknn", n_trials=5, budget=None, seed=3)
+    assert [t["neighbours"] for t in a.trials] == [t["neighbours"] for t in b.trials]
+    assert a.best_params == b.best_params
+
+
+def test_early_stopping_models_report_the_chosen_epochs(synthetic_split):
+    train, _ = synthetic_split
+    fixed = {"factors": 8, "epochs": 12, "patience": 2, "progress": False, "device": "cpu"}
+    result = tune.tune(train, "mf", n_trials=2, budget=None, fixed=fixed)
+    assert 1 <= result.best_params["epochs"] <= 12
+    assert result.best_params["factors"] == 8, "fixed parameters win over the search space"
+    assert all("factors" not in t for t in result.trials)
+
+
+def test_a_best_value_on_an_edge_is_reported(synthetic_split, caplog):
+    train, _ = synthetic_split
+    # the defaults (l2=500, tried first) sit on the low edge; stronger l2 only gets worse on this log
+    space = {"l2": Float(500.0, 1e5, log=True)}
+    result = tune.tune(train, "ease", n_trials=6, budget=None, space=space)
+    assert result.edges == {"l2": "low"}
+    assert "widen it and tune again" in caplog.text
+    limited = tune.tune(train, "ease", n_trials=6, budget=None,
+                        space={"l2": Float(500.0, 1e5, log=True, limits=("low",))})
+    assert limited.edges == {}
+
+
+def test_range_edges_and_choices():
+    r = Range(1.0, 1000.0, log=True)
+    assert r.at_edge(1.1) == "low" and r.at_edge(900.0) == "high" and r.at_edge(31.6) is None
+    assert Int(0, 10).at_edge(5) is None and Int(0, 10).at_edge(10) == "high"
+    assert str(Float(0.5, 2.0, log=True)) == "[0.5, 2] (log)"
+    assert Choice(("a", "b")).values == ("a", "b")
+
+
+def test_budget_is_respected(synthetic_split):
+    train, _ = synthetic_split
+    result = tune.tune(train, "itemknn", budget=2.0)
+    assert result.seconds < 2.0 + 5.0, "stops after the trial running at the deadline"
+    assert result.n_trials >= 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"budget": None}, "needs a time budget or a number of trials"),
+    ({"budget": 0}, "budget must be > 0 seconds. Got 0"),
+    ({"model": "nope", "n_trials": 1}, "Unknown model 'nope'"),
+    ({"model": "ease", "n_trials": 1, "space": None, "fixed": {"l2": -1.0}}, "No ease trial finished"),
+])
+def test_errors_are_named(synthetic_split, kwargs, message):
+    train, _ = synthetic_split
+    kwargs = {"model": "ease", **kwargs}
+    with pytest.raises(DataValidationError, match=message):
+        tune.tune(train, **kwargs)
+
+
+def test_pipeline_tunes_on_the_training_part_only(synthetic, tmp_path, monkeypatch):
+    seen = []
+    real = tune.tune
+
+    def spy(train, model, **kwargs):
+        seen.append(train.nnz)
+        return real(train, model, **kwargs)
+
+    monkeypatch.setattr(tune, "tune", spy)
+    report = pipeline.train_and_bundle(synthetic, model="ease", out=tmp_path, tune_budget=2.0, index=False)
+    train, _ = pipeline.holdout(synthetic, 0.2)
+    assert seen == [train.nnz], "the test split is never shown to the tuner"
+    assert report.tuning["model"] == "ease" and report.params["l2"] == report.tuning["best_params"]["l2"]
+
+
+def test_auto_picks_the_best_embedding_model_on_validation(synthetic, tmp_path):
+    report = pipeline.train_and_bundle(synthetic, model="auto", out=tmp_path, index=False,
+                                       common={"progress": False, "device": "cpu"})
+    candidates = report.tuning["candidates"]
+    assert report.model in tune.EMBEDDING_MODELS and report.model in candidates
+    assert candidates[report.model]["value"] == max(c["value"] for c in candidates.values())
+    assert not report.tuning["searched"]
