@@ -177,6 +177,26 @@ def tune(train: Interactions, model: str, *, budget: float | None = 300.0, n_tri
                       validation_fraction, trials, edges)
 
 
+def widen(space: Mapping[str, Range | Choice], edges: Mapping[str, str], factor: float = 10.0
+          ) -> dict[str, Range | Choice]:
+    """`space` with each range in `edges` pushed out on that side: x/÷factor on log ranges, by the range's
+    width on linear ones (a `limits` edge never moves; an int range stays >= 1 on a log scale)."""
+    out = dict(space)
+    for name, side in edges.items():
+        dim = space[name]
+        if not isinstance(dim, Range) or side in dim.limits:
+            continue
+        width = dim.high - dim.low
+        if side == "low":
+            low = dim.low / factor if dim.log else dim.low - width
+            low = max(1, int(low)) if dim.kind is int else low
+            out[name] = Range(low, dim.high, dim.log, dim.kind, dim.limits)
+        else:
+            high = dim.high * factor if dim.log else dim.high + width
+            out[name] = Range(dim.low, int(high) if dim.kind is int else high, dim.log, dim.kind, dim.limits)
+    return out
+
+
 def _inside(dim: Range | Choice, value: Any) -> bool:
     if isinstance(dim, Choice):
         return value in dim.values

@@ -64,6 +64,17 @@ def test_range_edges_and_choices():
     assert Choice(("a", "b")).values == ("a", "b")
 
 
+def test_widen_pushes_only_the_edge_that_was_hit():
+    space = {"a": Float(0.1, 10.0, log=True), "b": Int(2, 64, log=True), "c": Float(0.0, 1.0, limits=("low",)),
+             "d": Float(0.0, 1.0), "e": Choice((1, 2))}
+    wide = tune.widen(space, {"a": "high", "b": "low", "c": "low", "d": "high"})
+    assert (wide["a"].low, wide["a"].high) == (0.1, 100.0)
+    assert (wide["b"].low, wide["b"].high, wide["b"].kind) == (1, 64, int)
+    assert wide["c"] == space["c"], "a parameter's own limit never moves"
+    assert (wide["d"].low, wide["d"].high) == (0.0, 2.0)
+    assert wide["e"] == space["e"]
+
+
 def test_budget_is_respected(synthetic_split):
     train, _ = synthetic_split
     result = tune.tune(train, "itemknn", budget=2.0)
