@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -28,16 +29,28 @@ MODEL = Gauge("recsys_model_info", "The model version being served (value 1)", [
 
 
 def register(app: Flask) -> None:
+    # the labelled children, looked up once per label set (labels() validates and locks on every call)
+    counters: dict[tuple[str, str, int], Any] = {}
+    histograms: dict[str, Any] = {}
+
     @app.before_request
     def _start() -> None:
         g.recsys_start = time.perf_counter()
 
     @app.after_request
     def _record(response):
-        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        rule = request.url_rule
+        endpoint = rule.rule if rule is not None else "unmatched"
         if endpoint != "/metrics":
-            REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-            LATENCY.labels(endpoint).observe(time.perf_counter() - g.get("recsys_start", time.perf_counter()))
+            key = (endpoint, request.method, response.status_code)
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters.setdefault(key, REQUESTS.labels(endpoint, key[1], str(key[2])))
+            histogram = histograms.get(endpoint)
+            if histogram is None:
+                histogram = histograms.setdefault(endpoint, LATENCY.labels(endpoint))
+            counter.inc()
+            histogram.observe(time.perf_counter() - g.get("recsys_start", time.perf_counter()))
         return response
 
     @app.get("/metrics")
