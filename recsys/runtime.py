@@ -214,7 +214,13 @@ class Engine:
         return self.search(self.user_vectors[user_index], k, exclude=exclude, allow=allow)
 
     def fold_in(self, item_index: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """A user vector for a history of item indices, computed from the item vectors (no retraining)."""
+        """A user vector for a history of item indices, computed from the item vectors (no retraining).
+
+        For "ridge", optional iALS keys repeat `recsys.models.ials` training's user solve: "confidence"
+        ('binary', 'weight', 'log' with "alpha", "epsilon") sums the weights of repeated items, then maps each
+        to its confidence (1; 1 + alpha * w; 1 + alpha * log1p(w / epsilon)); "reg_exponent" nu scales the
+        penalty to reg * (len(history) + unobserved_weight * n_items) ** nu.
+        """
         item_index = np.asarray(item_index, dtype=np.int64)
         method = self.foldin["method"]
         if method == "constant" or len(item_index) == 0:
@@ -229,8 +235,16 @@ class Engine:
             np.add.at(vector, item_index, w)
             return vector
         reg = float(self.foldin.get("reg", 0.1))
-        gram = hist.T @ (hist * w[:, None]) + reg * np.eye(hist.shape[1], dtype=np.float32)
         unobserved = float(self.foldin.get("unobserved_weight", 0.0))
+        kind = self.foldin.get("confidence")
+        if kind is not None:  # iALS: one confidence per distinct item, as in training
+            item_index, inverse = np.unique(item_index, return_inverse=True)
+            w = np.bincount(inverse, weights=w).astype(np.float32)
+            hist = self.item_vectors[item_index]
+            alpha, eps = float(self.foldin.get("alpha", 1.0)), float(self.foldin.get("epsilon", 1.0))
+            w = np.ones_like(w) if kind == "binary" else 1 + alpha * (w if kind == "weight" else np.log1p(w / eps))
+        reg *= (len(item_index) + unobserved * self.n_items) ** float(self.foldin.get("reg_exponent", 0.0))
+        gram = hist.T @ (hist * w[:, None]) + reg * np.eye(hist.shape[1], dtype=np.float32)
         if unobserved:  # iALS: every item not in the history pulls the score towards 0 with this weight
             gram += unobserved * self._gramian()
         target = float(self.foldin.get("target", 1.0))

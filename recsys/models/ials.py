@@ -1,0 +1,300 @@
+"""Implicit alternating least squares (iALS): Hu, Koren & Volinsky (2008) with the refinements of Rendle et al.
+(2022, "Revisiting the Performance of iALS on Item Recommendation Benchmarks").
+
+With user vectors w_u, item vectors h_i, observed pairs S with confidences c_ui, the model minimises
+
+    sum_{(u,i) in S} c_ui (w_u.h_i - 1)^2  +  alpha0 sum_{all u,i} (w_u.h_i)^2
+        + sum_u lambda_u |w_u|^2 + sum_i lambda_i |h_i|^2,
+    lambda_u = reg * (|I_u| + alpha0 * n_items) ** nu,    lambda_i = reg * (|U_i| + alpha0 * n_users) ** nu.
+
+alpha0 (`unobserved_weight`) pulls every score towards 0; its term over all pairs is alpha0 * H^T H in each
+user's normal equations (the Gramian trick), computed once per half-step, so a sweep costs
+O(nnz k^2 + (n_users + n_items) k^3) rather than O(n_users n_items k). nu (`reg_exponent`) scales the
+regularisation with how much data a row has (0: plain L2).
+
+Each epoch solves all items given the users, then all users given the items, exactly (batched Cholesky). The last
+half-step of training is therefore the user solve that `recsys.runtime.Engine.fold_in` repeats in numpy at serving
+time: folding in a training user's own history reproduces their trained vector.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..data import Interactions
+from ..evaluate import evaluate
+from ..exceptions import DataValidationError
+from ..runtime import Engine
+from ..train import fit_loop, resolve_device, seed_everything
+from .base import BOOL, Exported, Interval, Options, Recommender
+
+log = logging.getLogger("recsys")
+
+CONFIDENCES = ("binary", "weight", "log")
+# Bytes of float32 work per chunk of a half-step: the (batch, k, k) systems, and separately the gathered
+# (batch, history, k) vectors. Small chunks stay in cache on a CPU (measured fastest at a few MiB); a GPU wants
+# big batches. 256 MiB of systems is 1,024 users at k=256.
+CPU_CHUNK_BYTES = 8 * 2**20
+GPU_CHUNK_BYTES = 256 * 2**20
+
+
+def confidence(weight: np.ndarray, kind: str, alpha: float = 1.0, epsilon: float = 1.0) -> np.ndarray:
+    """Confidence c of each observed pair from its weight (rating, count, ...).
+
+    'binary': c = 1 (the weight is ignored); 'weight': c = 1 + alpha * w; 'log': c = 1 + alpha * log1p(w / epsilon)
+    (counts spanning orders of magnitude). `recsys.runtime.Engine.fold_in` applies the same mapping at serving time.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    if kind == "binary":
+        return np.ones(len(weight), np.float32)
+    if kind == "weight":
+        return (1.0 + alpha * weight).astype(np.float32)
+    if kind == "log":
+        return (1.0 + alpha * np.log1p(weight / epsilon)).astype(np.float32)
+    raise DataValidationError(f"confidence must be one of {CONFIDENCES}. Got {kind!r}.")
+
+
+def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, *, reg: float,
+               reg_exponent: float, unobserved_weight: float, solver: str = "cholesky", cg_steps: int = 3,
+               current: torch.Tensor | None = None, chunk_bytes: int | None = None) -> torch.Tensor:
+    """One half-step: for every row r of a CSR matrix (indptr, indices, conf > 0) over the rows f_j of `fixed`
+    (n_cols, k), solve
+
+        (sum_j c_rj f_j f_j^T + alpha0 F^T F + lambda_r I) x_r = sum_j c_rj f_j,
+        lambda_r = reg * (nnz_r + alpha0 * n_cols) ** reg_exponent.
+
+    solver 'cholesky' solves exactly: a row with k or more entries by a batched Cholesky of its k x k system;
+    a shorter row (most items, in a long-tailed catalogue) by the push-through identity
+    x = M^-1 X^T (C^-1 + X M^-1 X^T)^-1 1 with M = alpha0 F^T F + lambda_r I diagonal in the Gramian's eigenbasis,
+    an nnz_r x nnz_r system instead. 'cg' takes `cg_steps` conjugate-gradient steps from `current` (the rows'
+    present vectors, as implicit does), which never increases the loss and costs O(nnz k + n_rows k^2) per step.
+    Rows are sorted by length and solved in batches of similar length; a chunk holds at most `chunk_bytes` of
+    systems and, separately, of gathered (batch, length, k) vectors (a long row is gathered in slices). Empty rows
+    get their exact solution, the zero vector. Returns (n_rows, k) on the device of `fixed`.
+    """
+    device, dtype = fixed.device, fixed.dtype
+    if chunk_bytes is None:
+        chunk_bytes = CPU_CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES
+    n_rows, k = len(indptr) - 1, fixed.shape[1]
+    counts = np.diff(indptr)
+    lam = reg * (counts + unobserved_weight * len(fixed)) ** reg_exponent
+    gram = unobserved_weight * (fixed.T @ fixed)
+    out = torch.zeros((n_rows, k), device=device, dtype=dtype)
+    order = np.argsort(counts, kind="stable")
+    order = order[counts[order] > 0]
+    short = order[counts[order] < k] if solver == "cholesky" else order[:0]
+    if len(short):
+        eigenvalues, basis = torch.linalg.eigh(gram.double())
+        eigenvalues, basis = eigenvalues.clamp_min(0).to(dtype), basis.to(dtype)
+        rotated = fixed @ basis
+    for rows, idx, c in _chunks(indptr, indices, conf, short, k, chunk_bytes):
+        mask = torch.as_tensor(c, device=device) > 0
+        c = torch.as_tensor(c, device=device, dtype=dtype)
+        Y = rotated[torch.as_tensor(idx, device=device)] * mask[:, :, None]  # (batch, length, k), padding 0
+        Yd = Y / (eigenvalues + torch.as_tensor(lam[rows], device=device, dtype=dtype)[:, None])[:, None, :]
+        S = Yd @ Y.mT
+        S.diagonal(dim1=1, dim2=2).add_(torch.where(mask, 1 / torch.where(mask, c, 1), 1))
+        a = _cholesky_solve(S, torch.ones((len(rows), S.shape[1], 1), device=device, dtype=dtype))
+        out[torch.as_tensor(rows, device=device)] = (Yd.mT @ a)[:, :, 0] @ basis.T
+    for rows, idx, c in _chunks(indptr, indices, conf, order[len(short):], k, chunk_bytes):
+        step = max(1, chunk_bytes // (4 * k) // len(rows))
+        slices = [(torch.as_tensor(idx[:, s:s + step], device=device),
+                   torch.as_tensor(c[:, s:s + step], device=device, dtype=dtype)) for s in range(0, idx.shape[1], step)]
+        lam_rows = torch.as_tensor(lam[rows], device=device, dtype=dtype)
+        rows_t = torch.as_tensor(rows, device=device)
+        b = sum((fixed[i] * ci[:, :, None]).sum(dim=1) for i, ci in slices)
+        if solver == "cholesky":
+            A = gram.expand(len(rows), k, k).clone()
+            A.diagonal(dim1=1, dim2=2).add_(lam_rows[:, None])
+            for i, ci in slices:
+                X = fixed[i]  # (batch, slice, k)
+                A.baddbmm_((X * ci[:, :, None]).mT, X)
+            out[rows_t] = _cholesky_solve(A, b[:, :, None])[:, :, 0]
+        else:
+            out[rows_t] = _conjugate_gradient(current[rows_t].clone(), b, gram, lam_rows, fixed, slices, cg_steps)
+    return out
+
+
+def _chunks(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, rows: np.ndarray, k: int,
+            chunk_bytes: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Consecutive runs of `rows` (sorted by length) as (rows, column indices, confidences), the last two padded
+    to (batch, longest) with index 0 and c = 0; at most chunk_bytes of k x k systems and of batch x longest x k."""
+    counts = indptr[rows + 1] - indptr[rows]
+    max_systems = max(1, chunk_bytes // (4 * k * k))
+    max_vectors = max(1, chunk_bytes // (4 * k))
+    start = 0
+    while start < len(rows):
+        window = counts[start:start + max_systems]
+        batch = max(1, int(np.searchsorted(np.arange(1, len(window) + 1) * window, max_vectors, side="right")))
+        chunk = rows[start:start + batch]
+        start += batch
+        yield chunk, *_padded(indptr, indices, conf, chunk)
+
+
+def _cholesky_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve the batch of positive definite systems A x = b (two triangular solves: faster than cholesky_solve)."""
+    chol, info = torch.linalg.cholesky_ex(A)
+    if int(info.max()) > 0:  # reg > 0 makes every system positive definite unless the inputs are not finite
+        raise DataValidationError("iALS normal equations are not positive definite: the vectors have diverged. "
+                                  "Check that weights are finite and reg > 0.")
+    y = torch.linalg.solve_triangular(chol, b, upper=False)
+    return torch.linalg.solve_triangular(chol.mT, y, upper=True)
+
+
+def _conjugate_gradient(x: torch.Tensor, b: torch.Tensor, gram: torch.Tensor, lam: torch.Tensor,
+                        fixed: torch.Tensor, slices: list[tuple[torch.Tensor, torch.Tensor]], steps: int
+                        ) -> torch.Tensor:
+    """`steps` batched CG steps on A_r x_r = b_r from x, with A_r p = gram p + lam_r p + X_r^T (c_r * X_r p)."""
+    def matvec(p: torch.Tensor) -> torch.Tensor:
+        out = p @ gram + lam[:, None] * p
+        for i, ci in slices:
+            X = fixed[i]
+            out += (X * (ci * (X @ p[:, :, None])[:, :, 0])[:, :, None]).sum(dim=1)
+        return out
+
+    r = b - matvec(x)
+    p = r.clone()
+    rs = (r * r).sum(1)
+    for _ in range(steps):
+        Ap = matvec(p)
+        denom = (p * Ap).sum(1)
+        a = torch.where(denom > 0, rs / torch.where(denom > 0, denom, 1), 0)
+        x += a[:, None] * p
+        r -= a[:, None] * Ap
+        rs_new = (r * r).sum(1)
+        p = r + torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, 1), 0)[:, None] * p
+        rs = rs_new
+    return x
+
+
+def _padded(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, rows: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' column indices and confidences as (len(rows), longest) arrays, padded with index 0 and c = 0."""
+    lens = indptr[rows + 1] - indptr[rows]
+    mask = np.arange(lens.max()) < lens[:, None]
+    flat = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(indptr[rows], lens)
+    idx = np.zeros(mask.shape, np.int64)
+    c = np.zeros(mask.shape, np.float32)
+    idx[mask], c[mask] = indices[flat], conf[flat]
+    return idx, c
+
+
+def objective(W: torch.Tensor, H: torch.Tensor, user_index: np.ndarray, item_index: np.ndarray, conf: np.ndarray,
+              *, reg: float, reg_exponent: float, unobserved_weight: float, chunk_bytes: int = CPU_CHUNK_BYTES) -> float:
+    """The iALS loss (module docstring) of user vectors W and item vectors H, in O(nnz k + (n_users + n_items) k^2)."""
+    device, k = W.device, W.shape[1]
+    step = max(1, chunk_bytes // (8 * k))
+    observed = 0.0
+    for s in range(0, len(user_index), step):
+        u = torch.as_tensor(user_index[s:s + step], device=device, dtype=torch.long)
+        i = torch.as_tensor(item_index[s:s + step], device=device, dtype=torch.long)
+        c = torch.as_tensor(conf[s:s + step], device=device, dtype=W.dtype)
+        observed += float((c * ((W[u] * H[i]).sum(1) - 1) ** 2).sum(dtype=torch.float64))
+    everything = unobserved_weight * float(((W.T @ W) * (H.T @ H)).sum(dtype=torch.float64))
+    n_u = np.bincount(user_index, minlength=len(W))
+    n_i = np.bincount(item_index, minlength=len(H))
+    lam_u = torch.as_tensor(reg * (n_u + unobserved_weight * len(H)) ** reg_exponent, device=device)
+    lam_i = torch.as_tensor(reg * (n_i + unobserved_weight * len(W)) ** reg_exponent, device=device)
+    penalty = float((lam_u * (W.double() ** 2).sum(1)).sum() + (lam_i * (H.double() ** 2).sum(1)).sum())
+    return observed + everything + penalty
+
+
+class IALS(Recommender):
+    """Implicit ALS with an unobserved weight and frequency-scaled regularisation (see the module docstring).
+
+    factors: embedding size. epochs: maximum ALS sweeps (each solves items, then users; early stopping on
+    validation NDCG@10 when `fit` gets a validation set, after `patience` sweeps without improvement).
+    reg: lambda; reg_exponent: nu (0: plain L2, 1: scaled by each row's data, Rendle et al.'s choice).
+    unobserved_weight: alpha0, the weight of every (user, item) pair pushing its score towards 0.
+    confidence: how an observed pair's weight becomes its confidence: 'binary' (1), 'weight' (1 + alpha * w),
+    'log' (1 + alpha * log1p(w / epsilon)); weights must be >= 0 for the last two.
+    init_std: standard deviation of the initial user vectors (None: 0.1 / sqrt(factors)).
+    """
+
+    name: ClassVar[str] = "ials"
+    _parameter_constraints: ClassVar[dict] = {
+        "factors": Interval(int, 1), "epochs": Interval(int, 1),
+        "reg": Interval(float, 0, closed_low=False), "reg_exponent": Interval(float, 0, 1),
+        "unobserved_weight": Interval(float, 0), "confidence": Options(CONFIDENCES),
+        "solver": Options(("cholesky", "cg")), "cg_steps": Interval(int, 1),
+        "alpha": Interval(float, 0), "epsilon": Interval(float, 0, closed_low=False),
+        "init_std": Interval(float, 0, closed_low=False, none_ok=True), "patience": Interval(int, 1),
+        "seed": Interval(int, 0), "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
+        "max_val_users": Interval(int, 1, none_ok=True),
+    }
+
+    def __init__(self, *, factors: int = 128, epochs: int = 20, reg: float = 0.005, reg_exponent: float = 1.0,
+                 unobserved_weight: float = 0.05, confidence: str = "binary", alpha: float = 1.0,
+                 epsilon: float = 1.0, solver: str = "cholesky", cg_steps: int = 3, init_std: float | None = None, patience: int = 3, seed: int = 0,
+                 device: str = "auto", progress: bool = True, max_val_users: int | None = 5000):
+        self.factors = factors
+        self.epochs = epochs
+        self.reg = reg
+        self.reg_exponent = reg_exponent
+        self.unobserved_weight = unobserved_weight
+        self.confidence = confidence
+        self.alpha = alpha
+        self.epsilon = epsilon
+        self.solver = solver
+        self.cg_steps = cg_steps
+        self.init_std = init_std
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+        self.max_val_users = max_val_users
+
+    def _fit(self, train: Interactions, validation: Interactions | None) -> Exported:
+        if self.confidence != "binary" and np.any(train.weight < 0):
+            raise DataValidationError(f"confidence={self.confidence!r} needs weights >= 0; the interactions hold "
+                                      f"{int((train.weight < 0).sum())} negative weight(s). Use "
+                                      "confidence='binary' or drop them.")
+        gen = seed_everything(self.seed)
+        device = resolve_device(self.device)
+        by_user = train.matrix()  # duplicates summed, as fold-in does
+        conf_data = confidence(by_user.data, self.confidence, self.alpha, self.epsilon)
+        by_user = sp.csr_matrix((conf_data, by_user.indices, by_user.indptr), shape=by_user.shape)
+        by_item = by_user.T.tocsr()
+        coo = by_user.tocoo()
+        hyper = {"reg": self.reg, "reg_exponent": self.reg_exponent, "unobserved_weight": self.unobserved_weight}
+        solve = {**hyper, "solver": self.solver, "cg_steps": self.cg_steps}
+        std = self.init_std if self.init_std is not None else 0.1 / math.sqrt(self.factors)
+        W = (torch.randn((train.n_users, self.factors), generator=gen) * std).to(device)
+        H = torch.zeros((train.n_items, self.factors), device=device)
+        seen = train.matrix(binary=True)
+        log.info("IALS: %d users x %d items, %d pairs, %d factors, device %s", train.n_users, train.n_items,
+                 by_user.nnz, self.factors, device)
+
+        def run_epoch(epoch: int) -> float:
+            nonlocal W, H
+            H = solve_rows(W, by_item.indptr, by_item.indices, by_item.data, current=H, **solve)
+            W = solve_rows(H, by_user.indptr, by_user.indices, by_user.data, current=W, **solve)
+            return objective(W, H, coo.row, coo.col, coo.data, **hyper) / by_user.nnz
+
+        def snapshot() -> Exported:
+            return Exported(H.cpu().numpy().copy(), W.cpu().numpy().copy(), foldin=self._foldin())
+
+        def validate(state: Exported) -> float:
+            engine = Engine(state.item_vectors, state.user_vectors, train.users, train.items, seen=seen)
+            return evaluate(engine, validation, 10, max_users=self.max_val_users, seed=self.seed)["ndcg@10"]
+
+        result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
+                          validate=validate if validation is not None else None, patience=self.patience,
+                          progress=self.progress, desc="IALS")
+        exported = result.best_state
+        exported.extra = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                          "history": result.history, "train_seconds": round(result.seconds, 2),
+                          "device": str(device)}
+        return exported
+
+    def _foldin(self) -> dict:
+        """Engine fold-in settings that repeat the training user solve (see `Engine.fold_in`)."""
+        return {"method": "ridge", "reg": float(self.reg), "reg_exponent": float(self.reg_exponent),
+                "unobserved_weight": float(self.unobserved_weight), "confidence": self.confidence,
+                "alpha": float(self.alpha), "epsilon": float(self.epsilon)}
