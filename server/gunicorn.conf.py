@@ -23,7 +23,9 @@ preload_app = True
 timeout = 30
 graceful_timeout = 20
 accesslog = "-"
-access_log_format = '{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(b)s, "ms": %(M)s}'
+# one JSON object per request; "worker" is the answering worker's pid, as gunicorn writes it ("<1234>")
+access_log_format = ('{"remote": "%(h)s", "request": "%(r)s", "status": %(s)s, "bytes": %(b)s, "ms": %(M)s, '
+                     '"worker": "%(p)s"}')
 wsgi_app = "server:create_app()"
 
 

@@ -181,11 +181,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(models_root, port: int, db_url: str) -> subprocess.Popen:
+def _start(models_root, port: int, db_url: str, log: Path | None = None) -> subprocess.Popen:
+    """`recsys serve` (gunicorn, 2 workers); its access log (stdout) goes to `log` if given."""
     recsys_bin = Path(sys.executable).parent / "recsys"
     env = {**os.environ, "RECSYS_API_KEYS": KEY, "RECSYS_FEEDBACK_DB_URL": db_url}
-    return subprocess.Popen([str(recsys_bin), "serve", "--bundle", str(models_root), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    out = subprocess.DEVNULL if log is None else log.open("ab")
+    try:
+        return subprocess.Popen([str(recsys_bin), "serve", "--bundle", str(models_root), "--port", str(port)],
+                                stdout=out, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    finally:
+        if log is not None:
+            out.close()
 
 
 def _get(port: int, path: str, timeout: float = 5):
@@ -422,3 +428,206 @@ def test_request_limits_come_from_config(models_root):
     assert r.status_code == 422 and "history items" in r.get_json()["detail"]
     r = client.post("/v1/feedback", json=events(("u", "i"), ("u", "j")), headers=AUTH)
     assert r.status_code == 422 and "events" in r.get_json()["detail"]
+
+
+# ------------------------------------------------------------------------- hot-path caches (issue 4 target)
+def test_answers_are_cached_per_model_and_bypassed_by_feedback(app, client, synthetic, monkeypatch):
+    """A repeated request for a user without feedback is answered from the loaded model's response cache
+    (the engine is not called again); other parameters are other entries; a feedback event sends the user
+    down the fold-in path at once."""
+    engine = app.extensions["recsys_state"].current.engine
+    calls = []
+    original = engine.recommend_indices
+    monkeypatch.setattr(engine, "recommend_indices", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    user = synthetic.users.ids[2]
+    first = client.get(f"/v1/users/{user}/recommendations?k=5")
+    again = client.get(f"/v1/users/{user}/recommendations?k=5")
+    assert len(calls) == 1 and again.get_data() == first.get_data()
+    assert again.content_type == "application/json" and again.get_json()["fallback"] is False
+    client.get(f"/v1/users/{user}/recommendations?k=4")
+    client.get(f"/v1/users/{user}/recommendations?k=5&include_seen=true")
+    client.get(f"/v1/users/{user}/recommendations?k=5&exclude=i0001")
+    assert len(calls) == 4, "k, include_seen and exclude are part of the key"
+    client.post("/v1/feedback", json=events((user, first.get_json()["items"][0]["id"])), headers=AUTH)
+    after = client.get(f"/v1/users/{user}/recommendations?k=5").get_json()
+    assert first.get_json()["items"][0]["id"] not in [i["id"] for i in after["items"]]
+    assert len(calls) == 4, "a user with feedback is folded in, not served from the cache"
+
+
+def test_response_cache_can_be_turned_off(models_root, synthetic, monkeypatch):
+    app = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "RESPONSE_CACHE_SIZE": 0})
+    engine = app.extensions["recsys_state"].current.engine
+    calls = []
+    original = engine.recommend_indices
+    monkeypatch.setattr(engine, "recommend_indices", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get(f"/v1/users/{synthetic.users.ids[0]}/recommendations?k=3").status_code == 200
+    assert len(calls) == 3 and len(app.extensions["recsys_state"].current.responses) == 0
+
+
+def test_reload_starts_a_new_response_cache(own_root):
+    root, model = own_root
+    app = create_app({"BUNDLE": str(root), "API_KEYS": KEY, "FEEDBACK_DB_URL": "sqlite://"})
+    client = app.test_client()
+    first = client.get("/v1/users/u0001/recommendations?k=3").get_json()["model_version"]
+    second = model.save(artifacts.new_version_path(root, "second"))
+    artifacts.publish(root, second)
+    assert client.post("/v1/admin/reload", headers=AUTH).status_code == 200
+    body = client.get("/v1/users/u0001/recommendations?k=3").get_json()
+    assert first != second.name and body["model_version"] == second.name
+
+
+def test_response_cache_is_bounded_lru():
+    from server.state import ResponseCache
+
+    cache = ResponseCache(2)
+    cache.put(("a",), b"A")
+    cache.put(("b",), b"B")
+    assert cache.get(("a",)) == b"A"  # now b is the least recently used
+    cache.put(("c",), b"C")
+    assert cache.get(("b",)) is None and cache.get(("a",)) == b"A" and cache.get(("c",)) == b"C"
+    assert len(cache) == 2 and (cache.hits, cache.misses) == (3, 1)
+    off = ResponseCache(0)
+    off.put(("a",), b"A")
+    assert off.get(("a",)) is None
+
+
+PLAIN = {"": (10, 0, False), "k=7": (7, 0, False), "k=5&offset=2": (5, 2, False), "offset=3": (10, 3, False),
+         "k=5&include_seen=true": (5, 0, True), "include_seen=0&k=3": (3, 0, False), "k=1000": (1000, 0, False),
+         "k=007": (7, 0, False), "include_seen=YES": (10, 0, True), "offset=1000&k=1": (1, 1000, False)}
+NOT_PLAIN = ["k=0", "k=1001", "k=abc", "k=+5", "k=5.0", "k= 5", "k=1&k=2", "offset=-1", "offset=1001",
+             "include_seen=maybe", "include_seen=", "exclude=i0001", "genre=cluster1", "unknown=1", "k=\u0663"]
+
+
+@pytest.mark.parametrize("query", [*PLAIN, *NOT_PLAIN])
+def test_plain_query_parsing_agrees_with_the_schema(query):
+    """The webargs-free parser accepts only query strings RecommendQuery accepts, with the same values; it
+    declines everything else (the decorated view then validates it and reports errors)."""
+    from urllib.parse import parse_qsl
+
+    from werkzeug.datastructures import MultiDict
+
+    from server import schemas
+    from server.api import _plain_query
+
+    args = MultiDict(parse_qsl(query, keep_blank_values=True))
+    if query not in PLAIN:
+        assert _plain_query(args) is None
+        return
+    loaded = schemas.RecommendQuery().load(args.to_dict())
+    assert _plain_query(args) == PLAIN[query] == (loaded["k"], loaded["offset"], loaded["include_seen"])
+
+
+def test_plain_queries_declined_still_fail_as_before(client):
+    for query in ("k=0", "k=1001", "k=abc", "offset=-1", "include_seen=maybe"):
+        r = client.get(f"/v1/users/u0001/recommendations?{query}")
+        assert r.status_code == 422 and r.content_type == PROBLEM and r.get_json()["errors"]["query"], query
+
+
+@pytest.mark.parametrize("query, n", [("k=6", 6), ("k=4&offset=2", 4), ("k=5&include_seen=true", 5),
+                                      ("include_seen=off&k=5", 5), ("k=200&include_seen=1", 200)])
+def test_fast_path_answers_like_the_full_path(client, synthetic, query, n):
+    """The same answer through the plain parser and through webargs (an exclude of an unknown item makes the
+    parser decline without changing the answer)."""
+    user = synthetic.users.ids[3]
+    fast = client.get(f"/v1/users/{user}/recommendations?{query}").get_json()
+    full = client.get(f"/v1/users/{user}/recommendations?{query}&exclude=no-such-item").get_json()
+    assert fast == full and len(fast["items"]) == n
+
+
+def test_fast_path_honours_include_seen(client, synthetic):
+    user = synthetic.users.ids[3]
+    seen = set(synthetic.items.ids[synthetic.matrix()[3].indices])
+    every = client.get(f"/v1/users/{user}/recommendations?k=200&include_seen=true").get_json()["items"]
+    unseen = client.get(f"/v1/users/{user}/recommendations?k=200").get_json()["items"]
+    assert seen and seen <= {i["id"] for i in every} and not seen & {i["id"] for i in unseen}
+    assert len(every) == synthetic.n_items and len(unseen) == synthetic.n_items - len(seen)
+
+
+# ----------------------------------------------------------------------------- feedback store: no-history memory
+def _count_queries(store) -> list[str]:
+    import sqlalchemy as sa
+
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    return statements
+
+
+def test_feedback_store_skips_the_database_for_users_without_events(tmp_path):
+    from recsys.feedback import Event, FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}", no_history_cache=2)
+    queries = _count_queries(store)
+    assert store.history("a") == [] and len(queries) == 1
+    assert store.history("a") == [] and len(queries) == 1, "remembered: no query"
+    store.add([Event("a", "i1")])
+    assert store.history("a") == [("i1", 1.0)], "its own write is seen at once"
+    store.history("b")
+    store.history("c")
+    store.history("d")  # the memory holds 2 users: b is forgotten first
+    n = len(queries)
+    store.history("d")
+    assert len(queries) == n
+    store.history("b")
+    assert len(queries) == n + 1
+
+
+def test_feedback_store_sees_commits_from_other_processes(tmp_path):
+    """Two stores on one file stand for two gunicorn workers; a third writer is another process."""
+    from recsys.feedback import Event, FeedbackStore
+
+    url = f"sqlite:///{tmp_path / 'fb.db'}"
+    reader, writer = FeedbackStore(url), FeedbackStore(url)
+    queries = _count_queries(reader)
+    assert reader.history("u") == [] and reader.history("v") == [] and reader.history("u") == []
+    assert len(queries) == 2
+    writer.add([Event("u", "i1", event_id="e1")])
+    assert reader.history("u") == [("i1", 1.0)]
+    assert reader.history("v") == [] and len(queries) == 3, "v is still remembered: only u was written"
+    code = ("from recsys.feedback import Event, FeedbackStore; "
+            f"FeedbackStore({url!r}).add([Event('v', 'i2', weight=2.0)])")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert reader.history("v") == [("i2", 2.0)]
+
+
+def test_in_memory_and_uncached_stores_answer_the_same(tmp_path):
+    from recsys.feedback import Event, FeedbackStore
+
+    for store in (FeedbackStore("sqlite://"), FeedbackStore(f"sqlite:///{tmp_path / 'x.db'}", no_history_cache=0)):
+        queries = _count_queries(store)
+        assert store.history("u") == [] and store.history("u") == []
+        store.add([Event("u", "i1")])
+        assert store.history("u") == [("i1", 1.0)]
+        assert len(queries) == (2 if store.url == "sqlite://" else 3) + 1  # + the insert
+
+
+def test_feedback_reaches_every_gunicorn_worker_at_once(models_root, tmp_path):
+    """Both workers of a real gunicorn have answered (and cached) a user's fallback recommendations; after one
+    feedback event, every answer from either worker is folded in. The access log names the worker."""
+    port, log = _free_port(), tmp_path / "access.log"
+    proc = _start(models_root, port, f"sqlite:///{tmp_path / 'fb.db'}", log=log)
+    path = "/v1/users/drifter/recommendations?k=5"
+
+    def answers_from_both_workers(expect_fallback: bool, start: int) -> None:
+        """Requests (each on a new connection) until both workers have answered since log line `start`."""
+        deadline = time.monotonic() + 30
+        while True:
+            assert _get(port, path)[1]["fallback"] is expect_fallback
+            lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+            workers = {line["worker"] for line in lines[start:] if path in line["request"]}
+            if len(workers) >= 2:
+                return
+            assert time.monotonic() < deadline, f"only {workers} answered in 30 s"
+
+    try:
+        _wait_ready(proc, port)
+        answers_from_both_workers(True, 0)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/feedback", method="POST", headers={**AUTH, "Content-Type": "application/json"},
+            data=json.dumps(events(("drifter", "i0001"))).encode())
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.status == 201
+        answers_from_both_workers(False, len(log.read_text().splitlines()))
+    finally:
+        _kill(proc)
