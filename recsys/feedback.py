@@ -5,13 +5,13 @@ An event is stored and committed before `add` returns, so an acknowledged write 
 
 `history` runs on every recommendation request, and most users have no stored events. For a SQLite file the
 store remembers (bounded, least recently used first out) which users had none, and skips the database for them
-while nothing changed: `PRAGMA data_version` on a watcher connection of its own changes whenever any other
-connection, in any process, commits to the file (a few microseconds to ask). On a change it reads only the
-rows added since the last look (event ids grow with every commit: SQLite has one writer at a time and the
-log is append-only) and forgets the users they name, so a new event changes that user's recommendations at
-once in every gunicorn worker. In-memory SQLite can only be written through this store (`add` forgets the
-users it writes). Other databases (e.g. PostgreSQL, whose sequence values are not assigned in commit order)
-are always queried.
+while nothing changed: `PRAGMA data_version` on a watcher connection of its own (one per thread) changes
+whenever any other connection, in any process, commits to the file (a few microseconds to ask). On a change
+it reads only the
+rows added since the last look (event ids grow with every commit: SQLite has one writer at a time
+and the log is append-only) and forgets the users they name, so a new event changes that user's recommendations at
+once in every gunicorn worker. Other databases (e.g. PostgreSQL, whose sequence values are not assigned in
+commit order), and in-memory SQLite, are always queried.
 """
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ class Event:
 class FeedbackStore:
     """Append-only event log. `url` is a SQLAlchemy database URL (default: a SQLite file).
 
-    no_history_cache: how many users known to have no events to remember (SQLite only, see the module
-    docstring; 0 turns it off). Writes must go through `add`, or, for a SQLite file, through any connection
-    that commits normally; events are never deleted or rewritten.
+    no_history_cache: how many users known to have no events to remember (SQLite files only, see the module
+    docstring; 0 turns it off). Any connection may write to the file, in any process, as long as events are
+    only appended (never deleted or rewritten).
     """
 
     def __init__(self, url: str = "sqlite:///feedback.db", no_history_cache: int = 100_000):
@@ -70,16 +70,8 @@ class FeedbackStore:
         metadata.create_all(self.engine)
         self._history_sql = sa.text("SELECT item_id, weight FROM feedback_events WHERE user_id = :user "
                                     "ORDER BY ts, id")
-        self._watch = _watch_mode(self.engine) if no_history_cache > 0 else None
-        self._cache_size = no_history_cache
-        self._no_history: OrderedDict[str, None] = OrderedDict()  # users without events, as of _generation
-        self._generation = 0     # bumped whenever users may have been removed from _no_history
-        self._last_id = 0        # largest event id the watcher has read
-        self._watcher: sqlite3.Connection | None = None
-        self._watcher_pid = 0    # a connection is never used across fork: each process opens its own
-        self._inherited: list[sqlite3.Connection] = []
-        self._data_version: int | None = None
-        self._lock = threading.Lock()
+        self._memory = _NoHistory(no_history_cache, self.engine.url.database) \
+            if no_history_cache > 0 and _is_sqlite_file(self.engine) else None
 
     def add(self, batch: Iterable[Event]) -> tuple[int, int]:
         """Store events in one transaction, committed before returning; returns (stored, duplicates)."""
@@ -102,29 +94,22 @@ class FeedbackStore:
                     if not dup:
                         conn.execute(events.insert().values(**row))
                         stored += 1
-        if self._watch is not None:
-            self._forget({row["user_id"] for row in rows})
+        if self._memory is not None:
+            self._memory.forget({row["user_id"] for row in rows})
         return stored, len(rows) - stored
 
     def history(self, user: str) -> list[tuple[str, float]]:
         """(item, weight) of a user's events, oldest first. For a user remembered to have none, and nothing
         committed for them since, no query runs (SQLite)."""
         generation = None
-        if self._watch is not None:
-            with self._lock:
-                self._sync()
-                if user in self._no_history:
-                    self._no_history.move_to_end(user)
-                    return []
-                generation = self._generation
+        if self._memory is not None:
+            generation = self._memory.lookup(user)
+            if generation is None:
+                return []
         with self.engine.connect() as conn:  # a fixed statement: this runs on every recommendation request
             rows = conn.execute(self._history_sql, {"user": user}).all()
         if not rows and generation is not None:
-            with self._lock:  # unless users were forgotten meanwhile: then this answer may be stale
-                if generation == self._generation:
-                    self._no_history[user] = None
-                    if len(self._no_history) > self._cache_size:
-                        self._no_history.popitem(last=False)
+            self._memory.remember(user, generation)
         return [(r[0], r[1]) for r in rows]
 
     def to_frame(self) -> pd.DataFrame:
@@ -140,53 +125,80 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
 
-    def _forget(self, users: Iterable[str]) -> None:
+
+
+class _NoHistory:
+    """Users known to have no events in a SQLite file (bounded, least recently used out first), kept true by
+    watching the file for commits from any connection."""
+
+    def __init__(self, size: int, database: str):
+        self.size, self.database = size, database
+        self._users: OrderedDict[str, None] = OrderedDict()
+        self._generation = 0  # bumped whenever users may have been forgotten: answers read before are stale
+        self._last_id = 0     # the largest event id read by a catch-up in this process
+        self._pid = 0         # the process this memory belongs to: it starts afresh after a fork
+        self._local = threading.local()  # per thread: its watcher connection and the data_version it saw
+        self._inherited: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()   # never held across a database call in the hot path
+
+    def lookup(self, user: str) -> int | None:
+        """None if the user is known to have no events; else the generation to pass to `remember` after
+        querying the database."""
+        self._sync()
+        with self._lock:
+            if user in self._users:
+                self._users.move_to_end(user)
+                return None
+            return self._generation
+
+    def remember(self, user: str, generation: int) -> None:
+        """The user had no events when queried; unless users were forgotten since, remember it."""
+        with self._lock:
+            if generation == self._generation:
+                self._users[user] = None
+                if len(self._users) > self.size:
+                    self._users.popitem(last=False)
+
+    def forget(self, users: Iterable[str]) -> None:
         with self._lock:
             self._generation += 1
             for user in users:
-                self._no_history.pop(user, None)
+                self._users.pop(user, None)
 
     def _sync(self) -> None:
-        """Forget the users named by events committed since the last look (SQLite file; caller holds the
-        lock). A new watcher connection (first use, or first use after a fork) cannot tell what changed
-        before it opened: it starts from an empty memory and the newest event id."""
-        if self._watch != "file":
-            return
-        fresh = self._watcher is None or self._watcher_pid != os.getpid()
-        if fresh:
-            if self._watcher is not None:  # inherited across fork: never use or close it here (SQLite's rule)
-                self._inherited.append(self._watcher)
-            self._watcher = sqlite3.connect(self.engine.url.database, timeout=30, isolation_level=None,
-                                            check_same_thread=False)  # used under self._lock only
-            self._watcher_pid = os.getpid()
+        """Forget the users named by events committed since the last look. A connection cannot tell what
+        was committed before it opened: a new process starts from an empty memory and the newest event id,
+        a new thread's connection catches up from the last id read."""
+        local, pid = self._local, os.getpid()
+        if getattr(local, "pid", None) != pid:
+            if getattr(local, "connection", None) is not None:  # inherited across fork: never used or closed
+                self._inherited.append(local.connection)        # here (SQLite's rule)
+            local.connection = sqlite3.connect(self.database, timeout=30, isolation_level=None)
+            local.pid, local.version = pid, None
+        connection = local.connection
         # read the version first: a commit landing after it changes the version again, so it is never missed
-        version = self._watcher.execute("PRAGMA data_version").fetchall()[0][0]
-        if not fresh and version == self._data_version:
+        version = connection.execute("PRAGMA data_version").fetchall()[0][0]
+        if version == local.version:
             return
-        self._generation += 1
-        if fresh:
-            self._no_history.clear()
-            self._last_id = self._watcher.execute("SELECT max(id) FROM feedback_events").fetchall()[0][0] or 0
-        else:
-            rows = self._watcher.execute("SELECT user_id, max(id) FROM feedback_events WHERE id > ? "
-                                         "GROUP BY user_id", (self._last_id,)).fetchall()
+        with self._lock:  # rare: something was committed, or this is the connection's first look
+            if self._pid != pid:
+                self._users.clear()
+                self._last_id = connection.execute("SELECT max(id) FROM feedback_events").fetchall()[0][0] or 0
+                self._pid = pid
+            rows = connection.execute("SELECT user_id, max(id) FROM feedback_events WHERE id > ? GROUP BY user_id",
+                                      (self._last_id,)).fetchall()
+            self._generation += 1
             for user, last in rows:
-                self._no_history.pop(user, None)
+                self._users.pop(user, None)
                 self._last_id = max(self._last_id, last)
-        self._data_version = version
+        local.version = version
 
 
-def _watch_mode(engine: sa.Engine) -> str | None:
-    """'file' for a SQLite file (watched with PRAGMA data_version), 'local' for in-memory SQLite (only this
-    store writes to it), None for anything else (always queried)."""
-    if engine.dialect.name != "sqlite":
-        return None
+def _is_sqlite_file(engine: sa.Engine) -> bool:
+    """A SQLite database in a plain file (not in memory, not a URI filename or with URL options)."""
     database = engine.url.database
-    if not database or database == ":memory:":
-        return "local"
-    if database.startswith("file:") or engine.url.query:  # URI filenames and options: keep it simple
-        return None
-    return "file"
+    return engine.dialect.name == "sqlite" and bool(database) and database != ":memory:" and \
+        not database.startswith("file:") and not engine.url.query
 
 
 def _sqlite_durable(dbapi_connection, _record) -> None:
