@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_HISTORY_ITEMS": 1000,
     "MAX_CONTENT_LENGTH": 1 << 20,    # bytes of request body
     "MAX_FEEDBACK_EVENTS": 1000,
-    "RESPONSE_CACHE_SIZE": 10_000,    # per worker and model: recommendation answers for users without feedback
+    "RESPONSE_CACHE_BYTES": 32 << 20,  # per worker: cached recommendation answers (users without feedback)
     "NO_FEEDBACK_CACHE_SIZE": 100_000,  # per worker: users known to have no stored events (SQLite only)
     "FEEDBACK_DB_URL": None,          # SQLAlchemy URL; default sqlite:///<instance folder>/feedback.db
     "API_KEYS": [],                   # list, or comma-separated in RECSYS_API_KEYS; needed for writes/admin
@@ -72,7 +72,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from . import api, errors, health, metrics
 
     app.extensions["recsys_state"] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"],
-                                                cache_size=int(app.config["RESPONSE_CACHE_SIZE"]))
+                                                cache_bytes=int(app.config["RESPONSE_CACHE_BYTES"]))
     url = app.config["FEEDBACK_DB_URL"]
     if not url:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)

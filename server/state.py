@@ -17,11 +17,15 @@ log = logging.getLogger("recsys")
 
 
 class ResponseCache:
-    """A bounded map of request key -> response body, least recently used out first; thread-safe. One
-    belongs to each loaded model, so a reload starts empty and the old one goes with the old model."""
+    """Response bodies by request key, bounded by their total size in bytes (least recently used out first);
+    thread-safe. One belongs to each loaded model, so a reload starts empty and the old one goes with the
+    old model."""
 
-    def __init__(self, size: int):
-        self.size = size
+    ENTRY_OVERHEAD = 200  # bytes counted per entry besides its body: the key tuple and the dict slot
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._data: OrderedDict[tuple, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -37,13 +41,18 @@ class ResponseCache:
             return body
 
     def put(self, key: tuple, body: bytes) -> None:
-        if self.size <= 0:
+        size = len(body) + self.ENTRY_OVERHEAD
+        if size > self.max_bytes:
             return
         with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old) + self.ENTRY_OVERHEAD
             self._data[key] = body
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, dropped = self._data.popitem(last=False)
+                self.bytes -= len(dropped) + self.ENTRY_OVERHEAD
 
     def __len__(self) -> int:
         return len(self._data)
@@ -68,10 +77,10 @@ class ModelState:
     """Holds the current `Loaded` model. Requests read `current` once and use that object throughout, so a
     swap never changes the model under a request in flight."""
 
-    def __init__(self, bundle: str | None, mode: str = "auto", cache_size: int = 0):
+    def __init__(self, bundle: str | None, mode: str = "auto", cache_bytes: int = 0):
         self.bundle = bundle
         self.mode = mode
-        self.cache_size = cache_size
+        self.cache_bytes = cache_bytes  # per loaded model: the response cache's budget
         self.current: Loaded | None = None
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -90,7 +99,7 @@ class ModelState:
             engine, bundle = load_engine(path, mode=self.mode)
             counts = np.asarray(engine.seen.astype(bool).sum(axis=0)).ravel()
             loaded = Loaded(engine, bundle.manifest, bundle.path, np.argsort(-counts, kind="stable"),
-                            counts.astype(np.float32), ResponseCache(self.cache_size))
+                            counts.astype(np.float32), ResponseCache(self.cache_bytes))
             self.current, self.error = loaded, None  # requests in flight keep the object they already read
             log.info("Serving bundle %s", path)
             return loaded

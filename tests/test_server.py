@@ -455,7 +455,7 @@ def test_answers_are_cached_per_model_and_bypassed_by_feedback(app, client, synt
 
 
 def test_response_cache_can_be_turned_off(models_root, synthetic, monkeypatch):
-    app = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "RESPONSE_CACHE_SIZE": 0})
+    app = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "RESPONSE_CACHE_BYTES": 0})
     engine = app.extensions["recsys_state"].current.engine
     calls = []
     original = engine.recommend_indices
@@ -478,19 +478,24 @@ def test_reload_starts_a_new_response_cache(own_root):
     assert first != second.name and body["model_version"] == second.name
 
 
-def test_response_cache_is_bounded_lru():
+def test_response_cache_is_bounded_lru_by_bytes():
     from server.state import ResponseCache
 
-    cache = ResponseCache(2)
-    cache.put(("a",), b"A")
-    cache.put(("b",), b"B")
-    assert cache.get(("a",)) == b"A"  # now b is the least recently used
-    cache.put(("c",), b"C")
-    assert cache.get(("b",)) is None and cache.get(("a",)) == b"A" and cache.get(("c",)) == b"C"
-    assert len(cache) == 2 and (cache.hits, cache.misses) == (3, 1)
+    entry = 100 + ResponseCache.ENTRY_OVERHEAD
+    cache = ResponseCache(2 * entry)
+    cache.put(("a",), b"A" * 100)
+    cache.put(("b",), b"B" * 100)
+    assert cache.get(("a",)) == b"A" * 100  # now b is the least recently used
+    cache.put(("c",), b"C" * 100)
+    assert cache.get(("b",)) is None and cache.get(("a",)) and cache.get(("c",))
+    assert len(cache) == 2 and cache.bytes == 2 * entry and (cache.hits, cache.misses) == (3, 1)
+    cache.put(("a",), b"A" * 100)  # replacing an entry does not count it twice
+    assert len(cache) == 2 and cache.bytes == 2 * entry
+    cache.put(("big",), b"x" * (2 * entry))  # larger than the whole budget: not kept, nothing evicted
+    assert cache.get(("big",)) is None and len(cache) == 2
     off = ResponseCache(0)
     off.put(("a",), b"A")
-    assert off.get(("a",)) is None
+    assert off.get(("a",)) is None and off.bytes == 0
 
 
 PLAIN = {"": (10, 0, False), "k=7": (7, 0, False), "k=5&offset=2": (5, 2, False), "offset=3": (10, 3, False),
