@@ -60,6 +60,10 @@ log = logging.getLogger("benchmarks.serving")
 APPS = {
     "recommendations": {"app": None, "what": "recsys app (server:create_app(), the config's wsgi_app)"},
     "bare": {"app": "benchmarks.bare_app:create_app()", "what": "bare Flask app, static JSON document"},
+    # --uncached: the same app with both serving caches off, so every request is computed (informational)
+    "uncached": {"app": None, "what": "recsys app with RECSYS_RESPONSE_CACHE_BYTES=0 and "
+                 "RECSYS_NO_FEEDBACK_CACHE_SIZE=0",
+                 "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0"}},
 }
 
 LUA = r"""
@@ -192,8 +196,9 @@ class Server:
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         })
         env.update(args.server_env)  # what-if experiments, applied to both servers alike
+        env.update(APPS[name].get("env", {}))
         self.cmd = [str(BIN / "gunicorn"), "-c", CONF]
-        app = args.recommendations_app if name == "recommendations" else APPS[name]["app"]
+        app = args.recommendations_app if name != "bare" else APPS[name]["app"]
         if app:
             self.cmd.append(app)  # a command-line app overrides the config file's wsgi_app
         self.env = env
@@ -235,7 +240,7 @@ class Server:
                 raise RuntimeError(f"{self.name}: GET {ROUTE.format(user=user, k=k)} answered {status}: "
                                    f"{body[:300]!r}")
             doc = json.loads(body)
-            if len(doc.get("items", [])) != k and self.name == "recommendations":
+            if len(doc.get("items", [])) != k and self.name != "bare":
                 raise RuntimeError(f"{self.name}: expected {k} items, got {len(doc.get('items', []))}")
         log.info("%s ready in %.1f s, workers %s", self.name, ready_s, self.workers())
         return {"ready_s": round(ready_s, 2), "sample_body_bytes": sizes}
@@ -417,7 +422,7 @@ def report(out: dict) -> str:
     rows = [("endpoint", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
              "bytes/resp", "server CPU ms/req", "server cores", "loadgen cores")]
     for rnd in out["rounds"]:
-        for name in ("recommendations", "bare"):
+        for name in out["endpoints"]:
             r = rnd[name]
             label = name if len(out["rounds"]) == 1 else f"{name} (round {rnd['round']})"
             rows.append((label, r["requests"], f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
@@ -442,7 +447,12 @@ def report(out: dict) -> str:
         + (("PASS" if s["zero_errors_pass"] else "FAIL") if a["duration"] >= 60 else "not tested (needs "
            "--duration 60)"),
     ]
-    for name in ("recommendations", "bare"):
+    if "uncached" in s:
+        u = s["uncached"]
+        lines += ["", (f"uncached (both serving caches off, every request computed; informational): throughput "
+                       f"ratio {u['throughput_ratio']:.3f}, p99 ratio {u['p99_ratio']:.3f}, server CPU per "
+                       f"request ratio {u['cpu_ratio']:.2f} (each against bare), {u['errors']} errors")]
+    for name in out["endpoints"]:
         c = {key: sum(r[name]["gunicorn_log"][key] for r in out["rounds"])
              for key in ("booted_workers", "worker_timeouts", "tracebacks")}
         lines.append(f"gunicorn log ({name}): {c['booted_workers']} worker boots, {c['worker_timeouts']} "
@@ -481,8 +491,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=4, help="RECSYS_THREADS for both servers (default 4)")
     p.add_argument("--k", type=int, default=10, help="k in the query string (default 10)")
     p.add_argument("--rounds", type=int, default=1,
-                   help="measure both this many times, alternating which goes first; ratios of the medians "
-                        "(default 1: recommendations, then bare)")
+                   help="measure every endpoint this many times, alternating the order; ratios of the "
+                        "medians (default 1: recommendations, then bare)")
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                    help="wrk when installed (auto), or the Python thread generator")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: leave the cores to "
@@ -496,6 +506,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recommendations-app", metavar="MODULE:CALL",
                    help="serve this app instead of the config's wsgi_app (server:create_app()) as (a), e.g. "
                         "a patched variant to measure a change; it must serve the same route")
+    p.add_argument("--uncached", action="store_true",
+                   help="also measure the recommendations app with its response cache and feedback-store "
+                        "memory off (every request computed: feedback query, scoring, serialisation)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
     p.add_argument("--md", type=Path, help="the printed output (default: --out with .md)")
     args = p.parse_args(argv)
@@ -526,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "gunicorn": gunicorn_settings(),
         "loadgen": args.loadgen,
+        "endpoints": ["recommendations", "bare", *(["uncached"] if args.uncached else [])],
         "rounds": [],
         "servers": {},
     }
@@ -545,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         out["bundle"] = str(args.bundle) if args.bundle else "trained for this run (recsys train --quiet)"
         for rnd in range(1, args.rounds + 1):
             result = {"round": rnd}
-            order = ("recommendations", "bare") if rnd % 2 else ("bare", "recommendations")
+            order = out["endpoints"] if rnd % 2 else out["endpoints"][::-1]
             for name in order:  # alternate the order between rounds: the machine's load drifts
                 server = Server(name, args, bundle, tmp)
                 servers.append(server)
@@ -570,10 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     def med(name: str, key: str) -> float:
         return statistics.median(r[name][key] for r in out["rounds"])
 
-    rps = {n: med(n, "rps") for n in ("recommendations", "bare")}
-    p99 = {n: med(n, "p99_ms") for n in ("recommendations", "bare")}
-    cpu = {n: med(n, "server_cpu_ms_per_request") for n in ("recommendations", "bare")}
-    errors = {n: sum(r[n]["errors"] for r in out["rounds"]) for n in ("recommendations", "bare")}
+    rps = {n: med(n, "rps") for n in out["endpoints"]}
+    p99 = {n: med(n, "p99_ms") for n in out["endpoints"]}
+    cpu = {n: med(n, "server_cpu_ms_per_request") for n in out["endpoints"]}
+    errors = {n: sum(r[n]["errors"] for r in out["rounds"]) for n in out["endpoints"]}
     s = {
         "throughput_ratio": rps["recommendations"] / rps["bare"],
         "p99_ratio": p99["recommendations"] / p99["bare"],
@@ -585,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     s["throughput_pass"] = s["throughput_ratio"] >= 0.7
     s["p99_pass"] = s["p99_ratio"] <= 2.0
     s["zero_errors_pass"] = args.duration >= 60 and errors["recommendations"] == 0
+    if args.uncached:
+        s["uncached"] = {"throughput_ratio": rps["uncached"] / rps["bare"], "p99_ratio": p99["uncached"] / p99["bare"],
+                         "cpu_ratio": cpu["uncached"] / cpu["bare"], "errors": errors["uncached"]}
     out["summary"] = s
     out["total_s"] = time.perf_counter() - started
     out["machine"]["loadavg_end"] = os.getloadavg()
