@@ -5,10 +5,11 @@ from pathlib import Path
 
 from .base import MODEL_REGISTRY, Recommender
 from .baselines import EASE, ItemKNN
+from .ials import IALS
 from .mf import MF
 from .popularity import Popularity
 
-__all__ = ["EASE", "MF", "MODEL_REGISTRY", "ItemKNN", "Popularity", "Recommender", "load"]
+__all__ = ["EASE", "IALS", "MF", "MODEL_REGISTRY", "ItemKNN", "Popularity", "Recommender", "load"]
 
 
 def load(path: str | Path) -> Recommender:
