@@ -200,9 +200,26 @@ def test_ials_learns_planted_structure(synthetic_split):
 
 @pytest.mark.slow
 def test_ials_beats_popularity_on_movielens(movielens):
-    """Per-user temporal 80/20 holdout on the bundled data (measured: IALS ~0.13 NDCG@10, Popularity 0.087)."""
+    """Per-user temporal 80/20 holdout on the bundled data, with settings tuned on a validation split of train
+    (measured: IALS 0.1286 NDCG@10, Popularity 0.0874)."""
     train, test = temporal_split(movielens, 0.2)
-    ials = IALS(factors=128, epochs=10, reg=0.003, unobserved_weight=1.0, progress=False, device="cpu").fit(train)
+    ials = IALS(factors=128, epochs=15, reg=0.0095, reg_exponent=0.81, unobserved_weight=1.8, progress=False,
+                device="cpu").fit(train)
     ials_ndcg = evaluate(ials, test)["ndcg@10"]
     pop_ndcg = evaluate(Popularity().fit(train), test)["ndcg@10"]
-    assert ials_ndcg > 1.3 * pop_ndcg, (ials_ndcg, pop_ndcg)
+    assert ials_ndcg > 1.35 * pop_ndcg, (ials_ndcg, pop_ndcg)
+
+
+def test_pipeline_trains_and_bundles_ials_with_early_stopping(synthetic, tmp_path):
+    """`recsys train --model ials`: epochs chosen on validation, the bundle folds in new users as training did."""
+    from recsys.models import load
+    from recsys.pipeline import train_and_bundle
+
+    params = {"factors": 16, "epochs": 8, "reg": 0.01, "unobserved_weight": 0.5, "progress": False, "device": "cpu"}
+    report = train_and_bundle(synthetic, model="ials", params=params, out=tmp_path, index=False)
+    assert 1 <= report.params["epochs"] <= 8
+    assert report.metrics["ials"]["ndcg@10"] > report.metrics["popularity"]["ndcg@10"]
+    model = load(report.bundle)
+    row = synthetic.matrix()[0]
+    np.testing.assert_allclose(model.engine_.fold_in(row.indices, row.data), model.user_vectors_[0],
+                               rtol=2e-3, atol=1e-4)

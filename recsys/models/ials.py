@@ -12,9 +12,10 @@ user's normal equations (the Gramian trick), computed once per half-step, so a s
 O(nnz k^2 + (n_users + n_items) k^3) rather than O(n_users n_items k). nu (`reg_exponent`) scales the
 regularisation with how much data a row has (0: plain L2).
 
-Each epoch solves all items given the users, then all users given the items, exactly (batched Cholesky). The last
-half-step of training is therefore the user solve that `recsys.runtime.Engine.fold_in` repeats in numpy at serving
-time: folding in a training user's own history reproduces their trained vector.
+Each epoch solves all items given the users, then all users given the items, exactly by default (batched
+Cholesky, see `solve_rows`). The last half-step of training is therefore the user solve that
+`recsys.runtime.Engine.fold_in` repeats in numpy at serving time: folding in a training user's own history
+reproduces their trained vector. (With solver='cg', training takes a few descent steps towards that solve instead.)
 """
 from __future__ import annotations
 
@@ -86,6 +87,8 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
     lam = reg * (counts + unobserved_weight * len(fixed)) ** reg_exponent
     gram = unobserved_weight * (fixed.T @ fixed)
     out = torch.zeros((n_rows, k), device=device, dtype=dtype)
+    if current is None:  # CG starts from zero
+        current = out
     order = np.argsort(counts, kind="stable")
     order = order[counts[order] > 0]
     short = order[counts[order] < k] if solver == "cholesky" else order[:0]
@@ -243,8 +246,9 @@ class IALS(Recommender):
 
     def __init__(self, *, factors: int = 128, epochs: int = 16, reg: float = 0.003, reg_exponent: float = 1.0,
                  unobserved_weight: float = 0.1, confidence: str = "binary", alpha: float = 1.0,
-                 epsilon: float = 1.0, solver: str = "cholesky", cg_steps: int = 3, init_std: float | None = None, patience: int = 3, seed: int = 0,
-                 device: str = "auto", progress: bool = True, max_val_users: int | None = 5000):
+                 epsilon: float = 1.0, solver: str = "cholesky", cg_steps: int = 3, init_std: float | None = None,
+                 patience: int = 3, seed: int = 0, device: str = "auto", progress: bool = True,
+                 max_val_users: int | None = 5000):
         self.factors = factors
         self.epochs = epochs
         self.reg = reg
