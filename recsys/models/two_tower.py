@@ -1,0 +1,412 @@
+"""Two-tower retrieval model with item features, trained with in-batch softmax and the logQ correction.
+
+Item tower: an item id embedding plus the item's features from `Interactions.item_metadata`, each feature
+column a mean of token embeddings (`ItemFeaturizer`: categorical values, multi-valued lists such as genres
+or tags, lowercase word tokens of text such as titles, bucketised numbers such as years). Items without
+training interactions keep no id embedding, so their vectors come from features alone (cold start); id
+dropout during training makes warm items lean on their features too.
+
+User tower: the user id embedding plus the mean of the item-tower vectors of the user's history. Folding in
+an unseen user is therefore exactly the tower with a zero id embedding, which the runtime's numpy
+`{"method": "mean"}` fold-in computes from the exported item vectors: serving needs no torch.
+
+Training: batches of (user, item) pairs; the other items of the batch (and optionally `negatives` items drawn
+uniformly) are the negatives of a softmax over cosine similarities / `temperature`. In-batch negatives are
+drawn in proportion to popularity, which a plain softmax would learn as a penalty on popular items; the logQ
+correction of Yi et al. (2019, "Sampling-bias-corrected neural modeling for large corpus item
+recommendations") subtracts the log of each candidate's expected count in the candidate set,
+log(B p_j + M / N_warm) for batch size B, training frequency p_j, M uniform negatives over N_warm items.
+Early stopping on validation NDCG@10 via `recsys.train.fit_loop`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from ..data import Interactions
+from ..evaluate import evaluate
+from ..exceptions import DataValidationError
+from ..runtime import Engine
+from ..train import fit_loop, resolve_device, seed_everything
+from .base import BOOL, Exported, Interval, Options, Recommender
+
+log = logging.getLogger("recsys")
+
+FEATURE_KINDS = ("categorical", "multi", "text", "numeric")
+UNKNOWN = "<unk>"  # token 0 of every column: missing values, or only values outside the vocabulary
+_WORD = re.compile(r"\w+")
+
+
+# -------------------------------------------------------------------------------------------- features
+def _missing(value: Any) -> bool:
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def _list_like(value: Any) -> bool:
+    return isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Series))
+
+
+def detect_kind(values: pd.Series, n_buckets: int = 10) -> str | None:
+    """Guess how to featurise a metadata column: 'categorical', 'multi', 'text', 'numeric' or None (skip).
+
+    Booleans and numbers with at most `n_buckets` distinct values are categorical, other numbers numeric;
+    lists (or strings with a '|' separator, e.g. "Comedy|Drama") are multi-valued; strings that average
+    two words or more, or are mostly distinct, are text (e.g. titles); other strings are categorical.
+    """
+    present = values[[not _missing(v) for v in values]] if values.dtype == object else values.dropna()
+    if len(present) == 0:
+        return None
+    if pd.api.types.is_bool_dtype(present):
+        return "categorical"
+    if pd.api.types.is_numeric_dtype(present):
+        return "numeric" if present.nunique() > n_buckets else "categorical"
+    sample = present.to_numpy(dtype=object)
+    if any(_list_like(v) for v in sample):
+        return "multi"
+    if not all(isinstance(v, str) for v in sample):
+        return None
+    text = pd.Series(sample, dtype=object)
+    if text.str.contains("|", regex=False).any():
+        return "multi"
+    words = text.map(lambda s: len(_WORD.findall(s))).mean()
+    return "text" if words >= 2 or text.nunique() > 0.5 * len(text) else "categorical"
+
+
+class ItemFeaturizer:
+    """Item metadata frame -> sparse (items x feature tokens) matrix whose row is a bag of weighted tokens.
+
+    Each column contributes the mean of its tokens (weights 1/n within the column), so an item's feature
+    vector is the sum over columns of the mean token embedding. Token 0 of every column stands for a
+    missing value or values all outside the vocabulary. Vocabularies (and numeric bucket edges) are learned
+    by `fit`, from the rows given (the items with training interactions), keeping tokens seen on at least
+    `min_count` items, the `max_vocab` most frequent per column.
+
+    features: None (auto-detect every column except `item`), a list of columns (auto-detected kinds) or a
+    dict {column: kind} with kind in FEATURE_KINDS.
+    """
+
+    def __init__(self, features: dict[str, str] | list[str] | None = None, *, max_vocab: int = 10_000,
+                 min_count: int = 2, n_buckets: int = 10):
+        self.features = features
+        self.max_vocab = max_vocab
+        self.min_count = min_count
+        self.n_buckets = n_buckets
+
+    def fit(self, metadata: pd.DataFrame, rows: np.ndarray | None = None) -> ItemFeaturizer:
+        """Choose columns and kinds, learn vocabularies from `metadata` rows `rows` (default: all)."""
+        fit_frame = metadata if rows is None else metadata.iloc[np.asarray(rows)]
+        self.kinds_: dict[str, str] = {}
+        for column, kind in self._requested(metadata).items():
+            kind = kind or detect_kind(fit_frame[column], self.n_buckets)
+            if kind is None:
+                log.info("TwoTower features: column %r skipped (no usable values).", column)
+                continue
+            self.kinds_[column] = kind
+        self.edges_: dict[str, np.ndarray] = {}
+        self.vocab_: dict[str, dict[str, int]] = {}
+        for column, kind in self.kinds_.items():
+            if kind == "numeric":
+                self.edges_[column] = self._edges(fit_frame[column])
+            counts = Counter(t for tokens in self._tokens(column, fit_frame[column]) for t in set(tokens))
+            kept = sorted((t for t, c in counts.items() if c >= self.min_count), key=lambda t: (-counts[t], t))
+            self.vocab_[column] = {UNKNOWN: 0} | {t: j + 1 for j, t in enumerate(kept[:self.max_vocab])}
+        self.offsets_: dict[str, int] = {}
+        total = 0
+        for column, vocab in self.vocab_.items():
+            self.offsets_[column] = total
+            total += len(vocab)
+        self.n_features_ = total
+        return self
+
+    def transform(self, metadata: pd.DataFrame) -> sp.csr_matrix:
+        """(len(metadata), n_features_) CSR matrix: per column, weight 1/n on each of the n known tokens."""
+        rows, cols, vals = [], [], []
+        for column, vocab in self.vocab_.items():
+            offset = self.offsets_[column]
+            for r, tokens in enumerate(self._tokens(column, metadata[column])):
+                known = sorted({vocab[t] for t in tokens if t in vocab}) or [0]
+                rows += [r] * len(known)
+                cols += [offset + j for j in known]
+                vals += [1.0 / len(known)] * len(known)
+        return sp.csr_matrix((np.asarray(vals, np.float32), (np.asarray(rows, np.int64), np.asarray(cols, np.int64))),
+                             shape=(len(metadata), self.n_features_))
+
+    def tokens(self, column: str, values: Iterable[Any]) -> list[list[str]]:
+        """The tokens of each value of a fitted column (before the vocabulary is applied)."""
+        return self._tokens(column, pd.Series(list(values), dtype=object))
+
+    def describe(self) -> dict[str, dict]:
+        """Per column: its kind and vocabulary size (unknown token included), JSON-able."""
+        return {c: {"kind": k, "vocabulary": len(self.vocab_[c])} for c, k in self.kinds_.items()}
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _requested(self, metadata: pd.DataFrame) -> dict[str, str | None]:
+        available = [c for c in metadata.columns if c != "item"]
+        if self.features is None:
+            return dict.fromkeys(available)
+        wanted = dict(self.features) if isinstance(self.features, dict) else dict.fromkeys(self.features)
+        missing = [c for c in wanted if c not in available]
+        if missing:
+            raise DataValidationError(f"Feature column(s) {missing} not in item_metadata. "
+                                      f"Available columns: {available}.")
+        return wanted
+
+    def _edges(self, values: pd.Series) -> np.ndarray:
+        finite = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = finite[np.isfinite(finite)]
+        if len(finite) == 0:
+            return np.empty(0)
+        return np.unique(np.quantile(finite, np.linspace(0, 1, self.n_buckets + 1)[1:-1]))
+
+    def _tokens(self, column: str, values: pd.Series) -> list[list[str]]:
+        kind = self.kinds_[column]
+        if kind == "numeric":
+            numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            bucket = np.searchsorted(self.edges_[column], numbers, side="right")
+            return [[] if not np.isfinite(x) else [f"bucket{b}"] for x, b in zip(numbers, bucket)]
+        out = []
+        for value in values.to_numpy(dtype=object):
+            if _list_like(value):
+                items = [str(v).strip() for v in value if not _missing(v)]
+                out.append([v for v in items if v] if kind != "text" else
+                           [w for v in items for w in _WORD.findall(v.lower())])
+            elif _missing(value):
+                out.append([])
+            elif kind == "multi":
+                out.append([v.strip() for v in str(value).split("|") if v.strip()])
+            elif kind == "text":
+                out.append(_WORD.findall(str(value).lower()))
+            else:
+                out.append([str(value)])
+        return out
+
+
+class _Bags:
+    """A CSR matrix as `F.embedding_bag` inputs: row r of `matrix @ weight` is a weighted sum of rows of weight."""
+
+    def __init__(self, matrix: sp.csr_matrix, device: torch.device):
+        self.matrix = matrix
+        self.device = device
+        self.indices = torch.as_tensor(matrix.indices, dtype=torch.long, device=device)
+        self.offsets = torch.as_tensor(matrix.indptr[:-1], dtype=torch.long, device=device)
+        self.weights = torch.as_tensor(matrix.data, dtype=torch.float32, device=device)
+
+    def __call__(self, weight: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        """`matrix @ weight` (or only `rows` of it); empty rows give zeros."""
+        if rows is None:
+            indices, offsets, weights = self.indices, self.offsets, self.weights
+        else:
+            sub = self.matrix[rows]
+            indices = torch.as_tensor(sub.indices, dtype=torch.long, device=self.device)
+            offsets = torch.as_tensor(sub.indptr[:-1], dtype=torch.long, device=self.device)
+            weights = torch.as_tensor(sub.data, dtype=torch.float32, device=self.device)
+        if len(weight) == 0:
+            return torch.zeros(len(offsets), weight.shape[1], device=weight.device)
+        return F.embedding_bag(indices, weight, offsets, mode="sum", per_sample_weights=weights)
+
+
+# ------------------------------------------------------------------------------------------ parameters
+class FeatureSpec:
+    """`features`: None (auto-detect), a list of column names, or a dict {column: kind}."""
+
+    def check(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if isinstance(value, list):
+            return all(isinstance(c, str) for c in value)
+        if isinstance(value, dict):
+            return all(isinstance(c, str) and k in FEATURE_KINDS for c, k in value.items())
+        return False
+
+    def describe(self) -> str:
+        return ("None (auto-detect every column), a list of column names, or a dict {column: kind} with kind "
+                "one of " + ", ".join(repr(k) for k in FEATURE_KINDS))
+
+
+# --------------------------------------------------------------------------------------------- model
+class TwoTower(Recommender):
+    """Two-tower retrieval with item features and cold-start items (see the module docstring).
+
+    factors: embedding size. temperature: softmax temperature over cosine similarities. logq: strength of
+    the logQ correction (1 = Yi et al.; 0 = none). negatives: uniform negatives per batch on top of the
+    in-batch ones. id_dropout: probability that an item's (per batch) or a user's (per pair) id embedding is
+    left out in training, so that features and history carry the vectors. reg: L2 penalty on the id
+    embeddings used. features / max_vocab / min_count / n_buckets: see `ItemFeaturizer`; features=[]
+    trains without features. epochs / patience: early stopping on validation NDCG@10 when `fit` gets a
+    validation set.
+    """
+
+    name: ClassVar[str] = "two_tower"
+    _parameter_constraints: ClassVar[dict] = {
+        "factors": Interval(int, 1), "epochs": Interval(int, 1), "batch_size": Interval(int, 2),
+        "lr": Interval(float, 0, closed_low=False), "temperature": Interval(float, 0, closed_low=False),
+        "logq": Interval(float, 0, 1), "negatives": Interval(int, 0), "id_dropout": Interval(float, 0, 1),
+        "reg": Interval(float, 0), "features": FeatureSpec(), "max_vocab": Interval(int, 1),
+        "min_count": Interval(int, 1), "n_buckets": Interval(int, 1),
+        "init_std": Interval(float, 0, closed_low=False), "patience": Interval(int, 1), "seed": Interval(int, 0),
+        "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
+        "max_val_users": Interval(int, 1, none_ok=True),
+    }
+
+    def __init__(self, *, factors: int = 64, epochs: int = 100, batch_size: int = 1024, lr: float = 0.005,
+                 temperature: float = 0.1, logq: float = 1.0, negatives: int = 0, id_dropout: float = 0.2,
+                 reg: float = 0.0, features: dict[str, str] | list[str] | None = None, max_vocab: int = 10_000,
+                 min_count: int = 2, n_buckets: int = 10, init_std: float = 0.05, patience: int = 5, seed: int = 0,
+                 device: str = "auto", progress: bool = True, max_val_users: int | None = 5000):
+        self.factors = factors
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.temperature = temperature
+        self.logq = logq
+        self.negatives = negatives
+        self.id_dropout = id_dropout
+        self.reg = reg
+        self.features = features
+        self.max_vocab = max_vocab
+        self.min_count = min_count
+        self.n_buckets = n_buckets
+        self.init_std = init_std
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+        self.max_val_users = max_val_users
+
+    # --------------------------------------------------------------------------------------- training
+    def _featurize(self, train: Interactions, warm: np.ndarray) -> sp.csr_matrix:
+        featurizer = ItemFeaturizer(self.features, max_vocab=self.max_vocab, min_count=self.min_count,
+                                    n_buckets=self.n_buckets)
+        if train.item_metadata is None:
+            if self.features:
+                raise DataValidationError("TwoTower features were requested but the Interactions have no "
+                                          "item_metadata (pass item_metadata= to read_interactions).")
+            featurizer.features = []
+            self.featurizer_ = featurizer.fit(pd.DataFrame({"item": train.items.ids}))
+        else:
+            self.featurizer_ = featurizer.fit(train.item_metadata, rows=np.flatnonzero(warm))
+        log.info("TwoTower features: %s", self.featurizer_.describe() or "none (ids only)")
+        if train.item_metadata is None:
+            return sp.csr_matrix((train.n_items, 0), dtype=np.float32)
+        return self.featurizer_.transform(train.item_metadata)
+
+    def _fit(self, train: Interactions, validation: Interactions | None) -> Exported:
+        gen = seed_everything(self.seed)
+        device = resolve_device(self.device)
+        seen = train.matrix(binary=True)
+        counts = np.asarray(seen.sum(axis=0)).ravel()
+        warm = counts > 0
+        towers = _Towers(_Bags(seen, device), self._featurize(train, warm), warm, self.factors, self.init_std,
+                         gen, device)
+        opt = torch.optim.Adam(towers.parameters(), lr=self.lr)
+        freq = torch.as_tensor(counts / counts.sum(), dtype=torch.float32, device=device)
+        warm_index = torch.as_tensor(np.flatnonzero(warm), dtype=torch.long)
+        history_len = torch.as_tensor(np.diff(seen.indptr), dtype=torch.float32, device=device)
+        u_all = torch.as_tensor(np.repeat(np.arange(train.n_users), np.diff(seen.indptr)), dtype=torch.long)
+        i_all = torch.as_tensor(seen.indices, dtype=torch.long)
+
+        def run_epoch(epoch: int) -> float:
+            total, n_batches = 0.0, 0
+            order = torch.randperm(len(u_all), generator=gen)
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                loss = self._batch_loss(towers, u_all[idx], i_all[idx], seen, history_len, freq, warm_index, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+                n_batches += 1
+            return total / max(n_batches, 1)
+
+        def snapshot() -> Exported:
+            with torch.no_grad():
+                items = towers.items(towers.warm)
+                history = towers.histories(items) / history_len.clamp(min=1)[:, None]
+                users = F.normalize(towers.user_id + history, dim=1)
+            return Exported(items.cpu().numpy().copy(), users.cpu().numpy().copy(), foldin={"method": "mean"},
+                            similarity="cosine")
+
+        def validate(state: Exported) -> float:
+            engine = Engine(state.item_vectors, state.user_vectors, train.users, train.items, seen=seen)
+            return evaluate(engine, validation, 10, max_users=self.max_val_users, seed=self.seed)["ndcg@10"]
+
+        result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
+                          validate=validate if validation is not None else None, patience=self.patience,
+                          progress=self.progress, desc="TwoTower")
+        exported = result.best_state
+        exported.extra = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                          "history": result.history, "train_seconds": round(result.seconds, 2),
+                          "device": str(device), "features": self.featurizer_.describe(),
+                          "items_without_interactions": int((~warm).sum())}
+        return exported
+
+    def _batch_loss(self, towers: _Towers, u: torch.Tensor, i: torch.Tensor, seen: sp.csr_matrix,
+                    history_len: torch.Tensor, freq: torch.Tensor, warm_index: torch.Tensor,
+                    gen: torch.Generator) -> torch.Tensor:
+        """In-batch (+ uniform) sampled softmax with the logQ correction for one batch of (user, item) pairs."""
+        device = towers.user_id.device
+        keep_items = towers.warm * (torch.rand(len(towers.warm), generator=gen) >= self.id_dropout).to(device)
+        keep_users = (torch.rand(len(u), generator=gen) >= self.id_dropout).to(device)
+        items = towers.items(keep_items)
+        users, inverse = torch.unique(u, return_inverse=True)
+        sums = towers.histories(items, users.numpy())
+        u, i, inverse = u.to(device), i.to(device), inverse.to(device)
+        # the user's history without the target item itself, averaged (zero for a one-item history)
+        history = (sums[inverse] - items[i]) / (history_len[u] - 1).clamp(min=1)[:, None]
+        queries = F.normalize(history + keep_users[:, None] * towers.user_id[u], dim=1)
+        candidates = i
+        if self.negatives:
+            drawn = torch.randint(len(warm_index), (self.negatives,), generator=gen)
+            candidates = torch.cat([i, warm_index[drawn].to(device)])
+        logits = queries @ items[candidates].T / self.temperature
+        logits = logits - self.logq * logq_correction(freq[candidates], len(i), self.negatives, len(warm_index))
+        loss = sampled_softmax_loss(logits, i, candidates)
+        if self.reg:
+            used = (towers.user_id[u] ** 2).sum() + (keep_items[i, None] * towers.item_id[i] ** 2).sum()
+            loss = loss + self.reg * used / len(i)
+        return loss
+
+
+class _Towers(torch.nn.Module):
+    """The trainable parts: user and item id embeddings, feature token embeddings (training only)."""
+
+    def __init__(self, histories: _Bags, features: sp.csr_matrix, warm: np.ndarray, factors: int,
+                 init_std: float, gen: torch.Generator, device: torch.device):
+        super().__init__()
+
+        def init(rows: int) -> torch.nn.Parameter:  # on CPU with the seeded generator: same on every device
+            return torch.nn.Parameter((torch.randn(rows, factors, generator=gen) * init_std).to(device))
+
+        n_users = histories.matrix.shape[0]
+        self.user_id, self.item_id, self.feature = init(n_users), init(len(warm)), init(features.shape[1])
+        self.features = _Bags(features, device)
+        self.histories = histories
+        self.warm = torch.as_tensor(warm, dtype=torch.float32, device=device)
+
+    def items(self, keep: torch.Tensor) -> torch.Tensor:
+        """Unit item vectors: id embedding where `keep` (1/0 per item) plus the mean token embedding per column."""
+        return F.normalize(keep[:, None] * self.item_id + self.features(self.feature), dim=1)
+
+
+def logq_correction(freq: torch.Tensor, batch: int, negatives: int, n_warm: int) -> torch.Tensor:
+    """log of each candidate's expected count in the candidate set: `batch` in-batch draws in proportion to
+    its training frequency `freq`, plus `negatives` uniform draws over `n_warm` items."""
+    return torch.log(batch * freq + negatives / max(n_warm, 1))
+
+
+def sampled_softmax_loss(logits: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of row b against column b; other columns holding row b's own item are masked out (the
+    same item twice in a batch is not its own negative)."""
+    n = len(positives)
+    clash = candidates[None, :] == positives[:, None]
+    clash[:, :n] &= ~torch.eye(n, dtype=torch.bool, device=logits.device)
+    return F.cross_entropy(logits.masked_fill(clash, float("-inf")), torch.arange(n, device=logits.device))
