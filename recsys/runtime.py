@@ -217,9 +217,9 @@ class Engine:
         """A user vector for a history of item indices, computed from the item vectors (no retraining).
 
         For "ridge", optional iALS keys repeat `recsys.models.ials` training's user solve: "confidence"
-        ('binary', 'weight', 'log' with "alpha", "epsilon") sums the weights of repeated items, then maps each
-        to its confidence (1; 1 + alpha * w; 1 + alpha * log1p(w / epsilon)); "reg_exponent" nu scales the
-        penalty to reg * (len(history) + unobserved_weight * n_items) ** nu.
+        ('binary', 'weight', 'log', 'power' with "alpha", "epsilon") sums the weights of repeated items, then maps
+        each to its confidence (1; 1 + alpha * w; 1 + alpha * log1p(w / epsilon); (w / epsilon) ** alpha);
+        "reg_exponent" nu scales the penalty to reg * (len(history) + unobserved_weight * n_items) ** nu.
         """
         item_index = np.asarray(item_index, dtype=np.int64)
         method = self.foldin["method"]
@@ -242,7 +242,9 @@ class Engine:
             w = np.bincount(inverse, weights=w).astype(np.float32)
             hist = self.item_vectors[item_index]
             alpha, eps = float(self.foldin.get("alpha", 1.0)), float(self.foldin.get("epsilon", 1.0))
-            w = np.ones_like(w) if kind == "binary" else 1 + alpha * (w if kind == "weight" else np.log1p(w / eps))
+            confidence = {"binary": lambda x: np.ones_like(x), "weight": lambda x: 1 + alpha * x,
+                          "log": lambda x: 1 + alpha * np.log1p(x / eps), "power": lambda x: (x / eps) ** alpha}
+            w = confidence[kind](w).astype(np.float32)
         reg *= (len(item_index) + unobserved * self.n_items) ** float(self.foldin.get("reg_exponent", 0.0))
         gram = hist.T @ (hist * w[:, None]) + reg * np.eye(hist.shape[1], dtype=np.float32)
         if unobserved:  # iALS: every item not in the history pulls the score towards 0 with this weight

@@ -49,7 +49,7 @@ def tiny() -> Interactions:
     ("reg", 0.0, "The 'reg' parameter of IALS must be a float > 0. Got 0.0."),
     ("reg_exponent", 1.5, "The 'reg_exponent' parameter of IALS must be a float >= 0 and <= 1. Got 1.5."),
     ("unobserved_weight", -0.1, "must be a float >= 0. Got -0.1."),
-    ("confidence", "linear", "must be one of 'binary', 'weight', 'log'. Got 'linear'."),
+    ("confidence", "linear", "must be one of 'binary', 'weight', 'log', 'power'. Got 'linear'."),
     ("solver", "lu", "must be one of 'cholesky', 'cg'. Got 'lu'."),
     ("init_std", 0.0, "The 'init_std' parameter of IALS must be a float > 0 or None. Got 0.0."),
     ("epochs", 2.0, "The 'epochs' parameter of IALS must be an int >= 1. Got 2.0."),
@@ -72,6 +72,8 @@ def test_confidence_mappings():
     np.testing.assert_array_equal(confidence(w, "binary"), [1, 1, 1])
     np.testing.assert_allclose(confidence(w, "weight", alpha=2.0), [1, 3, 19])
     np.testing.assert_allclose(confidence(w, "log", alpha=2.0, epsilon=0.5), 1 + 2 * np.log1p(w / 0.5), rtol=1e-6)
+    np.testing.assert_allclose(confidence(w, "power", alpha=0.5, epsilon=4.0), [0, 0.5, 1.5])
+    np.testing.assert_array_equal(confidence(w[1:], "power", alpha=0.0), [1, 1])
 
 
 # ------------------------------------------------------------------------------------------ the loss
@@ -97,6 +99,7 @@ def dense_objective(model: IALS, inter: Interactions) -> float:
     ("cholesky", {"confidence": "weight", "alpha": 0.7, "reg_exponent": 0.5}),
     ("cholesky", {"confidence": "binary", "reg_exponent": 0.0, "reg": 0.5}),
     ("cg", {"confidence": "log", "alpha": 2.0, "reg_exponent": 1.0}),
+    ("cholesky", {"confidence": "power", "alpha": 1.0, "epsilon": 2.0, "reg_exponent": 0.8}),
 ])
 def test_objective_never_increases_across_sweeps(tiny, solver, settings):
     """Each sweep minimises the loss over items, then users (CG: a few descent steps), so it cannot go up; the
@@ -132,6 +135,7 @@ def test_batched_solve_equals_a_per_row_reference(chunk_bytes):
     density = np.linspace(0.0, 0.5, 40)[:, None]  # rows from empty to ~30 entries
     dense = (rng.random((40, n_cols)) < density) * rng.uniform(1, 3, (40, n_cols))
     m = sp.csr_matrix(dense.astype(np.float32))
+    m.data[::9] = 0  # a stored pair with confidence 0 ('power' of a zero weight) adds nothing but counts for reg
     assert np.diff(m.indptr).min() == 0 and (np.diff(m.indptr) < k).any() and (np.diff(m.indptr) > k).any()
     F = rng.normal(size=(n_cols, k)).astype(np.float32)
     expected = reference_solve(F.astype(np.float64), m, 0.3, 0.5, 0.1)
@@ -149,6 +153,7 @@ def test_batched_solve_equals_a_per_row_reference(chunk_bytes):
     (16, {"confidence": "binary"}),  # users have fewer items than factors: push-through solve
     (4, {"confidence": "weight", "alpha": 0.5, "reg_exponent": 0.5}),  # more: k x k Cholesky
     (8, {"confidence": "log", "alpha": 2.0, "epsilon": 0.5, "reg_exponent": 0.0, "reg": 2.0}),
+    (8, {"confidence": "power", "alpha": 1.0, "epsilon": 2.0, "reg_exponent": 0.7, "unobserved_weight": 2.0}),
 ])
 def test_fold_in_of_a_training_history_reproduces_the_trained_vector(synthetic_split, factors, settings):
     """The last half-step of training is the user solve that Engine.fold_in repeats in numpy at serving time."""

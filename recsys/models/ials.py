@@ -37,7 +37,7 @@ from .base import BOOL, Exported, Interval, Options, Recommender
 
 log = logging.getLogger("recsys")
 
-CONFIDENCES = ("binary", "weight", "log")
+CONFIDENCES = ("binary", "weight", "log", "power")
 # Bytes of float32 work per chunk of a half-step: the (batch, k, k) systems, and separately the gathered
 # (batch, history, k) vectors. Small chunks stay in cache on a CPU (measured fastest at a few MiB); a GPU wants
 # big batches. 256 MiB of systems is 1,024 users at k=256.
@@ -48,8 +48,10 @@ GPU_CHUNK_BYTES = 256 * 2**20
 def confidence(weight: np.ndarray, kind: str, alpha: float = 1.0, epsilon: float = 1.0) -> np.ndarray:
     """Confidence c of each observed pair from its weight (rating, count, ...).
 
-    'binary': c = 1 (the weight is ignored); 'weight': c = 1 + alpha * w; 'log': c = 1 + alpha * log1p(w / epsilon)
-    (counts spanning orders of magnitude). `recsys.runtime.Engine.fold_in` applies the same mapping at serving time.
+    'binary': c = 1 (the weight is ignored); 'weight': c = 1 + alpha * w (Hu et al.); 'log':
+    c = 1 + alpha * log1p(w / epsilon) (counts spanning orders of magnitude); 'power': c = (w / epsilon) ** alpha
+    (alpha 1: proportional to the weight, so a low rating counts for less than the unobserved weight alpha0 puts on
+    every pair; 0: binary). `recsys.runtime.Engine.fold_in` applies the same mapping at serving time.
     """
     weight = np.asarray(weight, dtype=np.float64)
     if kind == "binary":
@@ -58,13 +60,15 @@ def confidence(weight: np.ndarray, kind: str, alpha: float = 1.0, epsilon: float
         return (1.0 + alpha * weight).astype(np.float32)
     if kind == "log":
         return (1.0 + alpha * np.log1p(weight / epsilon)).astype(np.float32)
+    if kind == "power":
+        return ((weight / epsilon) ** alpha).astype(np.float32)
     raise DataValidationError(f"confidence must be one of {CONFIDENCES}. Got {kind!r}.")
 
 
 def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, *, reg: float,
                reg_exponent: float, unobserved_weight: float, solver: str = "cholesky", cg_steps: int = 3,
                current: torch.Tensor | None = None, chunk_bytes: int | None = None) -> torch.Tensor:
-    """One half-step: for every row r of a CSR matrix (indptr, indices, conf > 0) over the rows f_j of `fixed`
+    """One half-step: for every row r of a CSR matrix (indptr, indices, conf >= 0) over the rows f_j of `fixed`
     (n_cols, k), solve
 
         (sum_j c_rj f_j f_j^T + alpha0 F^T F + lambda_r I) x_r = sum_j c_rj f_j,
@@ -224,7 +228,8 @@ class IALS(Recommender):
     reg: lambda; reg_exponent: nu (0: plain L2, 1: scaled by each row's data, Rendle et al.'s choice).
     unobserved_weight: alpha0, the weight of every (user, item) pair pushing its score towards 0.
     confidence: how an observed pair's weight becomes its confidence: 'binary' (1), 'weight' (1 + alpha * w),
-    'log' (1 + alpha * log1p(w / epsilon)); weights must be >= 0 for the last two.
+    'log' (1 + alpha * log1p(w / epsilon)), 'power' ((w / epsilon) ** alpha); weights must be >= 0 for all but
+    'binary'.
     solver: 'cholesky' (exact half-steps) or 'cg' (`cg_steps` conjugate-gradient steps per half-step, as implicit).
     init_std: standard deviation of the initial user vectors (None: 0.1 / sqrt(factors)).
 
