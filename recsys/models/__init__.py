@@ -8,8 +8,9 @@ from .baselines import EASE, ItemKNN
 from .ials import IALS
 from .mf import MF
 from .popularity import Popularity
+from .two_tower import TwoTower
 
-__all__ = ["EASE", "IALS", "MF", "MODEL_REGISTRY", "ItemKNN", "Popularity", "Recommender", "load"]
+__all__ = ["EASE", "IALS", "MF", "MODEL_REGISTRY", "ItemKNN", "Popularity", "Recommender", "TwoTower", "load"]
 
 
 def load(path: str | Path) -> Recommender:
