@@ -108,7 +108,7 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
         S = Yd @ Y.mT
         S.diagonal(dim1=1, dim2=2).add_(torch.where(mask, 1 / torch.where(mask, c, 1), 1))
         a = _cholesky_solve(S, torch.ones((len(rows), S.shape[1], 1), device=device, dtype=dtype))
-        out[torch.as_tensor(rows, device=device)] = (Yd.mT @ a)[:, :, 0] @ basis.T
+        out[torch.as_tensor(rows, device=device)] = (a.mT @ Yd)[:, 0, :] @ basis.T
     for rows, idx, c in _chunks(indptr, indices, conf, order[len(short):], k, chunk_bytes):
         step = max(1, chunk_bytes // (4 * k) // len(rows))
         slices = [(torch.as_tensor(idx[:, s:s + step], device=device),
@@ -123,7 +123,7 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
                 X = fixed[i]  # (batch, slice, k)
                 cX = X * ci[:, :, None]  # padding: c = 0
                 A.baddbmm_(cX.mT, X)
-                b += cX.sum(dim=1)[:, :, None]
+                b += (ci[:, None, :] @ X).mT  # (a row vector times X: far faster than X^T c in torch on CPU)
             out[rows_t] = _cholesky_solve(A, b)[:, :, 0]
         else:
             out[rows_t] = _conjugate_gradient(current[rows_t].clone(), gram, lam_rows, fixed, slices, cg_steps)
@@ -168,11 +168,11 @@ def _conjugate_gradient(x: torch.Tensor, gram: torch.Tensor, lam: torch.Tensor, 
 
     def matvec(p: torch.Tensor) -> torch.Tensor:
         out = p @ gram + lam[:, None] * p
-        for X, ci in gathered():
-            out += (X.mT @ (ci * (X @ p[:, :, None])[:, :, 0])[:, :, None])[:, :, 0]
+        for X, ci in gathered():  # row vectors times X (or X^T): far faster than X @ column vectors on CPU
+            out += ((ci * (p[:, None, :] @ X.mT)[:, 0, :])[:, None, :] @ X)[:, 0, :]
         return out
 
-    b = sum((X * ci[:, :, None]).sum(dim=1) for X, ci in gathered())
+    b = sum((ci[:, None, :] @ X)[:, 0, :] for X, ci in gathered())
     r = b - matvec(x)
     p = r.clone()
     rs = (r * r).sum(1)
