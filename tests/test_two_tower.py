@@ -237,7 +237,7 @@ def test_fold_in_of_unseen_users_beats_popularity(synthetic):
         truth = set(synthetic.items.ids[future.item_index[future.user_index == u]])
         for name, m in (("two_tower", model), ("popularity", pop)):
             hits[name] += bool(truth & set(m.recommend_for_history(hist, k=10)[0]))
-    assert hits["two_tower"] > 1.3 * hits["popularity"], hits
+    assert hits["two_tower"] > 1.3 * hits["popularity"], hits  # measured 44-49 vs 31 over 5 seeds
 
 
 # ------------------------------------------------------------------------------------- cold start
@@ -267,7 +267,7 @@ def test_cold_items_are_ranked_from_their_features(synthetic):
     model = fast_tt(epochs=10).fit(train)
     assert model.exported_.extra["items_without_interactions"] == len(cold)
     hit, random = cold_start_hit_rate(model, test, cold)
-    assert hit > random + 0.25, (hit, random)  # measured 0.80 vs random 0.29 here; 0.64-0.80 over 3 splits x 2 seeds
+    assert hit > random + 0.25, (hit, random)  # measured 0.77 vs random 0.29 here; 0.66-0.79 over 3 splits x 2 seeds
     # two cold items with the same features have the same vector: there is no id embedding behind them
     genre = train.item_metadata["genres"].map(tuple).to_numpy()[cold]
     twins = [c for c in cold if genre[cold == c][0] == genre[0]][:2]
@@ -310,3 +310,8 @@ def test_movielens_cold_start(movielens):
     model = TwoTower(epochs=3, progress=False, device="cpu").fit(train)
     hit, random = cold_start_hit_rate(model, test, cold)
     assert hit > 2 * random, (hit, random)
+
+
+def test_featurizer_rejects_unknown_kinds():
+    with pytest.raises(DataValidationError, match="Unknown feature kind"):
+        ItemFeaturizer({"genres": "bag"}).fit(catalogue())

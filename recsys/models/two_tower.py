@@ -16,7 +16,9 @@ drawn in proportion to popularity, which a plain softmax would learn as a penalt
 correction of Yi et al. (2019, "Sampling-bias-corrected neural modeling for large corpus item
 recommendations") subtracts the log of each candidate's expected count in the candidate set,
 log(B p_j + M / N_warm) for batch size B, training frequency p_j, M uniform negatives over N_warm items.
-Early stopping on validation NDCG@10 via `recsys.train.fit_loop`.
+Early stopping on validation NDCG@10 via `recsys.train.fit_loop`. Interactions count as binary (weights
+are ignored). Each batch computes every item's vector (for the users' histories), so a step costs
+O(catalogue x factors) on top of the batch: fine for catalogues up to about a million items on a GPU.
 """
 from __future__ import annotations
 
@@ -154,6 +156,9 @@ class ItemFeaturizer:
         if self.features is None:
             return dict.fromkeys(available)
         wanted = dict(self.features) if isinstance(self.features, dict) else dict.fromkeys(self.features)
+        bad = {c: k for c, k in wanted.items() if k is not None and k not in FEATURE_KINDS}
+        if bad:
+            raise DataValidationError(f"Unknown feature kind(s) {bad}: use one of {FEATURE_KINDS}.")
         missing = [c for c in wanted if c not in available]
         if missing:
             raise DataValidationError(f"Feature column(s) {missing} not in item_metadata. "
@@ -258,7 +263,7 @@ class TwoTower(Recommender):
     }
 
     def __init__(self, *, factors: int = 64, epochs: int = 100, batch_size: int = 1024, lr: float = 0.005,
-                 temperature: float = 0.1, logq: float = 1.0, negatives: int = 0, id_dropout: float = 0.2,
+                 temperature: float = 0.1, logq: float = 1.0, negatives: int = 0, id_dropout: float = 0.5,
                  reg: float = 0.0, features: dict[str, str] | list[str] | None = None, max_vocab: int = 10_000,
                  min_count: int = 2, n_buckets: int = 10, init_std: float = 0.05, patience: int = 5, seed: int = 0,
                  device: str = "auto", progress: bool = True, max_val_users: int | None = 5000):
@@ -284,20 +289,17 @@ class TwoTower(Recommender):
 
     # --------------------------------------------------------------------------------------- training
     def _featurize(self, train: Interactions, warm: np.ndarray) -> sp.csr_matrix:
-        featurizer = ItemFeaturizer(self.features, max_vocab=self.max_vocab, min_count=self.min_count,
-                                    n_buckets=self.n_buckets)
-        if train.item_metadata is None:
-            if self.features:
-                raise DataValidationError("TwoTower features were requested but the Interactions have no "
-                                          "item_metadata (pass item_metadata= to read_interactions).")
-            featurizer.features = []
-            self.featurizer_ = featurizer.fit(pd.DataFrame({"item": train.items.ids}))
-        else:
-            self.featurizer_ = featurizer.fit(train.item_metadata, rows=np.flatnonzero(warm))
+        """Fit the featuriser on the items with training interactions; the items' feature matrix."""
+        meta = train.item_metadata
+        if meta is None and self.features:
+            raise DataValidationError("TwoTower features were requested but the Interactions have no "
+                                      "item_metadata (pass item_metadata= to read_interactions).")
+        featurizer = ItemFeaturizer(self.features if meta is not None else [], max_vocab=self.max_vocab,
+                                    min_count=self.min_count, n_buckets=self.n_buckets)
+        meta = pd.DataFrame({"item": train.items.ids}) if meta is None else meta
+        self.featurizer_ = featurizer.fit(meta, rows=np.flatnonzero(warm))
         log.info("TwoTower features: %s", self.featurizer_.describe() or "none (ids only)")
-        if train.item_metadata is None:
-            return sp.csr_matrix((train.n_items, 0), dtype=np.float32)
-        return self.featurizer_.transform(train.item_metadata)
+        return self.featurizer_.transform(meta)
 
     def _fit(self, train: Interactions, validation: Interactions | None) -> Exported:
         gen = seed_everything(self.seed)
