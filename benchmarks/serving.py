@@ -5,11 +5,15 @@ One run:
     (`recsys train --out TMP --quiet`, about 35 s) unless --bundle DIR is given;
   * starts gunicorn with the service's own settings (`-c server/gunicorn.conf.py`: gthread workers,
     preload_app; the same RECSYS_WORKERS / RECSYS_THREADS for both, a free port on 127.0.0.1, the feedback
-    store in a temporary sqlite file) twice, one after the other:
+    store in a temporary sqlite file) twice (three times with --uncached), one after the other:
       (a) the recsys app serving the bundle: GET /v1/users/<id>/recommendations?k=10, ids "1".."610"
           (every MovieLens user, cycled);
       (b) `benchmarks/bare_app.py`: a minimal Flask app answering the same route with a static JSON
           document of the same shape and size;
+      (c) with --uncached, the recsys app again with its response cache and its feedback-store memory
+          off (RECSYS_RESPONSE_CACHE_BYTES=0, RECSYS_NO_FEEDBACK_CACHE_SIZE=0): every request queries the
+          feedback table, scores the user and serialises the answer (informational: what a cache miss
+          costs; (a) answers a repeated user from its cache once the warm-up has seen them);
   * for each: waits for /readyz (bounded), checks a few answers, warms up (--warmup s, not recorded), then
     drives it for --duration seconds with --connections keep-alive connections (wrk with a Lua script when
     wrk is installed, else a Python thread generator) and records requests/s, latency percentiles, errors
@@ -19,6 +23,7 @@ One run:
 
     .venv/bin/python benchmarks/serving.py                      # train a bundle, 20 s per endpoint
     .venv/bin/python benchmarks/serving.py --duration 60        # the acceptance run
+    .venv/bin/python benchmarks/serving.py --duration 60 --rounds 2 --uncached   # the committed run
     .venv/bin/python benchmarks/serving.py --bundle models --duration 10 --out /tmp/s.json
 
 Latencies are those of a closed-loop generator (each connection sends its next request when the previous
