@@ -282,6 +282,9 @@ def test_reads_can_require_a_key(models_root):
                          "READ_REQUIRES_KEY": True}).test_client()
     assert client.get("/v1/items/popular").status_code == 401
     assert client.get("/v1/items/popular", headers=AUTH).status_code == 200
+    for _ in range(2):  # the plain-query fast path and its cached answer are behind the key too
+        assert client.get("/v1/users/u0001/recommendations?k=3").status_code == 401
+        assert client.get("/v1/users/u0001/recommendations?k=3", headers=AUTH).status_code == 200
     assert client.get("/livez").status_code == 200, "health stays open"
 
 
