@@ -27,9 +27,9 @@ class TestIALS(RecommenderContract):
         return fast_ials()
 
 
-class TestIALSConjugateGradientWithWeights(RecommenderContract):
+class TestIALSCholeskyWithWeights(RecommenderContract):
     def make_model(self):
-        return fast_ials(solver="cg", confidence="weight", alpha=0.5)
+        return fast_ials(solver="cholesky", confidence="weight", alpha=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +95,32 @@ def dense_objective(model: IALS, inter: Interactions) -> float:
                  + lam_u @ (W ** 2).sum(1) + lam_i @ (H ** 2).sum(1))
 
 
-@pytest.mark.parametrize("solver, settings", [
-    ("cholesky", {"confidence": "weight", "alpha": 0.7, "reg_exponent": 0.5}),
-    ("cholesky", {"confidence": "binary", "reg_exponent": 0.0, "reg": 0.5}),
-    ("cg", {"confidence": "log", "alpha": 2.0, "reg_exponent": 1.0}),
-    ("cholesky", {"confidence": "power", "alpha": 1.0, "epsilon": 2.0, "reg_exponent": 0.8}),
+@pytest.mark.parametrize("settings", [
+    {"confidence": "weight", "alpha": 0.7, "reg_exponent": 0.5},
+    {"confidence": "binary", "reg_exponent": 0.0, "reg": 0.5},
+    {"confidence": "power", "alpha": 1.0, "epsilon": 2.0, "reg_exponent": 0.8},
 ])
-def test_objective_never_increases_across_sweeps(tiny, solver, settings):
-    """Each sweep minimises the loss over items, then users (CG: a few descent steps), so it cannot go up; the
-    loss reported per epoch is that loss (divided by the number of pairs)."""
+def test_objective_never_increases_across_sweeps(tiny, settings):
+    """Each sweep minimises the loss over items, then users, so it cannot go up; the loss reported per epoch is
+    that loss (divided by the number of pairs)."""
     losses = []
     for epochs in range(1, 7):
-        model = fast_ials(factors=6, epochs=epochs, unobserved_weight=0.2, solver=solver, **settings).fit(tiny)
+        model = fast_ials(factors=6, epochs=epochs, unobserved_weight=0.2, solver="cholesky", **settings).fit(tiny)
         losses.append(dense_objective(model, tiny))
         reported = model.exported_.extra["history"][-1]["loss"] * tiny.matrix().nnz
         assert reported == pytest.approx(losses[-1], rel=1e-4)
     assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(losses)), losses
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("confidence", ["log", "binary"])
+def test_conjugate_gradient_sweeps_never_increase_the_objective(tiny, confidence):
+    """CG from the current vectors only descends; the exported users are then solved exactly, lower still."""
+    model = fast_ials(factors=6, epochs=8, unobserved_weight=0.2, solver="cg", cg_steps=2, confidence=confidence,
+                      alpha=2.0).fit(tiny)
+    losses = [h["loss"] for h in model.exported_.extra["history"]]
+    assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(losses)), losses
+    assert dense_objective(model, tiny) <= losses[-1] * tiny.matrix().nnz * (1 + 1e-6)
 
 
 # ------------------------------------------------------------------------------------------- solves
@@ -150,10 +159,12 @@ def test_batched_solve_equals_a_per_row_reference(chunk_bytes):
 
 # ------------------------------------------------------------------------------------------- fold-in
 @pytest.mark.parametrize("factors, settings", [
-    (16, {"confidence": "binary"}),  # users have fewer items than factors: push-through solve
-    (4, {"confidence": "weight", "alpha": 0.5, "reg_exponent": 0.5}),  # more: k x k Cholesky
+    (16, {"confidence": "binary", "solver": "cholesky"}),  # users have fewer items than factors: push-through
+    (4, {"confidence": "weight", "alpha": 0.5, "reg_exponent": 0.5, "solver": "cholesky"}),  # more: k x k
     (8, {"confidence": "log", "alpha": 2.0, "epsilon": 0.5, "reg_exponent": 0.0, "reg": 2.0}),
-    (8, {"confidence": "power", "alpha": 1.0, "epsilon": 2.0, "reg_exponent": 0.7, "unobserved_weight": 2.0}),
+    (8, {"confidence": "power", "alpha": 1.0, "epsilon": 2.0, "reg_exponent": 0.7, "unobserved_weight": 2.0,
+         "solver": "cholesky"}),
+    (8, {"solver": "cg", "confidence": "weight"}),  # CG sweeps, then one exact user solve for the export
 ])
 def test_fold_in_of_a_training_history_reproduces_the_trained_vector(synthetic_split, factors, settings):
     """The last half-step of training is the user solve that Engine.fold_in repeats in numpy at serving time."""
@@ -164,7 +175,7 @@ def test_fold_in_of_a_training_history_reproduces_the_trained_vector(synthetic_s
         row = seen[u]
         folded = engine.fold_in(row.indices, row.data)
         np.testing.assert_allclose(folded, model.user_vectors_[u], rtol=2e-3, atol=2e-4 * np.abs(folded).max())
-    if settings["confidence"] == "binary":  # so an anonymous session with this history ranks as the user does
+    if settings.get("confidence") == "binary":  # so an anonymous session with this history ranks as the user does
         ids, _ = model.recommend_for_history(train.items.ids[seen[3].indices], k=5)
         assert set(ids) == set(model.recommend(train.users.ids[3], k=5)[0])
 
@@ -206,13 +217,13 @@ def test_ials_learns_planted_structure(synthetic_split):
 @pytest.mark.slow
 def test_ials_beats_popularity_on_movielens(movielens):
     """Per-user temporal 80/20 holdout on the bundled data, with settings tuned on a validation split of train
-    (measured: IALS 0.1286 NDCG@10, Popularity 0.0874)."""
+    (measured: IALS 0.1345 NDCG@10, Popularity 0.0874, EASE 0.1315)."""
     train, test = temporal_split(movielens, 0.2)
-    ials = IALS(factors=128, epochs=15, reg=0.0095, reg_exponent=0.81, unobserved_weight=1.8, progress=False,
-                device="cpu").fit(train)
+    ials = IALS(factors=128, epochs=8, reg=0.0183, reg_exponent=0.91, unobserved_weight=2.47, confidence="power",
+                alpha=1.68, progress=False, device="cpu").fit(train)
     ials_ndcg = evaluate(ials, test)["ndcg@10"]
     pop_ndcg = evaluate(Popularity().fit(train), test)["ndcg@10"]
-    assert ials_ndcg > 1.35 * pop_ndcg, (ials_ndcg, pop_ndcg)
+    assert ials_ndcg > 1.4 * pop_ndcg, (ials_ndcg, pop_ndcg)
 
 
 def test_pipeline_trains_and_bundles_ials_with_early_stopping(synthetic, tmp_path):

@@ -12,15 +12,17 @@ user's normal equations (the Gramian trick), computed once per half-step, so a s
 O(nnz k^2 + (n_users + n_items) k^3) rather than O(n_users n_items k). nu (`reg_exponent`) scales the
 regularisation with how much data a row has (0: plain L2).
 
-Each epoch solves all items given the users, then all users given the items, exactly by default (batched
-Cholesky, see `solve_rows`). The last half-step of training is therefore the user solve that
-`recsys.runtime.Engine.fold_in` repeats in numpy at serving time: folding in a training user's own history
-reproduces their trained vector. (With solver='cg', training takes a few descent steps towards that solve instead.)
+Each epoch updates all items given the users, then all users given the items (see `solve_rows`): exactly with
+solver='cholesky', or by a few conjugate-gradient steps from the current vectors with solver='cg' (the default,
+faster, equally good). The export ends with an exact user solve (the last half-step with 'cholesky', one more
+after the sweeps with 'cg'): the same solve that `recsys.runtime.Engine.fold_in` repeats in numpy at serving
+time, so folding in a training user's own history reproduces their trained vector.
 """
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
@@ -100,7 +102,7 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
         eigenvalues, basis = torch.linalg.eigh(gram.cpu().double())  # k x k, once (MPS has no float64)
         eigenvalues, basis = eigenvalues.clamp_min(0).to(device, dtype), basis.to(device, dtype)
         rotated = fixed @ basis
-    for rows, idx, c in _chunks(indptr, indices, conf, short, k, chunk_bytes):
+    for rows, idx, c in _chunks(indptr, indices, conf, short, k, chunk_bytes, k_by_k=False):
         mask = torch.as_tensor(c, device=device) > 0
         c = torch.as_tensor(c, device=device, dtype=dtype)
         Y = rotated[torch.as_tensor(idx, device=device)] * mask[:, :, None]  # (batch, length, k), padding 0
@@ -109,7 +111,8 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
         S.diagonal(dim1=1, dim2=2).add_(torch.where(mask, 1 / torch.where(mask, c, 1), 1))
         a = _cholesky_solve(S, torch.ones((len(rows), S.shape[1], 1), device=device, dtype=dtype))
         out[torch.as_tensor(rows, device=device)] = (a.mT @ Yd)[:, 0, :] @ basis.T
-    for rows, idx, c in _chunks(indptr, indices, conf, order[len(short):], k, chunk_bytes):
+    for rows, idx, c in _chunks(indptr, indices, conf, order[len(short):], k, chunk_bytes,
+                                k_by_k=solver == "cholesky"):
         step = max(1, chunk_bytes // (4 * k) // len(rows))
         slices = [(torch.as_tensor(idx[:, s:s + step], device=device),
                    torch.as_tensor(c[:, s:s + step], device=device, dtype=dtype)) for s in range(0, idx.shape[1], step)]
@@ -131,12 +134,13 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
 
 
 def _chunks(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, rows: np.ndarray, k: int,
-            chunk_bytes: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            chunk_bytes: int, k_by_k: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Consecutive runs of `rows` (sorted by length) as (rows, column indices, confidences), the last two padded
-    to (batch, longest) with index 0 and c = 0; at most chunk_bytes of k x k systems and of batch x longest x k."""
+    to (batch, longest) with index 0 and c = 0; at most chunk_bytes of batch x longest x k vectors and, with
+    `k_by_k`, of k x k systems (rows shorter than k have smaller systems, bounded by their vectors)."""
     counts = indptr[rows + 1] - indptr[rows]
-    max_systems = max(1, chunk_bytes // (4 * k * k))
-    max_vectors = max(1, chunk_bytes // (4 * k))
+    max_vectors = max(1, chunk_bytes // (4 * k))  # batch x longest
+    max_systems = max(1, chunk_bytes // (4 * k * k)) if k_by_k else max_vectors
     start = 0
     while start < len(rows):
         window = counts[start:start + max_systems]
@@ -230,7 +234,9 @@ class IALS(Recommender):
     confidence: how an observed pair's weight becomes its confidence: 'binary' (1), 'weight' (1 + alpha * w),
     'log' (1 + alpha * log1p(w / epsilon)), 'power' ((w / epsilon) ** alpha); weights must be >= 0 for all but
     'binary'.
-    solver: 'cholesky' (exact half-steps) or 'cg' (`cg_steps` conjugate-gradient steps per half-step, as implicit).
+    solver: 'cg' (`cg_steps` conjugate-gradient steps per half-step from the current vectors, as implicit does;
+    measured 1.6x faster than 'cholesky' on MovieLens at equal quality, 4x on long histories) or 'cholesky'
+    (exact half-steps). Either way the exported user vectors are the exact solve that fold-in repeats.
     init_std: standard deviation of the initial user vectors (None: 0.1 / sqrt(factors)).
 
     Defaults are Rendle et al.'s published MovieLens-20M settings (reg 0.003, nu 1, alpha0 0.1, 16 epochs), a
@@ -251,7 +257,7 @@ class IALS(Recommender):
 
     def __init__(self, *, factors: int = 128, epochs: int = 16, reg: float = 0.003, reg_exponent: float = 1.0,
                  unobserved_weight: float = 0.1, confidence: str = "binary", alpha: float = 1.0,
-                 epsilon: float = 1.0, solver: str = "cholesky", cg_steps: int = 3, init_std: float | None = None,
+                 epsilon: float = 1.0, solver: str = "cg", cg_steps: int = 3, init_std: float | None = None,
                  patience: int = 3, seed: int = 0, device: str = "auto", progress: bool = True,
                  max_val_users: int | None = 5000):
         self.factors = factors
@@ -309,9 +315,14 @@ class IALS(Recommender):
                           validate=validate if validation is not None else None, patience=self.patience,
                           progress=self.progress, desc="IALS")
         exported = result.best_state
+        start = time.perf_counter()
+        if self.solver == "cg":  # export what fold-in computes: the exact user solve given the final items
+            items = torch.as_tensor(exported.item_vectors, device=device)
+            exported.user_vectors = solve_rows(items, by_user.indptr, by_user.indices, by_user.data,
+                                               **hyper).cpu().numpy()
         exported.extra = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                          "history": result.history, "train_seconds": round(result.seconds, 2),
-                          "device": str(device)}
+                          "history": result.history, "device": str(device),
+                          "train_seconds": round(result.seconds + time.perf_counter() - start, 2)}
         return exported
 
     def _foldin(self) -> dict:
