@@ -33,12 +33,13 @@ def _load_interactions(args: argparse.Namespace):
     if args.data is None:
         ds = load_movielens("ml-latest-small")
         return read_interactions(ds.interactions, user_col="user", item_col="item", weight_col="rating",
-                                 time_col="timestamp", item_metadata=ds.items, on_error=on_error)
+                                 time_col="timestamp", item_metadata=ds.items, on_error=on_error,
+                                 catalog=args.catalog)
     items = pd.read_csv(args.items, dtype={args.items_id_col: str}).rename(
         columns={args.items_id_col: "item"}) if args.items else None
     return read_interactions(args.data, user_col=args.user_col, item_col=args.item_col,
                              weight_col=args.weight_col, time_col=args.time_col, duplicates=args.duplicates,
-                             on_error=on_error, item_metadata=items)
+                             on_error=on_error, item_metadata=items, catalog=args.catalog)
 
 
 def _with_feedback(inter, url: str):
@@ -267,6 +268,9 @@ def data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duplicates", choices=["sum", "max", "last"], default="sum",
                         help="how repeated (user, item) rows combine (default: sum)")
     parser.add_argument("--drop-bad-rows", action="store_true", help="drop invalid rows instead of failing")
+    parser.add_argument("--catalog", choices=["interactions", "metadata"], default="interactions",
+                        help="which items get an index: those with interactions (default) or every item of "
+                             "--items too (the two_tower model embeds items without interactions from features)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share per user (default: 0.2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

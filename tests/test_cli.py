@@ -166,3 +166,15 @@ def test_bad_parameters_are_named(log_csv, tmp_path, capsys, argv, message):
     assert main(["train", "--data", str(log_csv), *LOG_COLS, "--out", str(tmp_path / "m"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_catalog_metadata_indexes_items_without_interactions(log_csv, tmp_path):
+    items = pd.DataFrame({"iid": ["brand-new", *pd.read_csv(log_csv, dtype={"iid": str})["iid"].unique()]})
+    items["genres"] = "Drama"
+    items.to_csv(tmp_path / "items.csv", index=False)
+    for catalog, expected in (("interactions", len(items) - 1), ("metadata", len(items))):
+        out = tmp_path / catalog
+        assert main(["train", "--data", str(log_csv), *LOG_COLS, "--items", str(tmp_path / "items.csv"),
+                     "--items-id-col", "iid", "--catalog", catalog, "--model", "popularity", "--out", str(out)]) == 0
+        manifest = json.loads((out / "current" / "manifest.json").read_text())
+        assert manifest["n_items"] == expected
