@@ -78,7 +78,7 @@ class ImplicitBPR(Recommender):
                         foldin={"method": "ridge", "reg": 1.0})
 
 
-SEARCH_SPACES["implicit_als"] = {"factors": Int(16, 1024, log=True), "regularization": Float(1e-3, 1e3, log=True),
+SEARCH_SPACES["implicit_als"] = {"factors": Int(16, 512, log=True), "regularization": Float(1e-3, 1e3, log=True),
                                  "alpha": Float(0.05, 100.0, log=True), "iterations": Int(5, 50, log=True),
                                  "use_weights": Choice((False, True))}
 SEARCH_SPACES["implicit_bpr"] = {"factors": Int(16, 512, log=True), "learning_rate": Float(1e-3, 0.3, log=True),

@@ -209,8 +209,15 @@ class Engine:
                           allow: np.ndarray | None = None, deny: np.ndarray | None = None
                           ) -> tuple[np.ndarray, np.ndarray]:
         user_index = np.asarray(user_index, dtype=np.int64)
-        exclude = _combine_exclusions(self.seen[user_index] if exclude_seen else None, deny, len(user_index),
-                                      self.n_items)
+        if len(user_index) == 1:  # one user (every serving request): read the CSR row, no scipy indexing
+            u = int(user_index[0])
+            parts = [self.seen.indices[self.seen.indptr[u]:self.seen.indptr[u + 1]]] if exclude_seen else []
+            if deny is not None:
+                parts.append(deny[deny >= 0])
+            exclude = [np.concatenate(parts).astype(np.int64)] if parts else None
+        else:
+            exclude = _combine_exclusions(self.seen[user_index] if exclude_seen else None, deny, len(user_index),
+                                          self.n_items)
         return self.search(self.user_vectors[user_index], k, exclude=exclude, allow=allow)
 
     def fold_in(self, item_index: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

@@ -76,9 +76,10 @@ def Float(low: float, high: float, log: bool = False, limits: tuple[str, ...] = 
 SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
     "mf": {"factors": Int(16, 512, log=True), "reg": Float(1e-4, 1.0, log=True),
            "lr": Float(1e-3, 5e-2, log=True)},
-    "ials": {"factors": Int(16, 1024, log=True), "reg": Float(1e-4, 10.0, log=True),
-             "unobserved_weight": Float(1e-4, 10.0, log=True),
-             "reg_exponent": Float(0.0, 1.0, limits=("low", "high"))},
+    "ials": {"factors": Int(16, 512, log=True), "reg": Float(1e-4, 10.0, log=True),
+             "unobserved_weight": Float(1e-3, 10.0, log=True),
+             "reg_exponent": Float(0.0, 1.0, limits=("low", "high")),
+             "confidence": Choice(("binary", "power")), "alpha": Float(0.1, 4.0, log=True)},
     "two_tower": {"factors": Int(16, 256, log=True), "lr": Float(3e-4, 3e-2, log=True),
                   "temperature": Float(0.02, 1.0, log=True), "id_dropout": Float(0.0, 0.8, limits=("low",)),
                   "logq": Float(0.3, 1.0, limits=("high",))},
