@@ -7,12 +7,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .data import Interactions
 
 log = logging.getLogger("recsys")
 
@@ -42,6 +46,40 @@ class LoopResult:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+
+    def facts(self, **more: Any) -> dict:
+        """The training facts a model's bundle records (`Exported.extra`)."""
+        return {"best_epoch": self.best_epoch, "epochs_run": len(self.history), "history": self.history,
+                "train_seconds": round(self.seconds, 2), **more}
+
+
+def optimise(optimizer: torch.optim.Optimizer, losses: Iterable[torch.Tensor]) -> float:
+    """One pass of gradient steps, one per loss the iterable yields (a batch each); the mean loss."""
+    total, steps = 0.0, 0
+    for loss in losses:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        steps += 1
+    return total / max(steps, 1)
+
+
+def ndcg_validator(train: Interactions, validation: Interactions | None, max_users: int | None, seed: int
+                   ) -> Callable[[Any], float] | None:
+    """`validate(exported) -> NDCG@10` on `validation` (training items excluded) for `fit_loop`; None
+    without a validation split. Ranks through the Engine, as evaluation and serving do."""
+    if validation is None:
+        return None
+    from .evaluate import evaluate
+    from .runtime import Engine
+
+    seen = train.matrix(binary=True)
+
+    def validate(state: Any) -> float:
+        engine = Engine(state.item_vectors, state.user_vectors, train.users, train.items, seen=seen)
+        return evaluate(engine, validation, 10, max_users=max_users, seed=seed)["ndcg@10"]
+    return validate
 
 
 def fit_loop(*, epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[], object],

@@ -31,10 +31,8 @@ import scipy.sparse as sp
 import torch
 
 from ..data import Interactions
-from ..evaluate import evaluate
 from ..exceptions import DataValidationError
-from ..runtime import Engine
-from ..train import fit_loop, resolve_device, seed_everything
+from ..train import fit_loop, ndcg_validator, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
 
 log = logging.getLogger("recsys")
@@ -294,7 +292,6 @@ class IALS(Recommender):
         std = self.init_std if self.init_std is not None else 0.1 / math.sqrt(self.factors)
         W = (torch.randn((train.n_users, self.factors), generator=gen) * std).to(device)
         H = torch.zeros((train.n_items, self.factors), device=device)
-        seen = train.matrix(binary=True)
         log.info("IALS: %d users x %d items, %d pairs, %d factors, device %s", train.n_users, train.n_items,
                  by_user.nnz, self.factors, device)
 
@@ -307,22 +304,17 @@ class IALS(Recommender):
         def snapshot() -> Exported:
             return Exported(H.cpu().numpy().copy(), W.cpu().numpy().copy(), foldin=self._foldin())
 
-        def validate(state: Exported) -> float:
-            engine = Engine(state.item_vectors, state.user_vectors, train.users, train.items, seen=seen)
-            return evaluate(engine, validation, 10, max_users=self.max_val_users, seed=self.seed)["ndcg@10"]
-
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
-                          validate=validate if validation is not None else None, patience=self.patience,
-                          progress=self.progress, desc="IALS")
+                          validate=ndcg_validator(train, validation, self.max_val_users, self.seed),
+                          patience=self.patience, progress=self.progress, desc="IALS")
         exported = result.best_state
         start = time.perf_counter()
         if self.solver == "cg":  # export what fold-in computes: the exact user solve given the final items
             items = torch.as_tensor(exported.item_vectors, device=device)
             exported.user_vectors = solve_rows(items, by_user.indptr, by_user.indices, by_user.data,
                                                **hyper).cpu().numpy()
-        exported.extra = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                          "history": result.history, "device": str(device),
-                          "train_seconds": round(result.seconds + time.perf_counter() - start, 2)}
+        result.seconds += time.perf_counter() - start
+        exported.extra = result.facts(device=str(device))
         return exported
 
     def _foldin(self) -> dict:

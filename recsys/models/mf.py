@@ -16,9 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Interactions
-from ..evaluate import evaluate
-from ..runtime import Engine
-from ..train import fit_loop, resolve_device, seed_everything
+from ..train import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
 
 
@@ -92,15 +90,8 @@ class MF(Recommender):
                     yield u_all[idx].to(device), i_all[idx].to(device)
 
         def run_epoch(epoch: int) -> float:
-            total, batches_run = 0.0, 0
-            for u, target in batches():
-                loss = self._batch_loss(users.weight, items.weight, bias, u, target, gen, device)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                batches_run += 1
-            return total / max(batches_run, 1)
+            return optimise(opt, (self._batch_loss(users.weight, items.weight, bias, u, target, gen, device)
+                                  for u, target in batches()))
 
         def snapshot() -> Exported:
             item_vectors = items.weight.detach().cpu().numpy().copy()
@@ -110,17 +101,11 @@ class MF(Recommender):
                 user_vectors = np.hstack([user_vectors, np.ones((len(user_vectors), 1), np.float32)])
             return Exported(item_vectors, user_vectors, foldin=foldin, similarity_dims=self.factors)
 
-        def validate(state: Exported) -> float:
-            engine = Engine(state.item_vectors, state.user_vectors, train.users, train.items, seen=seen)
-            return evaluate(engine, validation, 10, max_users=self.max_val_users, seed=self.seed)["ndcg@10"]
-
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
-                          validate=validate if validation is not None else None, patience=self.patience,
-                          progress=self.progress, desc=f"MF({self.loss})")
+                          validate=ndcg_validator(train, validation, self.max_val_users, self.seed),
+                          patience=self.patience, progress=self.progress, desc=f"MF({self.loss})")
         exported = result.best_state
-        exported.extra = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                          "history": result.history, "train_seconds": round(result.seconds, 2),
-                          "device": str(device)}
+        exported.extra = result.facts(device=str(device))
         return exported
 
     def _batch_loss(self, U: torch.Tensor, V: torch.Tensor, b: torch.Tensor, u: torch.Tensor, i: torch.Tensor,

@@ -35,10 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Interactions
-from ..evaluate import evaluate
 from ..exceptions import DataValidationError
-from ..runtime import Engine
-from ..train import fit_loop, resolve_device, seed_everything
+from ..train import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
 
 log = logging.getLogger("recsys")
@@ -317,17 +315,10 @@ class TwoTower(Recommender):
         i_all = torch.as_tensor(seen.indices, dtype=torch.long)
 
         def run_epoch(epoch: int) -> float:
-            total, n_batches = 0.0, 0
             order = torch.randperm(len(u_all), generator=gen)
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                loss = self._batch_loss(towers, u_all[idx], i_all[idx], seen, history_len, freq, warm_index, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                n_batches += 1
-            return total / max(n_batches, 1)
+            batches = (order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size))
+            return optimise(opt, (self._batch_loss(towers, u_all[idx], i_all[idx], seen, history_len, freq,
+                                                   warm_index, gen) for idx in batches))
 
         def snapshot() -> Exported:
             with torch.no_grad():
@@ -337,18 +328,12 @@ class TwoTower(Recommender):
             return Exported(items.cpu().numpy().copy(), users.cpu().numpy().copy(), foldin={"method": "mean"},
                             similarity="cosine")
 
-        def validate(state: Exported) -> float:
-            engine = Engine(state.item_vectors, state.user_vectors, train.users, train.items, seen=seen)
-            return evaluate(engine, validation, 10, max_users=self.max_val_users, seed=self.seed)["ndcg@10"]
-
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
-                          validate=validate if validation is not None else None, patience=self.patience,
-                          progress=self.progress, desc="TwoTower")
+                          validate=ndcg_validator(train, validation, self.max_val_users, self.seed),
+                          patience=self.patience, progress=self.progress, desc="TwoTower")
         exported = result.best_state
-        exported.extra = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                          "history": result.history, "train_seconds": round(result.seconds, 2),
-                          "device": str(device), "features": self.featurizer_.describe(),
-                          "items_without_interactions": int((~warm).sum())}
+        exported.extra = result.facts(device=str(device), features=self.featurizer_.describe(),
+                                      items_without_interactions=int((~warm).sum()))
         return exported
 
     def _batch_loss(self, towers: _Towers, u: torch.Tensor, i: torch.Tensor, seen: sp.csr_matrix,
