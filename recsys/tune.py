@@ -1,8 +1,9 @@
 """Hyper-parameter search with Optuna, on a validation split carved from the training data.
 
 `tune(train, "ials", budget=300)` holds out each user's latest `validation_fraction` of `train` (never the
-test split: the caller keeps that), then runs Optuna's TPE sampler over the model's search space until the
-time budget or trial count is spent. The first trial is the model's defaults, so tuning never reports worse than
+test split: the caller keeps that), then runs Optuna's multivariate TPE sampler (it models correlated
+parameters such as reg and reg_exponent jointly) over the model's search space until the time budget or trial
+count is spent. The first trial is the model's defaults, so tuning never reports worse than
 them. Models with early stopping (an `epochs` parameter) stop each trial on the validation split; the chosen
 epoch count is part of the tuned parameters. A best value on the edge of a numeric range is reported in
 `TuneResult.edges`: widen that range and tune again.
@@ -76,8 +77,8 @@ def Float(low: float, high: float, log: bool = False, limits: tuple[str, ...] = 
 SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
     "mf": {"factors": Int(16, 512, log=True), "reg": Float(1e-4, 1.0, log=True),
            "lr": Float(1e-3, 5e-2, log=True)},
-    "ials": {"factors": Int(16, 512, log=True), "reg": Float(1e-4, 10.0, log=True),
-             "unobserved_weight": Float(1e-3, 10.0, log=True),
+    "ials": {"factors": Int(16, 512, log=True), "reg": Float(1e-4, 100.0, log=True),
+             "unobserved_weight": Float(1e-3, 100.0, log=True),
              "reg_exponent": Float(0.0, 1.0, limits=("low", "high")),
              "confidence": Choice(("binary", "power")), "alpha": Float(0.1, 4.0, log=True)},
     "two_tower": {"factors": Int(16, 256, log=True), "lr": Float(3e-4, 3e-2, log=True),
@@ -140,6 +141,8 @@ def tune(train: Interactions, model: str, *, budget: float | None = 300.0, n_tri
     fit_part, valid = holdout(train, validation_fraction, seed)
     if valid.nnz == 0:
         raise DataValidationError("The validation split is empty: too few interactions per user to tune on.")
+    if not dims:  # nothing to search (e.g. popularity): one trial measures the model
+        n_trials = 1
     early_stopping = "epochs" in MODEL_REGISTRY[model]._param_names()
     defaults = make_model(model).get_params()
     start = time.perf_counter()
@@ -160,7 +163,8 @@ def tune(train: Interactions, model: str, *, budget: float | None = 300.0, n_tri
         return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
     first = {n: defaults[n] for n in dims if n in defaults and _inside(dims[n], defaults[n])}
     if first:
         study.enqueue_trial(first)

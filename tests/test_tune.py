@@ -75,6 +75,12 @@ def test_widen_pushes_only_the_edge_that_was_hit():
     assert wide["e"] == space["e"]
 
 
+def test_nothing_to_search_is_one_trial(synthetic_split):
+    train, _ = synthetic_split
+    result = tune.tune(train, "popularity", budget=60.0)
+    assert result.n_trials == 1 and result.seconds < 30, "an empty space does not spin until the budget ends"
+
+
 def test_budget_is_respected(synthetic_split):
     train, _ = synthetic_split
     result = tune.tune(train, "itemknn", budget=2.0)
