@@ -118,19 +118,15 @@ def _print_tuning(tuning: dict) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .pipeline import holdout, model_params
-    from .tune import EMBEDDING_MODELS, tune
+    from .pipeline import holdout, tune_candidates
 
     inter = _load_interactions(args)
     train, _ = holdout(inter, args.test_fraction, args.seed)
-    names = [m for m in EMBEDDING_MODELS if m in MODEL_NAMES] if args.model == "auto" else [args.model]
-    results = []
-    for name in names:
-        fixed = model_params(name, seed=args.seed, progress=not args.quiet, device=args.device)
-        results.append(tune(train, name, budget=args.budget / len(names), n_trials=args.trials, fixed=fixed,
-                            validation_fraction=args.test_fraction, seed=args.seed))
-        r = results[-1]
-        print(f"{name}: best {r.metric} {r.best_value:.4f} after {r.n_trials} trials in {r.seconds:.0f} s: "
+    results = tune_candidates(train, args.model, budget=args.budget, n_trials=args.trials,
+                              common={"seed": args.seed, "progress": not args.quiet, "device": args.device},
+                              validation_fraction=args.test_fraction, seed=args.seed)
+    for r in results:
+        print(f"{r.model}: best {r.metric} {r.best_value:.4f} after {r.n_trials} trials in {r.seconds:.0f} s: "
               f"{json.dumps(r.best_params)}" + "".join(f"\n  note: the best {p} is at the {side} edge of its "
                                                        "range: widen it" for p, side in r.edges.items()))
     best = max(results, key=lambda r: r.best_value)

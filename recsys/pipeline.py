@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -24,6 +24,9 @@ from .data import Interactions, random_split, temporal_split
 from .evaluate import evaluate
 from .exceptions import DataValidationError
 from .models import MODEL_REGISTRY, Popularity, Recommender
+
+if TYPE_CHECKING:
+    from .tune import TuneResult
 
 log = logging.getLogger("recsys")
 EVAL_K = (10, 20)
@@ -64,6 +67,20 @@ def model_params(model: str, params: dict[str, Any] | None = None, **common: Any
     return {**{k: v for k, v in common.items() if k in accepted and v is not None}, **(params or {})}
 
 
+def tune_candidates(train: Interactions, model: str, *, budget: float | None, n_trials: int | None = None,
+                    params: dict[str, Any] | None = None, common: dict[str, Any] | None = None,
+                    validation_fraction: float = 0.2, seed: int = 0) -> list[TuneResult]:
+    """recsys.tune for `model`, or for every embedding model when it is 'auto' (sharing `budget` equally).
+    `params` are fixed for a named model; `common` (seed, progress, device) goes to whichever accepts it."""
+    from .tune import EMBEDDING_MODELS, tune
+
+    names = [m for m in EMBEDDING_MODELS if m in MODEL_REGISTRY] if model == "auto" else [model]
+    share = None if budget is None else budget / len(names)
+    return [tune(train, name, budget=share, n_trials=n_trials,
+                 fixed=model_params(name, params if model != "auto" else None, **(common or {})),
+                 validation_fraction=validation_fraction, seed=seed) for name in names]
+
+
 def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str, Any] | None = None,
                      out: str | Path = "models", test_fraction: float = 0.2, refit: bool = True,
                      seed: int = 0, index: bool = True, target_recall: float = 0.95,
@@ -75,18 +92,13 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     chosen parameters and the search summary travel in the bundle's manifest. common: parameters such as
     seed / progress / device, passed to whichever model is trained when it accepts them.
     """
-    from .tune import EMBEDDING_MODELS, tune
-
     start = time.perf_counter()
     common = dict(common or {})
     train, test = holdout(inter, test_fraction, seed)
     tuning = None
     if tune_budget is not None or model == "auto":
-        candidates = tuple(m for m in EMBEDDING_MODELS if m in MODEL_REGISTRY) if model == "auto" else (model,)
-        budget = None if tune_budget is None else tune_budget / len(candidates)
-        results = [tune(train, name, budget=budget, n_trials=None if budget else 1,
-                        fixed=model_params(name, params if model != "auto" else None, **common),
-                        validation_fraction=test_fraction, seed=seed) for name in candidates]
+        results = tune_candidates(train, model, budget=tune_budget, n_trials=None if tune_budget else 1,
+                                  params=params, common=common, validation_fraction=test_fraction, seed=seed)
         best = max(results, key=lambda r: r.best_value)
         model, params = best.model, dict(best.best_params)
         tuning = {**{k: v for k, v in best.to_dict().items() if k != "trials"},

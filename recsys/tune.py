@@ -134,7 +134,7 @@ def tune(train: Interactions, model: str, *, budget: float | None = 300.0, n_tri
         raise DataValidationError("tune needs a time budget or a number of trials (budget=, n_trials=).")
     if budget is not None and budget <= 0:
         raise DataValidationError(f"The tuning budget must be > 0 seconds. Got {budget}.")
-    make_model(model)  # names the model if unknown
+    defaults = make_model(model).get_params()  # (also names the model if unknown)
     fixed = dict(fixed or {})
     dims = {name: dim for name, dim in _space(model, space).items() if name not in fixed}  # fixed wins
     k = int(metric.split("@")[1]) if "@" in metric else 10
@@ -144,7 +144,6 @@ def tune(train: Interactions, model: str, *, budget: float | None = 300.0, n_tri
     if not dims:  # nothing to search (e.g. popularity): one trial measures the model
         n_trials = 1
     early_stopping = "epochs" in MODEL_REGISTRY[model]._param_names()
-    defaults = make_model(model).get_params()
     start = time.perf_counter()
     trials: list[dict] = []
 
