@@ -7,10 +7,9 @@ An event is stored and committed before `add` returns, so an acknowledged write 
 store remembers (bounded, least recently used first out) which users had none, and skips the database for them
 while nothing changed: `PRAGMA data_version` on a watcher connection of its own (one per thread) changes
 whenever any other connection, in any process, commits to the file (a few microseconds to ask). On a change
-it reads only the
-rows added since the last look (event ids grow with every commit: SQLite has one writer at a time
-and the log is append-only) and forgets the users they name, so a new event changes that user's recommendations at
-once in every gunicorn worker. Other databases (e.g. PostgreSQL, whose sequence values are not assigned in
+it reads only the rows added since the last look (event ids grow with every commit: SQLite has one writer at
+a time and the log is append-only) and forgets the users they name, so a new event changes that user's
+recommendations at once in every gunicorn worker. Other databases (e.g. PostgreSQL, whose sequence values are not assigned in
 commit order), and in-memory SQLite, are always queried.
 """
 from __future__ import annotations
@@ -124,7 +123,6 @@ class FeedbackStore:
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
-
 
 
 class _NoHistory:

@@ -99,8 +99,8 @@ def _recommend_response(m: Loaded, user: str, k: int, offset: int = 0, exclude: 
                         genres: list[str] | None = None, include_seen: bool = False) -> Response:
     """`_recommend` as a JSON response. An answer for a user without stored feedback depends on nothing but
     the loaded model and the request, so its serialised body is kept in the model's response cache (a user's
-    first event sends their next request down the fold-in path, uncached)."""
-    _check_k_offset(k, offset)
+    first event sends their next request down the fold-in path, uncached). k + offset is checked by
+    `_recommend` before anything is computed or cached."""
     history = current_app.extensions["recsys_feedback"].history(user)
     key = None if history else (user, k, offset, tuple(exclude or ()), tuple(genres or ()), include_seen)
     body = None if key is None else m.responses.get(key)
