@@ -21,6 +21,27 @@ from .index import EXACT_BLOCK, AnnIndex
 FOLDIN_METHODS = ("ridge", "mean", "indicator", "constant")
 SIMILARITIES = ("cosine", "dot")
 SEARCH_MODES = ("auto", "exact", "ann")
+CONFIDENCES = ("binary", "weight", "log", "power")
+
+
+def confidence(weight: np.ndarray, kind: str, alpha: float = 1.0, epsilon: float = 1.0) -> np.ndarray:
+    """Confidence c of each observed pair from its weight (rating, count, ...).
+
+    'binary': c = 1 (the weight is ignored); 'weight': c = 1 + alpha * w (Hu et al.); 'log':
+    c = 1 + alpha * log1p(w / epsilon) (counts spanning orders of magnitude); 'power': c = (w / epsilon) ** alpha
+    (alpha 1: proportional to the weight, so a low rating counts for less than the unobserved weight alpha0 puts on
+    every pair; 0: binary). iALS training (recsys.models.ials) and `Engine.fold_in` share it.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    if kind == "binary":
+        return np.ones(len(weight), np.float32)
+    if kind == "weight":
+        return (1.0 + alpha * weight).astype(np.float32)
+    if kind == "log":
+        return (1.0 + alpha * np.log1p(weight / epsilon)).astype(np.float32)
+    if kind == "power":
+        return ((weight / epsilon) ** alpha).astype(np.float32)
+    raise DataValidationError(f"confidence must be one of {CONFIDENCES}. Got {kind!r}.")
 
 
 def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,10 +269,7 @@ class Engine:
             item_index, inverse = np.unique(item_index, return_inverse=True)
             w = np.bincount(inverse, weights=w).astype(np.float32)
             hist = self.item_vectors[item_index]
-            alpha, eps = float(self.foldin.get("alpha", 1.0)), float(self.foldin.get("epsilon", 1.0))
-            confidence = {"binary": lambda x: np.ones_like(x), "weight": lambda x: 1 + alpha * x,
-                          "log": lambda x: 1 + alpha * np.log1p(x / eps), "power": lambda x: (x / eps) ** alpha}
-            w = confidence[kind](w).astype(np.float32)
+            w = confidence(w, kind, float(self.foldin.get("alpha", 1.0)), float(self.foldin.get("epsilon", 1.0)))
         reg *= (len(item_index) + unobserved * self.n_items) ** float(self.foldin.get("reg_exponent", 0.0))
         gram = hist.T @ (hist * w[:, None]) + reg * np.eye(hist.shape[1], dtype=np.float32)
         if unobserved:  # iALS: every item not in the history pulls the score towards 0 with this weight

@@ -32,37 +32,19 @@ import torch
 
 from ..data import Interactions
 from ..exceptions import DataValidationError
+from ..runtime import CONFIDENCES, confidence
 from ..train import fit_loop, ndcg_validator, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
 
+__all__ = ["CONFIDENCES", "IALS", "confidence", "objective", "solve_rows"]
+
 log = logging.getLogger("recsys")
 
-CONFIDENCES = ("binary", "weight", "log", "power")
 # Bytes of float32 work per chunk of a half-step: the (batch, k, k) systems, and separately the gathered
 # (batch, history, k) vectors. Small chunks stay in cache on a CPU (measured fastest at a few MiB); a GPU wants
 # big batches. 256 MiB of systems is 1,024 users at k=256.
 CPU_CHUNK_BYTES = 8 * 2**20
 GPU_CHUNK_BYTES = 256 * 2**20
-
-
-def confidence(weight: np.ndarray, kind: str, alpha: float = 1.0, epsilon: float = 1.0) -> np.ndarray:
-    """Confidence c of each observed pair from its weight (rating, count, ...).
-
-    'binary': c = 1 (the weight is ignored); 'weight': c = 1 + alpha * w (Hu et al.); 'log':
-    c = 1 + alpha * log1p(w / epsilon) (counts spanning orders of magnitude); 'power': c = (w / epsilon) ** alpha
-    (alpha 1: proportional to the weight, so a low rating counts for less than the unobserved weight alpha0 puts on
-    every pair; 0: binary). `recsys.runtime.Engine.fold_in` applies the same mapping at serving time.
-    """
-    weight = np.asarray(weight, dtype=np.float64)
-    if kind == "binary":
-        return np.ones(len(weight), np.float32)
-    if kind == "weight":
-        return (1.0 + alpha * weight).astype(np.float32)
-    if kind == "log":
-        return (1.0 + alpha * np.log1p(weight / epsilon)).astype(np.float32)
-    if kind == "power":
-        return ((weight / epsilon) ** alpha).astype(np.float32)
-    raise DataValidationError(f"confidence must be one of {CONFIDENCES}. Got {kind!r}.")
 
 
 def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, *, reg: float,
