@@ -329,17 +329,19 @@ def _check_catalog(catalog: str, item_metadata: pd.DataFrame | None) -> None:
     if catalog == "metadata":
         if item_metadata is None:
             raise DataValidationError("catalog='metadata' needs item_metadata: the frame of catalogue items.")
-        if "item" not in item_metadata.columns:
-            raise DataValidationError("Item metadata needs an 'item' column. "
-                                      f"Got columns {list(item_metadata.columns)}.")
+        _require_item_column(item_metadata)
+
+
+def _require_item_column(metadata: pd.DataFrame) -> None:
+    if "item" not in metadata.columns:
+        raise DataValidationError(f"Item metadata needs an 'item' column. Got columns {list(metadata.columns)}.")
 
 
 def align_item_metadata(metadata: pd.DataFrame | None, items: IdMap) -> pd.DataFrame | None:
     """Reorder an item frame (with an `item` column) so that row i describes item index i."""
     if metadata is None:
         return None
-    if "item" not in metadata.columns:
-        raise DataValidationError(f"Item metadata needs an 'item' column. Got columns {list(metadata.columns)}.")
+    _require_item_column(metadata)
     meta = metadata.assign(item=_ids_as_str(metadata["item"])).drop_duplicates("item").set_index("item")
     return meta.reindex(pd.Index(items.ids, name="item")).reset_index()
 
