@@ -199,19 +199,16 @@ class _Bags:
     def __init__(self, matrix: sp.csr_matrix, device: torch.device):
         self.matrix = matrix
         self.device = device
-        self.indices = torch.as_tensor(matrix.indices, dtype=torch.long, device=device)
-        self.offsets = torch.as_tensor(matrix.indptr[:-1], dtype=torch.long, device=device)
-        self.weights = torch.as_tensor(matrix.data, dtype=torch.float32, device=device)
+        self.inputs = self._inputs(matrix)  # the whole matrix, converted once
+
+    def _inputs(self, matrix: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.as_tensor(matrix.indices, dtype=torch.long, device=self.device),
+                torch.as_tensor(matrix.indptr[:-1], dtype=torch.long, device=self.device),
+                torch.as_tensor(matrix.data, dtype=torch.float32, device=self.device))
 
     def __call__(self, weight: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """`matrix @ weight` (or only `rows` of it); empty rows give zeros."""
-        if rows is None:
-            indices, offsets, weights = self.indices, self.offsets, self.weights
-        else:
-            sub = self.matrix[rows]
-            indices = torch.as_tensor(sub.indices, dtype=torch.long, device=self.device)
-            offsets = torch.as_tensor(sub.indptr[:-1], dtype=torch.long, device=self.device)
-            weights = torch.as_tensor(sub.data, dtype=torch.float32, device=self.device)
+        indices, offsets, weights = self.inputs if rows is None else self._inputs(self.matrix[rows])
         if len(weight) == 0:
             return torch.zeros(len(offsets), weight.shape[1], device=weight.device)
         return F.embedding_bag(indices, weight, offsets, mode="sum", per_sample_weights=weights)
