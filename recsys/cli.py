@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import __version__, artifacts
 from .exceptions import DataValidationError, RecsysError
-from .tune import DEFAULT_BUDGET
+from .tune import DEFAULT_BUDGET, default_budget
 
 # model names without importing torch (recsys.models) at parse time
 MODEL_NAMES = ["ials", "mf", "two_tower", "ease", "itemknn", "popularity"]
@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if unknown:
             raise DataValidationError(f"Model {args.model!r} has no parameter(s) {unknown} (from --params or "
                                       f"--epochs/--factors/--loss). Its parameters: {accepted}.")
-    budget = (args.tune_budget or DEFAULT_BUDGET) if args.tune else None
+    budget = (args.tune_budget or default_budget(inter)) if args.tune else None
     report = train_and_bundle(inter, model=args.model, params=params, out=args.out,
                               test_fraction=args.test_fraction, refit=not args.no_refit, seed=args.seed,
                               index=not args.no_index, target_recall=args.target_recall, tune_budget=budget,
@@ -86,11 +86,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if report.tuning:
         _print_tuning(report.tuning)
     print(f"\nModel: {report.model} {json.dumps(report.params)}")
-    print(f"\nHeld-out evaluation (each user's latest {args.test_fraction:.0%}, full ranking, seen items excluded):")
+    print(f"\nHeld-out evaluation ({_split_words(report.split, args.test_fraction)}, full ranking, seen items "
+          "excluded):")
     print(report.table().to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"\nBundle: {report.bundle}  (published as {Path(args.out) / artifacts.CURRENT})")
     print(f"Trained in {report.seconds:.1f} s")
     return 0
+
+
+def _split_words(split: dict, test_fraction: float) -> str:
+    if split["protocol"] == "random holdout":
+        return f"a random {test_fraction:.0%} of each user's interactions: the log has no timestamps"
+    ties = f"; {split['tied_share']:.1%} of interactions tie in time, broken by a {split['tie_break']}" \
+        if split["tied_share"] else ""
+    return f"each user's latest {test_fraction:.0%}{ties}"
 
 
 def _params_arg(text: str | None) -> dict:
@@ -146,8 +155,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(manifest.get("metrics", {}), indent=2))
         return 0
     frame = pd.DataFrame(metrics).T
+    ties = f", {evaluation['tied_share']:.1%} tied in time, broken by a {evaluation['tie_break']}" \
+        if evaluation.get("tied_share") else ""
     print(f"Bundle {artifacts.resolve(args.bundle)}: {evaluation.get('protocol', 'holdout')} "
-          f"(test fraction {evaluation.get('test_fraction', '?')})")
+          f"(test fraction {evaluation.get('test_fraction', '?')}{ties})")
     print(frame.drop(columns=["users"], errors="ignore").to_string(float_format=lambda v: f"{v:.4f}"))
     return 0
 

@@ -190,13 +190,15 @@ def read_interactions(
     time_unit: str = "s",
     item_metadata: pd.DataFrame | None = None,
     catalog: Literal["interactions", "metadata"] = "interactions",
+    seed: int = 0,
 ) -> Interactions:
     """Read, validate, deduplicate and id-map an interaction log.
 
     source: a DataFrame or the path of a CSV/TSV/Parquet file. Ids are read as strings. Weights default to 1.
     Numeric timestamps are read in `time_unit` since the epoch; strings are parsed as dates.
     duplicates: how repeated (user, item) rows combine: 'sum' or 'max' of weights (latest timestamp), or
-    'last' (the row with the latest timestamp, file order breaking ties).
+    'last' (the row with the latest timestamp; rows at the same time in a random order seeded by `seed`;
+    file order in a log without timestamps). Timestamps that are all equal make the log untimed (a warning).
     on_error: 'raise' on the first bad row (the message names column, row and fix), or 'drop' bad rows and
     log how many were dropped (the count is also on the result as `n_dropped`).
     item_metadata: optional frame with an `item` column (plus e.g. title, genres), aligned to the item map.
@@ -272,7 +274,7 @@ def read_interactions(
         raise DataValidationError(f"No interactions left in {where}: the log is empty"
                                   + (" after dropping bad rows." if bad.any() else "."))
     inter = from_arrays(users.to_numpy(), items.to_numpy(), weight, timestamp, duplicates=duplicates,
-                        item_metadata=item_metadata, catalog=catalog)
+                        item_metadata=item_metadata, catalog=catalog, seed=seed)
     inter.n_dropped = int(bad.sum())
     return inter
 
@@ -280,13 +282,18 @@ def read_interactions(
 def from_arrays(users: np.ndarray, items: np.ndarray, weight: np.ndarray | None = None,
                 timestamp: np.ndarray | None = None, *, duplicates: str = "sum",
                 item_metadata: pd.DataFrame | None = None,
-                catalog: Literal["interactions", "metadata"] = "interactions") -> Interactions:
+                catalog: Literal["interactions", "metadata"] = "interactions", seed: int = 0) -> Interactions:
     """Build `Interactions` from already-valid arrays of external ids (sorted id maps).
 
     catalog='metadata' also gives an index to every item of `item_metadata` without interactions (see
-    `read_interactions`).
+    `read_interactions`). Timestamps that are all equal carry no order: the log is treated as untimed (a
+    warning says so). duplicates='last' breaks ties in time by a random draw seeded by `seed`.
     """
     _check_catalog(catalog, item_metadata)
+    if timestamp is not None and len(timestamp) > 1 and np.all(np.asarray(timestamp) == timestamp[0]):
+        log.warning("Every timestamp in the log is the same (%s): they carry no order, so the log is treated "
+                    "as untimed (random holdout instead of the latest interactions).", timestamp[0])
+        timestamp = None
     user_codes, user_ids = pd.factorize(pd.Series(users, dtype=object).map(str), sort=True)
     item_codes, item_ids = pd.factorize(pd.Series(items, dtype=object).map(str), sort=True)
     if catalog == "metadata":
@@ -303,6 +310,8 @@ def from_arrays(users: np.ndarray, items: np.ndarray, weight: np.ndarray | None 
         frame["t"] = np.asarray(timestamp, dtype=np.int64)
     n_before = len(frame)
     if duplicates == "last":
+        if timestamp is not None:  # the latest row; rows at the same time in a seeded random order
+            frame["order"] = np.random.default_rng(seed).permutation(len(frame))
         sort_cols = ["t", "order"] if timestamp is not None else ["order"]
         frame = frame.sort_values(sort_cols, kind="stable").drop_duplicates(["u", "i"], keep="last")
         frame = frame.sort_values(["u", "i"], kind="stable")
@@ -347,6 +356,33 @@ def align_item_metadata(metadata: pd.DataFrame | None, items: IdMap) -> pd.DataF
 
 
 # ---------------------------------------------------------------------------------------------- splits
+# Interactions are stored sorted by (user, item), so storage order is id order. Every order by time breaks ties
+# with a seeded random draw instead: otherwise "latest" would mean "largest item id" on day-granular logs.
+TIE_BREAK = "seeded random draw"
+
+
+def tie_share(inter: Interactions) -> float:
+    """Share of interactions whose timestamp equals that of another interaction of the same user (0 untimed)."""
+    if inter.timestamp is None or inter.nnz == 0:
+        return 0.0
+    order = np.lexsort((inter.timestamp, inter.user_index))
+    u, t = inter.user_index[order], inter.timestamp[order]
+    same = (u[1:] == u[:-1]) & (t[1:] == t[:-1])
+    tied = np.zeros(inter.nnz, dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    return float(tied.mean())
+
+
+def _time_order_key(inter: Interactions, seed: int) -> np.ndarray:
+    """A float key that orders rows by timestamp, ties in a seeded random order (never by id)."""
+    noise = np.random.default_rng(seed).random(inter.nnz)
+    ranks = np.lexsort((noise, inter.timestamp))
+    key = np.empty(inter.nnz, dtype=np.float64)
+    key[ranks] = np.arange(inter.nnz)
+    return key
+
+
 def _per_user_rank(inter: Interactions, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row: its 0-based position within its user when ordered by `key`, and the user's row count."""
     order = np.lexsort((key, inter.user_index))
@@ -361,8 +397,7 @@ def _holdout(inter: Interactions, key: np.ndarray, test_fraction: float | None, 
              min_train: int) -> tuple[Interactions, Interactions]:
     if (test_fraction is None) == (test_k is None):
         raise DataValidationError("Pass exactly one of test_fraction (e.g. 0.2) or test_k (e.g. 1).")
-    if test_fraction is not None and not 0 < test_fraction < 1:
-        raise DataValidationError(f"The 'test_fraction' parameter must be a float in (0, 1). Got {test_fraction}.")
+    _check_fraction(test_fraction)
     if test_k is not None and (int(test_k) != test_k or test_k < 1):
         raise DataValidationError(f"The 'test_k' parameter must be an int >= 1. Got {test_k}.")
     rank, count = _per_user_rank(inter, key)
@@ -370,6 +405,11 @@ def _holdout(inter: Interactions, key: np.ndarray, test_fraction: float | None, 
     n_test = np.clip(np.minimum(n_test, count - min_train), 0, None)
     is_test = rank >= count - n_test
     return inter.subset(~is_test), inter.subset(is_test)
+
+
+def _check_fraction(test_fraction: float | None) -> None:
+    if test_fraction is not None and not 0 < test_fraction < 1:
+        raise DataValidationError(f"The 'test_fraction' parameter must be a float in (0, 1). Got {test_fraction}.")
 
 
 def random_split(inter: Interactions, test_fraction: float | None = 0.2, *, test_k: int | None = None,
@@ -380,17 +420,29 @@ def random_split(inter: Interactions, test_fraction: float | None = 0.2, *, test
 
 
 def temporal_split(inter: Interactions, test_fraction: float | None = 0.2, *, test_k: int | None = None,
-                   min_train: int = 1) -> tuple[Interactions, Interactions]:
-    """Per user, their latest `test_fraction` (or last `test_k`) interactions go to test."""
+                   min_train: int = 1, seed: int = 0) -> tuple[Interactions, Interactions]:
+    """Per user, their latest `test_fraction` (or last `test_k`) interactions go to test.
+
+    Interactions at the same time are ordered by a random draw seeded by `seed`, never by id."""
     if inter.timestamp is None:
         raise DataValidationError("temporal_split needs timestamps: read the log with time_col=<column>.")
-    return _holdout(inter, inter.timestamp, test_fraction, test_k, min_train)
+    return _holdout(inter, _time_order_key(inter, seed), test_fraction, test_k, min_train)
 
 
-def time_split(inter: Interactions, cutoff: str | pd.Timestamp | int) -> tuple[Interactions, Interactions]:
-    """Global time cut: interactions at or after `cutoff` go to test (cold users/items may appear there)."""
+def time_split(inter: Interactions, cutoff: str | pd.Timestamp | int | None = None, *,
+               test_fraction: float | None = None, seed: int = 0) -> tuple[Interactions, Interactions]:
+    """Global time cut: interactions at or after `cutoff` go to test (cold users/items may appear there).
+
+    Or `test_fraction`: the latest fraction of all interactions go to test, those tied at the cut chosen by a
+    random draw seeded by `seed` (never by id)."""
     if inter.timestamp is None:
         raise DataValidationError("time_split needs timestamps: read the log with time_col=<column>.")
+    if (cutoff is None) == (test_fraction is None):
+        raise DataValidationError("Pass exactly one of cutoff (a date or Unix seconds) or test_fraction (e.g. 0.2).")
+    if test_fraction is not None:
+        _check_fraction(test_fraction)
+        is_test = _time_order_key(inter, seed) >= inter.nnz - round(inter.nnz * test_fraction)
+        return inter.subset(~is_test), inter.subset(is_test)
     if not isinstance(cutoff, (int, np.integer)):
         cutoff = int(pd.Timestamp(cutoff, tz="UTC").timestamp()) if pd.Timestamp(cutoff).tzinfo is None \
             else int(pd.Timestamp(cutoff).timestamp())

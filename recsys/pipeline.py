@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import artifacts
-from .data import Interactions, random_split, temporal_split
+from .data import TIE_BREAK, Interactions, random_split, temporal_split, tie_share
 from .evaluate import evaluate
 from .exceptions import DataValidationError
 from .models import MODEL_REGISTRY, Popularity, Recommender
@@ -40,6 +40,7 @@ class TrainReport:
     seconds: float
     model: str = ""
     tuning: dict | None = None
+    split: dict[str, Any] | None = None  # split_facts: protocol, seed, tied share and tie-break
 
     def table(self) -> pd.DataFrame:
         cols = [f"{m}@{k}" for k in EVAL_K for m in ("ndcg", "recall", "precision", "map", "hit_rate", "coverage")]
@@ -55,10 +56,24 @@ def make_model(name: str, **params: Any) -> Recommender:
 
 
 def holdout(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[Interactions, Interactions]:
+    """Each user's latest `test_fraction` (ties in time in a random order seeded by `seed`), or a random
+    `test_fraction` per user when the log has no timestamps."""
     if inter.timestamp is not None:
-        return temporal_split(inter, test_fraction)
+        return temporal_split(inter, test_fraction, seed=seed)
     log.warning("The log has no timestamps: holding out a random %.0f%% per user.", 100 * test_fraction)
     return random_split(inter, test_fraction, seed=seed)
+
+
+def split_facts(inter: Interactions, test_fraction: float, seed: int) -> dict[str, Any]:
+    """How `holdout` splits `inter`: protocol, and for a timed log the share of tied positions and the tie-break."""
+    if inter.timestamp is None:
+        return {"protocol": "random holdout", "test_fraction": test_fraction, "seed": seed}
+    share = tie_share(inter)
+    if share > 0:
+        log.info("%.1f%% of interactions share their user's timestamp with another; ties broken by a %s "
+                 "(seed %d).", 100 * share, TIE_BREAK, seed)
+    return {"protocol": "temporal holdout", "test_fraction": test_fraction, "seed": seed,
+            "tied_share": round(share, 4), "tie_break": f"{TIE_BREAK} (seed {seed})"}
 
 
 def model_params(model: str, params: dict[str, Any] | None = None, **common: Any) -> dict[str, Any]:
@@ -94,6 +109,7 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     """
     start = time.perf_counter()
     common = dict(common or {})
+    split = split_facts(inter, test_fraction, seed)
     train, test = holdout(inter, test_fraction, seed)
     tuning = None
     if tune_budget is not None or model == "auto":
@@ -123,10 +139,9 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
         final.build_index(target_recall=target_recall, seed=seed)
     path = artifacts.new_version_path(out, model)
     final.save(path, metrics=metrics[model], extra={
-        "evaluation": {"protocol": "temporal holdout" if inter.timestamp is not None else "random holdout",
-                       "test_fraction": test_fraction, "baselines": {k: v for k, v in metrics.items() if k != model},
+        "evaluation": {**split, "baselines": {k: v for k, v in metrics.items() if k != model},
                        "refit_on_all_data": refit},
         "data": {"interactions": inter.nnz, "users": inter.n_users, "items": inter.n_items},
         **({"tuning": tuning} if tuning else {})})
     artifacts.publish(out, path)
-    return TrainReport(path, metrics, final.get_params(), time.perf_counter() - start, model, tuning)
+    return TrainReport(path, metrics, final.get_params(), time.perf_counter() - start, model, tuning, split)

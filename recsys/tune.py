@@ -92,6 +92,11 @@ EMBEDDING_MODELS = ("ials", "mf", "two_tower")
 DEFAULT_BUDGET = 360.0  # seconds of search: with the final fits, `recsys train --tune` ends within 10 minutes
 
 
+def default_budget(train: Interactions) -> float:
+    """Seconds of search that `recsys train --tune` spends on `train` when no budget is given."""
+    return DEFAULT_BUDGET
+
+
 @dataclass
 class TuneResult:
     model: str

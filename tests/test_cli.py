@@ -178,3 +178,17 @@ def test_catalog_metadata_indexes_items_without_interactions(log_csv, tmp_path):
                      "--items-id-col", "iid", "--catalog", catalog, "--model", "popularity", "--out", str(out)]) == 0
         manifest = json.loads((out / "current" / "manifest.json").read_text())
         assert manifest["n_items"] == expected
+
+
+def test_train_and_evaluate_report_time_ties(log_csv, tmp_path, capsys):
+    frame = pd.read_csv(log_csv)
+    frame["when"] = frame["when"] // 86_400 * 86_400  # day-granular: most of a user's rows tie
+    path = tmp_path / "days.csv"
+    frame.to_csv(path, index=False)
+    args = ["train", "--data", str(path), "--user-col", "uid", "--item-col", "iid", "--time-col", "when",
+            "--model", "popularity", "--quiet", "--out", str(tmp_path / "m")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "each user's latest 20%; " in out and "tie in time, broken by a seeded random draw (seed 0)" in out
+    assert main(["evaluate", "--bundle", str(tmp_path / "m")]) == 0
+    assert "tied in time, broken by a seeded random draw (seed 0)" in capsys.readouterr().out

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from recsys.data import (
@@ -18,6 +18,7 @@ from recsys.data import (
     random_split,
     read_interactions,
     temporal_split,
+    tie_share,
     time_split,
 )
 from recsys.exceptions import DataValidationError, UnknownIdError
@@ -308,7 +309,7 @@ def dup_log() -> pd.DataFrame:
         "user": ["a", "a", "a", "b", "b", "c"],
         "item": ["x", "x", "x", "y", "y", "z"],
         "w": [1.0, 5.0, 2.0, 3.0, 7.0, 1.0],
-        "t": [10, 30, 20, 50, 50, 5],  # a/x: latest is the 5.0 row; b/y: tie at 50, file order wins
+        "t": [10, 30, 20, 50, 50, 5],  # a/x: latest is the 5.0 row; b/y: tie at 50, a seeded draw decides
     })
 
 
@@ -322,7 +323,18 @@ def test_duplicates_sum_max_last() -> None:
     frame = dup_log()
     assert combined(frame, "sum") == {("a", "x"): (8.0, 30), ("b", "y"): (10.0, 50), ("c", "z"): (1.0, 5)}
     assert combined(frame, "max") == {("a", "x"): (5.0, 30), ("b", "y"): (7.0, 50), ("c", "z"): (1.0, 5)}
-    assert combined(frame, "last") == {("a", "x"): (5.0, 30), ("b", "y"): (7.0, 50), ("c", "z"): (1.0, 5)}
+    last = combined(frame, "last")
+    assert last[("a", "x")] == (5.0, 30) and last[("c", "z")] == (1.0, 5) and last[("b", "y")] in {(3.0, 50), (7.0, 50)}
+
+
+def test_duplicates_last_breaks_time_ties_by_seeded_draw_not_file_order() -> None:
+    frame = pd.DataFrame({"user": ["a"] * 6, "item": ["x"] * 6, "w": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                          "t": [50] * 5 + [10]})
+    def winner(f: pd.DataFrame, seed: int) -> float:
+        return float(read_interactions(f, weight_col="w", time_col="t", duplicates="last", seed=seed).weight[0])
+    winners = {winner(frame, seed) for seed in range(20)}
+    assert winners <= {1.0, 2.0, 3.0, 4.0, 5.0} and len(winners) > 2, "any tied row can win, never the older"
+    assert winner(frame, 3) == winner(frame, 3), "seeded"
 
 
 def test_duplicates_last_uses_latest_timestamp_not_file_order() -> None:
@@ -435,6 +447,65 @@ def test_temporal_split_exact_rows() -> None:
     assert sorted(pairs(train)) == [("a", "x"), ("a", "z"), ("b", "y")]
 
 
+def day_granular(n_users: int = 400, n_items: int = 300, per_user: int = 20, days: int = 2, seed: int = 0
+                 ) -> Interactions:
+    """Random histories whose timestamps are days: nearly every row ties with others of its user."""
+    rng = np.random.default_rng(seed)
+    users = np.repeat([f"u{u:04d}" for u in range(n_users)], per_user)
+    items = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+    ts = rng.integers(0, days, len(users)) * 86_400
+    return from_arrays(users, np.array([f"i{i:04d}" for i in items]), timestamp=ts)
+
+
+@pytest.mark.parametrize("split", ["per-user fraction", "per-user last k", "global fraction"])
+def test_time_ties_are_not_broken_by_id(split: str) -> None:
+    """Among rows at the same time, which go to test is a seeded draw: test items are not the largest ids."""
+    inter = day_granular()
+    train, test = {"per-user fraction": lambda: temporal_split(inter, 0.3),
+                   "per-user last k": lambda: temporal_split(inter, None, test_k=5),
+                   "global fraction": lambda: time_split(inter, test_fraction=0.3)}[split]()
+    assert_partition(inter, train, test)
+    # items are drawn uniformly: mean index ~ 149.5 with a standard error of ~1.5-2.5 on either side
+    assert abs(test.item_index.mean() - train.item_index.mean()) < 12, split
+    assert abs(test.user_index.mean() - train.user_index.mean()) < 12, split
+    again = {"per-user fraction": lambda: temporal_split(inter, 0.3, seed=1),
+             "per-user last k": lambda: temporal_split(inter, None, test_k=5, seed=1),
+             "global fraction": lambda: time_split(inter, test_fraction=0.3, seed=1)}[split]()
+    assert pairs(again[1]) != pairs(test), "the seed decides the tie-break"
+    if split != "global fraction":  # the latest day still goes to test first
+        for u in range(0, inter.n_users, 37):
+            assert train.timestamp[train.user_index == u].max() <= test.timestamp[test.user_index == u].min()
+
+
+def test_time_split_fraction_takes_the_latest() -> None:
+    inter = synthetic()
+    train, test = time_split(inter, test_fraction=0.25)
+    assert_partition(inter, train, test)
+    assert test.nnz == round(0.25 * inter.nnz) and train.timestamp.max() <= test.timestamp.min()
+    with pytest.raises(DataValidationError, match="exactly one of cutoff.*or test_fraction"):
+        time_split(inter)
+    with pytest.raises(DataValidationError, match="'test_fraction' parameter must be a float in"):
+        time_split(inter, test_fraction=1.0)
+
+
+def test_tie_share() -> None:
+    inter = from_arrays(np.array(["a", "a", "a", "b", "b", "c"]), np.array(["x", "y", "z", "x", "y", "x"]),
+                        timestamp=np.array([5, 5, 6, 5, 7, 5]))
+    assert tie_share(inter) == pytest.approx(2 / 6)  # a's two rows at 5; b's and c's 5 are other users'
+    assert tie_share(day_granular(days=1 + 10**6)) < 0.01
+    assert tie_share(from_arrays(np.array(["a"]), np.array(["x"]))) == 0.0
+
+
+def test_constant_timestamps_make_an_untimed_log(caplog: pytest.LogCaptureFixture) -> None:
+    frame = pd.DataFrame({"user": ["a", "a", "b"], "item": ["x", "y", "x"], "t": ["2024-01-01"] * 3})
+    with caplog.at_level(logging.WARNING, logger="recsys"):
+        inter = read_interactions(frame, time_col="t")
+    assert inter.timestamp is None
+    assert any("Every timestamp in the log is the same" in r.getMessage() and "untimed" in r.getMessage()
+               for r in caplog.records)
+    assert read_interactions(frame.iloc[:1], time_col="t").timestamp is not None, "one row is not a tie"
+
+
 def test_time_split_global_cut() -> None:
     inter = synthetic()
     train, test = time_split(inter, 500)
@@ -493,6 +564,7 @@ def test_property_splits_partition_without_leakage(log, fraction, seed, cutoff) 
     ts = np.array([t for _, _, t in log])
     inter = from_arrays(users, items, timestamp=ts, duplicates="max")
     assert len(pairs(inter)) == inter.nnz  # one row per pair after combining duplicates
+    assume(inter.timestamp is not None)  # equal timestamps make an untimed log (tested on its own)
     for train, test in (random_split(inter, fraction, seed=seed), temporal_split(inter, fraction),
                         random_split(inter, None, test_k=1, seed=seed), time_split(inter, cutoff)):
         assert_partition(inter, train, test)
