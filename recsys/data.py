@@ -429,6 +429,15 @@ def temporal_split(inter: Interactions, test_fraction: float | None = 0.2, *, te
     return _holdout(inter, _time_order_key(inter, seed), test_fraction, test_k, min_train)
 
 
+def holdout(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[Interactions, Interactions]:
+    """Each user's latest `test_fraction` (ties in time in a random order seeded by `seed`), or a random
+    `test_fraction` per user when the log has no timestamps (the split `recsys train` and `recsys.tune` use)."""
+    if inter.timestamp is not None:
+        return temporal_split(inter, test_fraction, seed=seed)
+    log.warning("The log has no timestamps: holding out a random %.0f%% per user.", 100 * test_fraction)
+    return random_split(inter, test_fraction, seed=seed)
+
+
 def time_split(inter: Interactions, cutoff: str | pd.Timestamp | int | None = None, *,
                test_fraction: float | None = None, seed: int = 0) -> tuple[Interactions, Interactions]:
     """Global time cut: interactions at or after `cutoff` go to test (cold users/items may appear there).

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import artifacts
-from .data import TIE_BREAK, Interactions, random_split, temporal_split, tie_share
+from .data import TIE_BREAK, Interactions, holdout, tie_share
 from .evaluate import evaluate
-from .exceptions import DataValidationError
-from .models import MODEL_REGISTRY, Popularity, Recommender
+from .models import MODEL_REGISTRY, Popularity, make_model, model_params
+
+__all__ = ["TrainReport", "holdout", "make_model", "model_params", "split_facts", "train_and_bundle",
+           "tune_candidates"]
 
 if TYPE_CHECKING:
     from .tune import TuneResult
@@ -48,22 +50,6 @@ class TrainReport:
         return frame[[c for c in cols if c in frame.columns]]
 
 
-def make_model(name: str, **params: Any) -> Recommender:
-    if name not in MODEL_REGISTRY or name == "base":
-        known = sorted(n for n in MODEL_REGISTRY if n != "base")
-        raise DataValidationError(f"Unknown model {name!r}. Choose one of {known} (CLI: --model).")
-    return MODEL_REGISTRY[name](**params)
-
-
-def holdout(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[Interactions, Interactions]:
-    """Each user's latest `test_fraction` (ties in time in a random order seeded by `seed`), or a random
-    `test_fraction` per user when the log has no timestamps."""
-    if inter.timestamp is not None:
-        return temporal_split(inter, test_fraction, seed=seed)
-    log.warning("The log has no timestamps: holding out a random %.0f%% per user.", 100 * test_fraction)
-    return random_split(inter, test_fraction, seed=seed)
-
-
 def split_facts(inter: Interactions, test_fraction: float, seed: int) -> dict[str, Any]:
     """How `holdout` splits `inter`: protocol, and for a timed log the share of tied positions and the tie-break."""
     if inter.timestamp is None:
@@ -76,24 +62,21 @@ def split_facts(inter: Interactions, test_fraction: float, seed: int) -> dict[st
             "tied_share": round(share, 4), "tie_break": f"{TIE_BREAK} (seed {seed})"}
 
 
-def model_params(model: str, params: dict[str, Any] | None = None, **common: Any) -> dict[str, Any]:
-    """`params` plus those of `common` (seed, progress, device, ...) that `model` accepts."""
-    accepted = make_model(model)._param_names()
-    return {**{k: v for k, v in common.items() if k in accepted and v is not None}, **(params or {})}
-
-
 def tune_candidates(train: Interactions, model: str, *, budget: float | None, n_trials: int | None = None,
                     params: dict[str, Any] | None = None, common: dict[str, Any] | None = None,
                     validation_fraction: float = 0.2, seed: int = 0) -> list[TuneResult]:
-    """recsys.tune for `model`, or for every embedding model when it is 'auto' (sharing `budget` equally).
-    `params` are fixed for a named model; `common` (seed, progress, device) goes to whichever accepts it."""
-    from .tune import EMBEDDING_MODELS, tune
+    """recsys.tune for `model`; for 'auto', `tune_auto` (iALS first, the others while they can still win;
+    budget None: each at its defaults). `params` are fixed for a named model; `common` (seed, progress,
+    device) goes to whichever model accepts it."""
+    from .tune import EMBEDDING_MODELS, tune, tune_auto
 
-    names = [m for m in EMBEDDING_MODELS if m in MODEL_REGISTRY] if model == "auto" else [model]
-    share = None if budget is None else budget / len(names)
-    return [tune(train, name, budget=share, n_trials=n_trials,
-                 fixed=model_params(name, params if model != "auto" else None, **(common or {})),
-                 validation_fraction=validation_fraction, seed=seed) for name in names]
+    common = common or {}
+    if model == "auto":
+        names = tuple(m for m in EMBEDDING_MODELS if m in MODEL_REGISTRY)
+        return tune_auto(train, budget=budget, fixed=lambda name: model_params(name, **common), models=names,
+                         validation_fraction=validation_fraction, seed=seed)
+    return [tune(train, model, budget=budget, n_trials=n_trials, fixed=model_params(model, params, **common),
+                 validation_fraction=validation_fraction, seed=seed)]
 
 
 def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str, Any] | None = None,

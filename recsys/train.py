@@ -4,7 +4,9 @@ Training state (modules, optimisers) lives here and in the model's `_fit`; only 
 """
 from __future__ import annotations
 
+import contextvars
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -53,10 +55,19 @@ class LoopResult:
                 "train_seconds": round(self.seconds, 2), **more}
 
 
+# perf_counter() time after which `optimise` takes no more steps: set by `fit_loop(max_seconds=)`, so that one
+# long epoch cannot overrun a trial's time bound.
+_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("recsys_deadline", default=math.inf)
+
+
 def optimise(optimizer: torch.optim.Optimizer, losses: Iterable[torch.Tensor]) -> float:
-    """One pass of gradient steps, one per loss the iterable yields (a batch each); the mean loss."""
+    """One pass of gradient steps, one per loss the iterable yields (a batch each); the mean loss. Past the
+    deadline of an enclosing `fit_loop(max_seconds=)` the pass ends early."""
     total, steps = 0.0, 0
+    deadline = _DEADLINE.get()
     for loss in losses:
+        if steps and time.perf_counter() > deadline:
+            break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -84,13 +95,25 @@ def ndcg_validator(train: Interactions, validation: Interactions | None, max_use
 
 def fit_loop(*, epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[], object],
              validate: Callable[[object], float] | None = None, patience: int = 3, progress: bool = True,
-             desc: str = "training") -> LoopResult:
+             desc: str = "training", max_seconds: float | None = None) -> LoopResult:
     """Run `run_epoch(epoch) -> mean loss` up to `epochs` times.
 
     With `validate(state) -> metric` (higher is better) the loop keeps the best `snapshot()` and stops after
-    `patience` epochs without improvement; without it, the last state is kept.
+    `patience` epochs without improvement; without it, the last state is kept. `max_seconds`: no epoch starts
+    after that much time, and gradient steps (`optimise`) stop within the epoch that crosses it (the tuner
+    bounds a trial this way; the best state so far is kept).
     """
     start = time.perf_counter()
+    token = _DEADLINE.set(start + max_seconds if max_seconds is not None else math.inf)
+    try:
+        return _loop(epochs, run_epoch, snapshot, validate, patience, progress, desc, max_seconds, start)
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[], object],
+          validate: Callable[[object], float] | None, patience: int, progress: bool, desc: str,
+          max_seconds: float | None, start: float) -> LoopResult:
     history: list[dict] = []
     best_state, best_epoch, best_metric, stale = None, 0, -np.inf, 0
     bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False, unit="epoch")
@@ -113,5 +136,9 @@ def fit_loop(*, epochs: int, run_epoch: Callable[[int], float], snapshot: Callab
         if validate is not None and stale >= patience:
             log.info("%s: early stop at epoch %d (best epoch %d, val ndcg@10 %.4f)", desc, epoch, best_epoch,
                      best_metric)
+            break
+        if max_seconds is not None and time.perf_counter() - start > max_seconds and epoch < epochs:
+            log.info("%s: stopped after epoch %d: max_seconds=%g reached (best epoch %d)", desc, epoch,
+                     max_seconds, best_epoch)
             break
     return LoopResult(best_state, best_epoch, history, time.perf_counter() - start)

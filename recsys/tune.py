@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,12 +89,22 @@ SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
     "popularity": {},
 }
 EMBEDDING_MODELS = ("ials", "mf", "two_tower")
-DEFAULT_BUDGET = 360.0  # seconds of search: with the final fits, `recsys train --tune` ends within 10 minutes
+DEFAULT_BUDGET = 360.0  # seconds: `recsys tune`'s default; `recsys train --tune` scales it (default_budget)
+
+
+def budget_for(n_interactions: int) -> float:
+    """Seconds of search for a log of `n_interactions`: a minute, plus 1 s per 300 interactions (a trial's cost
+    grows with the log, so this buys a similar number of trials), at most 15 minutes. 100k interactions: 393 s,
+    so that `recsys train --tune` ends within 10 minutes; 1M: 900 s."""
+    return float(min(MAX_BUDGET, 60.0 + n_interactions / 300.0))
+
+
+MAX_BUDGET = 900.0
 
 
 def default_budget(train: Interactions) -> float:
-    """Seconds of search that `recsys train --tune` spends on `train` when no budget is given."""
-    return DEFAULT_BUDGET
+    """Seconds of search that `recsys train --tune` spends on `train` when no budget is given (`budget_for`)."""
+    return budget_for(train.nnz)
 
 
 @dataclass
@@ -108,6 +118,7 @@ class TuneResult:
     validation_fraction: float
     trials: list[dict] = field(default_factory=list)
     edges: dict[str, str] = field(default_factory=dict)  # parameter -> 'low' / 'high' when best is at an edge
+    widened: dict[str, str] = field(default_factory=dict)  # parameter -> its range after widening
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,69 +133,232 @@ def _space(model: str, space: Mapping[str, Range | Choice] | None) -> Mapping[st
     return SEARCH_SPACES[model]
 
 
+class Search:
+    """One model's Optuna study on a fixed (fit_part, valid) split. `run` may be called again to continue the
+    same study; `widen` pushes out the ranges whose best value sits on an edge, keeping every trial so far.
+
+    trial_seconds (in `run`): a bound on each fit of a model with epochs (its `max_seconds`; the best epoch so
+    far counts, and the epochs it reached become the tuned `epochs`).
+    """
+
+    def __init__(self, model: str, fit_part: Interactions, valid: Interactions, *,
+                 space: Mapping[str, Range | Choice] | None = None, fixed: Mapping[str, Any] | None = None,
+                 metric: str = "ndcg@10", seed: int = 0, validation_fraction: float = 0.2):
+        import optuna
+
+        from .models import MODEL_REGISTRY, make_model
+
+        if valid.nnz == 0:
+            raise DataValidationError("The validation split is empty: too few interactions per user to tune on.")
+        self.model, self.fit_part, self.valid, self.metric, self.seed = model, fit_part, valid, metric, seed
+        self.validation_fraction = validation_fraction
+        self._defaults = make_model(model).get_params()  # (also names the model if unknown)
+        self.fixed = dict(fixed or {})
+        self.space = {name: dim for name, dim in _space(model, space).items() if name not in self.fixed}
+        self.k = int(metric.split("@")[1]) if "@" in metric else 10
+        self.early_stopping = "epochs" in MODEL_REGISTRY[model]._param_names()
+        self.trials: list[dict] = []
+        self.seconds = 0.0
+        self.widened: dict[str, str] = {}
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = self._new_study()
+        first = {n: self._defaults[n] for n in self.space
+                 if n in self._defaults and _inside(self.space[n], self._defaults[n])}
+        if first:
+            self.study.enqueue_trial(first)
+
+    def _new_study(self) -> optuna.Study:
+        import optuna
+
+        sampler = optuna.samplers.TPESampler(seed=self.seed + len(self.widened), multivariate=True)
+        return optuna.create_study(direction="maximize", sampler=sampler)
+
+    @property
+    def done(self) -> list:
+        import optuna
+
+        return [t for t in self.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+    @property
+    def best_value(self) -> float:
+        return float(self.study.best_value) if self.done else -math.inf
+
+    def run(self, *, budget: float | None = None, n_trials: int | None = None,
+            trial_seconds: float | None = None) -> Search:
+        """Add trials until `budget` seconds or `n_trials` trials (a running trial finishes)."""
+        from .models import make_model
+
+        if not self.space:  # nothing to search (e.g. popularity): one trial measures the model
+            if self.done:
+                return self
+            n_trials = 1
+        bound = {"max_seconds": trial_seconds} if trial_seconds and self.early_stopping else {}
+
+        def objective(trial: optuna.Trial) -> float:
+            params = {**self.fixed, **{name: dim.suggest(trial, name) for name, dim in self.space.items()}}
+            t0 = time.perf_counter()
+            fitted = make_model(self.model, **params, **bound).fit(self.fit_part,
+                                                                    self.valid if self.early_stopping else None)
+            value = evaluate(fitted, self.valid, self.k)[self.metric]
+            if self.early_stopping:
+                trial.set_user_attr("epochs", int(fitted.exported_.extra["best_epoch"]))
+            seconds = time.perf_counter() - t0
+            self.trials.append({"number": len(self.trials), "value": value, "seconds": round(seconds, 2),
+                                **trial.params, **trial.user_attrs})
+            log.info("tune %s trial %d: %s=%.4f in %.1f s %s", self.model, len(self.trials) - 1, self.metric,
+                     value, seconds, trial.params)
+            return value
+
+        start = time.perf_counter()
+        self.study.optimize(objective, n_trials=n_trials, timeout=budget, catch=(RecsysError,),
+                            show_progress_bar=bool(self.fixed.get("progress", False)))
+        self.seconds += time.perf_counter() - start
+        return self
+
+    def edges(self) -> dict[str, str]:
+        if not self.done:
+            return {}
+        best = self.study.best_trial.params
+        return {n: side for n, dim in self.space.items() if isinstance(dim, Range)
+                for side in [dim.at_edge(best[n])] if side}
+
+    def widen(self, factor: float = 10.0) -> dict[str, str]:
+        """Widen the ranges whose best value is on an edge (see `widen`) and continue in a new study that holds
+        every trial so far; returns {parameter: new range}, empty when nothing was on an edge."""
+        import optuna
+
+        edges = self.edges()
+        space = widen(self.space, edges, factor)
+        changed = {n: str(space[n]) for n in edges if space[n] != self.space[n]}
+        if not changed:
+            return {}
+        log.info("tune %s: best on an edge %s, ranges widened to %s", self.model, edges, changed)
+        old = self.done
+        self.space, self.widened = space, {**self.widened, **changed}
+        self.study = self._new_study()
+        dists = {n: _distribution(dim) for n, dim in space.items()}
+        self.study.add_trials([optuna.trial.create_trial(params=t.params, distributions=dists, value=t.value,
+                                                         user_attrs=t.user_attrs) for t in old])
+        return changed
+
+    def result(self) -> TuneResult:
+        if not self.done:
+            raise DataValidationError(f"No {self.model} trial finished: raise the budget (each trial fits one "
+                                      "model).")
+        best = self.study.best_trial
+        edges = self.edges()
+        for name, side in edges.items():
+            log.warning("tune %s: the best %s=%r is at the %s edge of its range %s: widen it and tune again.",
+                        self.model, name, best.params[name], side, self.space[name])
+        return TuneResult(self.model, {**self.fixed, **best.params, **best.user_attrs}, float(best.value),
+                          self.metric, len(self.done), self.seconds, self.validation_fraction, self.trials,
+                          edges, self.widened)
+
+
+def run_widening(search: Search, budget: float, rounds: int = 1) -> Search:
+    """Spend `budget` seconds on `search`; after each of the first `rounds` equal parts, widen the ranges whose
+    best value sits on an edge."""
+    end = time.perf_counter() + budget
+    for r in range(rounds, -1, -1):
+        left = end - time.perf_counter()
+        if left <= 0 and search.done:
+            break
+        search.run(budget=max(left / (r + 1), 1e-3))
+        if r:
+            search.widen()
+    return search
+
+
 def tune(train: Interactions, model: str, *, budget: float | None = 300.0, n_trials: int | None = None,
          space: Mapping[str, Range | Choice] | None = None, fixed: Mapping[str, Any] | None = None,
-         validation_fraction: float = 0.2, metric: str = "ndcg@10", seed: int = 0) -> TuneResult:
+         validation_fraction: float = 0.2, metric: str = "ndcg@10", seed: int = 0,
+         widen_rounds: int = 1) -> TuneResult:
     """Search `model`'s hyper-parameters on a validation split carved from `train`; see the module docstring.
 
     budget: seconds of search (a running trial finishes; None = no limit). n_trials: stop after this many.
-    fixed: parameters set in every trial (e.g. progress=False, device='cpu').
+    fixed: parameters set in every trial (e.g. progress=False, device='cpu'). widen_rounds: with a budget, how
+    often a range whose best value is on an edge is widened (the budget is split in equal parts).
     """
-    import optuna
-
-    from .models import MODEL_REGISTRY
-    from .pipeline import holdout, make_model
+    from .data import holdout
 
     if budget is None and n_trials is None:
         raise DataValidationError("tune needs a time budget or a number of trials (budget=, n_trials=).")
+    _check_budget(budget, n_trials)
+    fit_part, valid = holdout(train, validation_fraction, seed)
+    search = Search(model, fit_part, valid, space=space, fixed=fixed, metric=metric, seed=seed,
+                    validation_fraction=validation_fraction)
+    if budget is not None and n_trials is None:
+        run_widening(search, budget, widen_rounds)
+    else:
+        search.run(budget=budget, n_trials=n_trials)
+    return search.result()
+
+
+def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str], Mapping[str, Any]] | None = None,
+              models: tuple[str, ...] = EMBEDDING_MODELS, validation_fraction: float = 0.2, metric: str = "ndcg@10",
+              seed: int = 0, widen_rounds: int = 1) -> list[TuneResult]:
+    """The search behind `recsys train [--tune]`: iALS first, the other models only while they can still win.
+
+    1. The first model (iALS) searches for `LEAD_SHARE` of the budget (budget None: its defaults, one trial).
+    2. Each other model is measured at its defaults, each fit bounded by the time left over the models
+       still to measure (and at least as long as the first model's slowest trial took).
+    3. Models whose validation score is within `CONTENDER_GAP` of the leader share the rest of the budget,
+       the range widening of `run_widening` included; the others stop there.
+    fixed(model): the parameters set in every trial of that model. Returns one result per model measured.
+    """
+    from .data import holdout
+
+    _check_budget(budget, None)
+    start = time.perf_counter()
+    fit_part, valid = holdout(train, validation_fraction, seed)
+    fixed = fixed or (lambda name: {})
+
+    def search(name: str) -> Search:
+        return Search(name, fit_part, valid, fixed=fixed(name), metric=metric, seed=seed,
+                      validation_fraction=validation_fraction)
+
+    lead, *rest = models
+    searches = {lead: search(lead)}
+    if budget is None:
+        searches[lead].run(n_trials=1)
+    else:
+        run_widening(searches[lead], LEAD_SHARE * budget, widen_rounds)
+    slowest = max(t["seconds"] for t in searches[lead].trials)
+    for i, name in enumerate(rest):
+        left = (budget - (time.perf_counter() - start)) if budget is not None else None
+        cap = max(slowest, left / (len(rest) - i + 1)) if left is not None else max(slowest, MIN_PROBE_SECONDS)
+        searches[name] = search(name).run(n_trials=1, trial_seconds=cap)
+        log.info("tune auto: %s at its defaults: %s %.4f (leader so far %.4f)", name, metric,
+                 searches[name].best_value, max(s.best_value for s in searches.values()))
+    if budget is not None:
+        leader = max(s.best_value for s in searches.values())
+        alive = [s for s in searches.values() if s.best_value >= (1 - CONTENDER_GAP) * leader]
+        log.info("tune auto: %s share the rest of the budget", [s.model for s in alive])
+        for i, s in enumerate(alive):
+            left = budget - (time.perf_counter() - start)
+            if left > 0:
+                run_widening(s, left / (len(alive) - i), widen_rounds if s.model != lead else 0)
+    return [s.result() for s in searches.values()]
+
+
+LEAD_SHARE = 0.5      # of the budget, searched by the first model before any other is measured
+CONTENDER_GAP = 0.03  # a model within 3% of the leader's validation score keeps searching
+MIN_PROBE_SECONDS = 60.0  # without a budget, another model's default fit may take this long (or the lead's)
+
+
+def _check_budget(budget: float | None, n_trials: int | None) -> None:
     if budget is not None and budget <= 0:
         raise DataValidationError(f"The tuning budget must be > 0 seconds. Got {budget}.")
-    defaults = make_model(model).get_params()  # (also names the model if unknown)
-    fixed = dict(fixed or {})
-    dims = {name: dim for name, dim in _space(model, space).items() if name not in fixed}  # fixed wins
-    k = int(metric.split("@")[1]) if "@" in metric else 10
-    fit_part, valid = holdout(train, validation_fraction, seed)
-    if valid.nnz == 0:
-        raise DataValidationError("The validation split is empty: too few interactions per user to tune on.")
-    if not dims:  # nothing to search (e.g. popularity): one trial measures the model
-        n_trials = 1
-    early_stopping = "epochs" in MODEL_REGISTRY[model]._param_names()
-    start = time.perf_counter()
-    trials: list[dict] = []
 
-    def objective(trial: optuna.Trial) -> float:
-        params = {**fixed, **{name: dim.suggest(trial, name) for name, dim in dims.items()}}
-        t0 = time.perf_counter()
-        fitted = make_model(model, **params).fit(fit_part, valid if early_stopping else None)
-        value = evaluate(fitted, valid, k)[metric]
-        if early_stopping:
-            trial.set_user_attr("epochs", int(fitted.exported_.extra["best_epoch"]))
-        seconds = time.perf_counter() - t0
-        trials.append({"number": trial.number, "value": value, "seconds": round(seconds, 2),
-                       **{n: trial.params[n] for n in dims}, **trial.user_attrs})
-        log.info("tune %s trial %d: %s=%.4f in %.1f s %s", model, trial.number, metric, value, seconds,
-                 trial.params)
-        return value
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    first = {n: defaults[n] for n in dims if n in defaults and _inside(dims[n], defaults[n])}
-    if first:
-        study.enqueue_trial(first)
-    study.optimize(objective, n_trials=n_trials, timeout=budget, catch=(RecsysError,))
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not done:
-        raise DataValidationError(f"No {model} trial finished: raise the budget (each trial fits one model).")
-    best = study.best_trial
-    best_params = {**fixed, **best.params, **best.user_attrs}
-    edges = {n: side for n, dim in dims.items() if isinstance(dim, Range)
-             for side in [dim.at_edge(best.params[n])] if side}
-    for name, side in edges.items():
-        log.warning("tune %s: the best %s=%r is at the %s edge of its range %s: widen it and tune again.",
-                    model, name, best.params[name], side, dims[name])
-    return TuneResult(model, best_params, float(best.value), metric, len(done), time.perf_counter() - start,
-                      validation_fraction, trials, edges)
+def _distribution(dim: Range | Choice):
+    import optuna
+
+    if isinstance(dim, Choice):
+        return optuna.distributions.CategoricalDistribution(list(dim.values))
+    if dim.kind is int:
+        return optuna.distributions.IntDistribution(int(dim.low), int(dim.high), log=dim.log)
+    return optuna.distributions.FloatDistribution(dim.low, dim.high, log=dim.log)
 
 
 def widen(space: Mapping[str, Range | Choice], edges: Mapping[str, str], factor: float = 10.0

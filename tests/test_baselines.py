@@ -72,10 +72,20 @@ def test_baselines_learn_planted_structure(synthetic_split, model):
     assert evaluate(model.fit(train), test)["ndcg@10"] > 1.3 * pop
 
 
-def test_catalogue_size_limit_is_named(synthetic, monkeypatch):
-    monkeypatch.setattr(baselines, "MAX_ITEMS", 10)
-    with pytest.raises(DataValidationError, match=r"EASE keeps an n_items x n_items matrix: 200 items"):
-        EASE().fit(synthetic)
+@pytest.mark.parametrize("model", [EASE(), ItemKNN()], ids=["ease", "itemknn"])
+def test_catalogue_size_limit_is_named(synthetic, monkeypatch, model):
+    monkeypatch.setattr(baselines, "MAX_DENSE_BYTES", 2**16)
+    name = type(model).__name__
+    with pytest.raises(DataValidationError, match=(
+            rf"{name} keeps dense n_items x n_items matrices: 200 items and 300 users need about 0.0 GiB, over "
+            r"its limit of 0 GiB \(recsys.models.baselines.MAX_DENSE_BYTES\). Use an embedding model for this "
+            r"catalogue: ials \(the default\), mf or two_tower.")):
+        model.fit(synthetic)
+
+
+def test_dense_limit_admits_the_bundled_catalogue_and_refuses_a_large_one():
+    assert baselines.dense_bytes(610, 9_724) <= baselines.MAX_DENSE_BYTES
+    assert baselines.dense_bytes(30_000, 40_000) > baselines.MAX_DENSE_BYTES
 
 
 @pytest.mark.parametrize("model, expected", [

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from contract import RecommenderContract
 
 from recsys.data import temporal_split
@@ -80,6 +81,28 @@ def test_early_stopping_keeps_the_best_epoch(synthetic_split):
     best = max(history, key=lambda h: h["val_ndcg@10"])
     assert extra["best_epoch"] == best["epoch"]
     assert extra["epochs_run"] - extra["best_epoch"] == 2
+
+
+def test_max_seconds_bounds_training_even_within_an_epoch(synthetic):
+    model = fast_mf(epochs=50, max_seconds=1e-6, batch_size=8, loss="bpr").fit(synthetic)
+    assert model.exported_.extra["epochs_run"] == 1, "no epoch starts after max_seconds"
+    from recsys.train import fit_loop, optimise
+
+    steps = []
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    def epoch(_: int) -> float:
+        def losses():
+            for _ in range(1000):
+                steps.append(1)
+                yield opt.param_groups[0]["params"][0].sum() * 0 + torch.ones((), requires_grad=True)
+        return optimise(opt, losses())
+
+    fit_loop(epochs=3, run_epoch=epoch, snapshot=lambda: None, progress=False, max_seconds=1e-6)
+    assert len(steps) == 2, "one step, then the deadline ends the pass (the generator is asked once more)"
+    steps.clear()
+    optimise(opt, (torch.ones((), requires_grad=True) for _ in range(5) if not steps.append(1)))
+    assert len(steps) == 5, "outside fit_loop there is no deadline"
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sampled", "bpr"])

@@ -123,3 +123,47 @@ def test_auto_picks_the_best_embedding_model_on_validation(synthetic, tmp_path):
     assert report.model in tune.EMBEDDING_MODELS and report.model in candidates
     assert candidates[report.model]["value"] == max(c["value"] for c in candidates.values())
     assert not report.tuning["searched"]
+
+
+def test_search_widens_an_edge_and_keeps_its_trials(synthetic_split):
+    """The l2 range starts above what this log wants: the search widens it downwards and carries on."""
+    train, _ = synthetic_split
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    search = tune.Search("ease", fit_part, valid, space={"l2": Float(500.0, 1e5, log=True)})
+    search.run(n_trials=4)
+    before = [t.value for t in search.done]
+    assert search.edges() == {"l2": "low"}
+    assert search.widen() == {"l2": "[50, 100000] (log)"}
+    assert [t.value for t in search.done] == before, "the new study holds every trial so far"
+    search.run(n_trials=6)
+    result = search.result()
+    assert result.n_trials == 10 and result.widened == {"l2": "[50, 100000] (log)"}
+    assert any(t["l2"] < 500 for t in result.trials[4:]), "the widened part of the range is searched"
+    assert result.best_value >= max(before)
+    assert search.widen() in ({}, {"l2": "[5, 100000] (log)"})
+
+
+def test_tune_widens_within_its_budget(synthetic_split):
+    train, _ = synthetic_split
+    result = tune.tune(train, "ease", budget=3.0, space={"l2": Float(500.0, 1e5, log=True)})
+    assert result.widened["l2"].startswith("[50,"), result.widened
+    assert tune.tune(train, "ease", budget=2.0, widen_rounds=0,
+                     space={"l2": Float(500.0, 1e5, log=True)}).widened == {}
+
+
+def test_auto_search_leads_with_ials_and_stops_models_that_cannot_win(synthetic_split):
+    train, _ = synthetic_split
+    fixed = {"factors": 8, "epochs": 5, "progress": False, "device": "cpu"}
+    results = {r.model: r for r in tune.tune_auto(
+        train, budget=8.0, models=("ials", "popularity"),
+        fixed=lambda name: fixed if name == "ials" else {})}
+    assert results["popularity"].n_trials == 1, "measured once, far behind: no more budget"
+    assert results["ials"].n_trials > 3 and results["ials"].best_value > 1.1 * results["popularity"].best_value
+    defaults_only = tune.tune_auto(train, budget=None, models=("ials", "popularity"),
+                                   fixed=lambda name: fixed if name == "ials" else {})
+    assert [r.n_trials for r in defaults_only] == [1, 1]
+
+
+def test_default_budget_grows_with_the_log_within_bounds(synthetic):
+    assert tune.default_budget(synthetic) == tune.budget_for(synthetic.nnz)
+    assert tune.budget_for(0) < tune.budget_for(100_000) <= 480 < tune.budget_for(1_000_000) <= 900

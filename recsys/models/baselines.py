@@ -20,14 +20,23 @@ from ..exceptions import DataValidationError
 from .base import Exported, Interval, Recommender
 
 log = logging.getLogger("recsys")
-MAX_ITEMS = 50_000  # n_items^2 float32 = 10 GB at this size: refuse beyond it
+MAX_DENSE_BYTES = 6 * 2**30  # refuse fits whose dense float32 matrices would need more than this
+
+
+def dense_bytes(n_users: int, n_items: int) -> int:
+    """What EASE and item-KNN hold at their peak: three n_items x n_items float32 matrices (Gram, inverse or
+    similarities, weights) and the dense n_users x n_items histories they export as user vectors."""
+    return 4 * (3 * n_items * n_items + n_users * n_items)
 
 
 def _check_size(model: Recommender, train: Interactions) -> None:
-    if train.n_items > MAX_ITEMS:
-        raise DataValidationError(f"{type(model).__name__} keeps an n_items x n_items matrix: "
-                                  f"{train.n_items} items is over its limit of {MAX_ITEMS}. "
-                                  "Use an embedding model (mf, ials, two_tower) for this catalogue.")
+    need = dense_bytes(train.n_users, train.n_items)
+    if need > MAX_DENSE_BYTES:
+        raise DataValidationError(
+            f"{type(model).__name__} keeps dense n_items x n_items matrices: {train.n_items:,} items and "
+            f"{train.n_users:,} users need about {need / 2**30:.1f} GiB, over its limit of "
+            f"{MAX_DENSE_BYTES / 2**30:.0f} GiB (recsys.models.baselines.MAX_DENSE_BYTES). Use an embedding "
+            "model for this catalogue: ials (the default), mf or two_tower.")
 
 
 def _export(weights: np.ndarray, history: sp.csr_matrix, extra: dict) -> Exported:

@@ -25,7 +25,8 @@ class MF(Recommender):
 
     factors: embedding size. epochs: maximum epochs (early stopping on validation NDCG@10 when `fit` gets a
     validation set; `patience` epochs without improvement stop it). reg: L2 penalty on the embeddings used in
-    each batch. foldin_reg: ridge penalty when folding in an unseen user from their history.
+    each batch. foldin_reg: ridge penalty when folding in an unseen user from their history. max_seconds: a
+    bound on training time, checked between batches (None: none; the tuner bounds trials this way).
     """
 
     name: ClassVar[str] = "mf"
@@ -37,13 +38,14 @@ class MF(Recommender):
         "init_std": Interval(float, 0, closed_low=False), "patience": Interval(int, 1),
         "foldin_reg": Interval(float, 0, closed_low=False), "seed": Interval(int, 0),
         "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
-        "max_val_users": Interval(int, 1, none_ok=True),
+        "max_val_users": Interval(int, 1, none_ok=True), "max_seconds": Interval(float, 0, none_ok=True),
     }
 
     def __init__(self, *, factors: int = 256, epochs: int = 300, loss: str = "softmax", lr: float = 0.005,
                  reg: float = 0.03, item_bias: bool = True, batch_size: int = 1024, user_batch_size: int = 64,
                  negatives: int = 1000, init_std: float = 0.1, patience: int = 10, foldin_reg: float = 10.0, seed: int = 0, device: str = "auto",
-                 progress: bool = True, max_val_users: int | None = 5000):
+                 progress: bool = True, max_val_users: int | None = 5000,
+                 max_seconds: float | None = None):
         self.factors = factors
         self.epochs = epochs
         self.batch_size = batch_size
@@ -60,6 +62,7 @@ class MF(Recommender):
         self.device = device
         self.progress = progress
         self.max_val_users = max_val_users
+        self.max_seconds = max_seconds
 
     def _fit(self, train: Interactions, validation: Interactions | None) -> Exported:
         gen = seed_everything(self.seed)
@@ -103,7 +106,7 @@ class MF(Recommender):
 
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
                           validate=ndcg_validator(train, validation, self.max_val_users, self.seed),
-                          patience=self.patience, progress=self.progress, desc=f"MF({self.loss})")
+                          patience=self.patience, progress=self.progress, desc=f"MF({self.loss})", max_seconds=self.max_seconds)
         exported = result.best_state
         exported.extra = result.facts(device=str(device))
         return exported

@@ -242,7 +242,7 @@ class TwoTower(Recommender):
     left out in training, so that features and history carry the vectors. reg: L2 penalty on the id
     embeddings used. features / max_vocab / min_count / n_buckets: see `ItemFeaturizer`; features=[]
     trains without features. epochs / patience: early stopping on validation NDCG@10 when `fit` gets a
-    validation set.
+    validation set. max_seconds: a bound on training time, checked between batches (None: none).
     """
 
     name: ClassVar[str] = "two_tower"
@@ -254,14 +254,15 @@ class TwoTower(Recommender):
         "min_count": Interval(int, 1), "n_buckets": Interval(int, 1),
         "init_std": Interval(float, 0, closed_low=False), "patience": Interval(int, 1), "seed": Interval(int, 0),
         "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
-        "max_val_users": Interval(int, 1, none_ok=True),
+        "max_val_users": Interval(int, 1, none_ok=True), "max_seconds": Interval(float, 0, none_ok=True),
     }
 
     def __init__(self, *, factors: int = 64, epochs: int = 100, batch_size: int = 1024, lr: float = 0.005,
                  temperature: float = 0.1, logq: float = 1.0, negatives: int = 0, id_dropout: float = 0.5,
                  reg: float = 0.0, features: dict[str, str] | list[str] | None = None, max_vocab: int = 10_000,
                  min_count: int = 2, n_buckets: int = 10, init_std: float = 0.05, patience: int = 5, seed: int = 0,
-                 device: str = "auto", progress: bool = True, max_val_users: int | None = 5000):
+                 device: str = "auto", progress: bool = True, max_val_users: int | None = 5000,
+                 max_seconds: float | None = None):
         self.factors = factors
         self.epochs = epochs
         self.batch_size = batch_size
@@ -281,6 +282,7 @@ class TwoTower(Recommender):
         self.device = device
         self.progress = progress
         self.max_val_users = max_val_users
+        self.max_seconds = max_seconds
 
     # --------------------------------------------------------------------------------------- training
     def _featurize(self, train: Interactions, warm: np.ndarray) -> sp.csr_matrix:
@@ -327,7 +329,7 @@ class TwoTower(Recommender):
 
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
                           validate=ndcg_validator(train, validation, self.max_val_users, self.seed),
-                          patience=self.patience, progress=self.progress, desc="TwoTower")
+                          patience=self.patience, progress=self.progress, desc="TwoTower", max_seconds=self.max_seconds)
         exported = result.best_state
         exported.extra = result.facts(device=str(device), features=self.featurizer_.describe(),
                                       items_without_interactions=int((~warm).sum()))
