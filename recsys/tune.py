@@ -133,6 +133,10 @@ def _space(model: str, space: Mapping[str, Range | Choice] | None) -> Mapping[st
     return SEARCH_SPACES[model]
 
 
+class _Refused(Exception):
+    """The model cannot be fitted on this data at all (its first trial failed): the search stops there."""
+
+
 class Search:
     """One model's Optuna study on a fixed (fit_part, valid) split. `run` may be called again to continue the
     same study; `widen` pushes out the ranges whose best value sits on an edge, keeping every trial so far.
@@ -197,8 +201,13 @@ class Search:
         def objective(trial: optuna.Trial) -> float:
             params = {**self.fixed, **{name: dim.suggest(trial, name) for name, dim in self.space.items()}}
             t0 = time.perf_counter()
-            fitted = make_model(self.model, **params, **bound).fit(self.fit_part,
-                                                                    self.valid if self.early_stopping else None)
+            try:
+                fitted = make_model(self.model, **params, **bound).fit(
+                    self.fit_part, self.valid if self.early_stopping else None)
+            except RecsysError as err:
+                if not self.done:  # the first trial (the defaults) failing means the model refuses this data
+                    raise _Refused(str(err)) from err
+                raise
             value = evaluate(fitted, self.valid, self.k)[self.metric]
             if self.early_stopping:
                 trial.set_user_attr("epochs", int(fitted.exported_.extra["best_epoch"]))
@@ -210,8 +219,11 @@ class Search:
             return value
 
         start = time.perf_counter()
-        self.study.optimize(objective, n_trials=n_trials, timeout=budget, catch=(RecsysError,),
-                            show_progress_bar=bool(self.fixed.get("progress", False)))
+        try:
+            self.study.optimize(objective, n_trials=n_trials, timeout=budget, catch=(RecsysError,),
+                                show_progress_bar=bool(self.fixed.get("progress", False)))
+        except _Refused as err:  # optuna's catch lets it through only as a failed trial; stop instead
+            raise DataValidationError(f"{self.model} cannot be tuned on this data: {err}") from err
         self.seconds += time.perf_counter() - start
         return self
 
@@ -327,7 +339,11 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
     for i, name in enumerate(rest):
         left = (budget - (time.perf_counter() - start)) if budget is not None else None
         cap = max(slowest, left / (len(rest) - i + 1)) if left is not None else max(slowest, MIN_PROBE_SECONDS)
-        searches[name] = search(name).run(n_trials=1, trial_seconds=cap)
+        try:
+            searches[name] = search(name).run(n_trials=1, trial_seconds=cap)
+        except DataValidationError as err:
+            log.warning("tune auto: %s skipped: %s", name, err)
+            continue
         log.info("tune auto: %s at its defaults: %s %.4f (leader so far %.4f)", name, metric,
                  searches[name].best_value, max(s.best_value for s in searches.values()))
     if budget is not None:
@@ -343,7 +359,7 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
 
 LEAD_SHARE = 0.5      # of the budget, searched by the first model before any other is measured
 CONTENDER_GAP = 0.03  # a model within 3% of the leader's validation score keeps searching
-MIN_PROBE_SECONDS = 60.0  # without a budget, another model's default fit may take this long (or the lead's)
+MIN_PROBE_SECONDS = 30.0  # without a budget, another model's default fit may take this long (or the lead's)
 
 
 def _check_budget(budget: float | None, n_trials: int | None) -> None:

@@ -92,7 +92,8 @@ def test_budget_is_respected(synthetic_split):
     ({"budget": None}, "needs a time budget or a number of trials"),
     ({"budget": 0}, "budget must be > 0 seconds. Got 0"),
     ({"model": "nope", "n_trials": 1}, "Unknown model 'nope'"),
-    ({"model": "ease", "n_trials": 1, "space": None, "fixed": {"l2": -1.0}}, "No ease trial finished"),
+    ({"model": "ease", "n_trials": 1, "space": None, "fixed": {"l2": -1.0}},
+     "ease cannot be tuned on this data: The 'l2' parameter of EASE must be a float > 0. Got -1.0."),
 ])
 def test_errors_are_named(synthetic_split, kwargs, message):
     train, _ = synthetic_split
@@ -167,3 +168,14 @@ def test_auto_search_leads_with_ials_and_stops_models_that_cannot_win(synthetic_
 def test_default_budget_grows_with_the_log_within_bounds(synthetic):
     assert tune.default_budget(synthetic) == tune.budget_for(synthetic.nnz)
     assert tune.budget_for(0) < tune.budget_for(100_000) <= 480 < tune.budget_for(1_000_000) <= 900
+
+
+def test_a_model_that_refuses_the_data_stops_the_search_with_its_reason(synthetic_split, monkeypatch):
+    from recsys.models import baselines
+
+    monkeypatch.setattr(baselines, "MAX_DENSE_BYTES", 2**10)
+    train, _ = synthetic_split
+    with pytest.raises(DataValidationError, match="ease cannot be tuned on this data: EASE keeps dense"):
+        tune.tune(train, "ease", budget=30.0)
+    results = tune.tune_auto(train, budget=None, models=("popularity", "ease"))
+    assert [r.model for r in results] == ["popularity"], "a refusing contender is skipped, not fatal"
