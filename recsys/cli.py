@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import __version__, artifacts
 from .exceptions import DataValidationError, RecsysError
-from .tune import DEFAULT_BUDGET, default_budget
+from .tune import MAX_BUDGET, default_budget
 
 # model names without importing torch (recsys.models) at parse time
 MODEL_NAMES = ["ials", "mf", "two_tower", "ease", "itemknn", "popularity"]
@@ -131,7 +131,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     inter = _load_interactions(args)
     train, _ = holdout(inter, args.test_fraction, args.seed)
-    results = tune_candidates(train, args.model, budget=args.budget, n_trials=args.trials,
+    budget = args.budget if args.budget is not None or args.trials else default_budget(train)
+    results = tune_candidates(train, args.model, budget=budget, n_trials=args.trials,
                               common={"seed": args.seed, "progress": not args.quiet, "device": args.device},
                               validation_fraction=args.test_fraction, seed=args.seed)
     for r in results:
@@ -298,13 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train on feedback events stored by the service (a database URL such as "
                         "sqlite:///instance/feedback.db)")
     t.add_argument("--model", default="auto", choices=["auto", *MODEL_NAMES],
-                   help="model to train; auto (default): the best embedding model on the validation split")
+                   help="model to train; auto (default): the best embedding model on the validation split "
+                        "(iALS first; the others measured at their defaults within a time bound)")
     t.add_argument("--params", metavar="JSON", default=None,
                    help="model parameters: a JSON file (such as `recsys tune --out` writes) or inline JSON")
     t.add_argument("--tune", action="store_true", help="search the model's hyper-parameters with Optuna on a "
                                                        "validation split first (recsys tune)")
     t.add_argument("--tune-budget", type=float, default=None, metavar="SECONDS",
-                   help=f"seconds of search for --tune (default: {DEFAULT_BUDGET:.0f})")
+                   help="seconds of search for --tune (default: 60 + 1 per 300 interactions, at most "
+                        f"{MAX_BUDGET:.0f}; 393 for 100k interactions)")
     t.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping picks fewer)")
     t.add_argument("--factors", type=int, default=None, help="embedding size")
     t.add_argument("--loss", choices=["softmax", "sampled", "bpr"], default=None, help="MF training loss")
@@ -324,9 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "hyper-parameters on it within --budget seconds.")
     data_args(u)
     u.add_argument("--model", default="auto", choices=["auto", *MODEL_NAMES],
-                   help="model to tune; auto (default): every embedding model, sharing the budget")
-    u.add_argument("--budget", type=float, default=DEFAULT_BUDGET, metavar="SECONDS",
-                   help=f"seconds of search (default: {DEFAULT_BUDGET:.0f}); a running trial finishes")
+                   help="model to tune; auto (default): iALS first, the other embedding models while they "
+                        "can still win")
+    u.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="seconds of search (default: as recsys train --tune, by the size of the log); a running "
+                        "trial finishes")
     u.add_argument("--trials", type=_positive_int, default=None, help="stop after this many trials per model")
     u.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
     u.add_argument("--out", default=None, metavar="JSON",

@@ -45,11 +45,61 @@ def confidence(weight: np.ndarray, kind: str, alpha: float = 1.0, epsilon: float
 
 
 def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the column indices of the k largest finite scores, best first; -1 / -inf pad short rows."""
+    """Per row, the column indices of the k largest finite scores, best first; -1 / -inf pad short rows.
+    Equal scores rank by column index, so top-k is a prefix of top-(k+1)."""
     n_rows, n_cols = scores.shape
     kk = min(k, n_cols)
     if kk == 0:
         return np.full((n_rows, k), -1, np.int64), np.full((n_rows, k), -np.inf, np.float32)
+    if n_cols >= THRESHOLD_MIN_COLS and kk * THRESHOLD_BLOCKS_PER_K <= n_cols // 8:
+        idx, val = _topk_by_threshold(scores, kk)
+    else:
+        idx, val = _topk_by_partition(scores, kk)
+    if kk < k:
+        idx = np.pad(idx, ((0, 0), (0, k - kk)), constant_values=-1)
+        val = np.pad(val, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    return idx, val
+
+
+# The threshold path: a row's kk-th largest block maximum is a lower bound on its kk-th largest score (the kk
+# best blocks hold kk distinct scores at least that large), so only the scores at or above it, in the blocks
+# whose maximum reaches it, need sorting: one pass over the scores (the block maxima) instead of a selection.
+THRESHOLD_MIN_COLS = 2048
+THRESHOLD_BLOCKS_PER_K = 16
+
+
+def _topk_by_threshold(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    n_rows, n_cols = scores.shape
+    block = max(8, n_cols // (THRESHOLD_BLOCKS_PER_K * kk))
+    maxima = np.maximum.reduceat(scores, np.arange(0, n_cols, block), axis=1)
+    n_blocks = maxima.shape[1]
+    bound = np.partition(maxima, n_blocks - kk, axis=1)[:, n_blocks - kk]
+    finite = np.isfinite(bound)
+    if not finite.all():  # rows with fewer than kk finite blocks (mostly excluded): the general path
+        idx = np.empty((n_rows, kk), np.int64)
+        val = np.empty((n_rows, kk), np.float32)
+        rest = np.flatnonzero(~finite)
+        idx[rest], val[rest] = _topk_by_partition(scores[rest], kk)
+        keep = np.flatnonzero(finite)
+        if len(keep):
+            idx[keep], val[keep] = _topk_by_threshold(scores[keep], kk)
+        return idx, val
+    rows, first = np.nonzero(maxima >= bound[:, None])  # the blocks that can hold a top-kk score
+    cols = first[:, None] * block + np.arange(block)
+    inside = cols < n_cols  # (the last block may be short)
+    cols = np.minimum(cols, n_cols - 1)
+    values = np.where(inside, scores[rows[:, None], cols], -np.inf)
+    keep = values >= bound[rows][:, None]
+    rows, cols, values = np.broadcast_to(rows[:, None], cols.shape)[keep], cols[keep], values[keep]
+    order = np.lexsort((cols, -values, rows))  # by row, best first, ties by column
+    rows, cols, values = rows[order], cols[order], values[order]
+    starts = np.searchsorted(rows, np.arange(n_rows))
+    take = starts[:, None] + np.arange(kk)  # every row has at least kk survivors
+    return cols[take].astype(np.int64), values[take].astype(np.float32)
+
+
+def _topk_by_partition(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    n_rows, n_cols = scores.shape
     if kk < n_cols:
         neg = -scores
         part = np.argpartition(neg, kk - 1, axis=1)[:, :kk]
@@ -69,9 +119,6 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
     val = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
     idx[~np.isfinite(val)] = -1
-    if kk < k:
-        idx = np.pad(idx, ((0, 0), (0, k - kk)), constant_values=-1)
-        val = np.pad(val, ((0, 0), (0, k - kk)), constant_values=-np.inf)
     return idx, val
 
 

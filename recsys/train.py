@@ -4,12 +4,13 @@ Training state (modules, optimisers) lives here and in the model's `_fit`; only 
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,23 @@ class LoopResult:
         """The training facts a model's bundle records (`Exported.extra`)."""
         return {"best_epoch": self.best_epoch, "epochs_run": len(self.history), "history": self.history,
                 "train_seconds": round(self.seconds, 2), **more}
+
+
+# Called as hook(epoch, validation metric) after each validated epoch of any `fit_loop` in its context (see
+# `on_validation`); the tuner reports to Optuna through it, and a hook may raise to stop training (pruning).
+_VALIDATION_HOOK: contextvars.ContextVar[Callable[[int, float], None] | None] = contextvars.ContextVar(
+    "recsys_validation_hook", default=None)
+
+
+@contextlib.contextmanager
+def on_validation(hook: Callable[[int, float], None]) -> Iterator[None]:
+    """Within this context every `fit_loop` calls `hook(epoch, metric)` after each validated epoch; an
+    exception the hook raises ends the fit (the tuner prunes unpromising trials this way)."""
+    token = _VALIDATION_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _VALIDATION_HOOK.reset(token)
 
 
 # perf_counter() time after which `optimise` takes no more steps: set by `fit_loop(max_seconds=)`, so that one
@@ -116,6 +134,7 @@ def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[],
           max_seconds: float | None, start: float) -> LoopResult:
     history: list[dict] = []
     best_state, best_epoch, best_metric, stale = None, 0, -np.inf, 0
+    hook = _VALIDATION_HOOK.get()
     bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False, unit="epoch")
     for epoch in bar:
         loss = run_epoch(epoch)
@@ -130,6 +149,8 @@ def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[],
                 best_state, best_epoch, best_metric, stale = state, epoch, metric, 0
             else:
                 stale += 1
+            if hook is not None:
+                hook(epoch, metric)
         history.append(record)
         bar.set_postfix({k: v for k, v in record.items() if k != "epoch"})
         log.debug("%s epoch %d: %s", desc, epoch, record)

@@ -1,15 +1,21 @@
 """Hyper-parameter search with Optuna, on a validation split carved from the training data.
 
 `tune(train, "ials", budget=300)` holds out each user's latest `validation_fraction` of `train` (never the
-test split: the caller keeps that), then runs Optuna's multivariate TPE sampler (it models correlated
-parameters such as reg and reg_exponent jointly) over the model's search space until the time budget or trial
-count is spent. The first trial is the model's defaults, so tuning never reports worse than
-them. Models with early stopping (an `epochs` parameter) stop each trial on the validation split; the chosen
-epoch count is part of the tuned parameters. A best value on the edge of a numeric range is reported in
-`TuneResult.edges`: widen that range and tune again.
+test split: the caller keeps that) and runs a `Search`: Optuna's multivariate TPE sampler (it models
+correlated parameters such as reg and reg_exponent jointly) over the model's search space. The first trial
+is the model's defaults, so tuning never reports worse than them. Models with early stopping (an `epochs`
+parameter) stop each trial on the validation split; the chosen epoch count is part of the tuned parameters.
+Half-way through the budget, a numeric range whose best value sits on its edge is widened and the search
+goes on with every trial so far (`run_widening`); what is still on an edge at the end is reported in
+`TuneResult.edges`.
+
+`tune_auto` is the search behind `recsys train [--tune]`: iALS first, the other embedding models measured at
+their defaults and searched further only while they can still win; `default_budget` scales the budget with
+the size of the log. A model that refuses the data (its first trial fails) stops the search with its reason.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -89,17 +95,16 @@ SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
     "popularity": {},
 }
 EMBEDDING_MODELS = ("ials", "mf", "two_tower")
-DEFAULT_BUDGET = 360.0  # seconds: `recsys tune`'s default; `recsys train --tune` scales it (default_budget)
 
 
 def budget_for(n_interactions: int) -> float:
     """Seconds of search for a log of `n_interactions`: a minute, plus 1 s per 300 interactions (a trial's cost
-    grows with the log, so this buys a similar number of trials), at most 15 minutes. 100k interactions: 393 s,
-    so that `recsys train --tune` ends within 10 minutes; 1M: 900 s."""
+    grows with the log, so this buys a similar number of trials), at most 12 minutes. 100k interactions: 393 s,
+    so that `recsys train --tune` ends within 10 minutes; 1M: 720 s, within 20 minutes with the final fits."""
     return float(min(MAX_BUDGET, 60.0 + n_interactions / 300.0))
 
 
-MAX_BUDGET = 900.0
+MAX_BUDGET = 720.0
 
 
 def default_budget(train: Interactions) -> float:
@@ -119,6 +124,7 @@ class TuneResult:
     trials: list[dict] = field(default_factory=list)
     edges: dict[str, str] = field(default_factory=dict)  # parameter -> 'low' / 'high' when best is at an edge
     widened: dict[str, str] = field(default_factory=dict)  # parameter -> its range after widening
+    n_pruned: int = 0  # trials stopped early: their curve fell below the median of earlier trials
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +168,7 @@ class Search:
         self.k = int(metric.split("@")[1]) if "@" in metric else 10
         self.early_stopping = "epochs" in MODEL_REGISTRY[model]._param_names()
         self.trials: list[dict] = []
+        self.n_pruned = 0
         self.seconds = 0.0
         self.widened: dict[str, str] = {}
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -175,7 +182,8 @@ class Search:
         import optuna
 
         sampler = optuna.samplers.TPESampler(seed=self.seed + len(self.widened), multivariate=True)
-        return optuna.create_study(direction="maximize", sampler=sampler)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH)
+        return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
 
     @property
     def done(self) -> list:
@@ -202,8 +210,9 @@ class Search:
             params = {**self.fixed, **{name: dim.suggest(trial, name) for name, dim in self.space.items()}}
             t0 = time.perf_counter()
             try:
-                fitted = make_model(self.model, **params, **bound).fit(
-                    self.fit_part, self.valid if self.early_stopping else None)
+                with self._pruning(trial):
+                    fitted = make_model(self.model, **params, **bound).fit(
+                        self.fit_part, self.valid if self.early_stopping else None)
             except RecsysError as err:
                 if not self.done:  # the first trial (the defaults) failing means the model refuses this data
                     raise _Refused(str(err)) from err
@@ -226,6 +235,24 @@ class Search:
             raise DataValidationError(f"{self.model} cannot be tuned on this data: {err}") from err
         self.seconds += time.perf_counter() - start
         return self
+
+    def _pruning(self, trial: optuna.Trial) -> contextlib.AbstractContextManager:
+        """Report each validated epoch to Optuna; stop a trial whose curve falls below the median of earlier
+        trials at the same epoch (`PRUNER`). Models without early stopping run whole."""
+        if not self.early_stopping:
+            return contextlib.nullcontext()
+        import optuna
+
+        from .train import on_validation
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                log.info("tune %s trial %d pruned at epoch %d (%s %.4f)", self.model, trial.number, epoch,
+                         self.metric, value)
+                self.n_pruned += 1
+                raise optuna.TrialPruned()
+        return on_validation(report)
 
     def edges(self) -> dict[str, str]:
         if not self.done:
@@ -264,7 +291,7 @@ class Search:
                         self.model, name, best.params[name], side, self.space[name])
         return TuneResult(self.model, {**self.fixed, **best.params, **best.user_attrs}, float(best.value),
                           self.metric, len(self.done), self.seconds, self.validation_fraction, self.trials,
-                          edges, self.widened)
+                          edges, self.widened, self.n_pruned)
 
 
 def run_widening(search: Search, budget: float, rounds: int = 1) -> Search:
@@ -357,6 +384,8 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
     return [s.result() for s in searches.values()]
 
 
+PRUNE_AFTER_TRIALS = 4  # complete trials before any is pruned
+PRUNE_FROM_EPOCH = 4    # a trial's first epochs are never pruned (slow starters)
 LEAD_SHARE = 0.5      # of the budget, searched by the first model before any other is measured
 CONTENDER_GAP = 0.03  # a model within 3% of the leader's validation score keeps searching
 MIN_PROBE_SECONDS = 30.0  # without a budget, another model's default fit may take this long (or the lead's)

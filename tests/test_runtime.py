@@ -103,6 +103,27 @@ def test_topk_ties_stable() -> None:
         np.testing.assert_array_equal(idx, ref)
 
 
+@pytest.mark.parametrize("n_cols", [2048, 3001, 9724, 41632])
+@pytest.mark.parametrize("kind", ["normal", "few values", "mostly excluded", "half excluded"])
+def test_topk_threshold_path_matches_stable_argsort(n_cols: int, kind: str) -> None:
+    """Wide catalogues take the block-maximum path: the same answer as a stable sort, ties and -inf included."""
+    rng = np.random.default_rng(n_cols)
+    scores = rng.standard_normal((12, n_cols)).astype(np.float32)
+    if kind == "few values":
+        scores = rng.integers(0, 3, scores.shape).astype(np.float32)
+    elif kind == "mostly excluded":
+        scores[rng.random(scores.shape) < 0.999] = -np.inf
+    elif kind == "half excluded":
+        scores[:, ::2] = -np.inf
+        scores[0] = -np.inf
+    for k in (1, 10, 50):
+        idx, val = topk(scores, k)
+        ref = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        ref_val = np.take_along_axis(scores, ref, axis=1)
+        np.testing.assert_array_equal(idx, np.where(np.isfinite(ref_val), ref, -1))
+        np.testing.assert_array_equal(val, ref_val)
+
+
 def test_topk_matches_argsort_on_random_scores() -> None:
     scores = np.random.default_rng(1).standard_normal((50, 200)).astype(np.float32)
     idx, val = topk(scores, 10)

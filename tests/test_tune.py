@@ -179,3 +179,33 @@ def test_a_model_that_refuses_the_data_stops_the_search_with_its_reason(syntheti
         tune.tune(train, "ease", budget=30.0)
     results = tune.tune_auto(train, budget=None, models=("popularity", "ease"))
     assert [r.model for r in results] == ["popularity"], "a refusing contender is skipped, not fatal"
+
+
+def test_validation_hook_sees_every_epoch_and_can_stop_a_fit(synthetic_split):
+    from recsys.models import IALS
+    from recsys.train import on_validation
+
+    train, _ = synthetic_split
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    seen = []
+    with on_validation(lambda epoch, value: seen.append((epoch, value))):
+        IALS(factors=8, epochs=5, patience=5, progress=False, device="cpu").fit(fit_part, valid)
+    assert [e for e, _ in seen] == [1, 2, 3, 4, 5] and all(0 <= v <= 1 for _, v in seen)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(epoch: int, value: float) -> None:
+        if epoch == 2:
+            raise Stop
+    with pytest.raises(Stop), on_validation(stop_at_two):
+        IALS(factors=8, epochs=5, progress=False, device="cpu").fit(fit_part, valid)
+    IALS(factors=8, epochs=3, progress=False, device="cpu").fit(fit_part, valid)  # outside: no hook
+
+
+def test_trials_whose_curve_falls_below_the_median_are_pruned(synthetic_split):
+    train, _ = synthetic_split
+    fixed = {"factors": 8, "epochs": 8, "patience": 8, "progress": False, "device": "cpu"}
+    result = tune.tune(train, "ials", n_trials=20, budget=None, fixed=fixed)
+    assert result.n_pruned > 0 and result.n_trials + result.n_pruned == 20
+    assert len(result.trials) == result.n_trials, "only complete trials are listed"
