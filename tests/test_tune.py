@@ -209,3 +209,16 @@ def test_trials_whose_curve_falls_below_the_median_are_pruned(synthetic_split):
     result = tune.tune(train, "ials", n_trials=20, budget=None, fixed=fixed)
     assert result.n_pruned > 0 and result.n_trials + result.n_pruned == 20
     assert len(result.trials) == result.n_trials, "only complete trials are listed"
+
+
+def test_ials_starts_from_its_defaults_then_a_sweep_of_the_unobserved_weight(synthetic_split):
+    from recsys.models import IALS
+
+    train, _ = synthetic_split
+    fixed = {"factors": 8, "epochs": 3, "progress": False, "device": "cpu"}
+    result = tune.tune(train, "ials", n_trials=4, budget=None, fixed=fixed)
+    weights = [t["unobserved_weight"] for t in result.trials[:3]]
+    assert weights == [IALS().unobserved_weight, 0.01, 0.001]
+    assert all(t["reg"] == IALS().reg for t in result.trials[:3]), "only the swept parameter differs"
+    fixed_weight = tune.tune(train, "ials", n_trials=2, budget=None, fixed={**fixed, "unobserved_weight": 0.5})
+    assert fixed_weight.trials[1]["reg"] != IALS().reg, "nothing to sweep: the sampler's own second trial"
