@@ -95,18 +95,26 @@ SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
     "popularity": {},
 }
 EMBEDDING_MODELS = ("ials", "mf", "two_tower")
+# Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
+# (with a small unobserved weight, conjugate-gradient sweeps converge slowly). Early stopping and pruning judge
+# each epoch on a fixed sample of 2,000 validation users (scoring them is most of a trial's time on a wide
+# catalogue); a trial's value is still measured on every validation user.
+TRIAL_DEFAULTS: dict[str, dict[str, Any]] = {"ials": {"epochs": 64, "max_val_users": 2000},
+                                             "mf": {"max_val_users": 2000}, "two_tower": {"max_val_users": 2000}}
 # Trials after the defaults, before the sampler's own: the defaults with another value of the parameter that
 # moves quality most. iALS: the unobserved weight alpha0 spans orders of magnitude across logs (Rendle et al.
 # 2022 tune it per dataset; sparse logs with short histories want it small), so a log-spaced sweep of it.
-# Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high;
-# with a small unobserved weight, conjugate-gradient sweeps converge slowly (best epochs of 17 to 55 seen).
-# Early stopping and pruning judge each epoch on a fixed sample of 2,000 validation users (scoring them is most
-# of a trial's time on a wide catalogue); a trial's value is still measured on every validation user.
-TRIAL_DEFAULTS: dict[str, dict[str, Any]] = {"ials": {"epochs": 64, "max_val_users": 2000},
-                                             "mf": {"max_val_users": 2000}, "two_tower": {"max_val_users": 2000}}
 START_POINTS: dict[str, tuple[dict[str, Any], ...]] = {
     "ials": ({"unobserved_weight": 0.01}, {"unobserved_weight": 0.001}),
 }
+# tune_auto and the pruner (see tune_auto's docstring)
+LEAD_SHARE = 0.5          # of the budget, searched by the first model before any other is measured
+PROBE_SHARE = 0.1         # of the budget, at most, for measuring another model at its defaults
+MIN_PROBE_SECONDS = 30.0  # without a budget, another model's default fit may take this long (or the lead's)
+CONTENDER_GAP = 0.03      # a model within 3% of the leader's validation score keeps searching
+PRUNE_AFTER_TRIALS = 4    # complete trials before any is pruned
+PRUNE_FROM_EPOCH = 4      # a trial's first epochs are never pruned (slow starters)
+MAX_BUDGET = 720.0        # seconds: default_budget's ceiling
 
 
 def budget_for(n_interactions: int) -> float:
@@ -115,8 +123,6 @@ def budget_for(n_interactions: int) -> float:
     so that `recsys train --tune` ends within 10 minutes; 1M: 720 s, within 20 minutes with the final fits."""
     return float(min(MAX_BUDGET, 60.0 + n_interactions / 300.0))
 
-
-MAX_BUDGET = 720.0
 
 
 def default_budget(train: Interactions) -> float:
@@ -397,14 +403,6 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
             if left > 0:
                 run_widening(s, left / (len(alive) - i), widen_rounds if s.model != lead else 0)
     return [s.result() for s in searches.values()]
-
-
-PRUNE_AFTER_TRIALS = 4  # complete trials before any is pruned
-PRUNE_FROM_EPOCH = 4    # a trial's first epochs are never pruned (slow starters)
-LEAD_SHARE = 0.5      # of the budget, searched by the first model before any other is measured
-CONTENDER_GAP = 0.03  # a model within 3% of the leader's validation score keeps searching
-PROBE_SHARE = 0.1     # of the budget, at most, for measuring another model at its defaults
-MIN_PROBE_SECONDS = 30.0  # without a budget, another model's default fit may take this long (or the lead's)
 
 
 def _check_budget(budget: float | None, n_trials: int | None) -> None:
