@@ -78,12 +78,13 @@ def Float(low: float, high: float, log: bool = False, limits: tuple[str, ...] = 
     return Range(low, high, log, float, limits)
 
 
-# Per model: what the tuner searches. Ranges are wide on purpose (a new dataset is not MovieLens); the
+# Per model: what the tuner searches. More than 512 factors is never widened into: such trials cost more than
+# a default budget buys. Ranges are wide on purpose (a new dataset is not MovieLens); the
 # quality benchmark checks that no best value sits on an edge.
 SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
-    "mf": {"factors": Int(16, 512, log=True), "reg": Float(1e-4, 1.0, log=True),
+    "mf": {"factors": Int(16, 512, log=True, limits=("high",)), "reg": Float(1e-4, 1.0, log=True),
            "lr": Float(1e-3, 5e-2, log=True)},
-    "ials": {"factors": Int(16, 512, log=True), "reg": Float(1e-4, 100.0, log=True),
+    "ials": {"factors": Int(16, 512, log=True, limits=("high",)), "reg": Float(1e-4, 100.0, log=True),
              "unobserved_weight": Float(1e-3, 100.0, log=True),
              "reg_exponent": Float(0.0, 1.0, limits=("low", "high")),
              "confidence": Choice(("binary", "power")), "alpha": Float(0.1, 4.0, log=True)},
@@ -104,8 +105,11 @@ TRIAL_DEFAULTS: dict[str, dict[str, Any]] = {"ials": {"epochs": 64, "max_val_use
 # Trials after the defaults, before the sampler's own: the defaults with another value of the parameter that
 # moves quality most. iALS: the unobserved weight alpha0 spans orders of magnitude across logs (Rendle et al.
 # 2022 tune it per dataset; sparse logs with short histories want it small), so a log-spaced sweep of it.
+# Then Hu et al.'s regime as implicit's ALS finds it when tuned (its alpha ~ 60-80 is an unobserved weight of
+# ~0.01-0.02; a strong plain L2 penalty): no frequency scaling, reg 1.
 START_POINTS: dict[str, tuple[dict[str, Any], ...]] = {
-    "ials": ({"unobserved_weight": 0.01}, {"unobserved_weight": 0.001}),
+    "ials": ({"unobserved_weight": 0.01}, {"unobserved_weight": 0.001},
+             {"unobserved_weight": 0.01, "reg_exponent": 0.0, "reg": 1.0}),
 }
 # tune_auto and the pruner (see tune_auto's docstring)
 LEAD_SHARE = 0.5          # of the budget, searched by the first model before any other is measured
