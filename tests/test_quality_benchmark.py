@@ -111,3 +111,16 @@ def test_suite_declines_ease_up_front():
     assert "available" in quality.dense_refusal("ease", small, available=2**28)
     assert quality.dense_refusal("ease", small, available=16 * 2**30) is None
     assert quality.dense_refusal("implicit_als", big, available=1) is None
+
+
+def test_make_log_writes_a_log_recsys_reads(tmp_path):
+    from recsys.data import read_interactions
+
+    out = tmp_path / "log.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_log.py"), "--users", "50", "--items",
+                           "40", "--per-user", "5", "--out", str(out)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    inter = read_interactions(out, user_col="user", item_col="item", weight_col="rating", time_col="timestamp")
+    assert inter.n_users == 50 and inter.nnz >= 50 and inter.timestamp is not None
+    assert f"{inter.nnz:,} interactions" in proc.stdout
