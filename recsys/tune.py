@@ -114,7 +114,8 @@ START_POINTS: dict[str, tuple[dict[str, Any], ...]] = {
 # tune_auto and the pruner (see tune_auto's docstring)
 LEAD_SHARE = 0.5          # of the budget, searched by the first model before any other is measured
 PROBE_SHARE = 0.1         # of the budget, at most, for measuring another model at its defaults
-MIN_PROBE_SECONDS = 30.0  # without a budget, another model's default fit may take this long (or the lead's)
+MIN_PROBE_SECONDS = 30.0  # without a budget, another model's default fit may take this long (or the lead's
+#                           default fit, if longer)
 CONTENDER_GAP = 0.03      # a model within 3% of the leader's validation score keeps searching
 PRUNE_AFTER_TRIALS = 4    # complete trials before any is pruned
 PRUNE_FROM_EPOCH = 4      # a trial's first epochs are never pruned (slow starters)
@@ -364,7 +365,7 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
 
     1. The first model (iALS) searches for `LEAD_SHARE` of the budget (budget None: its defaults, one trial).
     2. Each other model is measured at its defaults, each fit bounded by `PROBE_SHARE` of the budget (or
-       the time left over the models still to measure; at least as long as the first model's slowest trial).
+       the time left over the models still to measure; at least as long as the first model's default trial).
     3. Models whose validation score is within `CONTENDER_GAP` of the leader share the rest of the budget,
        the range widening of `run_widening` included; the others stop there.
     fixed(model): the parameters set in every trial of that model. Returns one result per model measured.
@@ -386,11 +387,11 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
         searches[lead].run(n_trials=1)
     else:
         run_widening(searches[lead], LEAD_SHARE * budget, widen_rounds)
-    slowest = max(t["seconds"] for t in searches[lead].trials)
+    lead_default = searches[lead].trials[0]["seconds"]  # its defaults' trial: the cost of a default fit here
     for i, name in enumerate(rest):
         left = (budget - (time.perf_counter() - start)) if budget is not None else None
-        cap = max(slowest, min(PROBE_SHARE * budget, left / (len(rest) - i + 1))) if left is not None \
-            else max(slowest, MIN_PROBE_SECONDS)
+        cap = max(lead_default, min(PROBE_SHARE * budget, left / (len(rest) - i + 1))) if left is not None \
+            else max(lead_default, MIN_PROBE_SECONDS)
         try:
             searches[name] = search(name).run(n_trials=1, trial_seconds=cap)
         except DataValidationError as err:
