@@ -163,21 +163,18 @@ def suite_log(key: str, smoke: bool) -> tuple[str, Interactions, str, str]:
 
 def dense_refusal(name: str, train: Interactions, available: int | None = None) -> str | None:
     """Why the benchmark does not fit `name` on `train`, or None. EASE holds n_items x n_items float32 matrices
-    (three at its peak) and a dense users x items history: past the library's own limit, or past 80% of the
-    machine's available memory, the row is declined up front. (recsys.tune counts a refused fit as a failed
-    trial and keeps trying until the budget is spent, then reports only "no trial finished".)"""
+    (three at its peak) and a dense users x items history (`recsys.models.baselines.dense_bytes`): past the
+    library's own limit, or past 80% of the machine's available memory, the row is declined up front, before
+    any data is split or searched."""
     if name != "ease":
         return None
     from recsys.models import baselines
 
-    need = 4 * (3 * train.n_items ** 2 + train.n_users * train.n_items)
-    limit = getattr(baselines, "MAX_DENSE_BYTES", None)
-    if limit is not None and need > limit:
+    need = baselines.dense_bytes(train.n_users, train.n_items)
+    if need > baselines.MAX_DENSE_BYTES:
         return (f"{train.n_items:,} items and {train.n_users:,} users need about {need / 2**30:.1f} GiB, over "
-                f"EASE's limit of {limit / 2**30:.0f} GiB (recsys.models.baselines.MAX_DENSE_BYTES)")
-    max_items = getattr(baselines, "MAX_ITEMS", None)
-    if max_items is not None and train.n_items > max_items:
-        return f"{train.n_items:,} items is over EASE's limit of {max_items:,} (recsys.models.baselines.MAX_ITEMS)"
+                f"EASE's limit of {baselines.MAX_DENSE_BYTES / 2**30:.0f} GiB "
+                "(recsys.models.baselines.MAX_DENSE_BYTES)")
     available = _available_memory() if available is None else available
     if available is not None and need > 0.8 * available:
         return (f"benchmark guard: EASE on {train.n_items:,} items needs about {need / 2**30:.1f} GiB, "

@@ -129,7 +129,6 @@ def budget_for(n_interactions: int) -> float:
     return float(min(MAX_BUDGET, 60.0 + n_interactions / 300.0))
 
 
-
 def default_budget(train: Interactions) -> float:
     """Seconds of search that `recsys train --tune` spends on `train` when no budget is given (`budget_for`)."""
     return budget_for(train.nnz)
@@ -263,7 +262,8 @@ class Search:
 
     def _pruning(self, trial: optuna.Trial) -> contextlib.AbstractContextManager:
         """Report each validated epoch to Optuna; stop a trial whose curve falls below the median of earlier
-        trials at the same epoch (`PRUNER`). Models without early stopping run whole."""
+        trials at the same epoch (Optuna's median pruner, see `PRUNE_AFTER_TRIALS` and `PRUNE_FROM_EPOCH`).
+        Models without early stopping run whole."""
         if not self.early_stopping:
             return contextlib.nullcontext()
         import optuna
@@ -347,7 +347,7 @@ def tune(train: Interactions, model: str, *, budget: float | None = 300.0, n_tri
 
     if budget is None and n_trials is None:
         raise DataValidationError("tune needs a time budget or a number of trials (budget=, n_trials=).")
-    _check_budget(budget, n_trials)
+    _check_budget(budget)
     fit_part, valid = holdout(train, validation_fraction, seed)
     search = Search(model, fit_part, valid, space=space, fixed=fixed, metric=metric, seed=seed,
                     validation_fraction=validation_fraction)
@@ -372,7 +372,7 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
     """
     from .data import holdout
 
-    _check_budget(budget, None)
+    _check_budget(budget)
     start = time.perf_counter()
     fit_part, valid = holdout(train, validation_fraction, seed)
     fixed = fixed or (lambda name: {})
@@ -410,7 +410,7 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
     return [s.result() for s in searches.values()]
 
 
-def _check_budget(budget: float | None, n_trials: int | None) -> None:
+def _check_budget(budget: float | None) -> None:
     if budget is not None and budget <= 0:
         raise DataValidationError(f"The tuning budget must be > 0 seconds. Got {budget}.")
 

@@ -100,8 +100,8 @@ def test_suite_logs_cover_the_shapes(suite_frames):
 
 
 def test_suite_declines_ease_up_front():
-    """EASE is declined before tuning where it cannot fit (tune() would retry a refused fit for the whole
-    budget), by the library's limit or the machine's memory; other peers and small catalogues are not."""
+    """EASE is declined before tuning where it cannot fit, by the library's limit or the machine's memory;
+    other peers and small catalogues are not."""
     from types import SimpleNamespace
 
     import quality
