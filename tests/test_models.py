@@ -105,6 +105,26 @@ def test_max_seconds_bounds_training_even_within_an_epoch(synthetic):
     assert len(steps) == 5, "outside fit_loop there is no deadline"
 
 
+@pytest.mark.parametrize("max_users", [None, 7])
+def test_the_epoch_validator_scores_what_evaluate_scores(synthetic_split, max_users, monkeypatch):
+    """fit_loop's per-epoch NDCG@10 (set up once, block-wise scoring) equals evaluate's on the same users."""
+    from recsys.models.base import Exported
+    from recsys.runtime import Engine
+    from recsys.train import ndcg_validator
+
+    train, test = synthetic_split
+    rng = np.random.default_rng(0)
+    state = Exported(rng.standard_normal((train.n_items, 8)).astype(np.float32),
+                     rng.standard_normal((train.n_users, 8)))  # float64 users: cast like the Engine does
+    engine = Engine(state.item_vectors, state.user_vectors.astype(np.float32), train.users, train.items,
+                    seen=train.matrix(binary=True))
+    expected = evaluate(engine, test, 10, max_users=max_users, seed=3)["ndcg@10"]
+    assert ndcg_validator(train, test, max_users, 3)(state) == pytest.approx(expected, abs=1e-12)
+    monkeypatch.setattr("recsys.train.VALIDATION_BLOCK", 3 * train.n_items)  # blocks of 3 users: seen pairs split
+    assert ndcg_validator(train, test, max_users, 3)(state) == pytest.approx(expected, abs=1e-12)
+    assert ndcg_validator(train, None, max_users, 3) is None
+
+
 @pytest.mark.parametrize("loss", ["softmax", "sampled", "bpr"])
 def test_mf_learns_planted_structure(synthetic_split, loss):
     """On a log with planted clusters every loss beats popularity clearly (softmax: 0.20 vs 0.145)."""
