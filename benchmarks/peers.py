@@ -13,8 +13,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit warns (and slows 
 import numpy as np
 
 from recsys.data import Interactions
+from recsys.foldin import FoldIn
 from recsys.models.base import BOOL, Exported, Interval, Recommender
-from recsys.tune import SEARCH_SPACES, Choice, Float, Int
+from recsys.tuning import SEARCH_SPACES, Choice, Float, Int
 
 
 def _user_items(train: Interactions, use_weights: bool):
@@ -48,7 +49,7 @@ class ImplicitALS(Recommender):
                                         calculate_training_loss=False)
         model.fit(_user_items(train, self.use_weights), show_progress=False)
         return Exported(np.asarray(model.item_factors), np.asarray(model.user_factors),
-                        foldin={"method": "ridge", "reg": self.regularization, "unobserved_weight": 1.0})
+                        foldin=FoldIn("ridge", reg=self.regularization, unobserved_weight=1.0))
 
 
 class ImplicitBPR(Recommender):
@@ -75,7 +76,7 @@ class ImplicitBPR(Recommender):
                                             random_state=self.seed)
         model.fit(_user_items(train, False), show_progress=False)
         return Exported(np.asarray(model.item_factors), np.asarray(model.user_factors),
-                        foldin={"method": "ridge", "reg": 1.0})
+                        foldin=FoldIn("ridge", reg=1.0))
 
 
 SEARCH_SPACES["implicit_als"] = {"factors": Int(16, 512, log=True), "regularization": Float(1e-3, 1e3, log=True),

@@ -45,13 +45,13 @@ sys.path.insert(0, str(ROOT))
 import peers  # noqa: F401 - registers implicit_als / implicit_bpr
 import suite_logs
 
-from recsys.data import Interactions, read_interactions, temporal_split
+from recsys.data import Interactions, holdout, read_interactions, temporal_split
 from recsys.datasets import load_movielens, make_synthetic
-from recsys.evaluate import evaluate
+from recsys.evaluation import evaluate
 from recsys.exceptions import RecsysError
-from recsys.models import MODEL_REGISTRY
-from recsys.pipeline import holdout, make_model, model_params, train_and_bundle
-from recsys.tune import EMBEDDING_MODELS, SEARCH_SPACES, TuneResult, default_budget, tune, widen
+from recsys.models import MODEL_NAMES, MODEL_REGISTRY, make_model, model_params
+from recsys.pipeline import train_and_bundle
+from recsys.tuning import EMBEDDING_MODELS, SEARCH_SPACES, TuneResult, default_budget, tune
 
 log = logging.getLogger("benchmarks.quality")
 PEERS = ("implicit_als", "implicit_bpr", "ease", "itemknn", "popularity")
@@ -67,17 +67,11 @@ def load(smoke: bool) -> Interactions:
 
 def tune_widening(train: Interactions, name: str, budget: float, n_trials: int | None, rounds: int,
                   fixed: dict, seed: int) -> tuple[TuneResult, int, dict]:
-    """Tune; while the best sits on a range edge, widen that range and tune again (up to `rounds` times)."""
-    space = SEARCH_SPACES[name]
-    best = tune(train, name, budget=budget, n_trials=n_trials, fixed=fixed, space=space, seed=seed)
-    widened = 0
-    while best.edges and widened < rounds:
-        space = widen(space, best.edges)
-        widened += 1
-        log.info("%s: best on an edge %s, widened to %s", name, best.edges, {k: str(space[k]) for k in best.edges})
-        again = tune(train, name, budget=budget, n_trials=n_trials, fixed=fixed, space=space, seed=seed + widened)
-        best = again if again.best_value > best.best_value else best
-    return best, widened, {k: str(v) for k, v in space.items()}
+    """recsys.tune with its range widening: `budget` seconds per round, `rounds` widening rounds."""
+    best = tune(train, name, budget=budget * (rounds + 1), n_trials=n_trials, fixed=fixed, seed=seed,
+                widen_rounds=rounds)
+    space = {**{k: str(v) for k, v in SEARCH_SPACES[name].items()}, **best.widened}
+    return best, len(best.widened), space
 
 
 def run(models: list[str], budget: float, n_trials: int | None, rounds: int, smoke: bool, seed: int) -> dict:
@@ -210,7 +204,7 @@ def suite_ours(inter: Interactions, budget: float, seed: int) -> dict[str, Any]:
 
 def suite_peer(train: Interactions, test: Interactions, name: str, budget: float, n_trials: int | None,
                rounds: int, seed: int) -> dict[str, Any]:
-    """`name` tuned with `budget` (recsys.tune.tune, widening inside), refitted on `train`, evaluated on `test`; or declined."""
+    """`name` tuned with `budget` (recsys.tuning.tune, widening inside), refitted on `train`, evaluated on `test`; or declined."""
     reason = dense_refusal(name, train)
     if reason:
         log.warning("%s declined: %s", name, reason)
@@ -329,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
     p.add_argument("--budget", type=float, default=None,
                    help="tuning seconds per model and round (default 150); with --suite, the budget of every "
-                        "log for ours and peers alike (default: recsys.tune.default_budget of the log)")
+                        "log for ours and peers alike (default: recsys.tuning.default_budget of the log)")
     p.add_argument("--trials", type=int, default=None, help="stop each search after this many trials")
     p.add_argument("--widen", type=int, default=1, help="widening rounds when a best value is on an edge")
     p.add_argument("--smoke", action="store_true", help="synthetic log, one trial per model (for tests)")
@@ -352,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         text = suite_report(result)
     else:
         models = [m for m in args.models.split(",") if m]
-        unknown = [m for m in models if m not in MODEL_REGISTRY or m not in SEARCH_SPACES]
+        unknown = [m for m in models if m not in {*MODEL_NAMES, *MODEL_REGISTRY} or m not in SEARCH_SPACES]
         if unknown:
-            p.error(f"unknown model(s) {unknown}; known: {sorted(set(MODEL_REGISTRY) & set(SEARCH_SPACES))}")
+            p.error(f"unknown model(s) {unknown}; known: {sorted({*MODEL_NAMES, *MODEL_REGISTRY} & set(SEARCH_SPACES))}")
         budget = 150.0 if args.budget is None else args.budget
         result = run(models, budget, trials, rounds, args.smoke, args.seed)
         text = report(result)

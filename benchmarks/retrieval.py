@@ -2,7 +2,7 @@
 
 One run, for each catalogue size:
   * generates MF-like item vectors (clustered, log-normal norms) and user-like queries, seeded;
-  * tunes an 'ip' index with `recsys.index.tune` (recall@k target; n_trees and the search_k multiple) on one
+  * tunes an 'ip' index with `recsys.index.tune_index` (recall@k target; n_trees and the search_k multiple) on one
     set of queries; the index is one Annoy forest per norm range;
   * saves it with `AnnIndex.file_writers` (one .ann per range + the range layout) and measures it on a second,
     held-out set of queries from the same distribution: recall@k, ms/query, beside exact single-query and
@@ -42,18 +42,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from recsys.index import AnnIndex, exact_topk, measure_exact, recall_at_k, tune
+from recsys.index import AnnIndex, exact_topk, measure_exact, recall_at_k, tune_index
 
 log = logging.getLogger("benchmarks.retrieval")
 
 DEFAULT_SIZES = "10000,100000,1000000"
 QUICK_SIZES = "10000,100000"
-# tune()'s own default n_trees grid; above LARGE items the grid is cut so the default run stays under ~10
+# tune_index()'s own default n_trees grid; above LARGE items the grid is cut so the default run stays under ~10
 # minutes on 2 cores (at 1M x 64, all norm ranges together cost about 1 s per tree on a quiet machine).
 N_TREES_GRID = (10, 25, 50, 100)
 LARGE = 500_000
 N_TREES_GRID_LARGE = (10, 25, 50)
-# tune()'s default search_k multipliers (search_k = nodes per candidate = n_trees * multiplier); the effort
+# tune_index()'s default search_k multipliers (search_k = nodes per candidate = n_trees * multiplier); the effort
 # sweep uses the same values.
 SEARCH_K_MULTIPLIERS = (1, 2, 4, 8, 12, 16, 32, 64)
 PREFIX = "index_ip"
@@ -125,27 +125,13 @@ def compare(index: AnnIndex, queries: np.ndarray, vectors: np.ndarray, truth: np
 
 
 def ranges_searched(index: AnnIndex, queries: np.ndarray, vectors: np.ndarray, k: int) -> float | None:
-    """Mean number of norm ranges a query visits (the others are cut by the exact bound). Instrumentation in
-    an untimed pass: each range's forest is wrapped to count calls (relies on the private `_forests`)."""
-    forests = getattr(index, "_forests", None)
-    if not forests:
+    """Mean number of norm ranges a query visits (the others are cut by the exact bound), read from the
+    index's `forest_searches` counter in an untimed pass."""
+    if not index.n_ranges:
         return None
-    calls = 0
-
-    class Counting:
-        def __init__(self, forest):
-            self.forest = forest
-
-        def get_nns_by_vector(self, *args, **kwargs):
-            nonlocal calls
-            calls += 1
-            return self.forest.get_nns_by_vector(*args, **kwargs)
-
-    index._forests = [None if f is None else Counting(f) for f in forests]
-    try:
-        index.search(queries, vectors, k)
-    finally:
-        index._forests = forests
+    before = index.forest_searches
+    index.search(queries, vectors, k)
+    calls = index.forest_searches - before
     return calls / max(len(queries), 1) + index.exact_ranges  # exactly scored ranges are always visited
 
 
@@ -337,7 +323,7 @@ def bench_size(n: int, args: argparse.Namespace, centres: np.ndarray, tmp: Path)
 
     grid = tuple(args.n_trees_grid_large if n >= LARGE else args.n_trees_grid)
     t = time.perf_counter()
-    index, stats = tune(items, tune_q, metric="ip", k=args.k, target_recall=args.target_recall,
+    index, stats = tune_index(items, tune_q, metric="ip", k=args.k, target_recall=args.target_recall,
                         n_trees_grid=grid, search_k_multipliers=tuple(args.search_k_multipliers), seed=args.seed,
                         max_build_seconds=args.max_build_seconds)
     phases["tune_s"] = time.perf_counter() - t
@@ -533,8 +519,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-trees-grid-large", type=ints, default=N_TREES_GRID_LARGE,
                    help=f"n_trees grid for catalogues of {LARGE:,} items or more")
     p.add_argument("--search-k-multipliers", type=ints, default=SEARCH_K_MULTIPLIERS,
-                   help="tune()'s search_k multiples of n_trees (nodes per candidate)")
-    p.add_argument("--max-build-seconds", type=float, default=120.0, help="tune()'s build budget per size")
+                   help="tune_index()'s search_k multiples of n_trees (nodes per candidate)")
+    p.add_argument("--max-build-seconds", type=float, default=120.0, help="tune_index()'s build budget per size")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians reported)")
     p.add_argument("--memory-queries", type=int, default=500, help="queries each memory child runs")
     p.add_argument("--no-memory", action="store_true", help="skip the memory-sharing check")

@@ -43,8 +43,6 @@ import platform
 import resource
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +52,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the process helpers the service's process tests use too
+import serving_process
+from serving_process import children, free_port, get
+
 BIN = Path(sys.executable).parent
 CONF = "server/gunicorn.conf.py"
 N_USERS = 610  # MovieLens ml-latest-small users "1".."610"
@@ -113,38 +115,6 @@ end
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (gunicorn's workers), from /proc."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of the processes (their own threads; reaped children not included)."""
     total = 0
@@ -191,7 +161,7 @@ class Server:
         self.log_path = work / "gunicorn.log"
         metrics_dir = work / "prometheus"
         metrics_dir.mkdir()
-        env = dict(os.environ)
+        env = serving_process.environment()
         env.update({
             "RECSYS_BIND": f"127.0.0.1:{self.port}",
             "RECSYS_WORKERS": str(args.workers),
@@ -208,30 +178,15 @@ class Server:
             self.cmd.append(app)  # a command-line app overrides the config file's wsgi_app
         self.env = env
         self.proc: subprocess.Popen | None = None
-        self._log = None
 
     def start(self, ready_timeout: float, k: int) -> dict:
         log.info("starting %s on 127.0.0.1:%d: %s", self.name, self.port, " ".join(self.cmd))
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         started = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = started + ready_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn ({self.name}) exited with {self.proc.returncode}; see "
-                                   f"{self.log_path}:\n{self.log_tail()}")
-            try:
-                status, _ = get(self.port, "/readyz", timeout=2)
-                if status == 200 and len(children(self.proc.pid)) >= 1:
-                    break
-            except OSError:
-                pass
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"gunicorn ({self.name}) not ready after {ready_timeout:.0f} s:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(0.25)
+        self.proc = serving_process.start(self.cmd, self.env, log=self.log_path, stderr_to_log=True)
+        serving_process.wait_ready(self.proc, self.port, ready_timeout, workers=1,
+                                   name=f"gunicorn ({self.name})", log=self.log_path)
         ready_s = time.perf_counter() - started
+        deadline = started + ready_timeout
         # every worker up (gunicorn forks them one by one), bounded by the same deadline
         n_workers = int(self.env["RECSYS_WORKERS"])
         while len(children(self.proc.pid)) < n_workers and time.perf_counter() < deadline:
@@ -253,12 +208,6 @@ class Server:
     def workers(self) -> list[int]:
         return children(self.proc.pid) if self.proc else []
 
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
     def log_counts(self) -> dict:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return {"booted_workers": text.count("Booting worker"),
@@ -266,15 +215,7 @@ class Server:
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self._log:
-            self._log.close()
-            self._log = None
+            serving_process.stop(self.proc, timeout=timeout)  # SIGTERM to master and workers; SIGKILL after the timeout
 
 
 # ----------------------------------------------------------------------------------- load generators

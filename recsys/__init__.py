@@ -1,10 +1,110 @@
-"""recsys: learn user and item embeddings from interaction logs, retrieve, serve, evaluate."""
+"""recsys: learn user and item embeddings from interaction logs, retrieve, serve, evaluate.
+
+The front door: everything a notebook needs, imported on first use (PEP 562), so `import recsys` is quick and
+torch is imported only when a torch model is used.
+
+>>> import recsys
+>>> inter = recsys.make_synthetic(n_users=60, n_items=40, seed=0).interactions
+>>> log = recsys.read_interactions(inter, user_col="user", item_col="item", time_col="timestamp")
+>>> train, test = recsys.temporal_split(log, 0.2)
+>>> model = recsys.Popularity().fit(train)
+>>> round(recsys.evaluate(model, test)["ndcg@10"], 3) >= 0
+True
+
+Layers (each module's docstring says more): `data` (read, map ids, split) -> `models` (fit, export arrays) ->
+`bundle` (write, verify, load) -> `index` and `engine` (the one ranking path) -> `server/`, `cli`, notebooks.
+`evaluation` scores any model through the engine; `tuning` searches hyper-parameters; `pipeline` is
+`recsys train`.
+"""
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 logging.getLogger("recsys").addHandler(logging.NullHandler())
 
-__all__ = ["__version__"]
+# public name -> the module that defines it (imported on first access)
+_EXPORTS: dict[str, str] = {
+    # reading and splitting logs
+    "Interactions": "data", "IdMap": "data", "read_interactions": "data", "from_arrays": "data",
+    "temporal_split": "data", "random_split": "data", "time_split": "data", "holdout": "data",
+    "load_movielens": "datasets", "make_synthetic": "datasets",
+    # models (torch is imported with IALS, MF and TwoTower)
+    "IALS": "models", "MF": "models", "TwoTower": "models", "EASE": "models", "ItemKNN": "models",
+    "Popularity": "models", "MODEL_NAMES": "models", "make_model": "models", "load": "models",
+    # evaluating and tuning
+    "evaluate": "evaluation", "compare": "evaluation", "ranking_metrics": "metrics", "per_user_metrics": "metrics",
+    "tune": "tuning", "tune_auto": "tuning",
+    # answering: the engine over a bundle, and training into one
+    "Engine": "engine", "load_engine": "engine", "train_and_bundle": "pipeline",
+    "FeedbackStore": "feedback",
+}
+
+__all__ = [
+    "EASE",
+    "IALS",
+    "MF",
+    "MODEL_NAMES",
+    "Engine",
+    "FeedbackStore",
+    "IdMap",
+    "Interactions",
+    "ItemKNN",
+    "Popularity",
+    "TwoTower",
+    "__version__",
+    "compare",
+    "evaluate",
+    "from_arrays",
+    "holdout",
+    "load",
+    "load_engine",
+    "load_movielens",
+    "make_model",
+    "make_synthetic",
+    "per_user_metrics",
+    "random_split",
+    "ranking_metrics",
+    "read_interactions",
+    "temporal_split",
+    "time_split",
+    "train_and_bundle",
+    "tune",
+    "tune_auto",
+]
+
+if TYPE_CHECKING:
+    from .data import (
+        IdMap,
+        Interactions,
+        from_arrays,
+        holdout,
+        random_split,
+        read_interactions,
+        temporal_split,
+        time_split,
+    )
+    from .datasets import load_movielens, make_synthetic
+    from .engine import Engine, load_engine
+    from .evaluation import compare, evaluate
+    from .feedback import FeedbackStore
+    from .metrics import per_user_metrics, ranking_metrics
+    from .models import EASE, IALS, MF, MODEL_NAMES, ItemKNN, Popularity, TwoTower, load, make_model
+    from .pipeline import train_and_bundle
+    from .tuning import tune, tune_auto
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'recsys' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

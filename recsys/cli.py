@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, artifacts
+from . import __version__
+from .bundle import CURRENT, resolve, verify
 from .exceptions import DataValidationError, RecsysError
-from .tune import MAX_BUDGET, default_budget
-
-# model names without importing torch (recsys.models) at parse time
-MODEL_NAMES = ["ials", "mf", "two_tower", "ease", "itemknn", "popularity"]
+from .models import MODEL_NAMES, model_class
+from .tuning import MAX_BUDGET, default_budget
 
 log = logging.getLogger("recsys")
 
@@ -60,7 +59,7 @@ def _with_feedback(inter, url: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import make_model, train_and_bundle
+    from .pipeline import train_and_bundle
 
     inter = _load_interactions(args)
     if args.from_db:
@@ -71,9 +70,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     params.update({k: v for k, v in {"epochs": args.epochs, "factors": args.factors, "loss": args.loss}.items()
                    if v is not None})
     if params and args.model == "auto":
-        raise DataValidationError(f"Parameters {sorted(params)} need a model: add --model (one of {MODEL_NAMES}).")
+        raise DataValidationError(f"Parameters {sorted(params)} need a model: add --model (one of {list(MODEL_NAMES)}).")
     if params:
-        accepted = make_model(args.model)._param_names()
+        accepted = model_class(args.model)._param_names()
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             raise DataValidationError(f"Model {args.model!r} has no parameter(s) {unknown} (from --params or "
@@ -89,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"\nHeld-out evaluation ({_split_words(report.split, args.test_fraction)}, full ranking, seen items "
           "excluded):")
     print(report.table().to_string(float_format=lambda v: f"{v:.4f}"))
-    print(f"\nBundle: {report.bundle}  (published as {Path(args.out) / artifacts.CURRENT})")
+    print(f"\nBundle: {report.bundle}  (published as {Path(args.out) / CURRENT})")
     print(f"Trained in {report.seconds:.1f} s")
     return 0
 
@@ -127,7 +126,8 @@ def _print_tuning(tuning: dict) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .pipeline import holdout, tune_candidates
+    from .data import holdout
+    from .pipeline import tune_candidates
 
     inter = _load_interactions(args)
     train, _ = holdout(inter, args.test_fraction, args.seed)
@@ -149,23 +149,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    manifest = artifacts.verify(args.bundle)
-    evaluation = manifest.get("evaluation", {})
-    metrics = {manifest["model"]["class"]: manifest.get("metrics", {}), **evaluation.get("baselines", {})}
+    manifest = verify(args.bundle)
+    evaluation = manifest.evaluation
+    metrics = {manifest.model_class: manifest.metrics, **evaluation.get("baselines", {})}
     if args.json:
-        print(json.dumps(manifest.get("metrics", {}), indent=2))
+        print(json.dumps(manifest.metrics, indent=2))
         return 0
     frame = pd.DataFrame(metrics).T
     ties = f", {evaluation['tied_share']:.1%} tied in time, broken by a {evaluation['tie_break']}" \
         if evaluation.get("tied_share") else ""
-    print(f"Bundle {artifacts.resolve(args.bundle)}: {evaluation.get('protocol', 'holdout')} "
+    print(f"Bundle {resolve(args.bundle)}: {evaluation.get('protocol', 'holdout')} "
           f"(test fraction {evaluation.get('test_fraction', '?')}{ties})")
     print(frame.drop(columns=["users"], errors="ignore").to_string(float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
 def _engine(bundle_path: str):
-    from .runtime import load_engine  # queries need numpy and annoy only, not torch
+    from .engine import load_engine  # queries need numpy and annoy only, not torch
 
     return load_engine(bundle_path)[0]
 
@@ -179,18 +179,51 @@ def _print_ranked(ids: np.ndarray, scores: np.ndarray, titles: np.ndarray | None
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    engine = _engine(args.bundle)
+    """A user's answer as the service gives it (`Engine.recommend_user`): their stored feedback folded in
+    (--feedback-db), the popularity fallback for an unknown user, paging, exclusions and genre filters."""
+    from .engine import load_engine
+
+    if args.history is not None and args.feedback_db:
+        raise DataValidationError("--feedback-db reads a user's stored events: use it with --user, not --history.")
+    engine, bundle = load_engine(args.bundle)
     if args.user is not None:
-        filters = {args.genre_col: args.genre} if args.genre else None
-        ids, scores = engine.recommend([args.user], args.k, exclude_seen=not args.include_seen, filters=filters)
-        ids, scores = ids[0], scores[0]
-        print(f"Top {args.k} for user {args.user}:")
+        history = _stored_feedback(args.feedback_db, args.user) if args.feedback_db else None
     else:
-        history = [h for h in args.history.split(",") if h]
-        ids, scores = engine.recommend_for_history(history, args.k)
-        print(f"Top {args.k} for a history of {len(history)} items:")
-    _print_ranked(ids, scores, engine.titles(ids))
+        history = [(item, 1.0) for item in args.history.split(",") if item]
+    rec = engine.recommend_user(args.user, args.k, offset=args.offset,
+                                exclude=[i for part in args.exclude for i in part.split(",") if i],
+                                filters={args.genre_col: args.genre} if args.genre else None,
+                                include_seen=args.include_seen, history=history)
+    titles = engine.titles(rec.item_ids)
+    if args.json:
+        items = [{"id": str(i), "score": float(s), "title": None if titles is None else titles[n]}
+                 for n, (i, s) in enumerate(zip(rec.item_ids, rec.scores))]
+        print(json.dumps({"user": args.user, "items": items, "fallback": rec.fallback,
+                          "model_version": bundle.path.name}, indent=2))
+        return 0
+    print(_recommendation_header(args, rec.fallback, history))
+    for rank, (item, score) in enumerate(zip(rec.item_ids, rec.scores), args.offset + 1):
+        title = None if titles is None else titles[rank - args.offset - 1]
+        print(f"{rank:>3}. {item:<12} {score:8.4f}" + (f"  {title}" if title is not None else ""))
     return 0
+
+
+def _recommendation_header(args: argparse.Namespace, fallback: bool, history: list | None) -> str:
+    if args.user is None:
+        who = f"a history of {len(history)} items"
+        note = " (fallback: no item the model knows, so the most popular items)" if fallback else ""
+    else:
+        who = f"user {args.user}"
+        note = " (fallback: unknown user without feedback, so the most popular items; scores are user counts)" \
+            if fallback else f" ({len(history)} stored feedback events folded in)" if history else ""
+    return f"Top {args.k} for {who}{note}" + (f", after the first {args.offset}" if args.offset else "") + ":"
+
+
+def _stored_feedback(url: str, user: str) -> list[tuple[str, float]]:
+    """The user's feedback events in the database at `url` (as the service's FEEDBACK_DB_URL), oldest first."""
+    from .feedback import FeedbackStore
+
+    return FeedbackStore(url, no_history_cache=0).history(user)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
@@ -216,27 +249,25 @@ def cmd_recommend_all(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    manifest = artifacts.verify(args.bundle)
+    manifest = verify(args.bundle)
     if args.json:
-        print(json.dumps({k: v for k, v in manifest.items() if k not in ("files", "training")}, indent=2))
+        print(json.dumps({k: v for k, v in manifest.to_dict().items() if k not in ("files", "training")}, indent=2))
         return 0
-    print(f"Bundle:        {artifacts.resolve(args.bundle)}  (checksums OK)")
-    print(f"Model:         {manifest['model']['class']}  {json.dumps(manifest['model']['params'])}")
-    print(f"Created:       {manifest['created_at']} with recsys {manifest['recsys_version']}")
-    print(f"Dimensions:    {manifest['n_users']:,} users, {manifest['n_items']:,} items, "
-          f"{manifest['factors']} factors")
-    training = manifest.get("training", {})
+    print(f"Bundle:        {resolve(args.bundle)}  (checksums OK)")
+    print(f"Model:         {manifest.model_class}  {json.dumps(manifest.params)}")
+    print(f"Created:       {manifest.created_at} with recsys {manifest.recsys_version}")
+    print(f"Dimensions:    {manifest.n_users:,} users, {manifest.n_items:,} items, {manifest.factors} factors")
+    training = manifest.training
     if "best_epoch" in training:
         print(f"Training:      {training.get('epochs_run')} epochs in {training.get('train_seconds')} s "
               f"on {training.get('device')}")
-    for metric, st in manifest.get("index_measured", {}).items():
+    for metric, st in manifest.index_measured.items():
         verdict = "kept" if st.get("kept") else "not kept: exact search is faster or recall short"
         print(f"Index {metric:<8} n_trees={st['n_trees']} search_k={st['search_k']} ranges={st['n_ranges']}: "
               f"recall@{st['k']}={st['recall']:.3f}, "
               f"{st['ann_ms']:.3f} ms/query vs exact {st['exact_ms']:.3f} ms ({st['speedup']:.2f}x), {verdict}")
-    metrics = manifest.get("metrics", {})
-    print("Metrics:       " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "users"))
-    files = ", ".join(f"{name} ({info['bytes']:,} B)" for name, info in manifest["files"].items())
+    print("Metrics:       " + ", ".join(f"{k}={v:.4f}" for k, v in manifest.metrics.items() if k != "users"))
+    files = ", ".join(f"{name} ({info['bytes']:,} B)" for name, info in manifest.files.items())
     print(f"Files:         {files}")
     return 0
 
@@ -246,8 +277,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    path = artifacts.resolve(args.bundle)
-    artifacts.verify(path)  # refuse a corrupt bundle before starting anything
+    path = resolve(args.bundle)
+    verify(path)  # refuse a corrupt bundle before starting anything
     env = {**os.environ, "RECSYS_BUNDLE": str(Path(args.bundle).resolve()),
            "RECSYS_BIND": f"{args.host}:{args.port}", "RECSYS_WORKERS": str(args.workers)}
     root = Path(__file__).resolve().parents[1]
@@ -346,15 +377,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the model's metrics as JSON")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("recommend", help="top-k items for a user, or for a history of items")
+    r = sub.add_parser("recommend", help="top-k items for a user, or for a history of items (as the service "
+                                         "answers GET /v1/users/<id>/recommendations)")
     bundle_arg(r)
     who = r.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="a user id known to the bundle")
+    who.add_argument("--user", help="a user id; one the bundle does not know (and without stored feedback) "
+                                    "gets the most popular items, marked as the fallback")
     who.add_argument("--history", help="comma-separated item ids, for a user the bundle has not seen")
     r.add_argument("--k", type=_positive_int, default=10)
+    r.add_argument("--offset", type=int, default=0, help="skip this many of the best items (paging)")
+    r.add_argument("--exclude", action="append", default=[], metavar="ITEMS",
+                   help="item ids to leave out (repeat, or a comma-separated list; unknown ids are ignored)")
     r.add_argument("--include-seen", action="store_true", help="do not exclude the user's known items")
     r.add_argument("--genre", action="append", help="only items with this genre (repeat for any of several)")
     r.add_argument("--genre-col", default="genres", help=argparse.SUPPRESS)
+    r.add_argument("--feedback-db", metavar="URL", default=None,
+                   help="fold in the user's feedback events stored in this database (SQLAlchemy URL, as the "
+                        "service's RECSYS_FEEDBACK_DB_URL, e.g. sqlite:///feedback.db)")
+    r.add_argument("--json", action="store_true", help="print the answer as the service's JSON document")
     r.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("similar", help="the items nearest to an item")

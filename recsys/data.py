@@ -1,8 +1,13 @@
 """Interaction logs -> validated, id-mapped `Interactions`; splits. Knows nothing of models (no torch).
 
-    >>> inter = read_interactions("ratings.csv", user_col="userId", item_col="movieId",
-    ...                           weight_col="rating", time_col="timestamp")
-    >>> train, test = temporal_split(inter, test_fraction=0.2)
+>>> from recsys.datasets import bundled_dir
+>>> inter = read_interactions(bundled_dir() / "ratings.csv", user_col="userId", item_col="movieId",
+...                           weight_col="rating", time_col="timestamp")
+>>> inter.n_users, inter.n_items
+(610, 9724)
+>>> train, test = temporal_split(inter, test_fraction=0.2)
+>>> train.nnz + test.nnz == inter.nnz
+True
 """
 from __future__ import annotations
 
@@ -431,7 +436,7 @@ def temporal_split(inter: Interactions, test_fraction: float | None = 0.2, *, te
 
 def holdout(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[Interactions, Interactions]:
     """Each user's latest `test_fraction` (ties in time in a random order seeded by `seed`), or a random
-    `test_fraction` per user when the log has no timestamps (the split `recsys train` and `recsys.tune` use)."""
+    `test_fraction` per user when the log has no timestamps (the split `recsys train` and `recsys.tuning` use)."""
     if inter.timestamp is not None:
         return temporal_split(inter, test_fraction, seed=seed)
     log.warning("The log has no timestamps: holding out a random %.0f%% per user.", 100 * test_fraction)

@@ -17,7 +17,7 @@ Candidates are always re-scored exactly, so returned scores are true inner produ
 
 Trade-offs: more `n_trees` gives better recall at a given `search_k` but a bigger index and a slower build;
 a larger `search_k` (nodes inspected per candidate, as a multiple of n_trees) gives better recall and slower
-queries. `tune` measures both on sampled real queries and keeps the fastest setting that reaches the target.
+queries. `tune_index` measures both on sampled real queries and keeps the fastest setting that reaches the target.
 """
 from __future__ import annotations
 
@@ -101,6 +101,7 @@ class AnnIndex:
         self.bounds = np.zeros(1, np.int64)  # range b holds order[bounds[b]:bounds[b+1]]
         self.max_norms = np.empty(0, np.float32)
         self._forests: list[AnnoyIndex | None] = []  # None: a range scored exactly from `prefix`
+        self.forest_searches = 0  # forests searched so far (ranges the norm bound did not cut); for benchmarks
         self.prefix = np.empty((0, 0), np.float32)
 
     @property
@@ -168,6 +169,7 @@ class AnnIndex:
                 continue
             if len(best_scores) >= k and best_scores[k - 1] >= q_norm * self.max_norms[b]:
                 break  # no item in this or any later (smaller-norm) range can enter the top k
+            self.forest_searches += 1
             local = np.asarray(forest.get_nns_by_vector(query, n_fetch, search_k=search_k), dtype=np.int64)
             cand = self.order[self.bounds[b] + local]
             if keep is not None and len(cand):
@@ -256,7 +258,7 @@ def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int =
     return single, batched
 
 
-def tune(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", k: int = 10,
+def tune_index(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", k: int = 10,
          target_recall: float = 0.95, n_trees_grid: tuple[int, ...] = (10, 25, 50, 100),
          search_k_multipliers: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 32, 64), seed: int = 0,
          max_build_seconds: float = 600.0, slow_factor: float = 4.0) -> tuple[AnnIndex, IndexStats]:
@@ -339,7 +341,7 @@ def build_indexes(item_vectors: np.ndarray, user_vectors: np.ndarray, similarity
         jobs.append(("angular", similarity_vectors, similarity_vectors))
     for metric, vectors, query_pool in jobs:
         sample = query_pool[rng.choice(len(query_pool), min(n_queries, len(query_pool)), replace=False)]
-        index, measured = tune(vectors, sample, metric=metric, k=k, target_recall=target_recall, seed=seed)
+        index, measured = tune_index(vectors, sample, metric=metric, k=k, target_recall=target_recall, seed=seed)
         stats[metric] = measured.to_dict()
         useful = measured.recall >= target_recall and measured.speedup > 1
         stats[metric]["kept"] = useful

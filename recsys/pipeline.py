@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import artifacts
+from .bundle import new_version_path, publish
 from .data import TIE_BREAK, Interactions, holdout, tie_share
-from .evaluate import evaluate
-from .models import MODEL_REGISTRY, Popularity, make_model, model_params
+from .evaluation import evaluate
+from .models import MODEL_NAMES, Popularity, make_model, model_params
 
-__all__ = ["TrainReport", "holdout", "make_model", "model_params", "split_facts", "train_and_bundle",
+__all__ = ["TrainReport", "split_facts", "train_and_bundle",
            "tune_candidates"]
 
 if TYPE_CHECKING:
-    from .tune import TuneResult
+    from .tuning import TuneResult
 
 log = logging.getLogger("recsys")
 EVAL_K = (10, 20)
@@ -68,11 +68,11 @@ def tune_candidates(train: Interactions, model: str, *, budget: float | None, n_
     """recsys.tune for `model`; for 'auto', `tune_auto` (iALS first, the others while they can still win;
     budget None: each at its defaults). `params` are fixed for a named model; `common` (seed, progress,
     device) goes to whichever model accepts it."""
-    from .tune import EMBEDDING_MODELS, tune, tune_auto
+    from .tuning import EMBEDDING_MODELS, tune, tune_auto
 
     common = common or {}
     if model == "auto":
-        names = tuple(m for m in EMBEDDING_MODELS if m in MODEL_REGISTRY)
+        names = tuple(m for m in EMBEDDING_MODELS if m in MODEL_NAMES)
         return tune_auto(train, budget=budget, fixed=lambda name: model_params(name, **common), models=names,
                          validation_fraction=validation_fraction, seed=seed)
     return [tune(train, model, budget=budget, n_trials=n_trials, fixed=model_params(model, params, **common),
@@ -85,7 +85,7 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
                      tune_budget: float | None = None, common: dict[str, Any] | None = None) -> TrainReport:
     """Run the whole job (see module docstring) and return where the bundle went and what it scored.
 
-    model 'auto': the best of the embedding models (recsys.tune.EMBEDDING_MODELS) on the validation split.
+    model 'auto': the best of the embedding models (recsys.tuning.EMBEDDING_MODELS) on the validation split.
     tune_budget: seconds of Optuna search (recsys.tune) on the validation split before the final fits; the
     chosen parameters and the search summary travel in the bundle's manifest. common: parameters such as
     seed / progress / device, passed to whichever model is trained when it accepts them.
@@ -120,11 +120,10 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     final = make_model(model, **params).fit(inter) if refit else evaluated
     if index:
         final.build_index(target_recall=target_recall, seed=seed)
-    path = artifacts.new_version_path(out, model)
-    final.save(path, metrics=metrics[model], extra={
-        "evaluation": {**split, "baselines": {k: v for k, v in metrics.items() if k != model},
-                       "refit_on_all_data": refit},
-        "data": {"interactions": inter.nnz, "users": inter.n_users, "items": inter.n_items},
-        **({"tuning": tuning} if tuning else {})})
-    artifacts.publish(out, path)
+    path = new_version_path(out, model)
+    final.save(path, metrics=metrics[model],
+               evaluation={**split, "baselines": {k: v for k, v in metrics.items() if k != model},
+                           "refit_on_all_data": refit},
+               data={"interactions": inter.nnz, "users": inter.n_users, "items": inter.n_items}, tuning=tuning)
+    publish(out, path)
     return TrainReport(path, metrics, final.get_params(), time.perf_counter() - start, model, tuning, split)

@@ -1,4 +1,4 @@
-"""The recsys REST service: HTTP in, a call into `recsys.runtime`, JSON out.
+"""The recsys REST service: HTTP in, a call into `recsys.engine`, JSON out.
 
     create_app({"BUNDLE": "models"})     # a bundle directory, or a models root with a `current` pointer
 
@@ -69,7 +69,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.from_mapping(config)
     logging.getLogger("recsys").setLevel(logging.INFO)
 
-    from . import api, errors, health, metrics
+    from . import api, errors, fastpath, health, metrics
 
     app.extensions["recsys_state"] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"],
                                                 cache_bytes=int(app.config["RESPONSE_CACHE_BYTES"]))
@@ -82,7 +82,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     smorest.spec.components.security_scheme("ApiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     errors.register(app)
     smorest.register_blueprint(api.blp)
-    api.install_fast_path(app)
+    fastpath.install(app, api.respond)
     app.register_blueprint(health.bp)
     metrics.register(app)
     return app

@@ -1,9 +1,11 @@
-"""Shared fixtures: small synthetic logs (fast) and the bundled MovieLens data (session-scoped)."""
+"""Shared fixtures: small synthetic logs (fast), the bundled MovieLens data (session-scoped), and the REST
+service on a small bundle (Flask app and test client)."""
 from __future__ import annotations
 
 import pytest
+from server_support import KEY
 
-from recsys import artifacts
+from recsys.bundle import new_version_path, publish
 from recsys.data import Interactions, read_interactions, temporal_split
 from recsys.datasets import load_movielens, make_synthetic
 
@@ -37,5 +39,32 @@ def models_root(synthetic, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     model = MF(factors=8, epochs=5, progress=False, device="cpu").fit(synthetic)
-    artifacts.publish(root, model.save(artifacts.new_version_path(root, "mf")))
+    publish(root, model.save(new_version_path(root, "mf")))
     return root
+
+
+# ------------------------------------------------------------------------------------ the service (Flask)
+@pytest.fixture()
+def app(models_root, tmp_path):
+    """The service on `models_root`, with the test API key and a feedback database file of its own."""
+    from server import create_app
+
+    return create_app({"BUNDLE": str(models_root), "TESTING": True, "API_KEYS": [KEY],
+                       "FEEDBACK_DB_URL": f"sqlite:///{tmp_path / 'feedback.db'}"})
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture()
+def own_root(synthetic, tmp_path):
+    """A models root of this test's own, so publishing new versions does not disturb other tests; and the
+    fitted model, to save more versions with."""
+    from recsys.models import MF
+
+    root = tmp_path / "models"
+    model = MF(factors=8, epochs=2, progress=False, device="cpu").fit(synthetic)
+    publish(root, model.save(new_version_path(root, "first")))
+    return root, model

@@ -5,10 +5,34 @@ A test class sets `make_model()` returning an unfitted model configured to train
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from recsys.data import Interactions, from_arrays
 from recsys.exceptions import BundleError, DataValidationError, NotFittedError, UnknownIdError
 from recsys.models import MF, Popularity, Recommender, load
+
+
+def planted_log(seed: int = 0) -> tuple[Interactions, str, str]:
+    """Four clusters of users, each using most of its own 10 items, plus a few random items; a user of the
+    largest cluster has used 9 of its 10 items. Returns (log, that user, the item they have not used): any model
+    that learns anything (co-occurrence, factors, or only popularity: the cluster's items are the most used)
+    must rank that item in its top 10 of the ~130 the user has not seen."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    n_noise = 100
+    for cluster, size in enumerate((40, 30, 30, 30)):
+        own = [f"c{cluster}-{j}" for j in range(10)]
+        for u in range(size):
+            picked = list(rng.choice(own, 8, replace=False)) + [f"n{j}" for j in rng.choice(n_noise, 2)]
+            users += [f"u{cluster}-{u}"] * len(picked)
+            items += picked
+    user, withheld = "target", "c0-9"
+    users += [user] * 9
+    items += [f"c0-{j}" for j in range(9)]
+    ids = sorted(set(items))
+    genres = pd.DataFrame({"item": ids, "genres": [[i.split("-")[0]] if "-" in i else ["noise"] for i in ids]})
+    return from_arrays(np.array(users), np.array(items), item_metadata=genres), user, withheld
 
 
 class RecommenderContract:
@@ -20,6 +44,13 @@ class RecommenderContract:
     def fitted(cls, synthetic_split):
         train, _ = synthetic_split
         return cls().make_model().fit(train), train
+
+    def test_a_withheld_item_of_the_users_cluster_ranks_in_the_top_k(self):
+        """Meaning, not shapes: the item a user's whole cluster uses and they have not yet is recommended."""
+        log, user, withheld = planted_log()
+        ids, _ = self.make_model().fit(log).recommend(user, k=10)
+        assert withheld in set(ids), f"{withheld} not in the top 10 {list(ids)}"
+        assert not {f"c0-{j}" for j in range(9)} & set(ids), "seen items excluded"
 
     def test_fit_returns_self_and_sets_learned_state(self, synthetic_split):
         model = self.make_model()

@@ -6,7 +6,7 @@ import pytest
 from contract import RecommenderContract
 
 from recsys.data import from_arrays
-from recsys.evaluate import evaluate
+from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
 from recsys.models import EASE, ItemKNN, Popularity, baselines
 

@@ -74,10 +74,45 @@ def test_info_summarises(models, capsys):
     assert "Index ip" in out and "recall@10=" in out, "tuning measurements are shown, kept or not"
 
 
-def test_unknown_user_is_a_clean_error(models, capsys):
-    assert main(["recommend", "--bundle", str(models), "--user", "nobody"]) == 2
+def _ranked_ids(out: str) -> list[str]:
+    """The item ids of `recsys recommend`'s ranked lines ("  1. i0001   0.1234  Title")."""
+    return [line.split()[1] for line in out.splitlines() if line[:4].strip().rstrip(".").isdigit()]
+
+
+def test_unknown_user_gets_the_popular_items_marked_as_fallback(models, capsys):
+    """As the service answers an unknown user without feedback (it used to be an error here)."""
+    from recsys.engine import load_engine
+
+    assert main(["recommend", "--bundle", str(models), "--user", "nobody", "--k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Top 3 for user nobody (fallback: unknown user") and "most popular items" in out
+    popular, _ = load_engine(models)[0].popular_items(3)
+    assert _ranked_ids(out) == list(popular)
+
+
+def test_unknown_item_is_a_clean_error(models, capsys):
+    assert main(["similar", "--bundle", str(models), "--item", "nothing"]) == 2
     err = capsys.readouterr().err
-    assert "Unknown user 'nobody'" in err and "Traceback" not in err
+    assert "Unknown item 'nothing'" in err and "Traceback" not in err
+
+
+def test_recommend_offset_exclude_and_history_options(models, log_csv, capsys):
+    user = str(pd.read_csv(log_csv, dtype=str)["uid"].iloc[0])
+    base = ["recommend", "--bundle", str(models), "--user", user]
+    assert main([*base, "--k", "6"]) == 0
+    top6 = _ranked_ids(capsys.readouterr().out)
+    assert main([*base, "--k", "3", "--offset", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "after the first 3:" in out and _ranked_ids(out) == top6[3:]
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["4.", "5.", "6."], "ranks count the offset"
+    assert main([*base, "--k", "4", "--exclude", f"{top6[0]},no-such-item", "--exclude", top6[2]]) == 0
+    assert _ranked_ids(capsys.readouterr().out) == [top6[1], *top6[3:6]]
+    assert main([*base, "--offset", "-1"]) == 2
+    assert "'offset' parameter must be an int >= 0" in capsys.readouterr().err
+    assert main(["recommend", "--bundle", str(models), "--history", "i0001", "--feedback-db", "sqlite://"]) == 2
+    assert "use it with --user, not --history" in capsys.readouterr().err
+    assert main(["recommend", "--bundle", str(models), "--history", "unknown-1,unknown-2", "--k", "2"]) == 0
+    assert "history of 2 items (fallback: no item the model knows" in capsys.readouterr().out
 
 
 def test_null_user_id_names_the_row_without_traceback(tmp_path):
@@ -192,3 +227,52 @@ def test_train_and_evaluate_report_time_ties(log_csv, tmp_path, capsys):
     assert "each user's latest 20%; " in out and "tie in time, broken by a seeded random draw (seed 0)" in out
     assert main(["evaluate", "--bundle", str(tmp_path / "m")]) == 0
     assert "tied in time, broken by a seeded random draw (seed 0)" in capsys.readouterr().out
+
+
+def _cli_json(capsys, argv: list[str]) -> dict:
+    assert main(["recommend", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_and_server_give_the_same_answers(app, client, synthetic, models_root, capsys):
+    """`recsys recommend --json` and GET /v1/users/<id>/recommendations agree for the same user and options:
+    a known user (offset, exclusions, genre, include_seen), an unknown user's fallback, and users with
+    feedback stored through POST /v1/feedback, which the CLI reads from the same database file."""
+    from server_support import AUTH, events
+
+    known, with_feedback = synthetic.users.ids[1], synthetic.users.ids[2]
+    genres = synthetic.item_metadata.set_index("item")["genres"]
+    cluster = [i for i in synthetic.items.ids if "cluster2" in genres[i]][:6]
+    assert client.post("/v1/feedback", json=events(*[("newcomer", i) for i in cluster], (with_feedback, cluster[0])),
+                       headers=AUTH).status_code == 201
+    db = app.extensions["recsys_feedback"].url
+    top = client.get(f"/v1/users/{known}/recommendations?k=2").get_json()["items"][0]["id"]
+    cases = [  # (user, query string, CLI options)
+        (known, "k=5", []),
+        (known, "k=3&offset=4", ["--offset", "4"]),
+        (known, f"k=4&exclude={top}&exclude=no-such-item&genre=cluster1",
+         ["--exclude", f"{top},no-such-item", "--genre", "cluster1"]),
+        (known, "k=6&include_seen=true", ["--include-seen"]),
+        ("stranger", "k=4&offset=2", ["--offset", "2"]),
+        ("stranger", "k=3&genre=cluster0&genre=cluster3", ["--genre", "cluster0", "--genre", "cluster3"]),
+        ("newcomer", "k=5&offset=1", ["--offset", "1"]),
+        (with_feedback, "k=5", []),
+        (with_feedback, "k=5&include_seen=1&exclude=" + cluster[1], ["--include-seen", "--exclude", cluster[1]]),
+    ]
+    fallbacks = []
+    for user, query, options in cases:
+        k = query.split("&")[0].removeprefix("k=")
+        served = client.get(f"/v1/users/{user}/recommendations?{query}").get_json()
+        printed = _cli_json(capsys, ["--bundle", str(models_root), "--user", user, "--k", k, *options,
+                                     "--feedback-db", db])
+        assert [i["id"] for i in printed["items"]] == [i["id"] for i in served["items"]], (user, query)
+        assert [i["title"] for i in printed["items"]] == [i["title"] for i in served["items"]]
+        assert [i["score"] for i in printed["items"]] == pytest.approx([i["score"] for i in served["items"]],
+                                                                       rel=1e-6, abs=1e-6)
+        assert len(served["items"]) == int(k), (user, query)
+        assert {key: printed[key] for key in ("user", "fallback", "model_version")} == \
+            {key: served[key] for key in ("user", "fallback", "model_version")}
+        fallbacks.append(served["fallback"])
+    assert fallbacks == [False] * 4 + [True, True] + [False] * 3
+    without = _cli_json(capsys, ["--bundle", str(models_root), "--user", "newcomer"])
+    assert without["fallback"] is True, "without --feedback-db the CLI sees no stored events"

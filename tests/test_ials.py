@@ -10,7 +10,7 @@ import torch
 from contract import RecommenderContract
 
 from recsys.data import Interactions, from_arrays, temporal_split
-from recsys.evaluate import evaluate
+from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
 from recsys.models import Popularity
 from recsys.models.ials import IALS, confidence, solve_rows

@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsys.data import IdMap
+from recsys.engine import Engine
 from recsys.exceptions import BundleError, DataValidationError
-from recsys.index import AnnIndex, build_indexes, exact_topk, recall_at_k, tune
+from recsys.index import AnnIndex, build_indexes, exact_topk, recall_at_k, tune_index
 from recsys.models import MF, Popularity, load
-from recsys.runtime import Engine
 
 
 def mf_like(n_items: int, dim: int = 16, n_queries: int = 50, seed: int = 0):
@@ -46,7 +46,7 @@ def test_augmentation_makes_angular_search_rank_by_inner_product(vectors, exhaus
 def test_tune_reaches_the_target_and_records_honest_measurements(vectors):
     items, queries = vectors
     # slow_factor=inf: this checks correctness, not timing (a loaded machine must not change the outcome)
-    index, stats = tune(items, queries, k=10, target_recall=0.9, n_trees_grid=(5, 10, 20), slow_factor=np.inf)
+    index, stats = tune_index(items, queries, k=10, target_recall=0.9, n_trees_grid=(5, 10, 20), slow_factor=np.inf)
     assert stats.recall >= 0.9
     assert stats.recall == pytest.approx(recall_at_k(index.search(queries, items, 10),
                                                       exact_topk(queries, items, 10)), abs=1e-3)
@@ -217,7 +217,7 @@ def test_indexes_travel_in_the_bundle_and_are_verified(synthetic, tmp_path):
     path = model.save(tmp_path / "b")
     loaded = load(path)
     assert set(loaded.engine_.indexes) == {"ip", "angular"}
-    assert loaded.manifest_["index"]["ip"]["prefix"] == "index_ip"
+    assert loaded.manifest_.index["ip"]["prefix"] == "index_ip"
     for mode in ("exact", "ann"):
         loaded.engine_.mode = mode
         ids, _ = loaded.recommend(synthetic.users.ids[:5], k=5)
@@ -232,3 +232,18 @@ def test_indexes_travel_in_the_bundle_and_are_verified(synthetic, tmp_path):
 def test_popularity_builds_no_angular_index(synthetic):
     stats = Popularity().fit(synthetic).build_index(n_queries=20)
     assert set(stats) == {"ip"}
+
+
+def test_forest_searches_count_the_ranges_the_norm_bound_did_not_cut():
+    """The counter benchmarks read: at least one forest per query, never more than the index has; a query along
+    the largest-norm items stops after the first ranges."""
+    items, queries = mf_like(3000, n_queries=40)
+    index = AnnIndex("ip", n_trees=5).build(items)
+    searchable = index.n_ranges - index.exact_ranges
+    assert searchable > 1
+    index.search(queries, items, 10)
+    assert len(queries) <= index.forest_searches <= len(queries) * searchable
+    before = index.forest_searches
+    top = items[np.argsort(-np.linalg.norm(items, axis=1))[:1]]
+    index.search(top * 100, items, 1)
+    assert index.forest_searches - before < searchable, "the bound cut the small-norm ranges"

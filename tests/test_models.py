@@ -7,7 +7,7 @@ import torch
 from contract import RecommenderContract
 
 from recsys.data import temporal_split
-from recsys.evaluate import evaluate
+from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
 from recsys.metrics import ranking_metrics
 from recsys.models import MF, Popularity
@@ -86,7 +86,7 @@ def test_early_stopping_keeps_the_best_epoch(synthetic_split):
 def test_max_seconds_bounds_training_even_within_an_epoch(synthetic):
     model = fast_mf(epochs=50, max_seconds=1e-6, batch_size=8, loss="bpr").fit(synthetic)
     assert model.exported_.extra["epochs_run"] == 1, "no epoch starts after max_seconds"
-    from recsys.train import fit_loop, optimise
+    from recsys.models._loop import fit_loop, optimise
 
     steps = []
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -108,9 +108,9 @@ def test_max_seconds_bounds_training_even_within_an_epoch(synthetic):
 @pytest.mark.parametrize("max_users", [None, 7])
 def test_the_epoch_validator_scores_what_evaluate_scores(synthetic_split, max_users, monkeypatch):
     """fit_loop's per-epoch NDCG@10 (set up once, block-wise scoring) equals evaluate's on the same users."""
+    from recsys.engine import Engine
+    from recsys.models._loop import ndcg_validator
     from recsys.models.base import Exported
-    from recsys.runtime import Engine
-    from recsys.train import ndcg_validator
 
     train, test = synthetic_split
     rng = np.random.default_rng(0)
@@ -120,7 +120,7 @@ def test_the_epoch_validator_scores_what_evaluate_scores(synthetic_split, max_us
                     seen=train.matrix(binary=True))
     expected = evaluate(engine, test, 10, max_users=max_users, seed=3)["ndcg@10"]
     assert ndcg_validator(train, test, max_users, 3)(state) == pytest.approx(expected, abs=1e-12)
-    monkeypatch.setattr("recsys.train.VALIDATION_BLOCK", 3 * train.n_items)  # blocks of 3 users: seen pairs split
+    monkeypatch.setattr("recsys.models._loop.VALIDATION_BLOCK", 3 * train.n_items)  # blocks of 3 users: seen pairs split
     assert ndcg_validator(train, test, max_users, 3)(state) == pytest.approx(expected, abs=1e-12)
     assert ndcg_validator(train, None, max_users, 3) is None
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys import artifacts
+from recsys.bundle import resolve, verify
 from recsys.models import MF, load
 from recsys.pipeline import train_and_bundle
 
@@ -17,10 +17,10 @@ def test_mf_beats_popularity_on_bundled_data(movielens, tmp_path):
 
     model = load(tmp_path)  # through the `current` pointer
     assert isinstance(model, MF)
-    assert model.manifest_["metrics"]["ndcg@10"] == pytest.approx(mf)
-    assert model.manifest_["evaluation"]["baselines"]["popularity"]["ndcg@10"] == pytest.approx(pop)
-    assert artifacts.resolve(tmp_path) == report.bundle.resolve()
-    assert model.get_params()["epochs"] == model.manifest_["training"]["epochs_run"], "refit used chosen epochs"
+    assert model.manifest_.metrics["ndcg@10"] == pytest.approx(mf)
+    assert model.manifest_.evaluation["baselines"]["popularity"]["ndcg@10"] == pytest.approx(pop)
+    assert resolve(tmp_path) == report.bundle.resolve()
+    assert model.get_params()["epochs"] == model.manifest_.training["epochs_run"], "refit used chosen epochs"
     ids, _ = model.similar_items("2571", k=10)  # The Matrix: neighbours come back with titles
     titles = model.engine_.titles(ids)
     assert all(t is not None for t in titles)
@@ -30,12 +30,12 @@ def test_popularity_pipeline_publishes_new_versions(synthetic, tmp_path):
     first = train_and_bundle(synthetic, model="popularity", out=tmp_path).bundle
     second = train_and_bundle(synthetic, model="popularity", out=tmp_path).bundle
     assert first != second and first.exists(), "old versions are kept, never overwritten"
-    assert artifacts.resolve(tmp_path) == second.resolve()
+    assert resolve(tmp_path) == second.resolve()
     assert set(report_keys(second)) >= {"ndcg@10", "recall@10", "coverage@10"}
 
 
 def report_keys(bundle):
-    return artifacts.verify(bundle)["metrics"].keys()
+    return verify(bundle).metrics.keys()
 
 
 def test_tied_and_constant_timestamps_score_like_the_untimed_log(tmp_path):
@@ -65,6 +65,6 @@ def test_tied_and_constant_timestamps_score_like_the_untimed_log(tmp_path):
     assert reports["constant"].split["protocol"] == "random holdout"
     # seeds 0-2 of the untimed split give 0.266-0.279: the tied log sits within that noise
     assert abs(ndcg["two days"] - ndcg["untimed"]) < 0.03, ndcg
-    tied = artifacts.verify(reports["two days"].bundle)["evaluation"]
+    tied = verify(reports["two days"].bundle).evaluation
     assert tied["protocol"] == "temporal holdout" and tied["tied_share"] == 1.0
     assert tied["tie_break"] == "seeded random draw (seed 0)"

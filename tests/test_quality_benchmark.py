@@ -18,7 +18,7 @@ def test_quality_benchmark_smoke(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--models",
                            "mf,ease,popularity,implicit_als,implicit_bpr", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, check=False, env={"OPENBLAS_NUM_THREADS": "1",
-                                                                             "PATH": "/usr/bin:/bin"})
+                                                                             "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = {r["model"]: r for r in result["rows"]}
@@ -40,7 +40,7 @@ def test_quality_suite_smoke(tmp_path):
                           capture_output=True, text=True, timeout=240, check=False,
                           # one torch thread too: on a loaded 2-core machine its spinning threads made this
                           # test 5x slower (117 s against 23 s), the tiny fits being all synchronisation
-                          env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                          env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     logs = result["logs"]

@@ -12,6 +12,7 @@ from contract import RecommenderContract
 from recsys.data import Interactions, from_arrays, read_interactions, temporal_split
 from recsys.datasets import make_synthetic
 from recsys.exceptions import DataValidationError
+from recsys.foldin import FoldIn
 from recsys.models import MF, Popularity
 from recsys.models.two_tower import (
     UNKNOWN,
@@ -208,7 +209,7 @@ def test_early_stopping_and_training_facts(synthetic_split):
     assert extra["epochs_run"] < 40
     assert extra["best_epoch"] == max(extra["history"], key=lambda h: h["val_ndcg@10"])["epoch"]
     assert extra["features"]["genres"]["kind"] == "multi" and extra["device"] == "cpu"
-    assert model.exported_.foldin == {"method": "mean"}
+    assert model.exported_.foldin == FoldIn("mean")
 
 
 # ---------------------------------------------------------------------------------------- fold-in

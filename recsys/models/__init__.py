@@ -1,35 +1,41 @@
-"""Models sharing one contract (`recsys.models.base.Recommender`)."""
+"""Models sharing one contract (`recsys.models.base.Recommender`), by name (`recsys.models.registry`).
+
+Importing this package needs no torch: `MODEL_NAMES` lists the built-in models, and a model's module is imported
+when it is first asked for (`make_model`, `model_class`, or an attribute such as `recsys.models.IALS`).
+"""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..exceptions import DataValidationError
-from .base import MODEL_REGISTRY, Recommender
-from .baselines import EASE, ItemKNN
-from .ials import IALS
-from .mf import MF
-from .popularity import Popularity
-from .two_tower import TwoTower
+from .base import Recommender
+from .registry import MODEL_NAMES, MODEL_REGISTRY, make_model, model_class, model_params
 
-__all__ = ["EASE", "IALS", "MF", "MODEL_REGISTRY", "ItemKNN", "Popularity", "Recommender", "TwoTower", "load",
-           "make_model", "model_params"]
+if TYPE_CHECKING:
+    from .baselines import EASE, ItemKNN
+    from .ials import IALS
+    from .mf import MF
+    from .popularity import Popularity
+    from .two_tower import TwoTower
 
+_CLASSES = {"IALS": "ials", "MF": "mf", "TwoTower": "two_tower", "EASE": "baselines", "ItemKNN": "baselines",
+            "Popularity": "popularity"}
 
-def make_model(name: str, **params: Any) -> Recommender:
-    """A model by its registered name (`recsys train --model NAME`), with `params`."""
-    if name not in MODEL_REGISTRY or name == "base":
-        known = sorted(n for n in MODEL_REGISTRY if n != "base")
-        raise DataValidationError(f"Unknown model {name!r}. Choose one of {known} (CLI: --model).")
-    return MODEL_REGISTRY[name](**params)
-
-
-def model_params(model: str, params: dict[str, Any] | None = None, **common: Any) -> dict[str, Any]:
-    """`params` plus those of `common` (seed, progress, device, ...) that `model` accepts."""
-    accepted = make_model(model)._param_names()
-    return {**{k: v for k, v in common.items() if k in accepted and v is not None}, **(params or {})}
+__all__ = ["EASE", "IALS", "MF", "MODEL_NAMES", "MODEL_REGISTRY", "ItemKNN", "Popularity", "Recommender",
+           "TwoTower", "load", "make_model", "model_class", "model_params"]
 
 
 def load(path: str | Path) -> Recommender:
     """Load any model from a bundle directory (or a models root with a `current` pointer)."""
     return Recommender.load(path)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLASSES:
+        return getattr(importlib.import_module(f".{_CLASSES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -2,7 +2,7 @@
 
 `__init__` stores keyword arguments only; `fit(interactions)` validates them and returns `self`; learned
 state ends in `_`. A fitted model exports plain arrays (item and user vectors, fold-in settings) and answers
-`recommend`, `recommend_for_history`, `similar_items` and `similar_users` through `recsys.runtime.Engine`:
+`recommend`, `recommend_for_history`, `similar_items` and `similar_users` through `recsys.engine.Engine`:
 the same ranking path the server and the evaluator use. `save` writes a bundle; `load` reads one.
 """
 from __future__ import annotations
@@ -16,11 +16,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import artifacts
+from ..bundle import Bundle, Manifest, csr_arrays, write_bundle
 from ..data import Interactions
+from ..engine import Engine, load_engine
 from ..exceptions import BundleError, DataValidationError, NotFittedError
+from ..foldin import FoldIn
 from ..index import INDEX_PREFIX, build_indexes
-from ..runtime import Engine, load_engine
+from .registry import MODEL_REGISTRY, model_class
 
 
 # ------------------------------------------------------------------------------------ parameter checks
@@ -76,13 +78,10 @@ class Exported:
 
     item_vectors: np.ndarray
     user_vectors: np.ndarray
-    foldin: dict = field(default_factory=lambda: {"method": "mean"})
+    foldin: FoldIn = field(default_factory=FoldIn)  # how the engine folds an unseen user in
     similarity: str = "cosine"
     similarity_dims: int | None = None
     extra: dict = field(default_factory=dict)  # JSON-able training facts (best epoch, history, ...)
-
-
-MODEL_REGISTRY: dict[str, type[Recommender]] = {}
 
 
 class Recommender:
@@ -102,7 +101,9 @@ class Recommender:
         return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind == p.KEYWORD_ONLY
                 or (p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD)]
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's keyword arguments as set (`deep` is accepted for scikit-learn's `clone`; models hold
+        no nested estimators)."""
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> Recommender:
@@ -122,7 +123,10 @@ class Recommender:
                                           f"{constraint.describe()}. Got {value!r}.")
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        """The parameters that differ from the defaults, as scikit-learn prints them: `IALS(factors=8)`."""
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()
+                         if not (k in defaults and _same(v, defaults[k])))
         return f"{type(self).__name__}({args})"
 
     # ---------------------------------------------------------------------------------------- fit
@@ -207,30 +211,26 @@ class Recommender:
         engine.indexes, engine.index_stats = indexes, stats
         return stats
 
-    def save(self, path: str | Path, *, metrics: dict | None = None, extra: dict | None = None) -> Path:
-        """Write a bundle at `path` (a new directory), with its indexes when built, and return it."""
+    def save(self, path: str | Path, *, metrics: dict | None = None, **sections: Any) -> Path:
+        """Write a bundle at `path` (a new directory), with its indexes when built, and return it.
+
+        sections: more of the manifest's fields (`recsys.bundle.Manifest`: evaluation, data, tuning)."""
         engine = self._check_fitted()
         arrays = {"item_vectors": engine.item_vectors, "user_vectors": engine.user_vectors,
-                  **artifacts.csr_arrays(engine.seen)}
-        manifest = {
-            "model": {"class": self.name, "params": _jsonable(self.get_params())},
-            "factors": int(engine.item_vectors.shape[1]),
-            "foldin": self.exported_.foldin,
-            "similarity": self.exported_.similarity,
-            "similarity_dims": self.exported_.similarity_dims,
-            "training": _jsonable(self.exported_.extra),
-            "metrics": metrics or {},
-            **(extra or {}),
-        }
+                  **csr_arrays(engine.seen)}
         files = {}
         for metric, index in engine.indexes.items():
             files.update(index.file_writers(INDEX_PREFIX[metric]))
-        manifest["index"] = {metric: {"prefix": INDEX_PREFIX[metric], "config": index.config(),
-                                      "stats": engine.index_stats.get(metric, {})}
-                             for metric, index in engine.indexes.items()}
-        manifest["index_measured"] = engine.index_stats  # every index tuned, kept or not
-        return artifacts.write_bundle(path, arrays=arrays, users=self.users_, items=self.items_,
-                                      manifest=manifest, item_metadata=engine.item_metadata, files=files)
+        manifest = Manifest(
+            model_class=self.name, params=_jsonable(self.get_params()), factors=int(engine.item_vectors.shape[1]),
+            foldin=engine.foldin, similarity=self.exported_.similarity,
+            similarity_dims=self.exported_.similarity_dims, training=_jsonable(self.exported_.extra),
+            metrics=metrics or {},
+            index={metric: {"prefix": INDEX_PREFIX[metric], "config": index.config(),
+                            "stats": engine.index_stats.get(metric, {})} for metric, index in engine.indexes.items()},
+            index_measured=engine.index_stats, **sections)
+        return write_bundle(path, arrays=arrays, users=self.users_, items=self.items_, manifest=manifest,
+                            item_metadata=engine.item_metadata, files=files)
 
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
@@ -239,25 +239,32 @@ class Recommender:
         return model_from_bundle(engine, bundle, expected=None if cls is Recommender else cls)
 
 
-def model_from_bundle(engine: Engine, bundle: artifacts.Bundle, expected: type[Recommender] | None = None
+def model_from_bundle(engine: Engine, bundle: Bundle, expected: type[Recommender] | None = None
                       ) -> Recommender:
-    name = bundle.manifest["model"]["class"]
-    model_cls = MODEL_REGISTRY.get(name)
-    if model_cls is None:
-        raise BundleError(f"Bundle {str(bundle.path)!r} holds an unknown model class {name!r}. "
-                          f"Known: {sorted(MODEL_REGISTRY)}.")
+    manifest = bundle.manifest
+    name = manifest.model_class
+    try:
+        model_cls = model_class(name)
+    except DataValidationError as err:
+        raise BundleError(f"Bundle {str(bundle.path)!r} holds an unknown model class {name!r}. {err}") from err
     if expected is not None and model_cls is not expected:
         raise BundleError(f"Bundle {str(bundle.path)!r} holds a {model_cls.__name__}, not a {expected.__name__}. "
                           "Use recsys.models.load(path) to load any model.")
-    params = {k: v for k, v in bundle.manifest["model"]["params"].items() if k in model_cls._param_names()}
+    params = {k: v for k, v in manifest.params.items() if k in model_cls._param_names()}
     model = model_cls(**params)
     model.exported_ = Exported(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"],
-                               foldin=bundle.manifest["foldin"], similarity=bundle.manifest["similarity"],
-                               similarity_dims=bundle.manifest.get("similarity_dims"),
-                               extra=bundle.manifest.get("training", {}))
+                               foldin=manifest.foldin, similarity=manifest.similarity,
+                               similarity_dims=manifest.similarity_dims, extra=manifest.training)
     model.users_, model.items_, model.engine_ = bundle.users, bundle.items, engine
-    model.manifest_ = bundle.manifest
+    model.manifest_ = manifest
     return model
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except (TypeError, ValueError):  # arrays and the like
+        return a is b
 
 
 def _is_scalar(value: object) -> bool:

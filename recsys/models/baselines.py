@@ -17,6 +17,7 @@ from scipy.linalg import lapack
 
 from ..data import Interactions
 from ..exceptions import DataValidationError
+from ..foldin import FoldIn
 from .base import Exported, Interval, Recommender
 
 log = logging.getLogger("recsys")
@@ -42,7 +43,7 @@ def _check_size(model: Recommender, train: Interactions) -> None:
 def _export(weights: np.ndarray, history: sp.csr_matrix, extra: dict) -> Exported:
     """item vector i = column i of the item-item weights; user vector = binary history row."""
     return Exported(item_vectors=np.ascontiguousarray(weights.T, dtype=np.float32),
-                    user_vectors=history.toarray().astype(np.float32), foldin={"method": "indicator"},
+                    user_vectors=history.toarray().astype(np.float32), foldin=FoldIn("indicator"),
                     similarity="cosine", extra=extra)
 
 

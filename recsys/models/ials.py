@@ -15,7 +15,7 @@ regularisation with how much data a row has (0: plain L2).
 Each epoch updates all items given the users, then all users given the items (see `solve_rows`): exactly with
 solver='cholesky', or by a few conjugate-gradient steps from the current vectors with solver='cg' (the default,
 faster, equally good). The export ends with an exact user solve (the last half-step with 'cholesky', one more
-after the sweeps with 'cg'): the same solve that `recsys.runtime.Engine.fold_in` repeats in numpy at serving
+after the sweeps with 'cg'): the same solve that `recsys.engine.Engine.fold_in` repeats in numpy at serving
 time, so folding in a training user's own history reproduces their trained vector.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ import torch
 
 from ..data import Interactions
 from ..exceptions import DataValidationError
-from ..runtime import CONFIDENCES, confidence
-from ..train import fit_loop, ndcg_validator, resolve_device, seed_everything
+from ..foldin import CONFIDENCES, FoldIn, confidence, penalty
+from ._loop import fit_loop, ndcg_validator, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
 
 __all__ = ["CONFIDENCES", "IALS", "confidence", "objective", "solve_rows"]
@@ -70,7 +70,7 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
         chunk_bytes = CPU_CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES
     n_rows, k = len(indptr) - 1, fixed.shape[1]
     counts = np.diff(indptr)
-    lam = reg * (counts + unobserved_weight * len(fixed)) ** reg_exponent
+    lam = penalty(reg, reg_exponent, unobserved_weight, counts, len(fixed))
     gram = unobserved_weight * (fixed.T @ fixed)
     out = torch.zeros((n_rows, k), device=device, dtype=dtype)
     if current is None:  # CG starts from zero
@@ -303,8 +303,7 @@ class IALS(Recommender):
         exported.extra = result.facts(device=str(device))
         return exported
 
-    def _foldin(self) -> dict:
-        """Engine fold-in settings that repeat the training user solve (see `Engine.fold_in`)."""
-        return {"method": "ridge", "reg": float(self.reg), "reg_exponent": float(self.reg_exponent),
-                "unobserved_weight": float(self.unobserved_weight), "confidence": self.confidence,
-                "alpha": float(self.alpha), "epsilon": float(self.epsilon)}
+    def _foldin(self) -> FoldIn:
+        """The fold-in that repeats the training user solve (`recsys.foldin`)."""
+        return FoldIn("ridge", reg=self.reg, reg_exponent=self.reg_exponent, unobserved_weight=self.unobserved_weight,
+                      confidence=self.confidence, alpha=self.alpha, epsilon=self.epsilon)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Interactions
-from ..train import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
+from ..foldin import FoldIn
+from ._loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
 
 
@@ -76,7 +77,7 @@ class MF(Recommender):
         opt = torch.optim.Adam([users.weight, items.weight] + ([bias] if self.item_bias else []), lr=self.lr)
         u_all = torch.as_tensor(train.user_index, dtype=torch.long)
         i_all = torch.as_tensor(train.item_index, dtype=torch.long)
-        foldin = {"method": "ridge", "reg": self.foldin_reg}
+        foldin = FoldIn("ridge", reg=self.foldin_reg)
         seen = train.matrix(binary=True)
 
         def batches() -> Iterator[tuple[torch.Tensor, ...]]:

@@ -6,6 +6,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..data import Interactions
+from ..foldin import FoldIn
 from .base import BOOL, Exported, Recommender
 
 
@@ -27,4 +28,4 @@ class Popularity(Recommender):
                              minlength=train.n_items)
         item_vectors = (counts / max(counts.max(), 1e-12)).astype(np.float32)[:, None]
         user_vectors = np.ones((train.n_users, 1), np.float32)
-        return Exported(item_vectors, user_vectors, foldin={"method": "constant"}, similarity="dot")
+        return Exported(item_vectors, user_vectors, foldin=FoldIn("constant"), similarity="dot")

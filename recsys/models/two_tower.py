@@ -7,7 +7,7 @@ training interactions keep no id embedding, so their vectors come from features 
 dropout during training makes warm items lean on their features too.
 
 User tower: the user id embedding plus the mean of the item-tower vectors of the user's history. Folding in
-an unseen user is therefore exactly the tower with a zero id embedding, which the runtime's numpy
+an unseen user is therefore exactly the tower with a zero id embedding, which the engine's numpy
 `{"method": "mean"}` fold-in computes from the exported item vectors: serving needs no torch.
 
 Training: batches of (user, item) pairs; the other items of the batch (and optionally `negatives` items drawn
@@ -16,7 +16,7 @@ drawn in proportion to popularity, which a plain softmax would learn as a penalt
 correction of Yi et al. (2019, "Sampling-bias-corrected neural modeling for large corpus item
 recommendations") subtracts the log of each candidate's expected count in the candidate set,
 log(B p_j + M / N_warm) for batch size B, training frequency p_j, M uniform negatives over N_warm items.
-Early stopping on validation NDCG@10 via `recsys.train.fit_loop`. Interactions count as binary (weights
+Early stopping on validation NDCG@10 via `recsys.models._loop.fit_loop`. Interactions count as binary (weights
 are ignored). Each batch computes every item's vector (for the users' histories), so a step costs
 O(catalogue x factors) on top of the batch: fine for catalogues up to about a million items on a GPU.
 """
@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from ..data import Interactions
 from ..exceptions import DataValidationError
-from ..train import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
+from ..foldin import FoldIn
+from ._loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
 
 log = logging.getLogger("recsys")
@@ -324,7 +325,7 @@ class TwoTower(Recommender):
                 items = towers.items(towers.warm)
                 history = towers.histories(items) / history_len.clamp(min=1)[:, None]
                 users = F.normalize(towers.user_id + history, dim=1)
-            return Exported(items.cpu().numpy().copy(), users.cpu().numpy().copy(), foldin={"method": "mean"},
+            return Exported(items.cpu().numpy().copy(), users.cpu().numpy().copy(), foldin=FoldIn("mean"),
                             similarity="cosine")
 
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,

@@ -1,6 +1,6 @@
 """Offline evaluation: full ranking over the catalogue, the user's training items excluded.
 
-Ranks through `recsys.runtime.Engine`, the same path the server uses. Metric definitions live in
+Ranks through `recsys.engine.Engine`, the same path the server uses. Metric definitions live in
 `recsys.metrics` (Precision, Recall = hits / min(K, |test|), binary NDCG, MAP, HitRate, coverage).
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from .data import Interactions
+from .engine import Engine
 from .exceptions import DataValidationError
 from .metrics import ranking_metrics
-from .runtime import Engine
 
 
 def _engine(model: Any) -> Engine:
@@ -33,6 +33,13 @@ def evaluate(model: Any, test: Interactions, k: int | Sequence[int] = 10, *, tra
     Items each user interacted with in `train` (default: the model's own training interactions) are
     excluded from their ranking. `test` must share the model's id maps (use the recsys.data splits).
     max_users: evaluate a random sample of test users (for fast validation during training).
+
+    >>> from recsys.data import from_arrays, random_split
+    >>> from recsys.models import Popularity
+    >>> log = from_arrays(np.repeat(["u1", "u2", "u3"], 3), np.array(list("abcabdabe")))
+    >>> train, test = random_split(log, None, test_k=1, seed=0)
+    >>> sorted(evaluate(Popularity().fit(train), test, k=[1, 3]))[:4]
+    ['coverage@1', 'coverage@3', 'hit_rate@1', 'hit_rate@3']
     """
     engine = _engine(model)
     if test.users != engine.users or test.items != engine.items:

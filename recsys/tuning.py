@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .data import Interactions
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .exceptions import DataValidationError, RecsysError
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ class Search:
                  metric: str = "ndcg@10", seed: int = 0, validation_fraction: float = 0.2):
         import optuna
 
-        from .models import MODEL_REGISTRY, make_model
+        from .models import make_model, model_class
 
         if valid.nnz == 0:
             raise DataValidationError("The validation split is empty: too few interactions per user to tune on.")
@@ -189,7 +189,7 @@ class Search:
         self.fixed = {**TRIAL_DEFAULTS.get(model, {}), **(fixed or {})}
         self.space = {name: dim for name, dim in _space(model, space).items() if name not in self.fixed}
         self.k = int(metric.split("@")[1]) if "@" in metric else 10
-        self.early_stopping = "epochs" in MODEL_REGISTRY[model]._param_names()
+        self.early_stopping = "epochs" in model_class(model)._param_names()
         self.trials: list[dict] = []
         self.n_pruned = 0
         self.seconds = 0.0
@@ -269,7 +269,7 @@ class Search:
             return contextlib.nullcontext()
         import optuna
 
-        from .train import on_validation
+        from .models._loop import on_validation
 
         def report(epoch: int, value: float) -> None:
             trial.report(value, epoch)

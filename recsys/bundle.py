@@ -11,6 +11,7 @@ never leaves a half-written bundle. It is never modified afterwards: a new model
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -19,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from safetensors.numpy import load_file, save_file
 
 from . import __version__
 from .data import IdMap
-from .exceptions import BundleError
+from .exceptions import BundleError, RecsysError
+from .foldin import FoldIn
 
 log = logging.getLogger("recsys")
 
@@ -41,9 +43,73 @@ CURRENT = "current"
 
 
 @dataclass
+class Manifest:
+    """The typed contents of a bundle's manifest.json: what the model is, how it folds users in, what it scored.
+
+    `write_bundle` fills the bookkeeping fields (format and recsys versions, creation time, dimensions, arrays,
+    files with their sha256); `verify` reads them back and refuses another format version. JSON keys equal
+    the field names, except `model_class` and `params`, stored as {"model": {"class": ..., "params": ...}}.
+
+    >>> m = Manifest(model_class="popularity", params={}, factors=1, foldin=FoldIn("constant"))
+    >>> Manifest.from_dict(m.to_dict()).foldin.method
+    'constant'
+    """
+
+    model_class: str
+    params: dict[str, Any]
+    factors: int
+    foldin: FoldIn = field(default_factory=FoldIn)
+    similarity: str = "cosine"
+    similarity_dims: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)     # held-out metrics of the evaluated fit
+    evaluation: dict[str, Any] = field(default_factory=dict)    # split protocol, baselines' metrics
+    data: dict[str, Any] = field(default_factory=dict)          # interactions, users, items trained on
+    training: dict[str, Any] = field(default_factory=dict)      # best epoch, history, device, ...
+    tuning: dict[str, Any] | None = None                        # the search summary, when tuned
+    index: dict[str, Any] = field(default_factory=dict)         # kept Annoy indexes: prefix, config, stats
+    index_measured: dict[str, Any] = field(default_factory=dict)  # every index tuned, kept or not
+    n_users: int = 0
+    n_items: int = 0
+    format_version: int = FORMAT_VERSION
+    recsys_version: str = __version__
+    created_at: str = ""
+    arrays: dict[str, Any] = field(default_factory=dict)        # name -> shape, dtype
+    files: dict[str, Any] = field(default_factory=dict)         # name -> sha256, bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"format_version": self.format_version, "recsys_version": self.recsys_version,
+               "created_at": self.created_at, "n_users": self.n_users, "n_items": self.n_items,
+               "model": {"class": self.model_class, "params": self.params}}
+        for f in fields(self):
+            if f.name not in out and f.name not in ("model_class", "params"):
+                out[f.name] = getattr(self, f.name)
+        out["foldin"] = self.foldin.to_dict()
+        if self.tuning is None:
+            del out["tuning"]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "") -> Manifest:
+        """From manifest.json's object; a format version other than this recsys's is refused."""
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(f"Bundle {where!r} has format_version {version!r}; this recsys ({__version__}) "
+                              f"reads format {FORMAT_VERSION}. Retrain with this version.")
+        known = {f.name for f in fields(cls)} - {"model_class", "params"}
+        try:
+            model = raw["model"]
+            return cls(model_class=model["class"], params=model["params"],
+                       **{k: v for k, v in raw.items() if k in known and k != "foldin"},
+                       foldin=FoldIn.from_dict(raw.get("foldin")))
+        except (KeyError, TypeError, RecsysError) as e:
+            raise BundleError(f"The manifest of bundle {where!r} is malformed ({type(e).__name__}: {e}). "
+                              "Retrain or restore the bundle.") from e
+
+
+@dataclass
 class Bundle:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     arrays: dict[str, np.ndarray]
     users: IdMap
     items: IdMap
@@ -78,7 +144,7 @@ def csr_arrays(matrix: sp.csr_matrix, prefix: str = "seen") -> dict[str, np.ndar
 
 
 def write_bundle(path: str | Path, *, arrays: dict[str, np.ndarray], users: IdMap, items: IdMap,
-                 manifest: dict[str, Any], item_metadata: pd.DataFrame | None = None,
+                 manifest: Manifest, item_metadata: pd.DataFrame | None = None,
                  files: dict[str, Callable[[Path], None]] | None = None) -> Path:
     """Write a new bundle at `path` (which must not exist) atomically; returns the path.
 
@@ -101,16 +167,12 @@ def write_bundle(path: str | Path, *, arrays: dict[str, np.ndarray], users: IdMa
         files = {}
         for f in sorted(tmp.iterdir()):
             files[f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-        full = {
-            "format_version": FORMAT_VERSION,
-            "recsys_version": __version__,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "n_users": len(users), "n_items": len(items),
-            **manifest,
-            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
-            "files": files,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False, default=_json_default))
+        full = dataclasses.replace(
+            manifest, format_version=FORMAT_VERSION, recsys_version=__version__,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            n_users=len(users), n_items=len(items),
+            arrays={k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}, files=files)
+        (tmp / MANIFEST).write_text(json.dumps(full.to_dict(), indent=2, sort_keys=False, default=_json_default))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -159,19 +221,18 @@ def resolve(path: str | Path) -> Path:
     raise BundleError(f"{str(path)!r} is not a bundle: it has no {MANIFEST} and no {CURRENT!r} pointer.")
 
 
-def verify(path: str | Path) -> dict[str, Any]:
+def verify(path: str | Path) -> Manifest:
     """Check the manifest and the sha256 of every file it lists; returns the manifest."""
     path = resolve(path)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        raw = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError) as e:
         raise BundleError(f"Cannot read {MANIFEST} in bundle {str(path)!r}: {e}. The bundle is corrupt; "
                           "retrain or restore it.") from e
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"Bundle {str(path)!r} has format_version {version!r}; this recsys "
-                          f"({__version__}) reads format {FORMAT_VERSION}. Retrain with this version.")
-    for name, info in manifest.get("files", {}).items():
+    if not isinstance(raw, dict):
+        raise BundleError(f"{MANIFEST} in bundle {str(path)!r} is not a JSON object. Retrain or restore it.")
+    manifest = Manifest.from_dict(raw, str(path))
+    for name, info in manifest.files.items():
         if "/" in name or name.startswith("."):
             raise BundleError(f"Bundle manifest lists an unsafe file name {name!r} in {str(path)!r}.")
         f = path / name
@@ -190,15 +251,15 @@ def read_bundle(path: str | Path) -> Bundle:
     path = resolve(path)
     manifest = verify(path)
     arrays = load_file(str(path / ARRAYS))
-    for name, info in manifest["arrays"].items():
+    for name, info in manifest.arrays.items():
         if name not in arrays or list(arrays[name].shape) != info["shape"]:
             raise BundleError(f"{ARRAYS} in bundle {str(path)!r} does not match its manifest: array {name!r} "
                               f"should have shape {info['shape']}.")
     users = IdMap.from_json((path / "users.json").read_text())
     items = IdMap.from_json((path / "items.json").read_text())
-    if len(users) != manifest["n_users"] or len(items) != manifest["n_items"]:
+    if len(users) != manifest.n_users or len(items) != manifest.n_items:
         raise BundleError(f"users.json/items.json in bundle {str(path)!r} do not match the manifest's "
-                          f"n_users={manifest['n_users']} / n_items={manifest['n_items']}.")
+                          f"n_users={manifest.n_users} / n_items={manifest.n_items}.")
     meta = pd.read_parquet(path / "items.parquet") if (path / "items.parquet").is_file() else None
     return Bundle(path, manifest, arrays, users, items, meta)
 

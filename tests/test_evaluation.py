@@ -1,14 +1,14 @@
-"""evaluate(): full ranking through the runtime engine, training items excluded, hand-checked."""
+"""evaluate(): full ranking through the engine, training items excluded, hand-checked."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from recsys.data import from_arrays
-from recsys.evaluate import compare, evaluate
+from recsys.engine import Engine
+from recsys.evaluation import compare, evaluate
 from recsys.exceptions import DataValidationError
 from recsys.models import Popularity
-from recsys.runtime import Engine
 
 
 def test_hand_computed_case_excludes_training_items():

@@ -6,42 +6,23 @@ user-to-user similarity use cosine (or dot, for models whose vectors carry no di
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import artifacts
+from .bundle import Bundle, read_bundle
 from .data import IdMap
 from .exceptions import DataValidationError
+from .foldin import FoldIn
 from .index import EXACT_BLOCK, AnnIndex
 
-FOLDIN_METHODS = ("ridge", "mean", "indicator", "constant")
 SIMILARITIES = ("cosine", "dot")
 SEARCH_MODES = ("auto", "exact", "ann")
-CONFIDENCES = ("binary", "weight", "log", "power")
-
-
-def confidence(weight: np.ndarray, kind: str, alpha: float = 1.0, epsilon: float = 1.0) -> np.ndarray:
-    """Confidence c of each observed pair from its weight (rating, count, ...).
-
-    'binary': c = 1 (the weight is ignored); 'weight': c = 1 + alpha * w (Hu et al.); 'log':
-    c = 1 + alpha * log1p(w / epsilon) (counts spanning orders of magnitude); 'power': c = (w / epsilon) ** alpha
-    (alpha 1: proportional to the weight, so a low rating counts for less than the unobserved weight alpha0 puts on
-    every pair; 0: binary). iALS training (recsys.models.ials) and `Engine.fold_in` share it.
-    """
-    weight = np.asarray(weight, dtype=np.float64)
-    if kind == "binary":
-        return np.ones(len(weight), np.float32)
-    if kind == "weight":
-        return (1.0 + alpha * weight).astype(np.float32)
-    if kind == "log":
-        return (1.0 + alpha * np.log1p(weight / epsilon)).astype(np.float32)
-    if kind == "power":
-        return ((weight / epsilon) ** alpha).astype(np.float32)
-    raise DataValidationError(f"confidence must be one of {CONFIDENCES}. Got {kind!r}.")
 
 
 def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,23 +108,41 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
+@dataclass(frozen=True, eq=False)
+class Recommendation:
+    """One user's answer (`Engine.recommend_user`): item ids best first, without padding, and their scores.
+
+    fallback: True when the user is unknown and has no feedback, so the items are the most popular ones and
+    the scores their user counts. Titles: `Engine.titles(item_ids)`.
+    """
+
+    user: object | None
+    item_ids: np.ndarray  # external ids (str), object dtype
+    scores: np.ndarray    # float32, best first
+    fallback: bool
+
+
 class Engine:
     """Exact top-k retrieval with exclusions, allow/deny lists and fold-in of unseen users.
 
     item_vectors (n_items, d), user_vectors (n_users, d): exported by a model. seen: users x items CSR of
     the training interactions (excluded by default). similarity_dims: how many leading dimensions
     similar_items / similar_users compare (None: all; a model with a bias column leaves it out).
-    foldin: {"method": "ridge", "reg": float, "unobserved_weight": float (default 0)} solves a small ridge
-    regression of the history on the item vectors (with unobserved_weight > 0, every other item is a weighted
-    zero target, as in iALS); "mean" averages them; "indicator" uses the weighted history itself as the user
-    vector (item-item models whose item vectors are item-item weights); "constant" uses the mean user vector
-    (for models without personalisation).
+    foldin: how a history becomes a user vector (`recsys.foldin.FoldIn`, or its dict form; default 'mean').
     indexes / index_stats / mode: optional Annoy indexes with their tuning measurements; mode 'auto' picks
     the index or exact scoring per call by what the measurements say is faster, 'exact' and 'ann' force one.
+
+    >>> from recsys.data import IdMap
+    >>> engine = Engine(np.eye(3, dtype=np.float32), np.array([[1, 0.5, 0]], np.float32), IdMap(["u"]),
+    ...                 IdMap(["a", "b", "c"]))
+    >>> engine.recommend(["u"], k=2)
+    (array([['a', 'b']], dtype=object), array([[1. , 0.5]], dtype=float32))
+    >>> engine.recommend_for_history(["a"], k=1, exclude_history=False)[0]
+    array(['a'], dtype=object)
     """
 
     def __init__(self, item_vectors: np.ndarray, user_vectors: np.ndarray, users: IdMap, items: IdMap,
-                 seen: sp.csr_matrix | None = None, foldin: dict | None = None, similarity: str = "cosine",
+                 seen: sp.csr_matrix | None = None, foldin: FoldIn | dict | None = None, similarity: str = "cosine",
                  item_metadata: pd.DataFrame | None = None, batch_size: int = 1024,
                  similarity_dims: int | None = None, indexes: dict[str, AnnIndex] | None = None,
                  index_stats: dict[str, dict] | None = None, mode: str = "auto"):
@@ -156,9 +155,7 @@ class Engine:
                 f"Vector shapes do not match the id maps: items {self.item_vectors.shape} for {len(items)} ids, "
                 f"users {self.user_vectors.shape} for {len(users)} ids.")
         self.seen = seen if seen is not None else sp.csr_matrix((len(users), len(items)), dtype=np.float32)
-        self.foldin = dict(foldin or {"method": "mean"})
-        if self.foldin.get("method") not in FOLDIN_METHODS:
-            raise DataValidationError(f"Fold-in method must be one of {FOLDIN_METHODS}. Got {self.foldin!r}.")
+        self.foldin = FoldIn.from_dict(foldin)
         if similarity not in SIMILARITIES:
             raise DataValidationError(f"similarity must be one of {SIMILARITIES}. Got {similarity!r}.")
         self.similarity = similarity
@@ -289,40 +286,9 @@ class Engine:
         return self.search(self.user_vectors[user_index], k, exclude=exclude, allow=allow)
 
     def fold_in(self, item_index: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """A user vector for a history of item indices, computed from the item vectors (no retraining).
-
-        For "ridge", optional iALS keys repeat `recsys.models.ials` training's user solve: "confidence"
-        ('binary', 'weight', 'log', 'power' with "alpha", "epsilon") sums the weights of repeated items, then maps
-        each to its confidence (1; 1 + alpha * w; 1 + alpha * log1p(w / epsilon); (w / epsilon) ** alpha);
-        "reg_exponent" nu scales the penalty to reg * (len(history) + unobserved_weight * n_items) ** nu.
-        """
-        item_index = np.asarray(item_index, dtype=np.int64)
-        method = self.foldin["method"]
-        if method == "constant" or len(item_index) == 0:
-            return self.user_vectors.mean(axis=0) if len(self.user_vectors) else \
-                np.zeros(self.item_vectors.shape[1], np.float32)
-        w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
-        hist = self.item_vectors[item_index]
-        if method == "mean":
-            return (w @ hist) / w.sum()
-        if method == "indicator":  # item-item models: the user vector is the (weighted) history itself
-            vector = np.zeros(self.item_vectors.shape[1], np.float32)
-            np.add.at(vector, item_index, w)
-            return vector
-        reg = float(self.foldin.get("reg", 0.1))
-        unobserved = float(self.foldin.get("unobserved_weight", 0.0))
-        kind = self.foldin.get("confidence")
-        if kind is not None:  # iALS: one confidence per distinct item, as in training
-            item_index, inverse = np.unique(item_index, return_inverse=True)
-            w = np.bincount(inverse, weights=w).astype(np.float32)
-            hist = self.item_vectors[item_index]
-            w = confidence(w, kind, float(self.foldin.get("alpha", 1.0)), float(self.foldin.get("epsilon", 1.0)))
-        reg *= (len(item_index) + unobserved * self.n_items) ** float(self.foldin.get("reg_exponent", 0.0))
-        gram = hist.T @ (hist * w[:, None]) + reg * np.eye(hist.shape[1], dtype=np.float32)
-        if unobserved:  # iALS: every item not in the history pulls the score towards 0 with this weight
-            gram += unobserved * self._gramian()
-        target = float(self.foldin.get("target", 1.0))
-        return np.linalg.solve(gram, hist.T @ (w * target)).astype(np.float32)
+        """A user vector for a history of item indices (optional weights), from the item vectors alone: the
+        model's own user solve, as its `recsys.foldin.FoldIn` config says (no retraining)."""
+        return self.foldin.user_vector(self.item_vectors, item_index, weights, self._gramian, self.user_vectors)
 
     def _gramian(self) -> np.ndarray:
         if self._gram is None:
@@ -442,10 +408,156 @@ class Engine:
         out[idx < 0] = None
         return out.reshape(np.shape(item_ids))
 
+    # ------------------------------------------------------------------------ one user's answer (serving)
+    def recommend_user(self, user: object | None, k: int = 10, *, offset: int = 0, exclude: Iterable[object] = (),
+                       filters: dict[str, object] | None = None, include_seen: bool = False,
+                       history: Sequence[tuple[object, float]] | None = None) -> Recommendation:
+        """Top-k items for one user, as the service and the CLI answer: known, folded in, or popular.
+
+        Parameters
+        ----------
+        user : object or None
+            The user's id. A user the bundle knows is scored with their own vector; an unknown one without
+            history gets the most popular items (``fallback`` is True). None: an anonymous session described
+            by `history` alone (no known item in it: the popularity fallback).
+        k : int
+            How many items to return (fewer only when fewer pass the filters).
+        offset : int
+            Skip this many of the best items (paging): the answer is items ``offset .. offset + k - 1`` of
+            the top ``k + offset``.
+        exclude : iterable of item ids
+            Items to leave out; ids the bundle does not know are ignored.
+        filters : dict, optional
+            Item attributes, e.g. ``{"genres": ["Comedy"]}``, as `attribute_mask` takes them.
+        include_seen : bool
+            Allow items the user has seen (the bundle's interactions and `history`); excluded by default.
+        history : sequence of (item_id, weight), optional
+            The user's stored feedback events, oldest first (what `recsys.feedback.FeedbackStore.history`
+            returns). When given, the user is folded in from what the bundle knows about them plus these
+            events (positive weights only), with no retraining; unknown item ids are ignored.
+
+        Returns
+        -------
+        Recommendation
+            Item ids best first with their scores (user counts for the fallback), and the fallback flag.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from recsys.data import IdMap
+        >>> engine = Engine(np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]]), np.array([[1.0, 0.2]]),
+        ...                 IdMap(["ann"]), IdMap(["a", "b", "c"]))
+        >>> rec = engine.recommend_user("ann", k=2)
+        >>> rec.item_ids.tolist(), rec.fallback
+        (['a', 'c'], False)
+        >>> engine.recommend_user("ann", k=1, offset=1).item_ids.tolist()
+        ['c']
+        >>> engine.recommend_user("stranger", k=2).fallback  # unknown, no feedback: the most popular items
+        True
+        """
+        _check_k(k)
+        _check_offset(offset)
+        n = k + offset
+        deny = self.items.to_index(exclude, missing="ignore")
+        deny = deny[deny >= 0]
+        allow = self.allowed_items(None, filters)
+        found = None
+        if history or user is None:
+            found = self._folded_in(user, history or (), n, deny, allow, include_seen)
+        elif user in self.users:
+            idx, val = self.recommend_indices(np.array([self.users.index(user, "user")]), n,
+                                              exclude_seen=not include_seen, allow=allow, deny=deny)
+            found = idx[0], val[0]
+        fallback = found is None
+        idx, val = self._popular_indices(n, deny, allow) if fallback else found
+        valid = idx >= 0
+        idx, val = idx[valid][offset:], val[valid][offset:]
+        return Recommendation(user, self.items.ids[idx], val, fallback)
+
+    def _folded_in(self, user: object | None, history: Sequence[tuple[object, float]], n: int, deny: np.ndarray,
+                   allow: np.ndarray | None, include_seen: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-n for a user folded in from the bundle's items for them plus `history`; None for an anonymous
+        history without a known item (the caller falls back to popularity)."""
+        items = self.items.to_index([i for i, _ in history], missing="ignore")
+        weights = np.asarray([w for _, w in history], np.float32)[items >= 0]
+        items = items[items >= 0]
+        if user is None and not len(items):
+            return None
+        if user is not None and user in self.users:  # what the bundle already knows about this user counts too
+            known = self.seen[self.users.index(user, "user")].indices
+            items = np.concatenate([known, items])
+            weights = np.concatenate([np.ones(len(known), np.float32), weights])
+        positive = weights > 0
+        hide = deny if include_seen else np.concatenate([deny, items])
+        return self.history_indices(items[positive], n, weights[positive], hide=hide, allow=allow)
+
+    def popular_items(self, k: int = 10, *, exclude: Iterable[object] = (),
+                      filters: dict[str, object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), shape (at most k,), of the items most users interacted with in the bundle, best
+        first (ties by index); scores are those user counts. exclude / filters as in `recommend_user`."""
+        _check_k(k)
+        deny = self.items.to_index(exclude, missing="ignore")
+        idx, counts = self._popular_indices(k, deny[deny >= 0], self.allowed_items(None, filters))
+        return self.items.ids[idx], counts
+
+    def _popular_indices(self, n: int, deny: np.ndarray, allow: np.ndarray | None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        order = self.popular_order
+        if allow is not None:
+            allowed = np.zeros(self.n_items, bool)
+            allowed[allow] = True
+            order = order[allowed[order]]
+        if len(deny):
+            order = order[~np.isin(order, deny)]
+        top = order[:n]
+        return top, self.popularity[top]
+
+    @property
+    def popularity(self) -> np.ndarray:
+        """How many users interacted with each item in the bundle's `seen` matrix (float32, per item index)."""
+        return self._popularity[1]
+
+    @property
+    def popular_order(self) -> np.ndarray:
+        """Item indices, most interacted first (ties by index)."""
+        return self._popularity[0]
+
+    @functools.cached_property
+    def _popularity(self) -> tuple[np.ndarray, np.ndarray]:  # computed on first use, then kept
+        counts = np.asarray(self.seen.astype(bool).sum(axis=0)).ravel()
+        return np.argsort(-counts, kind="stable"), counts.astype(np.float32)
+
+    def item_record(self, item_id: object) -> dict[str, object]:
+        """The item's metadata row as a plain dict: {"item": id, column: value, ...}. Values are as stored,
+        except list-likes (genres, tags), which become lists of str; missing values are left out. Just
+        {"item": id} when the bundle has no item metadata; an unknown id raises UnknownIdError."""
+        i = self.items.index(item_id, kind="item")
+        record: dict[str, object] = {"item": str(self.items.ids[i])}
+        if self.item_metadata is None:
+            return record
+        for column, value in self.item_metadata.iloc[i].items():
+            if column == "item":
+                continue
+            if isinstance(value, (list, tuple, np.ndarray)):
+                record[column] = [str(v) for v in value]
+            elif not _is_missing(value):
+                record[column] = value
+        return record
+
 
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise DataValidationError(f"The 'k' parameter must be an int >= 1. Got {k!r}.")
+
+
+def _check_offset(offset: int) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise DataValidationError(f"The 'offset' parameter must be an int >= 0. Got {offset!r}.")
+
+
+def _is_missing(value: object) -> bool:
+    """None, NaN and pandas' missing markers (<NA>, nan as text)."""
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value) in ("<NA>", "nan")
 
 
 def _keep_filter(allowed: np.ndarray | None, excluded: np.ndarray):
@@ -494,17 +606,17 @@ def _combine_exclusions(seen_rows: sp.csr_matrix | None, deny: np.ndarray | None
     return out
 
 
-def load_engine(path: str | Path, mode: str = "auto") -> tuple[Engine, artifacts.Bundle]:
+def load_engine(path: str | Path, mode: str = "auto") -> tuple[Engine, Bundle]:
     """Load and verify a bundle into an Engine (numpy + annoy only: no torch, no model classes).
 
     The server and the CLI answer queries through this; `recsys.models.load` builds on it.
     """
-    bundle = artifacts.read_bundle(path)
+    bundle = read_bundle(path)
     m = bundle.manifest
     engine = Engine(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"], bundle.users, bundle.items,
-                    seen=bundle.seen(), foldin=m["foldin"], similarity=m["similarity"],
-                    item_metadata=bundle.item_metadata, similarity_dims=m.get("similarity_dims"), mode=mode)
-    for metric, info in m.get("index", {}).items():
+                    seen=bundle.seen(), foldin=m.foldin, similarity=m.similarity,
+                    item_metadata=bundle.item_metadata, similarity_dims=m.similarity_dims, mode=mode)
+    for metric, info in m.index.items():
         engine.indexes[metric] = AnnIndex.load(bundle.path, info["prefix"], **info["config"])
         engine.index_stats[metric] = info["stats"]
     return engine, bundle

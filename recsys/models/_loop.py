@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from .data import Interactions
+    from ..data import Interactions
 
 log = logging.getLogger("recsys")
 VALIDATION_BLOCK = 2**22  # scores held at once by the per-epoch validator (16 MiB of float32)
@@ -98,13 +98,13 @@ def optimise(optimizer: torch.optim.Optimizer, losses: Iterable[torch.Tensor]) -
 def ndcg_validator(train: Interactions, validation: Interactions | None, max_users: int | None, seed: int
                    ) -> Callable[[Any], float] | None:
     """`validate(exported) -> NDCG@10` on `validation` (training items excluded) for `fit_loop`; None
-    without a validation split. The value equals `recsys.evaluate.evaluate(engine, validation, 10,
+    without a validation split. The value equals `recsys.evaluation.evaluate(engine, validation, 10,
     max_users=, seed=)`: the same users, exclusions, `topk` and metric, with the per-call set-up done once
     (this runs every epoch)."""
     if validation is None:
         return None
-    from .metrics import ranking_metrics
-    from .runtime import topk
+    from ..engine import topk
+    from ..metrics import ranking_metrics
 
     relevant = validation.matrix(binary=True)
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)

@@ -1,4 +1,4 @@
-"""Tests for recsys.runtime: topk, Engine retrieval with filters, fold-in, similarity and the id-level API."""
+"""Tests for recsys.engine: topk, Engine retrieval with filters, fold-in, similarity and the id-level API."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsys.data import IdMap
+from recsys.engine import Engine, topk
 from recsys.exceptions import DataValidationError, UnknownIdError
-from recsys.runtime import Engine, topk
 
 N_USERS, N_ITEMS, DIM = 12, 30, 5
 
@@ -301,7 +301,7 @@ def test_fold_in_constant_and_empty_history() -> None:
 
 
 def test_invalid_engine_config() -> None:
-    with pytest.raises(DataValidationError, match="Fold-in method must be one of"):
+    with pytest.raises(DataValidationError, match="The fold-in 'method' must be one of"):
         make_engine(foldin={"method": "median"})
     with pytest.raises(DataValidationError, match="similarity must be one of"):
         make_engine(similarity="euclid")
@@ -519,12 +519,130 @@ def test_titles_are_none_for_items_without_metadata():
 
 def test_exact_scoring_blocks_bound_memory_and_give_the_same_answer(monkeypatch):
     """Rows per block shrink with the catalogue so the score matrix stays within EXACT_BLOCK floats."""
-    from recsys import runtime
+    from recsys import engine as engine_module
 
     rng = np.random.default_rng(0)
     items, users = rng.normal(size=(500, 4)).astype(np.float32), rng.normal(size=(37, 4)).astype(np.float32)
     engine = Engine(items, users, IdMap([f"u{i}" for i in range(37)]), IdMap([f"i{j}" for j in range(500)]))
     whole = engine.recommend_indices(np.arange(37), 5)
-    monkeypatch.setattr(runtime, "EXACT_BLOCK", 1000)  # two rows per block
+    monkeypatch.setattr(engine_module, "EXACT_BLOCK", 1000)  # two rows per block
     blocked = engine.recommend_indices(np.arange(37), 5)
     np.testing.assert_array_equal(whole[0], blocked[0])
+
+
+# -------------------------------------------------------------------- one user's answer (server and CLI)
+GENRES = ["drama", "comedy", "horror"]
+
+
+def genre_engine(**kwargs) -> Engine:
+    """make_engine with item metadata: item i has genre GENRES[i % 3], a title, and a year unless i % 5 == 0."""
+    meta = pd.DataFrame({"item": [f"i{i:02d}" for i in range(N_ITEMS)],
+                         "title": [f"Title {i}" for i in range(N_ITEMS)],
+                         "genres": [[GENRES[i % 3]] for i in range(N_ITEMS)],
+                         "year": [np.nan if i % 5 == 0 else 1990.0 + i for i in range(N_ITEMS)]})
+    return make_engine(item_metadata=meta, **kwargs)
+
+
+def test_recommend_user_known_user_is_recommend() -> None:
+    engine = make_engine()
+    rec = engine.recommend_user("u3", k=6)
+    ids, scores = engine.recommend(["u3"], k=6)
+    assert rec.user == "u3" and rec.fallback is False
+    assert rec.item_ids.tolist() == ids[0].tolist()
+    np.testing.assert_array_equal(rec.scores, scores[0])
+    seen = set(engine.items.ids[engine.seen[3].indices])
+    assert seen and not seen & set(rec.item_ids)
+    every = engine.recommend_user("u3", k=N_ITEMS, include_seen=True)
+    assert set(every.item_ids) == set(engine.items.ids), "include_seen: the seen items come back too"
+
+
+def test_recommend_user_offset_is_the_tail_of_k_plus_offset() -> None:
+    engine = make_engine()
+    for user, history in (("u2", None), ("ghost", None), ("ghost", [("i04", 1.0), ("i09", 2.0)])):
+        whole = engine.recommend_user(user, k=8, history=history)
+        page = engine.recommend_user(user, k=3, offset=5, history=history)
+        assert page.item_ids.tolist() == whole.item_ids[5:].tolist(), user
+        np.testing.assert_array_equal(page.scores, whole.scores[5:])
+        assert page.fallback == whole.fallback
+    n_unseen = N_ITEMS - engine.seen[2].nnz
+    short = engine.recommend_user("u2", k=5, offset=n_unseen - 2)
+    assert len(short.item_ids) == 2, "past the end: only what is left, no padding"
+
+
+def test_recommend_user_unknown_user_falls_back_to_popularity_order() -> None:
+    engine = make_engine()
+    counts = np.asarray((engine.seen != 0).sum(axis=0)).ravel()
+    order = sorted(range(N_ITEMS), key=lambda i: (-counts[i], i))  # most users first, ties by index
+    np.testing.assert_array_equal(engine.popularity, counts)
+    assert engine.popular_order.tolist() == order
+    rec = engine.recommend_user("stranger", k=5)
+    assert rec.fallback is True and rec.item_ids.tolist() == engine.items.ids[order[:5]].tolist()
+    np.testing.assert_array_equal(rec.scores, counts[order[:5]])
+    ids, scores = engine.popular_items(5)
+    assert ids.tolist() == rec.item_ids.tolist() and scores.tolist() == rec.scores.tolist()
+    anonymous = engine.recommend_user(None, k=5, history=[("not-an-item", 1.0)])
+    assert anonymous.fallback is True and anonymous.item_ids.tolist() == rec.item_ids.tolist()
+
+
+def test_recommend_user_filters_and_exclusions_keep_k_when_enough_pass() -> None:
+    engine = genre_engine()
+    drama = {f"i{i:02d}" for i in range(0, N_ITEMS, 3)}  # 10 items
+    for user in ("u1", "stranger"):
+        rec = engine.recommend_user(user, k=4, filters={"genres": ["drama"]})
+        assert len(rec.item_ids) == 4 and set(rec.item_ids) <= drama, user
+        top = rec.item_ids[0]
+        rec2 = engine.recommend_user(user, k=4, filters={"genres": ["drama"]}, exclude=[top, "no-such-item"])
+        assert len(rec2.item_ids) == 4 and top not in rec2.item_ids and set(rec2.item_ids) <= drama
+        assert rec2.item_ids[:3].tolist() == rec.item_ids[1:].tolist(), "exclusion removes, nothing else moves"
+    either = engine.recommend_user("stranger", k=N_ITEMS, filters={"genres": ["drama", "horror"]})
+    assert len(either.item_ids) == 20 and not {f"i{i:02d}" for i in range(1, N_ITEMS, 3)} & set(either.item_ids)
+    ids, _ = engine.popular_items(3, filters={"genres": ["comedy"]}, exclude=["i01"])
+    assert len(ids) == 3 and "i01" not in ids and all(int(i[1:]) % 3 == 1 for i in ids)
+    with pytest.raises(DataValidationError, match="Unknown item attribute 'colour'"):
+        engine.recommend_user("u1", filters={"colour": ["red"]})
+
+
+def test_recommend_user_feedback_changes_the_answer() -> None:
+    engine = make_engine(foldin={"method": "ridge", "reg": 0.1})
+    history = [("i04", 1.0), ("i07", 2.0), ("no-such-item", 1.0), ("i11", -1.0)]
+    before = engine.recommend_user("ghost", k=5)
+    after = engine.recommend_user("ghost", k=5, history=history)
+    assert before.fallback and not after.fallback and after.item_ids.tolist() != before.item_ids.tolist()
+    folded = engine.fold_in(np.array([4, 7]), np.array([1.0, 2.0]))  # unknown ids and weights <= 0 left out
+    ref = brute_force(folded, engine.item_vectors, 5, np.setdiff1d(np.arange(N_ITEMS), [4, 7, 11]))
+    assert_matches(engine.items.to_index(after.item_ids), after.scores, *ref)
+    assert {"i04", "i07", "i11"}.isdisjoint(after.item_ids), "the history is hidden, the disliked item too"
+    seen = engine.recommend_user("ghost", k=N_ITEMS, history=history, include_seen=True)
+    assert {"i04", "i07", "i11"} <= set(seen.item_ids)
+    # a known user: what the bundle knows about them is folded in together with the feedback
+    known = engine.seen[1].indices
+    mine = engine.recommend_user("u1", k=5, history=[("i04", 3.0)])
+    vector = engine.fold_in(np.concatenate([known, [4]]), np.concatenate([np.ones(len(known)), [3.0]]))
+    ref = brute_force(vector, engine.item_vectors, 5, np.setdiff1d(np.arange(N_ITEMS), [*known, 4]))
+    assert_matches(engine.items.to_index(mine.item_ids), mine.scores, *ref)
+    assert mine.item_ids.tolist() != engine.recommend_user("u1", k=5).item_ids.tolist()
+
+
+def test_recommend_user_anonymous_history_is_recommend_for_history() -> None:
+    engine = make_engine()
+    rec = engine.recommend_user(None, k=6, history=[("i03", 1.0), ("i08", 1.0), ("zzz", 1.0)])
+    ids, scores = engine.recommend_for_history(["i03", "i08", "zzz"], k=6)
+    assert rec.user is None and rec.fallback is False and rec.item_ids.tolist() == ids.tolist()
+    np.testing.assert_array_equal(rec.scores, scores)
+
+
+@pytest.mark.parametrize("offset", [-1, 1.5, True, "2", None])
+def test_recommend_user_bad_offset(offset: object) -> None:
+    with pytest.raises(DataValidationError, match="'offset' parameter must be an int >= 0"):
+        make_engine().recommend_user("u1", offset=offset)
+    with pytest.raises(DataValidationError, match="'k' parameter must be an int >= 1"):
+        make_engine().recommend_user("u1", k=0)
+
+
+def test_item_record() -> None:
+    engine = genre_engine()
+    assert engine.item_record("i07") == {"item": "i07", "title": "Title 7", "genres": ["comedy"], "year": 1997.0}
+    assert "year" not in engine.item_record("i05"), "missing values are left out"
+    assert make_engine().item_record("i01") == {"item": "i01"}
+    with pytest.raises(UnknownIdError, match="Unknown item 'nope'"):
+        engine.item_record("nope")

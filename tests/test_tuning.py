@@ -1,18 +1,18 @@
-"""recsys.tune: Optuna search on a validation split carved from the training data."""
+"""recsys.tuning: Optuna search on a validation split carved from the training data."""
 from __future__ import annotations
 
 import pytest
 
-from recsys import pipeline, tune
-from recsys.evaluate import evaluate
+from recsys import pipeline, tuning
+from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
 from recsys.models import EASE
-from recsys.tune import Choice, Float, Int, Range
+from recsys.tuning import Choice, Float, Int, Range
 
 
 def test_first_trial_is_the_defaults_and_best_is_never_worse(synthetic_split):
     train, _ = synthetic_split
-    result = tune.tune(train, "ease", n_trials=4, budget=None)
+    result = tuning.tune(train, "ease", n_trials=4, budget=None)
     assert result.trials[0]["l2"] == EASE().l2
     assert result.best_value == max(t["value"] for t in result.trials) >= result.trials[0]["value"]
     assert result.n_trials == 4 and result.metric == "ndcg@10"
@@ -21,7 +21,7 @@ def test_first_trial_is_the_defaults_and_best_is_never_worse(synthetic_split):
 
 def test_the_value_is_measured_on_a_split_carved_from_train(synthetic_split):
     train, _ = synthetic_split
-    result = tune.tune(train, "ease", n_trials=1, budget=None, validation_fraction=0.25)
+    result = tuning.tune(train, "ease", n_trials=1, budget=None, validation_fraction=0.25)
     fit_part, valid = pipeline.holdout(train, 0.25)
     expected = evaluate(EASE(l2=result.best_params["l2"]).fit(fit_part), valid)["ndcg@10"]
     assert result.best_value == pytest.approx(expected)
@@ -29,8 +29,8 @@ def test_the_value_is_measured_on_a_split_carved_from_train(synthetic_split):
 
 def test_same_seed_same_search(synthetic_split):
     train, _ = synthetic_split
-    a = tune.tune(train, "itemknn", n_trials=5, budget=None, seed=3)
-    b = tune.tune(train, "itemknn", n_trials=5, budget=None, seed=3)
+    a = tuning.tune(train, "itemknn", n_trials=5, budget=None, seed=3)
+    b = tuning.tune(train, "itemknn", n_trials=5, budget=None, seed=3)
     assert [t["neighbours"] for t in a.trials] == [t["neighbours"] for t in b.trials]
     assert a.best_params == b.best_params
 
@@ -38,7 +38,7 @@ def test_same_seed_same_search(synthetic_split):
 def test_early_stopping_models_report_the_chosen_epochs(synthetic_split):
     train, _ = synthetic_split
     fixed = {"factors": 8, "epochs": 12, "patience": 2, "progress": False, "device": "cpu"}
-    result = tune.tune(train, "mf", n_trials=2, budget=None, fixed=fixed)
+    result = tuning.tune(train, "mf", n_trials=2, budget=None, fixed=fixed)
     assert 1 <= result.best_params["epochs"] <= 12
     assert result.best_params["factors"] == 8, "fixed parameters win over the search space"
     assert all("factors" not in t for t in result.trials)
@@ -48,10 +48,10 @@ def test_a_best_value_on_an_edge_is_reported(synthetic_split, caplog):
     train, _ = synthetic_split
     # the defaults (l2=500, tried first) sit on the low edge; stronger l2 only gets worse on this log
     space = {"l2": Float(500.0, 1e5, log=True)}
-    result = tune.tune(train, "ease", n_trials=6, budget=None, space=space)
+    result = tuning.tune(train, "ease", n_trials=6, budget=None, space=space)
     assert result.edges == {"l2": "low"}
     assert "widen it and tune again" in caplog.text
-    limited = tune.tune(train, "ease", n_trials=6, budget=None,
+    limited = tuning.tune(train, "ease", n_trials=6, budget=None,
                         space={"l2": Float(500.0, 1e5, log=True, limits=("low",))})
     assert limited.edges == {}
 
@@ -67,7 +67,7 @@ def test_range_edges_and_choices():
 def test_widen_pushes_only_the_edge_that_was_hit():
     space = {"a": Float(0.1, 10.0, log=True), "b": Int(2, 64, log=True), "c": Float(0.0, 1.0, limits=("low",)),
              "d": Float(0.0, 1.0), "e": Choice((1, 2))}
-    wide = tune.widen(space, {"a": "high", "b": "low", "c": "low", "d": "high"})
+    wide = tuning.widen(space, {"a": "high", "b": "low", "c": "low", "d": "high"})
     assert (wide["a"].low, wide["a"].high) == (0.1, 100.0)
     assert (wide["b"].low, wide["b"].high, wide["b"].kind) == (1, 64, int)
     assert wide["c"] == space["c"], "a parameter's own limit never moves"
@@ -77,13 +77,13 @@ def test_widen_pushes_only_the_edge_that_was_hit():
 
 def test_nothing_to_search_is_one_trial(synthetic_split):
     train, _ = synthetic_split
-    result = tune.tune(train, "popularity", budget=60.0)
+    result = tuning.tune(train, "popularity", budget=60.0)
     assert result.n_trials == 1 and result.seconds < 30, "an empty space does not spin until the budget ends"
 
 
 def test_budget_is_respected(synthetic_split):
     train, _ = synthetic_split
-    result = tune.tune(train, "itemknn", budget=2.0)
+    result = tuning.tune(train, "itemknn", budget=2.0)
     assert result.seconds < 2.0 + 5.0, "stops after the trial running at the deadline"
     assert result.n_trials >= 1
 
@@ -99,18 +99,18 @@ def test_errors_are_named(synthetic_split, kwargs, message):
     train, _ = synthetic_split
     kwargs = {"model": "ease", **kwargs}
     with pytest.raises(DataValidationError, match=message):
-        tune.tune(train, **kwargs)
+        tuning.tune(train, **kwargs)
 
 
 def test_pipeline_tunes_on_the_training_part_only(synthetic, tmp_path, monkeypatch):
     seen = []
-    real = tune.tune
+    real = tuning.tune
 
     def spy(train, model, **kwargs):
         seen.append(train.nnz)
         return real(train, model, **kwargs)
 
-    monkeypatch.setattr(tune, "tune", spy)
+    monkeypatch.setattr(tuning, "tune", spy)
     report = pipeline.train_and_bundle(synthetic, model="ease", out=tmp_path, tune_budget=2.0, index=False)
     train, _ = pipeline.holdout(synthetic, 0.2)
     assert seen == [train.nnz], "the test split is never shown to the tuner"
@@ -121,7 +121,7 @@ def test_auto_picks_the_best_embedding_model_on_validation(synthetic, tmp_path):
     report = pipeline.train_and_bundle(synthetic, model="auto", out=tmp_path, index=False,
                                        common={"progress": False, "device": "cpu"})
     candidates = report.tuning["candidates"]
-    assert report.model in tune.EMBEDDING_MODELS and report.model in candidates
+    assert report.model in tuning.EMBEDDING_MODELS and report.model in candidates
     assert candidates[report.model]["value"] == max(c["value"] for c in candidates.values())
     assert not report.tuning["searched"]
 
@@ -130,7 +130,7 @@ def test_search_widens_an_edge_and_keeps_its_trials(synthetic_split):
     """The l2 range starts above what this log wants: the search widens it downwards and carries on."""
     train, _ = synthetic_split
     fit_part, valid = pipeline.holdout(train, 0.2)
-    search = tune.Search("ease", fit_part, valid, space={"l2": Float(500.0, 1e5, log=True)})
+    search = tuning.Search("ease", fit_part, valid, space={"l2": Float(500.0, 1e5, log=True)})
     search.run(n_trials=4)
     before = [t.value for t in search.done]
     assert search.edges() == {"l2": "low"}
@@ -146,28 +146,28 @@ def test_search_widens_an_edge_and_keeps_its_trials(synthetic_split):
 
 def test_tune_widens_within_its_budget(synthetic_split):
     train, _ = synthetic_split
-    result = tune.tune(train, "ease", budget=3.0, space={"l2": Float(500.0, 1e5, log=True)})
+    result = tuning.tune(train, "ease", budget=3.0, space={"l2": Float(500.0, 1e5, log=True)})
     assert result.widened["l2"].startswith("[50,"), result.widened
-    assert tune.tune(train, "ease", budget=2.0, widen_rounds=0,
+    assert tuning.tune(train, "ease", budget=2.0, widen_rounds=0,
                      space={"l2": Float(500.0, 1e5, log=True)}).widened == {}
 
 
 def test_auto_search_leads_with_ials_and_stops_models_that_cannot_win(synthetic_split):
     train, _ = synthetic_split
     fixed = {"factors": 8, "epochs": 5, "progress": False, "device": "cpu"}
-    results = {r.model: r for r in tune.tune_auto(
+    results = {r.model: r for r in tuning.tune_auto(
         train, budget=8.0, models=("ials", "popularity"),
         fixed=lambda name: fixed if name == "ials" else {})}
     assert results["popularity"].n_trials == 1, "measured once, far behind: no more budget"
     assert results["ials"].n_trials > 3 and results["ials"].best_value > 1.1 * results["popularity"].best_value
-    defaults_only = tune.tune_auto(train, budget=None, models=("ials", "popularity"),
+    defaults_only = tuning.tune_auto(train, budget=None, models=("ials", "popularity"),
                                    fixed=lambda name: fixed if name == "ials" else {})
     assert [r.n_trials for r in defaults_only] == [1, 1]
 
 
 def test_default_budget_grows_with_the_log_within_bounds(synthetic):
-    assert tune.default_budget(synthetic) == tune.budget_for(synthetic.nnz)
-    assert tune.budget_for(0) < tune.budget_for(100_000) <= 480 < tune.budget_for(1_000_000) <= 900
+    assert tuning.default_budget(synthetic) == tuning.budget_for(synthetic.nnz)
+    assert tuning.budget_for(0) < tuning.budget_for(100_000) <= 480 < tuning.budget_for(1_000_000) <= 900
 
 
 def test_a_model_that_refuses_the_data_stops_the_search_with_its_reason(synthetic_split, monkeypatch):
@@ -176,14 +176,14 @@ def test_a_model_that_refuses_the_data_stops_the_search_with_its_reason(syntheti
     monkeypatch.setattr(baselines, "MAX_DENSE_BYTES", 2**10)
     train, _ = synthetic_split
     with pytest.raises(DataValidationError, match="ease cannot be tuned on this data: EASE keeps dense"):
-        tune.tune(train, "ease", budget=30.0)
-    results = tune.tune_auto(train, budget=None, models=("popularity", "ease"))
+        tuning.tune(train, "ease", budget=30.0)
+    results = tuning.tune_auto(train, budget=None, models=("popularity", "ease"))
     assert [r.model for r in results] == ["popularity"], "a refusing contender is skipped, not fatal"
 
 
 def test_validation_hook_sees_every_epoch_and_can_stop_a_fit(synthetic_split):
     from recsys.models import IALS
-    from recsys.train import on_validation
+    from recsys.models._loop import on_validation
 
     train, _ = synthetic_split
     fit_part, valid = pipeline.holdout(train, 0.2)
@@ -206,7 +206,7 @@ def test_validation_hook_sees_every_epoch_and_can_stop_a_fit(synthetic_split):
 def test_trials_whose_curve_falls_below_the_median_are_pruned(synthetic_split):
     train, _ = synthetic_split
     fixed = {"factors": 8, "epochs": 8, "patience": 8, "progress": False, "device": "cpu"}
-    result = tune.tune(train, "ials", n_trials=20, budget=None, fixed=fixed)
+    result = tuning.tune(train, "ials", n_trials=20, budget=None, fixed=fixed)
     assert result.n_pruned > 0 and result.n_trials + result.n_pruned == 20
     assert len(result.trials) == result.n_trials, "only complete trials are listed"
 
@@ -216,10 +216,10 @@ def test_ials_starts_from_its_defaults_then_a_sweep_of_the_unobserved_weight(syn
 
     train, _ = synthetic_split
     fixed = {"factors": 8, "epochs": 3, "progress": False, "device": "cpu"}
-    result = tune.tune(train, "ials", n_trials=5, budget=None, fixed=fixed)
+    result = tuning.tune(train, "ials", n_trials=5, budget=None, fixed=fixed)
     weights = [t["unobserved_weight"] for t in result.trials[:3]]
     assert weights == [IALS().unobserved_weight, 0.01, 0.001]
     assert result.trials[3]["reg_exponent"] == 0.0 and result.trials[3]["reg"] == 1.0, "Hu et al.'s regime"
     assert all(t["reg"] == IALS().reg for t in result.trials[:3]), "only the swept parameter differs"
-    fixed_weight = tune.tune(train, "ials", n_trials=2, budget=None, fixed={**fixed, "unobserved_weight": 0.5})
+    fixed_weight = tuning.tune(train, "ials", n_trials=2, budget=None, fixed={**fixed, "unobserved_weight": 0.5})
     assert fixed_weight.trials[1]["reg"] != IALS().reg, "nothing to sweep: the sampler's own second trial"

@@ -1,0 +1,152 @@
+"""The recommendations endpoint's hot path: a response cache per loaded model, and a reader for plain query
+strings that skips webargs. Both make answers cheaper, never different.
+
+    fastpath.respond(model, Query(user, k), answer)   # cached when the user has no stored feedback
+    fastpath.install(app, respond)                     # GET ...?k=5&offset=5 without webargs
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from flask import Flask, Response, current_app, request
+from marshmallow import fields
+from werkzeug.datastructures import MultiDict
+
+from . import schemas as s
+
+if TYPE_CHECKING:
+    from .state import Loaded
+
+
+class ResponseCache:
+    """Response bodies by request key, bounded by their total size in bytes (least recently used out first);
+    thread-safe. One belongs to each loaded model, so a reload starts empty and the old one goes with the
+    old model."""
+
+    ENTRY_OVERHEAD = 200  # bytes counted per entry besides its body: the key tuple and the dict slot
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._data: OrderedDict[tuple, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> bytes | None:
+        with self._lock:
+            body = self._data.get(key)
+            if body is None:
+                self.misses += 1
+            else:
+                self._data.move_to_end(key)
+                self.hits += 1
+            return body
+
+    def put(self, key: tuple, body: bytes) -> None:
+        size = len(body) + self.ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old) + self.ENTRY_OVERHEAD
+            self._data[key] = body
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, dropped = self._data.popitem(last=False)
+                self.bytes -= len(dropped) + self.ENTRY_OVERHEAD
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Query(NamedTuple):
+    """One recommendations request (GET /v1/users/<user>/recommendations); also its response-cache key."""
+
+    user: str
+    k: int
+    offset: int = 0
+    exclude: tuple[str, ...] = ()
+    genres: tuple[str, ...] = ()
+    include_seen: bool = False
+
+
+History = list[tuple[str, float]]
+Answer = Callable[["Loaded", Query, History], dict]  # the Recommendations document for a query
+RECOMMENDATIONS = s.Recommendations()
+
+
+def respond(m: Loaded, query: Query, answer: Answer) -> Response:
+    """`answer(m, query, history)` as a JSON response. An answer for a user without stored feedback depends on
+    nothing but the loaded model and the request, so its serialised body is kept in the model's response
+    cache; a user with stored feedback is always answered afresh (their first event sends their next request
+    down the fold-in path, uncached). `answer` validates the query (e.g. k + offset) before anything is
+    computed or cached."""
+    history = current_app.extensions["recsys_feedback"].history(query.user)
+    key = None if history else query
+    body = None if key is None else m.responses.get(key)
+    if body is None:
+        body = (current_app.json.dumps(RECOMMENDATIONS.dump(answer(m, query, history))) + "\n").encode()
+        if key is not None:
+            m.responses.put(key, body)
+    return current_app.response_class(body, mimetype="application/json")
+
+
+def install(app: Flask, respond_to: Callable[[Query], Response]) -> None:
+    """Let the recommendations view read a plain query string (k, offset, include_seen, each at most once,
+    k and offset in digits) without webargs: measured at about a third of the handler's CPU once answers
+    are cached. Anything else (exclude, genre, unknown or repeated keys, values webargs would reject or
+    coerce) goes through the decorated view, which validates, reports errors and documents the endpoint.
+    `respond_to` answers a parsed query, as the decorated view does."""
+    full_view = app.view_functions["v1.recommend"]
+
+    @functools.wraps(full_view)
+    def view(user_id: str):
+        plain = plain_query(request.args)
+        if plain is None:
+            return full_view(user_id=user_id)
+        k, offset, include_seen = plain
+        return respond_to(Query(user_id, k, offset, include_seen=include_seen))
+
+    app.view_functions["v1.recommend"] = view
+
+
+_K_FIELD, _OFFSET_FIELD = s.RecommendQuery().fields["k"], s.RecommendQuery().fields["offset"]
+
+
+def plain_query(args: MultiDict) -> tuple[int, int, bool] | None:
+    """(k, offset, include_seen) when the query string is plainly valid, with the schema's defaults; else
+    None. Same answers as RecommendQuery for the strings it accepts: digits parse as int() does, booleans
+    use marshmallow's own truthy/falsy spellings, ranges come from the schema's own validators."""
+    k, offset, include_seen = _K_FIELD.load_default, _OFFSET_FIELD.load_default, False
+    for key, values in args.lists():
+        if len(values) != 1:
+            return None
+        value = values[0]
+        if key == "k" or key == "offset":
+            if not (value.isascii() and value.isdigit() and len(value) <= 6):
+                return None
+            number = int(value)
+            field = _K_FIELD if key == "k" else _OFFSET_FIELD
+            if not all(_in_range(v, number) for v in field.validators):
+                return None
+            k, offset = (number, offset) if key == "k" else (k, number)
+        elif key == "include_seen" and value in fields.Boolean.truthy:
+            include_seen = True
+        elif key == "include_seen" and value in fields.Boolean.falsy:
+            include_seen = False
+        else:
+            return None
+    return k, offset, include_seen
+
+
+def _in_range(validator, number: int) -> bool:
+    try:
+        validator(number)
+    except Exception:  # noqa: BLE001 - marshmallow.ValidationError, or anything a validator raises
+        return False
+    return True

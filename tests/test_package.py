@@ -1,0 +1,143 @@
+"""The package's shape: the front door (lazy, torch-free until a torch model is used), scikit-learn
+compatibility of every model, the torch-free model registry, and an import graph without cycles."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sklearn.base
+
+import recsys
+from recsys.models import MODEL_NAMES, MODEL_REGISTRY, make_model, model_class
+
+ROOT = Path(recsys.__file__).parent
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_front_door_needs_no_torch_until_a_torch_model_is_used():
+    done = run_python("import sys, recsys\n"
+                      "recsys.Engine, recsys.evaluate, recsys.tune, recsys.read_interactions, recsys.load_engine\n"
+                      "recsys.make_model('popularity'); recsys.MODEL_NAMES\n"
+                      "assert 'torch' not in sys.modules, 'torch imported'\n"
+                      "recsys.IALS\n"
+                      "assert 'torch' in sys.modules\n")
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_export_resolves_and_is_listed():
+    assert set(recsys.__all__) == {"__version__", *recsys._EXPORTS}
+    for name in recsys._EXPORTS:
+        assert getattr(recsys, name) is not None, name
+    assert recsys.evaluate.__module__ == "recsys.evaluation", "a function, not a submodule of the same name"
+    assert callable(recsys.tune) and callable(recsys.load)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        recsys.nothing  # noqa: B018
+
+
+def test_the_registry_lists_every_model_without_importing_it():
+    for name in MODEL_NAMES:
+        model_class(name)
+    assert set(MODEL_NAMES) == set(MODEL_REGISTRY) - {"base"}, "MODEL_NAMES must list every built-in model"
+    with pytest.raises(Exception, match="Unknown model 'nope'. Choose one of"):
+        make_model("nope")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_sklearn_clone_copies_parameters_not_state(name):
+    model = make_model(name)
+    first = next(iter(model.get_params(deep=True)))
+    copy = sklearn.base.clone(model)
+    assert type(copy) is type(model) and copy.get_params() == model.get_params() and copy is not model
+    assert sklearn.base.clone(recsys.IALS(factors=8)).factors == 8
+    assert first in model.get_params(deep=False)
+
+
+def test_repr_shows_only_changed_parameters():
+    assert repr(recsys.IALS(factors=8)) == "IALS(factors=8)"
+    assert repr(recsys.Popularity()) == "Popularity()"
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules of this package that `path` imports anywhere (function bodies too), TYPE_CHECKING blocks aside."""
+    module = _name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.ImportFrom):
+                base = package
+                for _ in range(child.level - 1):
+                    base = base.rsplit(".", 1)[0]
+                target = (f"{base}.{child.module}" if child.module else base) if child.level else child.module
+                for alias in child.names:  # `from . import name`: a submodule if there is one
+                    sub = f"{target}.{alias.name}"
+                    found.add(sub if _exists(sub) else target)
+            elif isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            visit(child)
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m.split(".")[0] == "recsys" and _exists(m) and m != module}
+
+
+def _name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _exists(module: str) -> bool:
+    path = ROOT.parent.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        graph[_name(path)] = _imports(path)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := dfs(nxt)):
+                return found
+        state[node] = 2
+        stack.pop()
+        return None
+    for node in sorted(graph):
+        if node not in state and (found := dfs(node)):
+            return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = _graph()
+    assert "recsys.tuning" in graph["recsys.pipeline"], "the graph sees imports in function bodies"
+    assert "recsys.models.base" in graph["recsys.models"], "and relative imports in a package's __init__"
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_library_code_never_imports_the_server_or_flask():
+    for path in ROOT.rglob("*.py"):
+        text = path.read_text()
+        assert "import flask" not in text and "from server" not in text and "import server" not in text, path

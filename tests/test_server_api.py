@@ -1,0 +1,205 @@
+"""The REST service's endpoints through Flask's test client: answers, errors as problem+json, configuration,
+limits, docs, metrics and the in-process reload. (Feedback: test_server_feedback.py; caches and the fast path:
+test_server_cache.py; real gunicorn processes: test_server_process.py.)"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from server_support import AUTH, KEY, PROBLEM, events
+
+from recsys.bundle import new_version_path, publish, resolve
+from server import create_app
+
+
+def test_health(client):
+    assert client.get("/livez").get_json() == {"status": "ok"}
+    ready = client.get("/readyz").get_json()
+    assert ready["status"] == "ready" and ready["model_version"].endswith("-mf")
+
+
+def test_not_ready_without_a_bundle_is_a_problem():
+    client = create_app({"BUNDLE": None, "FEEDBACK_DB_URL": "sqlite://"}).test_client()
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.content_type == PROBLEM
+    r = client.get("/v1/users/u0001/recommendations")
+    assert r.status_code == 503 and r.content_type == PROBLEM
+
+
+def test_corrupt_bundle_leaves_the_service_not_ready(models_root, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(resolve(models_root), bad)
+    (bad / "users.json").write_text("[]")
+    r = create_app({"BUNDLE": str(bad), "FEEDBACK_DB_URL": "sqlite://"}).test_client().get("/readyz")
+    assert r.status_code == 503 and "Checksum mismatch for users.json" in r.get_json()["detail"]
+
+
+def test_recommendations_for_a_known_user(client, synthetic):
+    user = synthetic.users.ids[0]
+    body = client.get(f"/v1/users/{user}/recommendations?k=5").get_json()
+    assert body["user"] == user and body["fallback"] is False and len(body["items"]) == 5
+    seen = set(synthetic.items.ids[synthetic.matrix()[0].indices])
+    assert not seen & {i["id"] for i in body["items"]}
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(i["title"].startswith("Item ") for i in body["items"])
+
+
+def test_offset_pages_and_exclude_and_genre(client, synthetic):
+    user = synthetic.users.ids[1]
+    first = client.get(f"/v1/users/{user}/recommendations?k=6").get_json()["items"]
+    page = client.get(f"/v1/users/{user}/recommendations?k=3&offset=3").get_json()["items"]
+    assert [i["id"] for i in page] == [i["id"] for i in first[3:]]
+    top = first[0]["id"]
+    excluded = client.get(f"/v1/users/{user}/recommendations?k=6&exclude={top}").get_json()["items"]
+    assert top not in {i["id"] for i in excluded} and len(excluded) == 6
+    genre = client.get(f"/v1/users/{user}/recommendations?k=4&genre=cluster1").get_json()["items"]
+    meta = synthetic.item_metadata.set_index("item")["genres"]
+    assert len(genre) == 4 and all("cluster1" in meta[i["id"]] for i in genre)
+
+
+def test_unknown_user_falls_back_to_popularity(client):
+    body = client.get("/v1/users/stranger/recommendations?k=3").get_json()
+    assert body["fallback"] is True and len(body["items"]) == 3
+    popular = client.get("/v1/items/popular?k=3").get_json()["items"]
+    assert [i["id"] for i in body["items"]] == [i["id"] for i in popular]
+
+
+def test_batch_session_similar_item_and_model(client, synthetic):
+    users = list(synthetic.users.ids[:3]) + ["stranger"]
+    results = client.post("/v1/recommendations/batch", json={"users": users, "k": 4}).get_json()["results"]
+    assert [r["user"] for r in results] == users and [r["fallback"] for r in results] == [False] * 3 + [True]
+    single = client.get(f"/v1/users/{users[0]}/recommendations?k=4").get_json()
+    assert results[0]["items"] == single["items"]
+    session = client.post("/v1/sessions/recommendations", json={"items": ["i0001", "i0002"], "k": 5}).get_json()
+    assert session["fallback"] is False and {"i0001", "i0002"}.isdisjoint(i["id"] for i in session["items"])
+    similar = client.get("/v1/items/i0001/similar?k=4").get_json()
+    assert similar["item"] == "i0001" and len(similar["items"]) == 4
+    neighbours = client.get(f"/v1/users/{users[0]}/similar?k=2").get_json()
+    assert len(neighbours["users"]) == 2
+    item = client.get("/v1/items/i0001").get_json()
+    assert item["id"] == "i0001" and item["title"] == "Item i0001" and item["genres"]
+    info = client.get("/v1/model").get_json()
+    assert info["model"] == "mf" and info["n_items"] == synthetic.n_items and "ndcg@10" not in info["metrics"]
+
+
+@pytest.mark.parametrize("method, url, body, status", [
+    ("get", "/v1/users/u0001/recommendations?k=0", None, 422),
+    ("get", "/v1/users/u0001/recommendations?k=abc", None, 422),
+    ("get", "/v1/users/u0001/recommendations?k=900&offset=900", None, 422),
+    ("get", "/v1/items/nope/similar", None, 404),
+    ("get", "/v1/items/nope", None, 404),
+    ("get", "/v1/users/nobody/similar", None, 404),
+    ("get", "/v1/nothing-here", None, 404),
+    ("delete", "/v1/items/popular", None, 405),
+    ("post", "/v1/recommendations/batch", "{not json", 400),
+    ("post", "/v1/recommendations/batch", json.dumps({"users": []}), 422),
+    ("post", "/v1/recommendations/batch", json.dumps({"k": 3}), 422),
+    ("post", "/v1/sessions/recommendations", json.dumps({"items": "i0001"}), 422),
+    ("get", "/v1/items/popular?genre=cluster1&k=-1", None, 422),
+    ("get", "/docs/assets/../../etc/passwd", None, 404),
+])
+def test_errors_are_problem_json(client, method, url, body, status):
+    r = getattr(client, method)(url, data=body, content_type="application/json")
+    assert r.status_code == status, r.get_data(as_text=True)
+    assert r.content_type == PROBLEM
+    problem = r.get_json()
+    assert problem["status"] == status and problem["title"] and problem["detail"]
+
+
+def test_validation_errors_name_the_field(client):
+    problem = client.get("/v1/users/u0001/recommendations?k=0").get_json()
+    assert "k" in problem["detail"] and problem["errors"]["query"]["k"]
+
+
+def test_body_size_is_bounded(models_root):
+    client = create_app({"BUNDLE": str(models_root), "MAX_CONTENT_LENGTH": 100,
+                         "FEEDBACK_DB_URL": "sqlite://"}).test_client()
+    r = client.post("/v1/recommendations/batch", json={"users": ["u"] * 100})
+    assert r.status_code == 413 and r.content_type == PROBLEM
+
+
+def test_openapi_and_offline_docs(client):
+    spec = client.get("/openapi.json").get_json()
+    paths = set(spec["paths"])
+    assert {"/v1/users/{user_id}/recommendations", "/v1/recommendations/batch", "/v1/sessions/recommendations",
+            "/v1/items/{item_id}/similar", "/v1/users/{user_id}/similar", "/v1/items/popular",
+            "/v1/items/{item_id}", "/v1/model"} <= paths
+    page = client.get("/docs").get_data(as_text=True)
+    assert "/docs/assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+    for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
+        assert client.get(f"/docs/assets/{asset}").status_code == 200
+
+
+def test_config_from_environment(models_root, monkeypatch):
+    monkeypatch.setenv("RECSYS_BUNDLE", str(models_root))
+    monkeypatch.setenv("RECSYS_MAX_K", "5")
+    monkeypatch.setenv("RECSYS_FEEDBACK_DB_URL", "sqlite://")
+    app = create_app()
+    assert app.config["MAX_K"] == 5
+    r = app.test_client().get("/v1/users/u0001/recommendations?k=6")
+    assert r.status_code == 422 and "k + offset must be <= 5" in r.get_json()["detail"]
+
+
+def test_server_never_imports_torch_or_models(models_root):
+    config = repr({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://"})
+    code = (f"import sys; from server import create_app; c = create_app({config}).test_client(); "
+            "assert c.get('/v1/users/u0001/recommendations').status_code == 200; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('recsys.models')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_reads_can_require_a_key(models_root):
+    client = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "API_KEYS": KEY,
+                         "READ_REQUIRES_KEY": True}).test_client()
+    assert client.get("/v1/items/popular").status_code == 401
+    assert client.get("/v1/items/popular", headers=AUTH).status_code == 200
+    for _ in range(2):  # the plain-query fast path and its cached answer are behind the key too
+        assert client.get("/v1/users/u0001/recommendations?k=3").status_code == 401
+        assert client.get("/v1/users/u0001/recommendations?k=3", headers=AUTH).status_code == 200
+    assert client.get("/livez").status_code == 200, "health stays open"
+
+
+def test_admin_reload_swaps_and_refuses_a_corrupt_bundle(own_root, tmp_path):
+    root, model = own_root
+    client = create_app({"BUNDLE": str(root), "API_KEYS": KEY, "FEEDBACK_DB_URL": "sqlite://"}).test_client()
+    first = client.get("/v1/model").get_json()["version"]
+    assert client.post("/v1/admin/reload").status_code == 401
+    second = model.save(new_version_path(root, "second"))
+    publish(root, second)
+    r = client.post("/v1/admin/reload", headers=AUTH).get_json()
+    assert r == {"version": second.name, "previous": first, "workers_restarting": False}
+    assert client.get("/v1/model").get_json()["version"] == second.name
+
+    third = model.save(new_version_path(root, "third"))
+    publish(root, third)
+    (third / "items.json").write_text("[]")  # corrupted after publishing
+    r = client.post("/v1/admin/reload", headers=AUTH)
+    assert r.status_code == 409 and r.content_type == PROBLEM and "Checksum mismatch" in r.get_json()["detail"]
+    assert client.get("/v1/model").get_json()["version"] == second.name, "the old model keeps serving"
+    assert client.get("/v1/users/u0001/recommendations?k=3").status_code == 200
+
+
+def test_metrics_count_requests(client):
+    client.get("/v1/items/popular?k=2")
+    client.get("/v1/items/nope")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'recsys_requests_total{endpoint="/v1/items/popular",method="GET",status="200"}' in text
+    assert 'endpoint="/v1/items/<string:item_id>",method="GET",status="404"' in text
+    assert "recsys_model_info{" in text
+
+
+def test_request_limits_come_from_config(models_root):
+    client = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "MAX_BATCH_USERS": 2,
+                         "MAX_HISTORY_ITEMS": 1, "API_KEYS": KEY, "MAX_FEEDBACK_EVENTS": 1}).test_client()
+    r = client.post("/v1/recommendations/batch", json={"users": ["a", "b", "c"]})
+    assert r.status_code == 422 and "At most 2 users per request (got 3)" in r.get_json()["detail"]
+    r = client.post("/v1/sessions/recommendations", json={"items": ["i0001", "i0002"]})
+    assert r.status_code == 422 and "history items" in r.get_json()["detail"]
+    r = client.post("/v1/feedback", json=events(("u", "i"), ("u", "j")), headers=AUTH)
+    assert r.status_code == 422 and "events" in r.get_json()["detail"]

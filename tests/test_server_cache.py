@@ -1,0 +1,126 @@
+"""The recommendations hot path (server/fastpath.py): the per-model response cache, and the plain query-string
+reader that skips webargs, both giving the same answers as the full path."""
+from __future__ import annotations
+
+import pytest
+from server_support import AUTH, KEY, PROBLEM, count_calls, events
+
+from recsys.bundle import new_version_path, publish
+from server import create_app
+
+
+def test_answers_are_cached_per_model_and_bypassed_by_feedback(app, client, synthetic, monkeypatch):
+    """A repeated request for a user without feedback is answered from the loaded model's response cache
+    (the engine is not called again); other parameters are other entries; a feedback event sends the user
+    down the fold-in path at once."""
+    engine = app.extensions["recsys_state"].current.engine
+    calls = count_calls(monkeypatch, engine, "recommend_indices")
+    user = synthetic.users.ids[2]
+    first = client.get(f"/v1/users/{user}/recommendations?k=5")
+    again = client.get(f"/v1/users/{user}/recommendations?k=5")
+    assert len(calls) == 1 and again.get_data() == first.get_data()
+    assert again.content_type == "application/json" and again.get_json()["fallback"] is False
+    client.get(f"/v1/users/{user}/recommendations?k=4")
+    client.get(f"/v1/users/{user}/recommendations?k=5&include_seen=true")
+    client.get(f"/v1/users/{user}/recommendations?k=5&exclude=i0001")
+    assert len(calls) == 4, "k, include_seen and exclude are part of the key"
+    client.post("/v1/feedback", json=events((user, first.get_json()["items"][0]["id"])), headers=AUTH)
+    after = client.get(f"/v1/users/{user}/recommendations?k=5").get_json()
+    assert first.get_json()["items"][0]["id"] not in [i["id"] for i in after["items"]]
+    assert len(calls) == 4, "a user with feedback is folded in, not served from the cache"
+
+
+def test_response_cache_can_be_turned_off(models_root, synthetic, monkeypatch):
+    app = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "RESPONSE_CACHE_BYTES": 0})
+    engine = app.extensions["recsys_state"].current.engine
+    calls = count_calls(monkeypatch, engine, "recommend_indices")
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get(f"/v1/users/{synthetic.users.ids[0]}/recommendations?k=3").status_code == 200
+    assert len(calls) == 3 and len(app.extensions["recsys_state"].current.responses) == 0
+
+
+def test_reload_starts_a_new_response_cache(own_root):
+    root, model = own_root
+    app = create_app({"BUNDLE": str(root), "API_KEYS": KEY, "FEEDBACK_DB_URL": "sqlite://"})
+    client = app.test_client()
+    first = client.get("/v1/users/u0001/recommendations?k=3").get_json()["model_version"]
+    second = model.save(new_version_path(root, "second"))
+    publish(root, second)
+    assert client.post("/v1/admin/reload", headers=AUTH).status_code == 200
+    body = client.get("/v1/users/u0001/recommendations?k=3").get_json()
+    assert first != second.name and body["model_version"] == second.name
+
+
+def test_response_cache_is_bounded_lru_by_bytes():
+    from server.fastpath import ResponseCache
+
+    entry = 100 + ResponseCache.ENTRY_OVERHEAD
+    cache = ResponseCache(2 * entry)
+    cache.put(("a",), b"A" * 100)
+    cache.put(("b",), b"B" * 100)
+    assert cache.get(("a",)) == b"A" * 100  # now b is the least recently used
+    cache.put(("c",), b"C" * 100)
+    assert cache.get(("b",)) is None and cache.get(("a",)) and cache.get(("c",))
+    assert len(cache) == 2 and cache.bytes == 2 * entry and (cache.hits, cache.misses) == (3, 1)
+    cache.put(("a",), b"A" * 100)  # replacing an entry does not count it twice
+    assert len(cache) == 2 and cache.bytes == 2 * entry
+    cache.put(("big",), b"x" * (2 * entry))  # larger than the whole budget: not kept, nothing evicted
+    assert cache.get(("big",)) is None and len(cache) == 2
+    off = ResponseCache(0)
+    off.put(("a",), b"A")
+    assert off.get(("a",)) is None and off.bytes == 0
+
+
+PLAIN = {"": (10, 0, False), "k=7": (7, 0, False), "k=5&offset=2": (5, 2, False), "offset=3": (10, 3, False),
+         "k=5&include_seen=true": (5, 0, True), "include_seen=0&k=3": (3, 0, False), "k=1000": (1000, 0, False),
+         "k=007": (7, 0, False), "include_seen=YES": (10, 0, True), "offset=1000&k=1": (1, 1000, False)}
+
+
+NOT_PLAIN = ["k=0", "k=1001", "k=abc", "k=+5", "k=5.0", "k= 5", "k=1&k=2", "offset=-1", "offset=1001",
+             "include_seen=maybe", "include_seen=", "exclude=i0001", "genre=cluster1", "unknown=1", "k=\u0663"]
+
+
+@pytest.mark.parametrize("query", [*PLAIN, *NOT_PLAIN])
+def test_plain_query_parsing_agrees_with_the_schema(query):
+    """The webargs-free parser accepts only query strings RecommendQuery accepts, with the same values; it
+    declines everything else (the decorated view then validates it and reports errors)."""
+    from urllib.parse import parse_qsl
+
+    from werkzeug.datastructures import MultiDict
+
+    from server import schemas
+    from server.fastpath import plain_query
+
+    args = MultiDict(parse_qsl(query, keep_blank_values=True))
+    if query not in PLAIN:
+        assert plain_query(args) is None
+        return
+    loaded = schemas.RecommendQuery().load(args.to_dict())
+    assert plain_query(args) == PLAIN[query] == (loaded["k"], loaded["offset"], loaded["include_seen"])
+
+
+def test_plain_queries_declined_still_fail_as_before(client):
+    for query in ("k=0", "k=1001", "k=abc", "offset=-1", "include_seen=maybe"):
+        r = client.get(f"/v1/users/u0001/recommendations?{query}")
+        assert r.status_code == 422 and r.content_type == PROBLEM and r.get_json()["errors"]["query"], query
+
+
+@pytest.mark.parametrize("query, n", [("k=6", 6), ("k=4&offset=2", 4), ("k=5&include_seen=true", 5),
+                                      ("include_seen=off&k=5", 5), ("k=200&include_seen=1", 200)])
+def test_fast_path_answers_like_the_full_path(client, synthetic, query, n):
+    """The same answer through the plain parser and through webargs (an exclude of an unknown item makes the
+    parser decline without changing the answer)."""
+    user = synthetic.users.ids[3]
+    fast = client.get(f"/v1/users/{user}/recommendations?{query}").get_json()
+    full = client.get(f"/v1/users/{user}/recommendations?{query}&exclude=no-such-item").get_json()
+    assert fast == full and len(fast["items"]) == n
+
+
+def test_fast_path_honours_include_seen(client, synthetic):
+    user = synthetic.users.ids[3]
+    seen = set(synthetic.items.ids[synthetic.matrix()[3].indices])
+    every = client.get(f"/v1/users/{user}/recommendations?k=200&include_seen=true").get_json()["items"]
+    unseen = client.get(f"/v1/users/{user}/recommendations?k=200").get_json()["items"]
+    assert seen and seen <= {i["id"] for i in every} and not seen & {i["id"] for i in unseen}
+    assert len(every) == synthetic.n_items and len(unseen) == synthetic.n_items - len(seen)
