@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .data import Interactions
 from .evaluation import evaluate
 from .exceptions import DataValidationError, RecsysError
@@ -96,6 +98,7 @@ SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
     "popularity": {},
 }
 EMBEDDING_MODELS = ("ials", "mf", "two_tower")
+WEIGHT_PARAMETERS = {"ials": ("confidence", "alpha")}  # inert on a log whose weights are all equal
 # Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
 # (with a small unobserved weight, conjugate-gradient sweeps converge slowly). Early stopping and pruning judge
 # each epoch on a fixed sample of 2,000 validation users (scoring them is most of a trial's time on a wide
@@ -153,6 +156,17 @@ class TuneResult:
         return asdict(self)
 
 
+def _inert(model: str, fit_part: Interactions) -> set[str]:
+    """Parameters of the default space that cannot change a fit on this data (searching them only dilutes the
+    sampler): how weights map to confidences, when every weight is the same."""
+    weight = fit_part.matrix().data
+    if model in WEIGHT_PARAMETERS and len(weight) and np.all(weight == weight[0]):
+        log.info("tune %s: every weight is %g, so %s are not searched", model, weight[0],
+                 WEIGHT_PARAMETERS[model])
+        return set(WEIGHT_PARAMETERS[model])
+    return set()
+
+
 def _space(model: str, space: Mapping[str, Range | Choice] | None) -> Mapping[str, Range | Choice]:
     if space is not None:
         return space
@@ -187,7 +201,9 @@ class Search:
         self.validation_fraction = validation_fraction
         self._defaults = make_model(model).get_params()  # (also names the model if unknown)
         self.fixed = {**TRIAL_DEFAULTS.get(model, {}), **(fixed or {})}
-        self.space = {name: dim for name, dim in _space(model, space).items() if name not in self.fixed}
+        inert = _inert(model, fit_part) if space is None else set()
+        self.space = {name: dim for name, dim in _space(model, space).items()
+                      if name not in self.fixed and name not in inert}
         self.k = int(metric.split("@")[1]) if "@" in metric else 10
         self.early_stopping = "epochs" in model_class(model)._param_names()
         self.trials: list[dict] = []

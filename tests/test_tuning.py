@@ -223,3 +223,19 @@ def test_ials_starts_from_its_defaults_then_a_sweep_of_the_unobserved_weight(syn
     assert all(t["reg"] == IALS().reg for t in result.trials[:3]), "only the swept parameter differs"
     fixed_weight = tuning.tune(train, "ials", n_trials=2, budget=None, fixed={**fixed, "unobserved_weight": 0.5})
     assert fixed_weight.trials[1]["reg"] != IALS().reg, "nothing to sweep: the sampler's own second trial"
+
+
+def test_weight_parameters_are_not_searched_on_a_log_whose_weights_are_all_equal(synthetic_split):
+    from recsys.data import from_arrays, holdout
+
+    train, _ = synthetic_split
+    fit_part, valid = holdout(train, 0.2)
+    weighted = tuning.Search("ials", fit_part, valid)
+    assert {"confidence", "alpha"} <= set(weighted.space), "ratings: how they map to confidence matters"
+    frame = train.to_frame()
+    binary = from_arrays(frame["user"].to_numpy(), frame["item"].to_numpy())
+    fit_part, valid = holdout(binary, 0.2)
+    search = tuning.Search("ials", fit_part, valid)
+    assert not {"confidence", "alpha"} & set(search.space) and "unobserved_weight" in search.space
+    assert "confidence" in tuning.Search("ials", fit_part, valid, space=tuning.SEARCH_SPACES["ials"]).space, \
+        "an explicit space is searched as given"
