@@ -42,20 +42,24 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from recsys.index import AnnIndex, exact_topk, measure_exact, recall_at_k, tune_index
+from recsys.index import (
+    N_TREES_GRID,
+    SEARCH_K_MULTIPLIERS,
+    AnnIndex,
+    exact_topk,
+    measure_exact,
+    recall_at_k,
+    tune_index,
+)
 
 log = logging.getLogger("benchmarks.retrieval")
 
 DEFAULT_SIZES = "10000,100000,1000000"
 QUICK_SIZES = "10000,100000"
-# tune_index()'s own default n_trees grid; above LARGE items the grid is cut so the default run stays under ~10
-# minutes on 2 cores (at 1M x 64, all norm ranges together cost about 1 s per tree on a quiet machine).
-N_TREES_GRID = (10, 25, 50, 100)
+# tune_index()'s own grids (recsys.index); above LARGE items the n_trees grid drops its largest value so the
+# default run stays under ~10 minutes on 2 cores (see README.md). The effort sweep uses the same multipliers.
 LARGE = 500_000
-N_TREES_GRID_LARGE = (10, 25, 50)
-# tune_index()'s default search_k multipliers (search_k = nodes per candidate = n_trees * multiplier); the effort
-# sweep uses the same values.
-SEARCH_K_MULTIPLIERS = (1, 2, 4, 8, 12, 16, 32, 64)
+N_TREES_GRID_LARGE = N_TREES_GRID[:-1]
 PREFIX = "index_ip"
 
 

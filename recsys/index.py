@@ -39,6 +39,8 @@ NORM_QUANTILES = (0.002, 0.01, 0.03, 0.08, 0.2, 0.5, 1.0)  # top-heavy: big norm
 MIN_RANGE = 1000
 EXACT_PREFIX = 32_768  # leading (largest-norm) ranges up to this many items are scored exactly
 EXACT_BLOCK = 1 << 25  # floats of scores per exact-scoring block (128 MiB)
+N_TREES_GRID = (10, 25, 50, 100)  # tune_index: forests tried, smallest first
+SEARCH_K_MULTIPLIERS = (1, 2, 4, 8, 12, 16, 32, 64)  # tune_index: search_k = n_trees * multiplier, per candidate
 
 
 @dataclass
@@ -259,8 +261,8 @@ def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int =
 
 
 def tune_index(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", k: int = 10,
-         target_recall: float = 0.95, n_trees_grid: tuple[int, ...] = (10, 25, 50, 100),
-         search_k_multipliers: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 32, 64), seed: int = 0,
+         target_recall: float = 0.95, n_trees_grid: tuple[int, ...] = N_TREES_GRID,
+         search_k_multipliers: tuple[int, ...] = SEARCH_K_MULTIPLIERS, seed: int = 0,
          max_build_seconds: float = 600.0, slow_factor: float = 4.0) -> tuple[AnnIndex, IndexStats]:
     """Build indexes with growing `n_trees`; at each, raise `search_k` until the recall target is met;
     keep the fastest setting found.

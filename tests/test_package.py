@@ -141,3 +141,12 @@ def test_library_code_never_imports_the_server_or_flask():
     for path in ROOT.rglob("*.py"):
         text = path.read_text()
         assert "import flask" not in text and "from server" not in text and "import server" not in text, path
+
+
+def test_the_readme_tree_names_every_module():
+    """README's "How it fits together" stays the tree: every library and server module is named there."""
+    readme = (ROOT.parent / "README.md").read_text()
+    section = readme.split("## How it fits together", 1)[1].split("\n## ", 1)[0]
+    modules = [p for p in [*ROOT.rglob("*.py"), *(ROOT.parent / "server").glob("*.py")] if p.name != "__init__.py"]
+    missing = sorted(str(p.relative_to(ROOT.parent)) for p in modules if p.stem not in section)
+    assert not missing, f"add to README's tree: {missing}"
