@@ -179,6 +179,11 @@ class Engine:
     def n_items(self) -> int:
         return len(self.items)
 
+    @property
+    def similarity_vectors(self) -> np.ndarray:
+        """The item vectors that item-to-item similarity compares (unit length for cosine)."""
+        return self._item_sim
+
     # ------------------------------------------------------------------------------ index-level search
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | sp.csr_matrix | None = None,
                allow: np.ndarray | None = None, candidates: np.ndarray | None = None, metric: str = "ip",

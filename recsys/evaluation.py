@@ -1,10 +1,15 @@
 """Offline evaluation: full ranking over the catalogue, the user's training items excluded.
 
+Accuracy (Precision, Recall, NDCG, MAP, HitRate) and what the lists are made of (coverage, novelty,
+intra-list diversity, long-tail share, average recommended popularity; `recsys.metrics.beyond_accuracy`,
+popularity counted on the training interactions).
+
 Ranks through `recsys.engine.Engine`, the same path the server uses. Metric definitions live in
 `recsys.metrics` (Precision, Recall = hits / min(K, |test|), binary NDCG, MAP, HitRate, coverage).
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +19,7 @@ import pandas as pd
 from .data import Interactions
 from .engine import Engine
 from .exceptions import DataValidationError
-from .metrics import ranking_metrics
+from .metrics import beyond_accuracy, ranking_metrics
 
 
 def _engine(model: Any) -> Engine:
@@ -38,8 +43,10 @@ def evaluate(model: Any, test: Interactions, k: int | Sequence[int] = 10, *, tra
     >>> from recsys.models import Popularity
     >>> log = from_arrays(np.repeat(["u1", "u2", "u3"], 3), np.array(list("abcabdabe")))
     >>> train, test = random_split(log, None, test_k=1, seed=0)
-    >>> sorted(evaluate(Popularity().fit(train), test, k=[1, 3]))[:4]
-    ['coverage@1', 'coverage@3', 'hit_rate@1', 'hit_rate@3']
+    >>> metrics = evaluate(Popularity().fit(train), test, k=[1, 3])
+    >>> [name for name in metrics if name.endswith("@3")]  # doctest: +NORMALIZE_WHITESPACE
+    ['precision@3', 'recall@3', 'ndcg@3', 'map@3', 'hit_rate@3', 'coverage@3', 'novelty@3', 'long_tail@3',
+     'arp@3', 'diversity@3']
     """
     engine = _engine(model)
     if test.users != engine.users or test.items != engine.items:
@@ -52,7 +59,9 @@ def evaluate(model: Any, test: Interactions, k: int | Sequence[int] = 10, *, tra
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     ks = [k] if isinstance(k, (int, np.integer)) else list(k)
     top, _ = engine.search(engine.user_vectors[users], max(ks), exclude=seen[users])
-    return ranking_metrics(top, relevant[users], ks, n_items=engine.n_items)
+    popularity = np.asarray((seen > 0).sum(axis=0), np.float64).ravel()
+    return {**ranking_metrics(top, relevant[users], ks, n_items=engine.n_items),
+            **beyond_accuracy(top, popularity, ks, item_vectors=engine.similarity_vectors, n_users=seen.shape[0])}
 
 
 def compare(models: dict[str, Any], test: Interactions, k: int | Sequence[int] = 10,
@@ -60,3 +69,32 @@ def compare(models: dict[str, Any], test: Interactions, k: int | Sequence[int] =
     """One row per model, one column per metric: a side-by-side table."""
     rows = {name: evaluate(m, test, k, train=train) for name, m in models.items()}
     return pd.DataFrame(rows).T
+
+
+def evaluate_by_activity(model: Any, test: Interactions, k: int = 10, *,
+                         edges: Sequence[float] = (1, 20, 50, 100, 250, np.inf)) -> pd.DataFrame:
+    """`evaluate` per bucket of users by their number of training interactions, [edges[i], edges[i+1]).
+
+    One row per non-empty bucket: its users, and the metrics of `evaluate` on them alone.
+    """
+    engine = _engine(model)
+    activity = np.diff(engine.seen.indptr)
+    relevant = test.matrix(binary=True)
+    rows = {}
+    for low, high in itertools.pairwise(edges):
+        users = np.flatnonzero((activity >= low) & (activity < high) & (np.diff(relevant.indptr) > 0))
+        if not len(users):
+            continue
+        part = test.subset(np.isin(test.user_index, users))
+        label = f"{int(low)}-{int(high) - 1}" if np.isfinite(high) else f"{int(low)}+"
+        rows[label] = evaluate(engine, part, k)
+    return pd.DataFrame(rows).T
+
+
+def recommendation_counts(model: Any, k: int = 10, users: np.ndarray | None = None) -> np.ndarray:
+    """How often each item is in the top k of `users` (default: every training user): what a model hands out,
+    to set beside the catalogue's popularity curve."""
+    engine = _engine(model)
+    users = np.arange(len(engine.users)) if users is None else np.asarray(users)
+    top, _ = engine.recommend_indices(users, k)
+    return np.bincount(top[top >= 0], minlength=engine.n_items)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["PER_USER_METRICS", "per_user_metrics", "ranking_metrics"]
+__all__ = ["PER_USER_METRICS", "beyond_accuracy", "per_user_metrics", "ranking_metrics"]
 
 #: Names of the per-user metrics, in the order they are reported for each k.
 PER_USER_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "map", "hit_rate")
@@ -196,3 +196,84 @@ def _hit_matrix(top: np.ndarray, rel: sp.csr_matrix, row_offset: int) -> np.ndar
     queries = np.arange(n_rows, dtype=np.int64)[:, None] * n_cols + top
     pos = np.minimum(np.searchsorted(keys, queries), keys.size - 1)
     return (keys[pos] == queries) & (top >= 0)
+
+
+# ------------------------------------------------------------------------------------- beyond accuracy
+def beyond_accuracy(top_items: np.ndarray, popularity: np.ndarray, k: int | Sequence[int] = 10,
+                    item_vectors: np.ndarray | None = None, n_users: int | None = None,
+                    head_share: float = 0.8) -> dict[str, float]:
+    """What the lists are made of, whatever the users then did: novelty, diversity, long tail, popularity.
+
+    Parameters
+    ----------
+    top_items : (n_users, K) int array, -1 padded (as in `ranking_metrics`)
+    popularity : (n_items,) training interactions (or users) per item
+    k : cutoff(s), each <= K
+    item_vectors : (n_items, d), optional; with them, intra-list diversity
+    n_users : the number of training users (default: ``popularity.max()``, a lower bound)
+    head_share : the head is the fewest most popular items that hold this share of all interactions; the
+        rest is the long tail
+
+    Returns, per k (means over users with at least one recommended item):
+
+    * ``novelty@k``: mean self-information ``-log2(p_i)`` of the recommended items, ``p_i`` = item i's share
+      of users (at least one), in bits: higher recommends what fewer users know;
+    * ``diversity@k``: intra-list diversity, the mean ``1 - cos(v_i, v_j)`` over the list's pairs;
+    * ``long_tail@k``: share of recommended items outside the head;
+    * ``arp@k``: average recommended popularity, the mean popularity of the recommended items.
+
+    >>> top = np.array([[0, 1], [0, 2]])
+    >>> m = beyond_accuracy(top, np.array([8.0, 1.0, 1.0]), 2, item_vectors=np.eye(3), n_users=8)
+    >>> m["novelty@2"], m["diversity@2"], m["long_tail@2"], m["arp@2"]
+    (1.5, 1.0, 0.5, 4.5)
+    """
+    top = np.asarray(top_items)
+    popularity = np.asarray(popularity, np.float64)
+    ks = sorted({int(k)} if isinstance(k, (int, np.integer)) else {int(x) for x in k})
+    if top.ndim != 2 or not ks or ks[0] < 1 or ks[-1] > top.shape[1]:
+        raise ValueError(f"k must be between 1 and top_items.shape[1]={top.shape[1]}. Got {k!r}.")
+    n_users = float(n_users if n_users is not None else max(popularity.max(initial=0.0), 1.0))
+    self_info = -np.log2(np.maximum(popularity, 1.0) / n_users)
+    tail = _long_tail(popularity, head_share)
+    unit = None
+    if item_vectors is not None:
+        norms = np.linalg.norm(item_vectors, axis=1, keepdims=True)
+        unit = np.asarray(item_vectors, np.float64) / np.where(norms > 0, norms, 1)
+    out: dict[str, float] = {}
+    for kk in ks:
+        idx = top[:, :kk]
+        valid = idx >= 0
+        safe = np.where(valid, idx, 0)
+        n = valid.sum(axis=1)
+        out[f"novelty@{kk}"] = _list_mean(self_info[safe], valid)
+        out[f"long_tail@{kk}"] = _list_mean(tail[safe].astype(np.float64), valid)
+        out[f"arp@{kk}"] = _list_mean(popularity[safe], valid)
+        if unit is not None:
+            v = unit[safe] * valid[:, :, None]
+            summed = (v.sum(axis=1) ** 2).sum(axis=1)        # |sum v|^2 = sum over ordered pairs of cos
+            pairs = n * (n - 1)
+            two = pairs > 0
+            ild = 1.0 - (summed[two] - n[two]) / pairs[two]  # the diagonal (n ones) left out
+            out[f"diversity@{kk}"] = float(ild.mean()) if two.any() else float("nan")
+    return out
+
+
+def _list_mean(values: np.ndarray, valid: np.ndarray) -> float:
+    """Mean over users (with at least one item) of the mean of `values` over their list's valid slots."""
+    n = valid.sum(axis=1)
+    users = n > 0
+    per_user = np.where(valid, values, 0.0).sum(axis=1)[users] / n[users]
+    return float(per_user.mean()) if users.any() else float("nan")
+
+
+def _long_tail(popularity: np.ndarray, head_share: float) -> np.ndarray:
+    """True for items outside the head: the fewest most popular items holding `head_share` of interactions."""
+    if not 0 < head_share < 1:
+        raise ValueError(f"head_share must be between 0 and 1 (exclusive). Got {head_share!r}.")
+    order = np.argsort(-popularity, kind="stable")
+    cumulative = np.cumsum(popularity[order])
+    n_head = int(np.searchsorted(cumulative, head_share * cumulative[-1])) + 1 if len(order) and \
+        cumulative[-1] > 0 else 0
+    tail = np.ones(len(popularity), bool)
+    tail[order[:n_head]] = False
+    return tail

@@ -249,3 +249,39 @@ def test_blocks_cover_all_users(monkeypatch: pytest.MonkeyPatch) -> None:
     ref = reference_metrics(top, rel, 4)
     for name in PER_USER_METRICS:
         np.testing.assert_allclose(per_user[f"{name}@4"], ref[name], rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- beyond accuracy
+def test_beyond_accuracy_by_hand():
+    from recsys.metrics import beyond_accuracy
+
+    popularity = np.array([6.0, 3.0, 1.0, 0.0])  # head (80% of 10 interactions): items 0 and 1
+    top = np.array([[0, 1], [2, 3], [3, -1]])
+    vectors = np.array([[1.0, 0], [1.0, 0], [0, 1.0], [1.0, 1.0]])
+    m = beyond_accuracy(top, popularity, [1, 2], item_vectors=vectors, n_users=8)
+    info = -np.log2(np.array([6, 3, 1, 1]) / 8)  # unseen items count as one user
+    assert m["novelty@2"] == pytest.approx(np.mean([(info[0] + info[1]) / 2, (info[2] + info[3]) / 2, info[3]]))
+    assert m["long_tail@1"] == pytest.approx(2 / 3) and m["long_tail@2"] == pytest.approx((0 + 1 + 1) / 3)
+    assert m["arp@2"] == pytest.approx(np.mean([4.5, 0.5, 0.0]))
+    cos_23 = 1 / np.sqrt(2)
+    assert m["diversity@2"] == pytest.approx(np.mean([0.0, 1 - cos_23])), "one-item lists have no pairs"
+    assert np.isnan(m["diversity@1"])
+
+
+def test_popular_lists_are_less_novel_than_random_ones():
+    from recsys.metrics import beyond_accuracy
+
+    rng = np.random.default_rng(0)
+    popularity = np.sort(rng.pareto(1.0, 500) + 1)[::-1]
+    popular = np.tile(np.arange(10), (50, 1))
+    random = np.stack([rng.choice(500, 10, replace=False) for _ in range(50)])
+    a, b = (beyond_accuracy(t, popularity, 10, n_users=1000) for t in (popular, random))
+    assert a["novelty@10"] < b["novelty@10"] and a["arp@10"] > b["arp@10"]
+    assert a["long_tail@10"] == 0.0 < b["long_tail@10"]
+
+
+def test_beyond_accuracy_rejects_a_k_past_the_lists():
+    from recsys.metrics import beyond_accuracy
+
+    with pytest.raises(ValueError, match="k must be between 1 and top_items.shape"):
+        beyond_accuracy(np.zeros((2, 3), int), np.ones(4), 5)
