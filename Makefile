@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench figures clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+figures: install  ## the README's images, from the notebooks' library calls (docs/images/)
+	$(BIN)/python docs/make_figures.py
 
 lint: install
 	$(BIN)/ruff check recsys server tests benchmarks

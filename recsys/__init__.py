@@ -41,6 +41,9 @@ _EXPORTS: dict[str, str] = {
     # answering: the engine over a bundle, and training into one
     "Engine": "engine", "load_engine": "engine", "train_and_bundle": "pipeline",
     "FeedbackStore": "feedback",
+    # notebooks: content vectors and cold start, the service in a child process
+    "content_vectors": "content", "read_item_vectors": "content", "cold_item_split": "content",
+    "LocalService": "service",
 }
 
 __all__ = [
@@ -53,10 +56,13 @@ __all__ = [
     "IdMap",
     "Interactions",
     "ItemKNN",
+    "LocalService",
     "Popularity",
     "TwoTower",
     "__version__",
+    "cold_item_split",
     "compare",
+    "content_vectors",
     "evaluate",
     "from_arrays",
     "holdout",
@@ -69,6 +75,7 @@ __all__ = [
     "random_split",
     "ranking_metrics",
     "read_interactions",
+    "read_item_vectors",
     "temporal_split",
     "time_split",
     "train_and_bundle",
@@ -77,6 +84,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .content import cold_item_split, content_vectors, read_item_vectors
     from .data import (
         IdMap,
         Interactions,
@@ -94,6 +102,7 @@ if TYPE_CHECKING:
     from .metrics import per_user_metrics, ranking_metrics
     from .models import EASE, IALS, MF, MODEL_NAMES, ItemKNN, Popularity, TwoTower, load, make_model
     from .pipeline import train_and_bundle
+    from .service import LocalService
     from .tuning import tune, tune_auto
 
 

@@ -91,6 +91,8 @@ def dimensionality_sweep(train: Interactions, test: Interactions, factors: Seque
         engine = fitted.engine_
         users = rng.choice(engine.user_vectors.shape[0], min(n_queries, engine.user_vectors.shape[0]),
                            replace=False)
+        for u in users[:10]:  # warm-up (first calls allocate), then the timed pass
+            engine.recommend_indices(np.array([u]), k)
         start = time.perf_counter()
         for u in users:
             engine.recommend_indices(np.array([u]), k)

@@ -237,25 +237,37 @@ def beyond_accuracy(top_items: np.ndarray, popularity: np.ndarray, k: int | Sequ
     tail = _long_tail(popularity, head_share)
     unit = None
     if item_vectors is not None:
-        norms = np.linalg.norm(item_vectors, axis=1, keepdims=True)
-        unit = np.asarray(item_vectors, np.float64) / np.where(norms > 0, norms, 1)
+        unit = np.asarray(item_vectors, np.float32)
+        norms = np.linalg.norm(unit, axis=1, keepdims=True)
+        unit = unit / np.where(norms > 0, norms, 1)
     out: dict[str, float] = {}
     for kk in ks:
         idx = top[:, :kk]
         valid = idx >= 0
         safe = np.where(valid, idx, 0)
-        n = valid.sum(axis=1)
         out[f"novelty@{kk}"] = _list_mean(self_info[safe], valid)
         out[f"long_tail@{kk}"] = _list_mean(tail[safe].astype(np.float64), valid)
         out[f"arp@{kk}"] = _list_mean(popularity[safe], valid)
         if unit is not None:
-            v = unit[safe] * valid[:, :, None]
-            summed = (v.sum(axis=1) ** 2).sum(axis=1)        # |sum v|^2 = sum over ordered pairs of cos
-            pairs = n * (n - 1)
-            two = pairs > 0
-            ild = 1.0 - (summed[two] - n[two]) / pairs[two]  # the diagonal (n ones) left out
-            out[f"diversity@{kk}"] = float(ild.mean()) if two.any() else float("nan")
+            out[f"diversity@{kk}"] = _intra_list_diversity(unit, safe, valid)
     return out
+
+
+def _intra_list_diversity(unit: np.ndarray, idx: np.ndarray, valid: np.ndarray) -> float:
+    """Mean over lists of two or more items of the mean 1 - cos over their pairs; users in blocks so that the
+    gathered vectors stay within _BLOCK_CELLS * 16 floats (item-item models have catalogue-wide vectors)."""
+    block = max(1, (_BLOCK_CELLS * 16) // max(1, idx.shape[1] * unit.shape[1]))
+    total, count = 0.0, 0
+    for start in range(0, len(idx), block):
+        rows = slice(start, start + block)
+        v = unit[idx[rows]] * valid[rows, :, None]
+        summed = (v.sum(axis=1, dtype=np.float64) ** 2).sum(axis=1)  # |sum v|^2: every ordered pair's cos
+        n = valid[rows].sum(axis=1)
+        pairs = n * (n - 1)
+        two = pairs > 0
+        total += float((1.0 - (summed[two] - n[two]) / pairs[two]).sum())  # the diagonal (n ones) left out
+        count += int(two.sum())
+    return total / count if count else float("nan")
 
 
 def _list_mean(values: np.ndarray, valid: np.ndarray) -> float:

@@ -285,3 +285,16 @@ def test_beyond_accuracy_rejects_a_k_past_the_lists():
 
     with pytest.raises(ValueError, match="k must be between 1 and top_items.shape"):
         beyond_accuracy(np.zeros((2, 3), int), np.ones(4), 5)
+
+
+def test_diversity_is_the_same_in_blocks(monkeypatch):
+    from recsys import metrics
+
+    rng = np.random.default_rng(1)
+    top = np.stack([rng.choice(50, 6, replace=False) for _ in range(40)])
+    top[3, 2:] = -1
+    vectors = rng.normal(size=(50, 7))
+    whole = metrics.beyond_accuracy(top, np.ones(50), 6, item_vectors=vectors)["diversity@6"]
+    monkeypatch.setattr(metrics, "_BLOCK_CELLS", 3)  # 3 * 16 floats: one user per block
+    assert metrics.beyond_accuracy(top, np.ones(50), 6, item_vectors=vectors)["diversity@6"] == \
+        pytest.approx(whole, rel=1e-6)
