@@ -58,7 +58,7 @@ class TestTwoTowerUniformNegatives(RecommenderContract):
     ("negatives", -1, "The 'negatives' parameter of TwoTower must be an int >= 0. Got -1."),
     ("batch_size", 1, "must be an int >= 2. Got 1."),
     ("features", "genres", "The 'features' parameter of TwoTower must be None (auto-detect every column), a list"),
-    ("features", {"genres": "bag"}, "kind one of 'categorical', 'multi', 'text', 'numeric'. Got {'genres': 'bag'}"),
+    ("features", {"genres": "bag"}, "kind one of 'categorical', 'multi', 'text', 'numeric', 'dense'. Got {'genres': 'bag'}"),
     ("device", "tpu", "must be one of 'auto', 'cpu', 'cuda', 'mps'. Got 'tpu'."),
 ])
 def test_invalid_params_are_named(synthetic, param, value, expected):
@@ -316,3 +316,50 @@ def test_movielens_cold_start(movielens):
 def test_featurizer_rejects_unknown_kinds():
     with pytest.raises(DataValidationError, match="Unknown feature kind"):
         ItemFeaturizer({"genres": "bag"}).fit(catalogue())
+
+
+# ------------------------------------------------------------------------------- dense vector features
+def _cold_item_log(seed: int = 0):
+    """Four clusters of 10 items; users use 8 of their cluster's items, never item 9 of any cluster (cold);
+    a dense 'vec' column encodes each item's cluster (one-hot plus noise), as an encoder's output would."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for c in range(4):
+        for u in range(30):
+            for j in rng.choice(9, 6, replace=False):
+                users.append(f"u{c}-{u}")
+                items.append(f"c{c}-{j}")
+    ids = [f"c{c}-{j}" for c in range(4) for j in range(10)]
+    vec = [list(np.eye(4)[int(i[1])] + 0.05 * rng.normal(size=4)) for i in ids]
+    meta = pd.DataFrame({"item": ids, "vec": vec})
+    return from_arrays(np.array(users), np.array(items), item_metadata=meta, catalog="metadata")
+
+
+def test_dense_vectors_are_detected_and_projected():
+    assert detect_kind(pd.Series([[0.1, 0.2], [0.3, 0.4]])) == "dense"
+    assert detect_kind(pd.Series([["Drama"], ["War", "Drama"]])) == "multi"
+    meta = pd.DataFrame({"item": ["a", "b", "c"], "vec": [[3.0, 4.0], None, [0.0, 2.0]]})
+    matrix = ItemFeaturizer({"vec": "dense"}).fit(meta).transform(meta).toarray()
+    np.testing.assert_allclose(matrix, [[0, 0.6, 0.8], [1, 0, 0], [0, 0, 1]]), "unit rows; missing: token 0"
+
+
+@pytest.mark.parametrize(("bad", "message"), [([1.0], "Item 'b' in column 'vec' has 1 values; every vector needs 2"),
+                                              ([1.0, float("nan")], "Item 'b' in column 'vec' holds a value that")])
+def test_a_bad_dense_row_is_named_by_item_and_column(bad, message):
+    meta = pd.DataFrame({"item": ["a", "b"], "vec": [[1.0, 2.0], bad]})
+    with pytest.raises(DataValidationError, match=message):
+        ItemFeaturizer({"vec": "dense"}).fit(meta)
+
+
+def test_dense_features_place_cold_items_by_their_vectors():
+    """Cold items (no interaction) reach their cluster's users through their dense features alone."""
+    log = _cold_item_log()
+    cold = [f"c{c}-9" for c in range(4)]
+
+    def hit_rate(features):
+        model = fast_tt(epochs=30, features=features, id_dropout=0.3).fit(log)
+        users = [f"u{c}-{u}" for c in range(4) for u in range(0, 30, 3)]
+        ids, _ = model.recommend(users, k=5)
+        return np.mean([f"c{u[1]}-9" in set(row) for u, row in zip(users, ids)])
+    with_vectors, ids_only = hit_rate({"vec": "dense"}), hit_rate([])
+    assert with_vectors >= 0.8 > ids_only, (with_vectors, ids_only, cold)

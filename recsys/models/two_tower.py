@@ -42,7 +42,7 @@ from .base import BOOL, Exported, Interval, Options, Recommender
 
 log = logging.getLogger("recsys")
 
-FEATURE_KINDS = ("categorical", "multi", "text", "numeric")
+FEATURE_KINDS = ("categorical", "multi", "text", "numeric", "dense")
 UNKNOWN = "<unk>"  # token 0 of every column: missing values, or only values outside the vocabulary
 _WORD = re.compile(r"\w+")
 
@@ -56,10 +56,15 @@ def _list_like(value: Any) -> bool:
     return isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Series))
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def detect_kind(values: pd.Series, n_buckets: int = 10) -> str | None:
-    """Guess how to featurise a metadata column: 'categorical', 'multi', 'text', 'numeric' or None (skip).
+    """Guess how to featurise a metadata column: 'categorical', 'multi', 'text', 'numeric', 'dense' or None.
 
     Booleans and numbers with at most `n_buckets` distinct values are categorical, other numbers numeric;
+    lists of numbers are dense vectors (e.g. an encoder's output, `recsys.content.read_item_vectors`); other
     lists (or strings with a '|' separator, e.g. "Comedy|Drama") are multi-valued; strings that average
     two words or more, or are mostly distinct, are text (e.g. titles); other strings are categorical.
     """
@@ -71,6 +76,8 @@ def detect_kind(values: pd.Series, n_buckets: int = 10) -> str | None:
     if pd.api.types.is_numeric_dtype(present):
         return "numeric" if present.nunique() > n_buckets else "categorical"
     sample = present.to_numpy(dtype=object)
+    if all(_list_like(v) and len(v) and all(_is_number(x) for x in v) for v in sample):
+        return "dense"
     if any(_list_like(v) for v in sample):
         return "multi"
     if not all(isinstance(v, str) for v in sample):
@@ -115,6 +122,10 @@ class ItemFeaturizer:
         self.edges_: dict[str, np.ndarray] = {}
         self.vocab_: dict[str, dict[str, int]] = {}
         for column, kind in self.kinds_.items():
+            if kind == "dense":  # one feature per dimension: the token embeddings become a linear projection
+                dim = self._dense(metadata, column)[0].shape[1]
+                self.vocab_[column] = {UNKNOWN: 0} | {f"dim{j}": j + 1 for j in range(dim)}
+                continue
             if kind == "numeric":
                 self.edges_[column] = self._edges(fit_frame[column])
             counts = Counter(t for tokens in self._tokens(column, fit_frame[column]) for t in set(tokens))
@@ -133,6 +144,14 @@ class ItemFeaturizer:
         rows, cols, vals = [], [], []
         for column, vocab in self.vocab_.items():
             offset = self.offsets_[column]
+            if self.kinds_[column] == "dense":
+                vectors, present = self._dense(metadata, column, len(vocab) - 1)
+                for r in range(len(metadata)):  # unit length, so the column weighs like the others; missing: 0
+                    known = np.arange(1, len(vocab)) if present[r] else np.zeros(1, np.int64)
+                    rows += [r] * len(known)
+                    cols += list(offset + known)
+                    vals += list(vectors[r]) if present[r] else [1.0]
+                continue
             for r, tokens in enumerate(self._tokens(column, metadata[column])):
                 known = sorted({vocab[t] for t in tokens if t in vocab}) or [0]
                 rows += [r] * len(known)
@@ -163,6 +182,29 @@ class ItemFeaturizer:
             raise DataValidationError(f"Feature column(s) {missing} not in item_metadata. "
                                       f"Available columns: {available}.")
         return wanted
+
+    def _dense(self, metadata: pd.DataFrame, column: str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(unit vectors (n, dim), present (n,)) of a dense column; a row of another length, or with a value
+        that is not a finite number, is an error naming the item and the column."""
+        values = metadata[column].to_numpy(dtype=object)
+        present = np.array([_list_like(v) and len(v) > 0 for v in values])
+        if not present.any():
+            raise DataValidationError(f"Dense feature column {column!r} holds no vector.")
+        if dim is None:
+            dim = len(values[np.flatnonzero(present)[0]])
+        ids = metadata["item"].to_numpy(dtype=object) if "item" in metadata.columns else np.arange(len(values))
+        out = np.zeros((len(values), dim), np.float32)
+        for r in np.flatnonzero(present):
+            row = np.asarray(values[r], dtype=object)
+            if len(row) != dim:
+                raise DataValidationError(f"Item {ids[r]!r} in column {column!r} has {len(row)} values; every "
+                                          f"vector needs {dim}. Fix or drop that row.")
+            if not all(_is_number(x) and np.isfinite(x) for x in row):
+                raise DataValidationError(f"Item {ids[r]!r} in column {column!r} holds a value that is not a "
+                                          "finite number. Fix or drop that row.")
+            out[r] = row.astype(np.float32)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1), present
 
     def _edges(self, values: pd.Series) -> np.ndarray:
         finite = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
