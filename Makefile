@@ -37,7 +37,7 @@ figures: install  ## the README's images, from the notebooks' library calls (doc
 	$(BIN)/python docs/make_figures.py
 
 lint: install
-	$(BIN)/ruff check recsys server tests benchmarks
+	$(BIN)/ruff check recsys server tests benchmarks docs
 
 clean:
 	rm -rf $(VENV) $(MODELS) .pytest_cache

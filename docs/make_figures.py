@@ -13,10 +13,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import recsys  # noqa: E402
-from recsys import plots  # noqa: E402
-from recsys.embeddings import dimensionality_sweep, first_genre, item_table, tsne_map  # noqa: E402
-from recsys.evaluation import compare  # noqa: E402
+import recsys
+from recsys import plots
+from recsys.embeddings import dimensionality_sweep, first_genre, item_table, tsne_map
+from recsys.evaluation import compare
 
 OUT = Path(__file__).resolve().parent / "images"
 
