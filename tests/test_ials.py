@@ -157,6 +157,22 @@ def test_batched_solve_equals_a_per_row_reference(chunk_bytes):
     np.testing.assert_allclose(cg, expected, rtol=1e-3, atol=1e-4)  # CG converges to the same solution
 
 
+def test_chunks_pad_no_row_to_more_than_pad_growth_times_its_length():
+    """A long-tailed catalogue: thousands of short rows and a few long ones never share a padded chunk."""
+    from recsys.models.ials import PAD_GROWTH, _chunks
+
+    lengths = np.concatenate([np.full(3000, 2), np.arange(3, 400)])
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indices = np.zeros(indptr[-1], np.int64)
+    rows = np.argsort(lengths, kind="stable")
+    seen = []
+    for chunk, idx, _ in _chunks(indptr, indices, np.ones(indptr[-1], np.float32), rows, 8, 8 * 2**20,
+                                 k_by_k=False):
+        assert idx.shape[1] <= PAD_GROWTH * lengths[chunk].min()
+        seen.append(chunk)
+    np.testing.assert_array_equal(np.concatenate(seen), rows)
+
+
 # ------------------------------------------------------------------------------------------- fold-in
 @pytest.mark.parametrize("factors, settings", [
     (16, {"confidence": "binary", "solver": "cholesky"}),  # users have fewer items than factors: push-through

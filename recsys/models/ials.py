@@ -44,6 +44,7 @@ log = logging.getLogger("recsys")
 # (batch, history, k) vectors. Small chunks stay in cache on a CPU (measured fastest at a few MiB); a GPU wants
 # big batches. 256 MiB of systems is 1,024 users at k=256.
 CPU_CHUNK_BYTES = 8 * 2**20
+PAD_GROWTH = 2  # a chunk's longest row is at most this many times its shortest (see _chunks)
 GPU_CHUNK_BYTES = 256 * 2**20
 
 
@@ -117,13 +118,16 @@ def _chunks(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, rows: np.
             chunk_bytes: int, k_by_k: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Consecutive runs of `rows` (sorted by length) as (rows, column indices, confidences), the last two padded
     to (batch, longest) with index 0 and c = 0; at most chunk_bytes of batch x longest x k vectors and, with
-    `k_by_k`, of k x k systems (rows shorter than k have smaller systems, bounded by their vectors)."""
+    `k_by_k`, of k x k systems (rows shorter than k have smaller systems, bounded by their vectors). A run
+    stops before a row more than `PAD_GROWTH` times as long as its first, so padding stays under that factor
+    (a long-tailed catalogue would otherwise pad thousands of short rows to its longest)."""
     counts = indptr[rows + 1] - indptr[rows]
     max_vectors = max(1, chunk_bytes // (4 * k))  # batch x longest
     max_systems = max(1, chunk_bytes // (4 * k * k)) if k_by_k else max_vectors
     start = 0
     while start < len(rows):
         window = counts[start:start + max_systems]
+        window = window[:max(1, int(np.searchsorted(window, PAD_GROWTH * window[0], side="right")))]
         batch = max(1, int(np.searchsorted(np.arange(1, len(window) + 1) * window, max_vectors, side="right")))
         chunk = rows[start:start + batch]
         start += batch
