@@ -194,13 +194,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                 exclude=[i for part in args.exclude for i in part.split(",") if i],
                                 filters={args.genre_col: args.genre} if args.genre else None,
                                 include_seen=args.include_seen, history=history)
-    titles = engine.titles(rec.item_ids)
     if args.json:
-        items = [{"id": str(i), "score": float(s), "title": None if titles is None else titles[n]}
-                 for n, (i, s) in enumerate(zip(rec.item_ids, rec.scores))]
-        print(json.dumps({"user": args.user, "items": items, "fallback": rec.fallback,
-                          "model_version": bundle.path.name}, indent=2))
+        print(json.dumps({"user": args.user, "items": engine.scored_items(rec.item_ids, rec.scores),
+                          "fallback": rec.fallback, "model_version": bundle.path.name}, indent=2))
         return 0
+    titles = engine.titles(rec.item_ids)
     print(_recommendation_header(args, rec.fallback, history))
     for rank, (item, score) in enumerate(zip(rec.item_ids, rec.scores), args.offset + 1):
         title = None if titles is None else titles[rank - args.offset - 1]

@@ -413,6 +413,16 @@ class Engine:
         out[idx < 0] = None
         return out.reshape(np.shape(item_ids))
 
+    def scored_items(self, item_ids: np.ndarray, scores: np.ndarray) -> list[dict[str, object]]:
+        """[{"id", "score", "title"}, ...] for item ids best first and their scores, None ids (the padding of a
+        short answer) left out: the item list the service answers and `recsys recommend --json` prints."""
+        item_ids = np.asarray(item_ids, dtype=object)
+        valid = np.not_equal(item_ids, None)
+        item_ids, scores = item_ids[valid], np.asarray(scores)[valid]
+        titles = self.titles(item_ids)
+        return [{"id": str(i), "score": float(sc), "title": None if titles is None else titles[n]}
+                for n, (i, sc) in enumerate(zip(item_ids, scores))]
+
     # ------------------------------------------------------------------------ one user's answer (serving)
     def recommend_user(self, user: object | None, k: int = 10, *, offset: int = 0, exclude: Iterable[object] = (),
                        filters: dict[str, object] | None = None, include_seen: bool = False,

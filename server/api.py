@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 
-import numpy as np
 from flask import Response, current_app, request
 from flask_smorest import Blueprint, abort
 
@@ -33,15 +32,6 @@ def _model() -> Loaded:
     return loaded
 
 
-def _items(m: Loaded, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
-    """ScoredItem documents for item ids (None, an engine's padding, left out) and their scores."""
-    valid = np.not_equal(ids, None)
-    ids, scores = ids[valid], scores[valid]
-    titles = m.engine.titles(ids)
-    return [{"id": str(i), "score": float(sc), "title": None if titles is None else titles[n]}
-            for n, (i, sc) in enumerate(zip(ids, scores))]
-
-
 def _check_limit(n: int, key: str, what: str) -> None:
     limit = current_app.config[key]
     if n > limit:
@@ -63,8 +53,8 @@ def recommendations(m: Loaded, q: Query, history: History) -> dict:
         abort(422, message=f"k + offset must be <= {limit}. Got {q.k + q.offset}.")
     rec = m.engine.recommend_user(q.user, q.k, offset=q.offset, exclude=q.exclude, filters=_filters(q.genres),
                                   include_seen=q.include_seen, history=history)
-    return {"user": q.user, "items": _items(m, rec.item_ids, rec.scores), "fallback": rec.fallback,
-            "model_version": m.version}
+    return {"user": q.user, "items": m.engine.scored_items(rec.item_ids, rec.scores),
+            "fallback": rec.fallback, "model_version": m.version}
 
 
 def respond(query: Query) -> Response:
@@ -131,7 +121,8 @@ def recommend_session(body):
     m = _model()
     _check_limit(len(body["items"]), "MAX_HISTORY_ITEMS", "history items")
     rec = m.engine.recommend_user(None, body["k"], history=[(item, 1.0) for item in body["items"]])
-    return {"items": _items(m, rec.item_ids, rec.scores), "fallback": rec.fallback, "model_version": m.version}
+    return {"items": m.engine.scored_items(rec.item_ids, rec.scores), "fallback": rec.fallback,
+            "model_version": m.version}
 
 
 @blp.route("/items/<string:item_id>/similar")
@@ -141,7 +132,7 @@ def similar_items(args, item_id):
     """The items nearest to an item."""
     m = _model()
     ids, scores = m.engine.similar_items([item_id], args["k"])
-    return {"item": item_id, "items": _items(m, ids[0], scores[0]), "model_version": m.version}
+    return {"item": item_id, "items": m.engine.scored_items(ids[0], scores[0]), "model_version": m.version}
 
 
 @blp.route("/users/<string:user_id>/similar")
@@ -162,7 +153,7 @@ def popular(args):
     """The most interacted items (optionally of some genres); scores are interaction counts."""
     m = _model()
     ids, counts = m.engine.popular_items(args["k"], filters=_filters(args["genre"]))
-    return {"items": _items(m, ids, counts), "fallback": False, "model_version": m.version}
+    return {"items": m.engine.scored_items(ids, counts), "fallback": False, "model_version": m.version}
 
 
 ITEM_FIELDS = ("title", "genres", "tags", "year")  # the Item schema's metadata fields

@@ -646,3 +646,11 @@ def test_item_record() -> None:
     assert make_engine().item_record("i01") == {"item": "i01"}
     with pytest.raises(UnknownIdError, match="Unknown item 'nope'"):
         engine.item_record("nope")
+
+
+def test_scored_items_leave_out_padding_and_carry_titles():
+    meta = pd.DataFrame({"item": ["a", "b"], "title": ["A film", None]})
+    engine = Engine(np.eye(2, dtype=np.float32), np.ones((1, 2), np.float32), IdMap(["u"]), IdMap(["a", "b"]),
+                    item_metadata=meta)
+    items = engine.scored_items(np.array(["b", "a", None], dtype=object), np.array([2.0, 1.0, -np.inf]))
+    assert items == [{"id": "b", "score": 2.0, "title": None}, {"id": "a", "score": 1.0, "title": "A film"}]
