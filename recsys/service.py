@@ -26,11 +26,37 @@ from .exceptions import RecsysError
 log = logging.getLogger("recsys")
 
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) holding recsys and server
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on now (the OS picks it)."""
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment plus `extra`, with this checkout first on PYTHONPATH: a child process runs
+    the recsys and server packages beside this one, whatever an installed copy points at."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Send `sig` to the process's whole session (started with start_new_session: gunicorn's master and
+    workers) and wait for it; SIGKILL after `timeout` seconds."""
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=timeout)
+    except ProcessLookupError:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
 
 
 class LocalService:
@@ -49,9 +75,7 @@ class LocalService:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> LocalService:
-        env = {**os.environ, **{f"RECSYS_{k}": str(v) for k, v in self.settings.items()}}
-        root = str(Path(__file__).resolve().parents[1])  # this checkout first, as in the parent
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+        env = environment(**{f"RECSYS_{k}": str(v) for k, v in self.settings.items()})
         cmd = [sys.executable, "-m", "recsys.cli", "serve", "--bundle", str(self.bundle), "--port", str(self.port),
                "--workers", str(self.workers)]
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the service's output, kept until the object goes
@@ -97,14 +121,8 @@ class LocalService:
 
     def stop(self) -> None:
         """SIGTERM to the service's process group, SIGKILL after 10 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.process is not None and self.process.poll() is None:
+            stop(self.process, timeout=10)
 
     def __enter__(self) -> LocalService:  # noqa: PYI034
         return self.start()

@@ -1,5 +1,6 @@
 """The service as a real process: a free loopback port, start (gunicorn, or `recsys serve`), wait until ready,
-stop. Shared by the process tests (tests/test_server_process.py) and benchmarks/serving.py.
+stop. Shared by the process tests (tests/test_server_process.py) and benchmarks/serving.py; the port, the
+child environment and `stop` are `recsys.service`'s, which `LocalService` uses too.
 
     port = free_port()
     proc = start([str(BIN / "recsys"), "serve", "--bundle", "models", "--port", str(port)], environment())
@@ -16,22 +17,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from recsys.service import environment, free_port, stop
+
+__all__ = ["BIN", "ROOT", "children", "environment", "free_port", "get", "get_json", "log_tail", "start", "stop",
+           "wait_ready"]
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv's gunicorn and recsys
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -48,13 +45,6 @@ def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
 def get_json(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict]:
     status, body = get(port, path, timeout)
     return status, json.loads(body)
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """This process's environment plus `extra`, with this checkout first on PYTHONPATH: the child runs the
-    recsys and server packages next to these tests, whatever an installed copy points at."""
-    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path | None = None, stderr_to_log: bool = False
@@ -88,22 +78,6 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60, workers: 
         if time.perf_counter() - started > timeout:
             raise RuntimeError(f"{name} not ready after {timeout:.0f} s" + (f":\n{log_tail(log)}" if log else ""))
         time.sleep(0.25)
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-    """Send `sig` to the process's whole session (gunicorn's master and workers) and wait for it; SIGKILL
-    after `timeout` seconds."""
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=timeout)
-    except ProcessLookupError:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
 
 
 def children(pid: int) -> list[int]:
