@@ -143,6 +143,8 @@ def test_gunicorn_hooks_freeze_the_preloaded_app_and_reload_unfreezes(models_roo
     import gc
     from types import SimpleNamespace
 
+    import server.metrics  # prometheus_client picks its value class when first imported: before the
+    #                      config sets PROMETHEUS_MULTIPROC_DIR, or later tests' metrics would need that dir
     monkeypatch.setattr(os, "environ", dict(os.environ))  # the config sets defaults in the environment
     conf = Path(__file__).resolve().parents[1] / "server" / "gunicorn.conf.py"
     hooks: dict = {"__file__": str(conf)}
