@@ -29,7 +29,7 @@ from sklearn.linear_model import Ridge
 from threadpoolctl import threadpool_limits
 
 from .data import IdMap, Interactions, _ids_as_str, holdout
-from .engine import Engine
+from .engine import Engine, _normalise
 from .evaluation import evaluate
 from .exceptions import DataValidationError
 from .foldin import FoldIn
@@ -97,7 +97,7 @@ def content_vectors(item_metadata: pd.DataFrame, columns: Sequence[str] = ("titl
         reduced = np.pad(reduced, ((0, 0), (0, dim - reduced.shape[1])))
     else:
         reduced = _svd(tfidf, dim, seed)
-    return _unit_rows(reduced)
+    return _normalise(reduced)
 
 
 def _svd(matrix, n_components: int, seed: int) -> np.ndarray:
@@ -122,11 +122,6 @@ def _tokens(columns: Sequence[str], values: Sequence[object]) -> list[str]:
 
 def _is_missing(value: object) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
 def _check_dim(dim: object) -> None:
