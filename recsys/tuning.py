@@ -159,7 +159,7 @@ class TuneResult:
 def _inert(model: str, fit_part: Interactions) -> set[str]:
     """Parameters of the default space that cannot change a fit on this data (searching them only dilutes the
     sampler): how weights map to confidences, when every weight is the same."""
-    weight = fit_part.matrix().data
+    weight = fit_part.weight  # one row per (user, item) pair, as the model sees it
     if model in WEIGHT_PARAMETERS and len(weight) and np.all(weight == weight[0]):
         log.info("tune %s: every weight is %g, so %s are not searched", model, weight[0],
                  WEIGHT_PARAMETERS[model])
