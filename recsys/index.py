@@ -261,9 +261,9 @@ def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int =
 
 
 def tune_index(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", k: int = 10,
-         target_recall: float = 0.95, n_trees_grid: tuple[int, ...] = N_TREES_GRID,
-         search_k_multipliers: tuple[int, ...] = SEARCH_K_MULTIPLIERS, seed: int = 0,
-         max_build_seconds: float = 600.0, slow_factor: float = 4.0) -> tuple[AnnIndex, IndexStats]:
+               target_recall: float = 0.95, n_trees_grid: tuple[int, ...] = N_TREES_GRID,
+               search_k_multipliers: tuple[int, ...] = SEARCH_K_MULTIPLIERS, seed: int = 0,
+               max_build_seconds: float = 600.0, slow_factor: float = 4.0) -> tuple[AnnIndex, IndexStats]:
     """Build indexes with growing `n_trees`; at each, raise `search_k` until the recall target is met;
     keep the fastest setting found.
 
