@@ -5,13 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: install demo test lint bench figures clean
+.PHONY: install services demo test lint bench figures clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,bench,notebooks]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,bench,notebooks,postgres]"
 	touch $@
 
 demo: install
@@ -30,8 +30,14 @@ demo: install
 	@echo "  curl -s http://127.0.0.1:8000/v1/model;  open http://127.0.0.1:8000/docs for the API reference"
 	$(BIN)/recsys serve --bundle $(MODELS)
 
-test: install
-	$(BIN)/python -m pytest -q
+# Servers the tests start themselves: Debian's PostgreSQL (feedback shared by two service instances). Installed
+# when missing (needs root and apt, as on CI); the tests that need it fail under make test if it is absent.
+services:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql)
+
+test: install services
+	RECSYS_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q
 
 figures: install  ## the README's images, from the notebooks' library calls (docs/images/)
 	$(BIN)/python docs/make_figures.py

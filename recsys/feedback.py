@@ -66,7 +66,7 @@ class FeedbackStore:
         self.engine = sa.create_engine(url, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_durable)
-        metadata.create_all(self.engine)
+        _create_schema(self.engine)
         self._history_sql = sa.text("SELECT item_id, weight FROM feedback_events WHERE user_id = :user "
                                     "ORDER BY ts, id")
         self._memory = _NoHistory(no_history_cache, self.engine.url.database) \
@@ -86,7 +86,8 @@ class FeedbackStore:
             for row in rows:
                 if insert is not None:
                     stmt = insert(events).values(**row).on_conflict_do_nothing(index_elements=["event_id"])
-                    stored += conn.execute(stmt).rowcount
+                    # the ids it inserted: rowcount is -1 for this statement under psycopg
+                    stored += len(conn.execute(stmt.returning(events.c.id)).all())
                 else:  # other databases: check first (the unique constraint still guards duplicates)
                     dup = row["event_id"] is not None and conn.execute(
                         sa.select(events.c.id).where(events.c.event_id == row["event_id"])).first()
@@ -190,6 +191,19 @@ class _NoHistory:
                 self._users.pop(user, None)
                 self._last_id = max(self._last_id, last)
         local.version = version
+
+
+def _create_schema(engine: sa.Engine) -> None:
+    """Create the table if missing. Instances starting together on an empty PostgreSQL database would race
+    (both see no table, one CREATE fails on the catalogue's unique index), so there it runs under an advisory
+    lock; SQLite serialises the writers itself."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        metadata.create_all(conn)
+
+
+SCHEMA_LOCK = 0x72656373  # 'recs': the advisory lock key that serialises schema creation (PostgreSQL)
 
 
 def _is_sqlite_file(engine: sa.Engine) -> bool:

@@ -68,3 +68,35 @@ def own_root(synthetic, tmp_path):
     model = MF(factors=8, epochs=2, progress=False, device="cpu").fit(synthetic)
     publish(root, model.save(new_version_path(root, "first")))
     return root, model
+
+
+# ------------------------------------------------------------------------------------------- PostgreSQL
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the session (tests/postgres_server.py)."""
+    import os
+
+    from postgres_server import PostgresServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        if os.environ.get("RECSYS_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"RECSYS_REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture()
+def postgres_url(postgres, request):
+    """A SQLAlchemy URL to a fresh database of this test's own on the session's server."""
+    import re
+
+    import psycopg
+
+    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:50]
+    with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=recsys dbname=postgres",
+                         autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
