@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import pandas as pd
 from .bundle import new_version_path, publish
 from .data import TIE_BREAK, Interactions, holdout, tie_share
 from .evaluation import evaluate
+from .exceptions import DataValidationError
 from .models import MODEL_NAMES, Popularity, make_model, model_params
 
 __all__ = ["TrainReport", "split_facts", "train_and_bundle",
@@ -79,6 +81,23 @@ def tune_candidates(train: Interactions, model: str, *, budget: float | None, n_
                  validation_fraction=validation_fraction, seed=seed)]
 
 
+def _join_torchrun(model: str, tune_budget: float | None) -> bool:
+    """Under torchrun (WORLD_SIZE > 1) join the process group (`recsys.distributed`); whether this process
+    writes the bundle (rank 0, or a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return True
+    if model == "auto" or tune_budget is not None:
+        raise DataValidationError(
+            f"Under torchrun (WORLD_SIZE={world}) `recsys train` trains one named model with fixed parameters: "
+            f"got model={model!r}{' with --tune' if tune_budget is not None else ''}. Pass --model ials or mf "
+            "(the models that train data-parallel), and tune in a single process first (recsys tune) if needed.")
+    from . import distributed
+
+    distributed.init()
+    return distributed.is_main()
+
+
 def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str, Any] | None = None,
                      out: str | Path = "models", test_fraction: float = 0.2, refit: bool = True,
                      seed: int = 0, index: bool = True, target_recall: float = 0.95,
@@ -92,6 +111,7 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     """
     start = time.perf_counter()
     common = dict(common or {})
+    main = _join_torchrun(model, tune_budget)
     split = split_facts(inter, test_fraction, seed)
     train, test = holdout(inter, test_fraction, seed)
     tuning = None
@@ -118,6 +138,8 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     if model != "popularity":
         metrics["popularity"] = evaluate(Popularity().fit(train), test, EVAL_K)
     final = make_model(model, **params).fit(inter) if refit else evaluated
+    if not main:  # another rank of a torchrun job: rank 0 writes the bundle
+        return TrainReport(Path(out), metrics, final.get_params(), time.perf_counter() - start, model, tuning, split)
     if index:
         final.build_index(target_recall=target_recall, seed=seed)
     path = new_version_path(out, model)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
+
 if TYPE_CHECKING:
     from ..data import Interactions
 
@@ -85,7 +87,7 @@ def optimise(optimizer: torch.optim.Optimizer, losses: Iterable[torch.Tensor]) -
     total, steps = 0.0, 0
     deadline = _DEADLINE.get()
     for loss in losses:
-        if steps and time.perf_counter() > deadline:
+        if steps and deadline < math.inf and _past(deadline):
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -176,8 +178,15 @@ def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[],
             log.info("%s: early stop at epoch %d (best epoch %d, val ndcg@10 %.4f)", desc, epoch, best_epoch,
                      best_metric)
             break
-        if max_seconds is not None and time.perf_counter() - start > max_seconds and epoch < epochs:
+        if max_seconds is not None and epoch < epochs and _past(start + max_seconds):
             log.info("%s: stopped after epoch %d: max_seconds=%g reached (best epoch %d)", desc, epoch,
                      max_seconds, best_epoch)
             break
     return LoopResult(best_state, best_epoch, history, time.perf_counter() - start)
+
+
+def _past(deadline: float) -> bool:
+    """Whether perf_counter() is past `deadline`; under torch.distributed, rank 0's answer (clocks differ, and
+    a rank that stopped alone would leave the others waiting in a collective)."""
+    late = time.perf_counter() > deadline
+    return distributed.agree(late) if distributed.active() else late

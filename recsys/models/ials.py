@@ -30,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .. import distributed
 from ..data import Interactions
 from ..exceptions import DataValidationError
 from ..foldin import CONFIDENCES, FoldIn, confidence, penalty
@@ -112,6 +113,28 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
         else:
             out[rows_t] = _conjugate_gradient(current[rows_t].clone(), gram, lam_rows, fixed, slices, cg_steps)
     return out
+
+
+class _RowBlock:
+    """The rows of a CSR matrix that this process solves in a half-step: all of them, or under
+    torch.distributed its contiguous block (`recsys.distributed.shards`), the solved blocks then gathered
+    so every rank holds every row."""
+
+    def __init__(self, matrix: sp.csr_matrix, bounds: np.ndarray | None):
+        self.bounds = bounds
+        self.start, self.stop = (0, matrix.shape[0]) if bounds is None else \
+            (int(bounds[distributed.rank()]), int(bounds[distributed.rank() + 1]))
+        self.rows = matrix if bounds is None else matrix[self.start:self.stop]
+
+    @classmethod
+    def of(cls, matrix: sp.csr_matrix) -> _RowBlock:
+        active = distributed.active()
+        return cls(matrix, distributed.shards(matrix.indptr, distributed.world_size()) if active else None)
+
+    def solve(self, fixed: torch.Tensor, current: torch.Tensor | None = None, **solve) -> torch.Tensor:
+        mine = None if current is None else current[self.start:self.stop]
+        out = solve_rows(fixed, self.rows.indptr, self.rows.indices, self.rows.data, current=mine, **solve)
+        return out if self.bounds is None else distributed.all_gather_rows(out, self.bounds)
 
 
 def _chunks(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, rows: np.ndarray, k: int,
@@ -271,12 +294,13 @@ class IALS(Recommender):
                                       f"{int((train.weight < 0).sum())} negative weight(s). Use "
                                       "confidence='binary' or drop them.")
         gen = seed_everything(self.seed)
-        device = resolve_device(self.device)
+        device = distributed.device_for(resolve_device(self.device))
         by_user = train.matrix()  # duplicates summed, as fold-in does
         conf_data = confidence(by_user.data, self.confidence, self.alpha, self.epsilon)
         by_user = sp.csr_matrix((conf_data, by_user.indices, by_user.indptr), shape=by_user.shape)
         by_item = by_user.T.tocsr()
         coo = by_user.tocoo()
+        item_rows, user_rows = _RowBlock.of(by_item), _RowBlock.of(by_user)  # this rank's rows (all, alone)
         hyper = {"reg": self.reg, "reg_exponent": self.reg_exponent, "unobserved_weight": self.unobserved_weight}
         solve = {**hyper, "solver": self.solver, "cg_steps": self.cg_steps}
         std = self.init_std if self.init_std is not None else 0.1 / math.sqrt(self.factors)
@@ -287,24 +311,24 @@ class IALS(Recommender):
 
         def run_epoch(epoch: int) -> float:
             nonlocal W, H
-            H = solve_rows(W, by_item.indptr, by_item.indices, by_item.data, current=H, **solve)
-            W = solve_rows(H, by_user.indptr, by_user.indices, by_user.data, current=W, **solve)
+            H = item_rows.solve(W, current=H, **solve)
+            W = user_rows.solve(H, current=W, **solve)
             return objective(W, H, coo.row, coo.col, coo.data, **hyper) / by_user.nnz
 
         def snapshot() -> Exported:
             return Exported(H.cpu().numpy().copy(), W.cpu().numpy().copy(), foldin=self._foldin())
 
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
-                          validate=ndcg_validator(train, validation, self.max_val_users, self.seed),
+                          validate=distributed.on_main(ndcg_validator(train, validation, self.max_val_users,
+                                                                      self.seed)),
                           patience=self.patience, progress=self.progress, desc="IALS", max_seconds=self.max_seconds)
         exported = result.best_state
         start = time.perf_counter()
         if self.solver == "cg":  # export what fold-in computes: the exact user solve given the final items
             items = torch.as_tensor(exported.item_vectors, device=device)
-            exported.user_vectors = solve_rows(items, by_user.indptr, by_user.indices, by_user.data,
-                                               **hyper).cpu().numpy()
+            exported.user_vectors = user_rows.solve(items, **hyper).cpu().numpy()
         result.seconds += time.perf_counter() - start
-        exported.extra = result.facts(device=str(device))
+        exported.extra = result.facts(device=str(device), world_size=distributed.world_size())
         return exported
 
     def _foldin(self) -> FoldIn:

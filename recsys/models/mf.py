@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..data import Interactions
 from ..foldin import FoldIn
 from ._loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
@@ -67,70 +68,99 @@ class MF(Recommender):
 
     def _fit(self, train: Interactions, validation: Interactions | None) -> Exported:
         gen = seed_everything(self.seed)
-        device = resolve_device(self.device)
-        users = torch.nn.Embedding(train.n_users, self.factors).to(device)
-        items = torch.nn.Embedding(train.n_items, self.factors).to(device)
-        for emb in (users, items):
-            torch.nn.init.normal_(emb.weight, std=self.init_std, generator=gen) if device.type == "cpu" else \
-                torch.nn.init.normal_(emb.weight, std=self.init_std)
-        bias = torch.zeros(train.n_items, device=device, requires_grad=True)
-        opt = torch.optim.Adam([users.weight, items.weight] + ([bias] if self.item_bias else []), lr=self.lr)
+        device = distributed.device_for(resolve_device(self.device))
+        net = _Factors(train.n_users, train.n_items, self.factors, self.init_std, gen, device, self._batch_loss)
+        opt = torch.optim.Adam([net.users.weight, net.items.weight] + ([net.bias] if self.item_bias else []),
+                               lr=self.lr)
+        step = net
+        if distributed.active():  # gradients all-reduced in backward; see recsys.distributed
+            step = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda"
+                                                             else None)
         u_all = torch.as_tensor(train.user_index, dtype=torch.long)
         i_all = torch.as_tensor(train.item_index, dtype=torch.long)
         foldin = FoldIn("ridge", reg=self.foldin_reg)
         seen = train.matrix(binary=True)
+        seen_counts = torch.as_tensor(np.diff(seen.indptr))
 
-        def batches() -> Iterator[tuple[torch.Tensor, ...]]:
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, int, float]]:
+            """(this rank's users, their targets, the global batch's size, the loss's global denominator): every
+            rank draws the same global batches and takes its part (all of it in a single process)."""
             if self.loss == "softmax":  # batches of users with their dense rows of positives
                 order = torch.randperm(train.n_users, generator=gen)
                 for start in range(0, len(order), self.user_batch_size):
                     u = order[start:start + self.user_batch_size]
-                    rows = torch.as_tensor(seen[u.numpy()].toarray())
-                    yield u.to(device), rows.to(device)
+                    mine = u[distributed.part(len(u))]
+                    rows = torch.as_tensor(seen[mine.numpy()].toarray())
+                    yield mine.to(device), rows.to(device), len(u), float(seen_counts[u].sum())
             else:
                 order = torch.randperm(len(u_all), generator=gen)
                 for start in range(0, len(order), self.batch_size):
                     idx = order[start:start + self.batch_size]
-                    yield u_all[idx].to(device), i_all[idx].to(device)
+                    mine = idx[distributed.part(len(idx))]
+                    yield u_all[mine].to(device), i_all[mine].to(device), len(idx), float(len(idx))
 
         def run_epoch(epoch: int) -> float:
-            return optimise(opt, (self._batch_loss(users.weight, items.weight, bias, u, target, gen, device)
-                                  for u, target in batches()))
+            return optimise(opt, (step(u, target, n, denominator, gen) for u, target, n, denominator in batches()))
 
         def snapshot() -> Exported:
-            item_vectors = items.weight.detach().cpu().numpy().copy()
-            user_vectors = users.weight.detach().cpu().numpy().copy()
+            item_vectors = net.items.weight.detach().cpu().numpy().copy()
+            user_vectors = net.users.weight.detach().cpu().numpy().copy()
             if self.item_bias:  # score = u.v + b_i, as one inner product: [u, 1] . [v, b_i]
-                item_vectors = np.hstack([item_vectors, bias.detach().cpu().numpy()[:, None]])
+                item_vectors = np.hstack([item_vectors, net.bias.detach().cpu().numpy()[:, None]])
                 user_vectors = np.hstack([user_vectors, np.ones((len(user_vectors), 1), np.float32)])
             return Exported(item_vectors, user_vectors, foldin=foldin, similarity_dims=self.factors)
 
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
-                          validate=ndcg_validator(train, validation, self.max_val_users, self.seed),
+                          validate=distributed.on_main(ndcg_validator(train, validation, self.max_val_users,
+                                                                      self.seed)),
                           patience=self.patience, progress=self.progress, desc=f"MF({self.loss})", max_seconds=self.max_seconds)
         exported = result.best_state
-        exported.extra = result.facts(device=str(device))
+        exported.extra = result.facts(device=str(device), world_size=distributed.world_size())
         return exported
 
     def _batch_loss(self, U: torch.Tensor, V: torch.Tensor, b: torch.Tensor, u: torch.Tensor, i: torch.Tensor,
-                    gen: torch.Generator, device: torch.device) -> torch.Tensor:
+                    n_global: int, denominator: float, gen: torch.Generator) -> torch.Tensor:
+        """The loss of this rank's part (users u, targets i) of a global batch of n_global rows: its share of
+        the global batch's loss (sums over the part divided by the global `denominator`), times the world
+        size, since DDP averages the ranks' gradients. In a single process, the batch's loss."""
+        device = U.device
         eu = U[u]
         n_items = V.shape[0]
+        scale = distributed.world_size() / denominator
         if self.loss == "softmax":  # i: dense (users, items) rows of positives
             logp = torch.log_softmax(eu @ V.T + b, dim=1)
-            n_pos = i.sum()
-            loss = -(logp * i).sum() / n_pos
-            return loss + self.reg * ((eu ** 2).sum(1) * i.sum(1)).sum() / n_pos + \
-                self.reg * ((V ** 2).sum(1) * i.sum(0)).sum() / n_pos
+            loss = -(logp * i).sum()
+            return scale * (loss + self.reg * ((eu ** 2).sum(1) * i.sum(1)).sum() +
+                            self.reg * ((V ** 2).sum(1) * i.sum(0)).sum())
         ei = V[i]
-        if self.loss == "sampled":
+        if self.loss == "sampled":  # negatives shared by the whole global batch
             neg = torch.randint(n_items, (min(self.negatives, n_items),), generator=gen).to(device)
             pos = (eu * ei).sum(-1, keepdim=True) + b[i][:, None]
             neg_scores = (eu @ V[neg].T + b[neg]).masked_fill(neg[None, :] == i[:, None], float("-inf"))
             logits = torch.cat([pos, neg_scores], dim=1)
-            loss = F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=device))
-        else:
-            neg = torch.randint(n_items, (len(u),), generator=gen).to(device)
-            loss = -F.logsigmoid((eu * ei).sum(-1) + b[i] - (eu * V[neg]).sum(-1) - b[neg]).mean()
+            loss = F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=device), reduction="sum")
+        else:  # one negative per row of the global batch; this rank's part of them
+            neg = torch.randint(n_items, (n_global,), generator=gen)[distributed.part(n_global)].to(device)
+            loss = -F.logsigmoid((eu * ei).sum(-1) + b[i] - (eu * V[neg]).sum(-1) - b[neg]).sum()
             ei = torch.cat([ei, V[neg]])
-        return loss + self.reg * ((eu ** 2).sum() + (ei ** 2).sum()) / len(u)
+        return scale * (loss + self.reg * ((eu ** 2).sum() + (ei ** 2).sum()))
+
+
+class _Factors(torch.nn.Module):
+    """MF's parameters (user and item embeddings, item biases) as a module, so DistributedDataParallel can
+    wrap it; forward is the loss of a batch (`MF._batch_loss`)."""
+
+    def __init__(self, n_users: int, n_items: int, factors: int, init_std: float, gen: torch.Generator,
+                 device: torch.device, loss) -> None:
+        super().__init__()
+        self.users = torch.nn.Embedding(n_users, factors).to(device)
+        self.items = torch.nn.Embedding(n_items, factors).to(device)
+        for emb in (self.users, self.items):
+            torch.nn.init.normal_(emb.weight, std=init_std, generator=gen) if device.type == "cpu" else \
+                torch.nn.init.normal_(emb.weight, std=init_std)
+        self.bias = torch.nn.Parameter(torch.zeros(n_items, device=device))
+        self._loss = loss
+
+    def forward(self, u: torch.Tensor, target: torch.Tensor, n_global: int, denominator: float,
+                gen: torch.Generator) -> torch.Tensor:
+        return self._loss(self.users.weight, self.items.weight, self.bias, u, target, n_global, denominator, gen)

@@ -1,0 +1,76 @@
+"""Data-parallel training (recsys.distributed): two real processes under torchrun on one machine (gloo) give
+the models that one process trains, within float rounding; and `recsys train` under torchrun writes one bundle."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed_worker import CASES, fit_all
+
+from recsys.bundle import resolve
+from recsys.engine import load_engine
+from recsys.exceptions import DataValidationError
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+HERE = Path(__file__).parent
+# Float rounding differs between one process and two (blocked sums in other orders, gradients all-reduced in
+# halves); over a few epochs it stays below this, relative to the largest entry.
+TOLERANCE = 1e-4
+
+
+def _torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", *args], env=env, cwd=HERE.parent,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict[str, np.ndarray]:
+    out = tmp_path_factory.mktemp("ddp") / "vectors.npz"
+    run = _torchrun(str(HERE / "distributed_worker.py"), str(out))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with np.load(out) as f:
+        return dict(f)
+
+
+@pytest.fixture(scope="module")
+def one_rank() -> dict[str, np.ndarray]:
+    return fit_all()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_two_processes_train_what_one_does(case, two_ranks, one_rank):
+    assert int(two_ranks["world_size"]) == 2
+    assert int(two_ranks[f"{case}/best_epoch"]) == int(one_rank[f"{case}/best_epoch"])
+    for part in ("items", "users"):
+        single, parallel = one_rank[f"{case}/{part}"], two_ranks[f"{case}/{part}"]
+        assert parallel.shape == single.shape
+        assert np.abs(parallel - single).max() <= TOLERANCE * np.abs(single).max(), case
+
+
+def test_recsys_train_under_torchrun_writes_one_bundle(tmp_path):
+    data = tmp_path / "log.csv"
+    rows = [f"u{u},i{(u * 7 + j * 3) % 40}" for u in range(60) for j in range(8)]
+    data.write_text("user,item\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "models"
+    run = _torchrun("-m", "recsys.cli", "train", "--data", str(data), "--user-col", "user", "--item-col", "item",
+                    "--model", "ials", "--params", '{"factors": 4, "epochs": 2, "progress": false}',
+                    "--out", str(out))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len([p for p in out.iterdir() if p.name != "current"]) == 1  # rank 0 alone wrote
+    assert load_engine(resolve(out))[1].manifest.training["world_size"] == 2
+
+
+def test_tuning_under_torchrun_is_refused_with_the_way_out(monkeypatch):
+    from recsys.pipeline import _join_torchrun
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DataValidationError, match="--model ials or mf"):
+        _join_torchrun("auto", None)
+    with pytest.raises(DataValidationError, match="with --tune"):
+        _join_torchrun("ials", 60.0)
