@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,bench,notebooks,postgres]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,bench,notebooks,postgres,spark]"
 	touch $@
 
 demo: install
@@ -30,11 +30,13 @@ demo: install
 	@echo "  curl -s http://127.0.0.1:8000/v1/model;  open http://127.0.0.1:8000/docs for the API reference"
 	$(BIN)/recsys serve --bundle $(MODELS)
 
-# Servers the tests start themselves: Debian's PostgreSQL (feedback shared by two service instances). Installed
-# when missing (needs root and apt, as on CI); the tests that need it fail under make test if it is absent.
+# What the tests start themselves: Debian's PostgreSQL (feedback shared by two service instances) and a Java
+# runtime (Spark in local mode). Installed when missing (needs root and apt, as on CI); under make test the
+# tests that need them fail, not skip, if they are absent.
+DEBS = $(if $(wildcard /usr/lib/postgresql/*/bin/pg_ctl),,postgresql) $(if $(shell command -v java),,default-jre-headless)
 services:
-	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql)
+	@test -z "$(strip $(DEBS))" || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS))
 
 test: install services
 	RECSYS_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q
