@@ -235,14 +235,35 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend_all(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
     engine = _engine(args.bundle)
-    frame = engine.recommend_all(args.k, exclude_seen=not args.include_seen)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(out)
-    print(f"Wrote {len(frame):,} rows ({len(engine.users):,} users x top {args.k}) to {out}")
+    rows, writer, n_users = 0, None, len(engine.users)
+    batches = engine.recommend_batches(args.k, exclude_seen=not args.include_seen, batch_size=args.batch_users)
+    try:
+        with tqdm(total=n_users, unit="user", desc="recommend-all", disable=args.quiet) as bar:
+            for frame in batches:  # streamed: one batch of users in memory at a time
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                rows += len(frame)
+                bar.update(min(args.batch_users, n_users - bar.n))
+        if writer is None:
+            raise DataValidationError(f"The bundle {args.bundle} has no users to recommend for.")
+        writer.close()
+        writer = None
+        tmp.replace(out)  # the file appears whole or not at all
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp.exists():
+            tmp.unlink()
+    print(f"Wrote {rows:,} rows ({len(engine.users):,} users x top {args.k}) to {out}")
     return 0
 
 
@@ -406,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="output .parquet file")
     a.add_argument("--k", type=_positive_int, default=10)
     a.add_argument("--include-seen", action="store_true")
+    a.add_argument("--batch-users", type=_positive_int, default=4096,
+                   help="users scored at once (memory: batch x catalogue scores; default 4096)")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_recommend_all)
 
     v = sub.add_parser("serve", help="start the REST service (gunicorn; --dev for Flask's server)")

@@ -7,7 +7,7 @@ user-to-user similarity use cosine (or dot, for models whose vectors carry no di
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -387,18 +387,22 @@ class Engine:
 
     def recommend_all(self, k: int = 10, exclude_seen: bool = True, batch_size: int = 4096) -> pd.DataFrame:
         """Top-k for every known user: a frame with columns user, item, rank, score (best first)."""
+        return pd.concat(self.recommend_batches(k, exclude_seen, batch_size), ignore_index=True)
+
+    def recommend_batches(self, k: int = 10, exclude_seen: bool = True, batch_size: int = 4096
+                          ) -> Iterator[pd.DataFrame]:
+        """`recommend_all` as one frame per `batch_size` users, in user order: memory bounded by a batch (the
+        exact batched product: for many users at once it beats any index)."""
         _check_k(k)
-        frames = []
         for start in range(0, len(self.users), batch_size):
             users = np.arange(start, min(start + batch_size, len(self.users)))
             idx, scores = self.recommend_indices(users, k, exclude_seen)
             valid = idx >= 0
-            frames.append(pd.DataFrame({
+            yield pd.DataFrame({
                 "user": np.repeat(self.users.ids[users], k)[valid.ravel()].astype(str),
                 "item": self.items.ids[idx[valid]].astype(str),
                 "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))[valid.ravel()],
-                "score": scores[valid].astype(np.float32)}))
-        return pd.concat(frames, ignore_index=True)
+                "score": scores[valid].astype(np.float32)})
 
     def titles(self, item_ids: np.ndarray) -> np.ndarray | None:
         """Titles for external item ids (None where unknown), if the bundle has item metadata."""

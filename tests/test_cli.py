@@ -276,3 +276,17 @@ def test_cli_and_server_give_the_same_answers(app, client, synthetic, models_roo
     assert fallbacks == [False] * 4 + [True, True] + [False] * 3
     without = _cli_json(capsys, ["--bundle", str(models_root), "--user", "newcomer"])
     assert without["fallback"] is True, "without --feedback-db the CLI sees no stored events"
+
+
+def test_recommend_all_streams_batches_into_one_file(models, tmp_path):
+    """Small batches (streamed through one ParquetWriter) give the same file as one batch; no temporary
+    file is left behind."""
+    whole, batched = tmp_path / "whole.parquet", tmp_path / "batched.parquet"
+    assert main(["recommend-all", "--bundle", str(models), "--out", str(whole), "--k", "4", "--quiet"]) == 0
+    assert main(["recommend-all", "--bundle", str(models), "--out", str(batched), "--k", "4", "--quiet",
+                 "--batch-users", "7"]) == 0
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(batched).metadata.num_row_groups > 1  # written batch by batch
+    pd.testing.assert_frame_equal(pd.read_parquet(whole), pd.read_parquet(batched))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batched.parquet", "whole.parquet"]
