@@ -151,10 +151,27 @@ def test_batched_solve_equals_a_per_row_reference(chunk_bytes):
     got = solve_rows(torch.as_tensor(F), m.indptr, m.indices, m.data, reg=0.3, reg_exponent=0.5,
                      unobserved_weight=0.1, chunk_bytes=chunk_bytes).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-    cg = solve_rows(torch.as_tensor(F), m.indptr, m.indices, m.data, reg=0.3, reg_exponent=0.5,
-                    unobserved_weight=0.1, solver="cg", cg_steps=3 * k, current=torch.zeros(40, k),
-                    chunk_bytes=chunk_bytes).numpy()
-    np.testing.assert_allclose(cg, expected, rtol=1e-3, atol=1e-4)  # CG converges to the same solution
+    for kernel in ("sparse", "batched"):  # CG converges to the same solution, as sparse products or batches
+        cg = solve_rows(torch.as_tensor(F), m.indptr, m.indices, m.data, reg=0.3, reg_exponent=0.5,
+                        unobserved_weight=0.1, solver="cg", cg_steps=3 * k, current=torch.ones(40, k),
+                        chunk_bytes=chunk_bytes, cg_kernel=kernel).numpy()
+        np.testing.assert_allclose(cg, expected, rtol=1e-3, atol=1e-4, err_msg=kernel)
+
+
+def test_sparse_and_batched_cg_take_the_same_steps():
+    """Three CG steps from the same start: the sparse-product kernel and the padded batches agree to float
+    rounding (they are one algorithm; only the order of sums differs)."""
+    rng = np.random.default_rng(1)
+    m = sp.random(300, 120, density=0.02, format="csr", random_state=2, dtype=np.float32)  # some rows empty
+    m.data = 1 + 3 * m.data
+    F = torch.as_tensor(rng.normal(size=(120, 16)).astype(np.float32))
+    start = torch.as_tensor(rng.normal(size=(300, 16)).astype(np.float32))
+    args = {"reg": 0.05, "reg_exponent": 1.0, "unobserved_weight": 0.1, "solver": "cg", "cg_steps": 3,
+            "current": start}
+    sparse = solve_rows(F, m.indptr, m.indices, m.data, cg_kernel="sparse", **args)
+    batched = solve_rows(F, m.indptr, m.indices, m.data, cg_kernel="batched", **args)
+    assert (np.diff(m.indptr) == 0).any() and not torch.equal(sparse, start)
+    torch.testing.assert_close(sparse, batched, rtol=1e-4, atol=1e-5)
 
 
 def test_chunks_pad_no_row_to_more_than_pad_growth_times_its_length():
