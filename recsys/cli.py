@@ -58,10 +58,30 @@ def _with_feedback(inter, url: str):
                              item_metadata=inter.item_metadata)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import train_and_bundle
+class _Stderr(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (not the stream it saw when installed)."""
 
-    inter = _load_interactions(args)
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_progress(args: argparse.Namespace) -> None:
+    """Print the job's phases (logger 'recsys.progress') to stderr, unless --quiet."""
+    progress = logging.getLogger("recsys.progress")
+    if not any(isinstance(h, _Stderr) for h in progress.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        progress.addHandler(handler)
+        progress.propagate = False
+    progress.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import phase, train_and_bundle
+
+    _show_progress(args)
+    with phase(f"reading {args.data or 'the bundled MovieLens data'}"):
+        inter = _load_interactions(args)
     if args.from_db:
         inter = _with_feedback(inter, args.from_db)
     print(f"Data: {inter.nnz:,} interactions, {inter.n_users:,} users, {inter.n_items:,} items"

@@ -11,9 +11,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +83,18 @@ def tune_candidates(train: Interactions, model: str, *, budget: float | None, n_
                  validation_fraction=validation_fraction, seed=seed)]
 
 
+progress = logging.getLogger("recsys.progress")  # one line per phase of a job; `recsys train` shows it
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Log `name` as it starts and its wall time as it ends (logger 'recsys.progress')."""
+    progress.info("%s ...", name)
+    start = time.perf_counter()
+    yield
+    progress.info("%s: done in %.1f s", name, time.perf_counter() - start)
+
+
 def _join_torchrun(model: str, tune_budget: float | None) -> bool:
     """Under torchrun (WORLD_SIZE > 1) join the process group (`recsys.distributed`); whether this process
     writes the bundle (rank 0, or a single process)."""
@@ -112,12 +126,14 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     start = time.perf_counter()
     common = dict(common or {})
     main = _join_torchrun(model, tune_budget)
-    split = split_facts(inter, test_fraction, seed)
-    train, test = holdout(inter, test_fraction, seed)
+    with phase("splitting"):
+        split = split_facts(inter, test_fraction, seed)
+        train, test = holdout(inter, test_fraction, seed)
     tuning = None
     if tune_budget is not None or model == "auto":
-        results = tune_candidates(train, model, budget=tune_budget, n_trials=None if tune_budget else 1,
-                                  params=params, common=common, validation_fraction=test_fraction, seed=seed)
+        with phase("choosing the model" if tune_budget is None else f"tuning ({tune_budget:.0f} s budget)"):
+            results = tune_candidates(train, model, budget=tune_budget, n_trials=None if tune_budget else 1,
+                                      params=params, common=common, validation_fraction=test_fraction, seed=seed)
         best = max(results, key=lambda r: r.best_value)
         model, params = best.model, dict(best.best_params)
         tuning = {**{k: v for k, v in best.to_dict().items() if k != "trials"},
@@ -129,23 +145,32 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     candidate = make_model(model, **params)
     candidate._validate_params()
     if tuning is None and "epochs" in candidate.get_params():
-        fit_part, valid = holdout(train, test_fraction, seed)
-        best = make_model(model, **params).fit(fit_part, valid).exported_.extra["best_epoch"]
+        with phase(f"{model}: choosing epochs by early stopping on a validation split"):
+            fit_part, valid = holdout(train, test_fraction, seed)
+            best = make_model(model, **params).fit(fit_part, valid).exported_.extra["best_epoch"]
         params["epochs"] = int(best)
         log.info("Early stopping chose %d epochs", best)
-    evaluated = make_model(model, **params).fit(train)
-    metrics = {model: evaluate(evaluated, test, EVAL_K)}
-    if model != "popularity":
-        metrics["popularity"] = evaluate(Popularity().fit(train), test, EVAL_K)
-    final = make_model(model, **params).fit(inter) if refit else evaluated
+    with phase(f"{model}: fitting on the training split"):
+        evaluated = make_model(model, **params).fit(train)
+    with phase("evaluating on the held-out split"):
+        metrics = {model: evaluate(evaluated, test, EVAL_K)}
+        if model != "popularity":
+            metrics["popularity"] = evaluate(Popularity().fit(train), test, EVAL_K)
+    if refit:
+        with phase(f"{model}: refitting on every interaction"):
+            final = make_model(model, **params).fit(inter)
+    else:
+        final = evaluated
     if not main:  # another rank of a torchrun job: rank 0 writes the bundle
         return TrainReport(Path(out), metrics, final.get_params(), time.perf_counter() - start, model, tuning, split)
     if index:
-        final.build_index(target_recall=target_recall, seed=seed)
-    path = new_version_path(out, model)
-    final.save(path, metrics=metrics[model],
-               evaluation={**split, "baselines": {k: v for k, v in metrics.items() if k != model},
-                           "refit_on_all_data": refit},
-               data={"interactions": inter.nnz, "users": inter.n_users, "items": inter.n_items}, tuning=tuning)
-    publish(out, path)
+        with phase("building the retrieval index"):
+            final.build_index(target_recall=target_recall, seed=seed)
+    with phase("writing the bundle"):
+        path = new_version_path(out, model)
+        final.save(path, metrics=metrics[model],
+                   evaluation={**split, "baselines": {k: v for k, v in metrics.items() if k != model},
+                               "refit_on_all_data": refit},
+                   data={"interactions": inter.nnz, "users": inter.n_users, "items": inter.n_items}, tuning=tuning)
+        publish(out, path)
     return TrainReport(path, metrics, final.get_params(), time.perf_counter() - start, model, tuning, split)

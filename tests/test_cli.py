@@ -290,3 +290,17 @@ def test_recommend_all_streams_batches_into_one_file(models, tmp_path):
     assert pq.ParquetFile(batched).metadata.num_row_groups > 1  # written batch by batch
     pd.testing.assert_frame_equal(pd.read_parquet(whole), pd.read_parquet(batched))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batched.parquet", "whole.parquet"]
+
+
+def test_train_shows_each_phase_with_its_time(tmp_path, capsys):
+    data = tmp_path / "log.csv"
+    data.write_text("user,item\n" + "\n".join(f"u{u},i{(u + j) % 30}" for u in range(40) for j in range(6)) + "\n")
+    assert main(["train", "--data", str(data), "--model", "popularity", "--out", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    for name in ("reading", "splitting", "fitting on the training split", "evaluating", "building the retrieval index",
+                 "writing the bundle"):
+        assert f"{name}" in err and err.count(name) >= 2, name  # started, then done in N s
+    assert "done in" in err
+    assert main(["train", "--data", str(data), "--model", "popularity", "--out", str(tmp_path / "m"),
+                 "--quiet"]) == 0
+    assert "reading" not in capsys.readouterr().err  # --quiet: no phases
