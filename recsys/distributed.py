@@ -22,7 +22,7 @@ On several machines, the same command on every node with a rendezvous instead of
         --rdzv-id=recsys-1 -m recsys.cli train --data /shared/log.parquet --model ials --out /shared/models
 
 Every node must read the same log and, for the bundle, rank 0's `--out` must be where the service reads.
-On a Spark cluster, `train_on_spark` runs the same job through pyspark's TorchDistributor.
+On a Spark cluster, `recsys.spark.train_on_spark` runs the same job through pyspark's TorchDistributor.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import torch.distributed as dist
 log = logging.getLogger("recsys")
 
 __all__ = ["active", "agree", "all_gather_rows", "broadcast_float", "init", "is_main", "part", "rank", "shards",
-           "train_on_spark", "world_size"]
+           "world_size"]
 
 
 def active() -> bool:
@@ -129,32 +129,3 @@ def part(n: int) -> slice:
     """This rank's share of a global batch of n rows (contiguous, sizes differing by at most one)."""
     bounds = np.linspace(0, n, world_size() + 1).round().astype(int)
     return slice(int(bounds[rank()]), int(bounds[rank() + 1]))
-
-
-def train_on_spark(data: str, out: str, *, model: str, params: dict[str, Any] | None = None,
-                   num_processes: int = 2, use_gpu: bool = False, index: bool = True, **read: Any) -> str:
-    """`recsys train` as a Spark job: pyspark's TorchDistributor starts `num_processes` ranks as a barrier stage
-    on the active SparkSession's executors (each launched by torchrun, rendezvous set up by Spark), every rank
-    reads the log at `data` (a path all executors see) with `read_interactions(**read)`, trains `model`
-    data-parallel as under torchrun, and rank 0 publishes the bundle under `out` (with an index unless
-    `index=False`); returns its path. Give each executor one thread per rank (spark.executorEnv.OMP_NUM_THREADS).
-
-        spark = SparkSession.builder.master("spark://head:7077").getOrCreate()
-        train_on_spark("/shared/log.parquet", "/shared/models", model="ials", user_col="user", item_col="item")
-    """
-    from pyspark.ml.torch.distributor import TorchDistributor
-
-    job = {"data": str(data), "out": str(out), "model": model, "params": dict(params or {}), "read": read,
-           "index": index}
-    return TorchDistributor(num_processes=num_processes, local_mode=False, use_gpu=use_gpu).run(_spark_rank, job)
-
-
-def _spark_rank(job: dict[str, Any]) -> str:
-    """One rank of `train_on_spark` (runs in an executor's process, under torchrun)."""
-    from .data import read_interactions
-    from .pipeline import train_and_bundle
-
-    inter = read_interactions(job["data"], **job["read"])
-    report = train_and_bundle(inter, model=job["model"], params=job["params"], out=job["out"], index=job["index"],
-                              common={"progress": False})
-    return str(report.bundle)

@@ -1,4 +1,4 @@
-"""`recsys.distributed.train_on_spark`: the torchrun job run by pyspark's TorchDistributor on a real Spark in
+"""`recsys.spark.train_on_spark`: the torchrun job run by pyspark's TorchDistributor on a real Spark in
 local mode (local[2]: two executor slots, a barrier stage of two ranks, rendezvous set up by Spark), with Java
 and pyspark as `make install` / `make services` set them up. Skipped where either is missing, except under
 `make test` (RECSYS_REQUIRE_SERVICES=1), where that fails."""
@@ -48,7 +48,7 @@ def spark():
 
 
 def test_torch_distributor_trains_what_one_process_does(spark, tmp_path):
-    from recsys.distributed import train_on_spark
+    from recsys.spark import train_on_spark
 
     ds = make_synthetic(n_users=300, n_items=200, n_factors=4, interactions_per_user=15, seed=7)
     log = tmp_path / "log.csv"
