@@ -74,15 +74,10 @@ def own_root(synthetic, tmp_path):
 @pytest.fixture(scope="session")
 def postgres():
     """One real PostgreSQL server for the session (tests/postgres_server.py)."""
-    import os
-
     from postgres_server import PostgresServer, missing_reason
+    from server_support import require_service
 
-    reason = missing_reason()
-    if reason:
-        if os.environ.get("RECSYS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"RECSYS_REQUIRE_SERVICES=1 but {reason}")
-        pytest.skip(reason)
+    require_service(missing_reason())
     with PostgresServer() as server:
         yield server
 

@@ -18,3 +18,17 @@ def count_calls(monkeypatch, obj, name: str) -> list:
     original = getattr(obj, name)
     monkeypatch.setattr(obj, name, lambda *a, **kw: calls.append(1) or original(*a, **kw))
     return calls
+
+
+def require_service(reason: str | None) -> None:
+    """Skip a test whose external service (PostgreSQL, Java for Spark) is missing, for `reason`; but fail under
+    `make test` (RECSYS_REQUIRE_SERVICES=1), where `make services` should have installed it."""
+    import os
+
+    import pytest
+
+    if reason is None:
+        return
+    if os.environ.get("RECSYS_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"RECSYS_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)

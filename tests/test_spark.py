@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from server_support import require_service
 
 from recsys.data import read_interactions
 from recsys.datasets import make_synthetic
@@ -31,11 +32,7 @@ def _missing() -> str | None:
 
 @pytest.fixture(scope="module")
 def spark():
-    reason = _missing()
-    if reason:
-        if os.environ.get("RECSYS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"RECSYS_REQUIRE_SERVICES=1 but {reason}")
-        pytest.skip(reason)
+    require_service(_missing())
     from pyspark.sql import SparkSession
 
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable

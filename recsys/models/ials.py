@@ -192,6 +192,11 @@ def _conjugate_gradient(x: torch.Tensor, gram: torch.Tensor, lam: torch.Tensor, 
         return out
 
     b = sum((ci[:, None, :] @ X)[:, 0, :] for X, ci in gathered())
+    return _cg_steps(x, b, matvec, steps)
+
+
+def _cg_steps(x: torch.Tensor, b: torch.Tensor, matvec, steps: int) -> torch.Tensor:
+    """`steps` conjugate-gradient steps on A x_r = b_r for a batch of rows (updates x in place)."""
     r = b - matvec(x)
     p = r.clone()
     rs = (r * r).sum(1)
@@ -233,19 +238,7 @@ def _conjugate_gradient_sparse(fixed: torch.Tensor, indptr: np.ndarray, indices:
             scores = torch.sparse.sampled_addmm(weights, p, fixed_t, beta=0.0).values()  # x_j . p per stored pair
             return torch.addmm(lam_t * p, p, gram) + csr(c * scores) @ fixed
 
-        x = current.clone()
-        r = weights @ fixed - matvec(x)
-        p = r.clone()
-        rs = (r * r).sum(1)
-        for _ in range(steps):
-            Ap = matvec(p)
-            denom = (p * Ap).sum(1)
-            a = torch.where(denom > 0, rs / torch.where(denom > 0, denom, 1), 0)
-            x += a[:, None] * p
-            r -= a[:, None] * Ap
-            rs_new = (r * r).sum(1)
-            p = r + torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, 1), 0)[:, None] * p
-            rs = rs_new
+        x = _cg_steps(current.clone(), weights @ fixed, matvec, steps)
     x[torch.as_tensor(np.diff(indptr) == 0, device=device)] = 0
     return x
 
