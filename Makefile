@@ -33,10 +33,14 @@ demo: install
 # What the tests start themselves: Debian's PostgreSQL (feedback shared by two service instances) and a Java
 # runtime (Spark in local mode). Installed when missing (needs root and apt, as on CI); under make test the
 # tests that need them fail, not skip, if they are absent.
-DEBS = $(if $(wildcard /usr/lib/postgresql/*/bin/pg_ctl),,postgresql) $(if $(shell command -v java),,default-jre-headless)
+# pyspark 4 needs Java 17 or newer.
+JAVA_MAJOR = $(shell java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+DEBS = $(if $(wildcard /usr/lib/postgresql/*/bin/pg_ctl),,postgresql) \
+	$(if $(shell test "0$(JAVA_MAJOR)" -ge 17 && echo ok),,openjdk-17-jre-headless)
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 services:
-	@test -z "$(strip $(DEBS))" || (apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS))
+	@test -z "$(strip $(DEBS))" || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBS))
 
 test: install services
 	RECSYS_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q

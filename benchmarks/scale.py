@@ -65,14 +65,14 @@ def side(name: str, path: Path, factors: int, iterations: int) -> dict:
     def timed(phase: str, fn):
         t0 = time.perf_counter()
         out = fn()
-        phases[phase] = round(time.perf_counter() - t0, 2)
+        phases[phase] = round(max(time.perf_counter() - t0, 1e-3), 3)
         return out
 
     inter = timed("read", lambda: read_interactions(path, user_col="user", item_col="item", weight_col="rating",
                                                     time_col="timestamp"))
     t0 = time.perf_counter()
     train, test = holdout(inter, 0.2, 0)
-    phases["split"] = round(time.perf_counter() - t0, 2)
+    phases["split"] = round(time.perf_counter() - t0, 3)
     del inter  # only the two parts from here on
     if name == "recsys":
         from recsys.models import IALS

@@ -263,13 +263,14 @@ def cmd_recommend_all(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
+    schema = pa.schema([("user", pa.string()), ("item", pa.string()), ("rank", pa.int32()), ("score", pa.float32())])
     rows, writer, n_users = 0, None, len(engine.users)
     batches = engine.recommend_batches(args.k, exclude_seen=not args.include_seen, batch_size=args.batch_users)
     try:
         with tqdm(total=n_users, unit="user", desc="recommend-all", disable=args.quiet) as bar:
             for frame in batches:  # streamed: one batch of users in memory at a time
-                table = pa.Table.from_pandas(frame, preserve_index=False)
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)  # also an empty batch
+                writer = writer or pq.ParquetWriter(tmp, schema)
                 writer.write_table(table)
                 rows += len(frame)
                 bar.update(min(args.batch_users, n_users - bar.n))

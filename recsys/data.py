@@ -187,6 +187,9 @@ def _id_codes(ids: object) -> tuple[np.ndarray, np.ndarray]:
     series = ids if isinstance(ids, pd.Series) and isinstance(ids.dtype, pd.StringDtype) else \
         pd.Series(np.asarray(ids, dtype=object)).map(str).astype(_string_dtype())
     codes, uniques = pd.factorize(series, sort=True)
+    if len(codes) and codes.min() < 0:
+        raise DataValidationError(f"{int((codes < 0).sum())} id(s) are missing: every row needs a user id and an "
+                                  "item id (read_interactions names the rows).")
     return codes, np.asarray(uniques, dtype=object)
 
 
@@ -313,6 +316,9 @@ def from_arrays(users: np.ndarray | pd.Series, items: np.ndarray | pd.Series, we
     warning says so). duplicates='last' breaks ties in time by a random draw seeded by `seed`.
     """
     _check_catalog(catalog, item_metadata)
+    if duplicates not in DUPLICATE_POLICIES:
+        raise DataValidationError(f"The 'duplicates' parameter must be one of {DUPLICATE_POLICIES}. "
+                                  f"Got {duplicates!r}.")
     if timestamp is not None and len(timestamp) > 1 and np.all(np.asarray(timestamp) == timestamp[0]):
         log.warning("Every timestamp in the log is the same (%s): they carry no order, so the log is treated "
                     "as untimed (random holdout instead of the latest interactions).", timestamp[0])

@@ -12,7 +12,7 @@ every rank ends with the same fitted model:
 * Early stopping and time bounds are decided once, by rank 0, and broadcast, so no rank waits on a
   collective that the others skipped. Only rank 0 writes bundles (`is_main`).
 
-Launch on one machine (gloo on CPU; nccl when every rank has a GPU):
+Launch on one machine (gloo for CPU tensors; nccl for GPU ones where every rank has a GPU):
 
     torchrun --standalone --nproc_per_node=2 -m recsys.cli train --data log.csv --model ials --out models
 
@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 log = logging.getLogger("recsys")
 
-__all__ = ["active", "agree", "all_gather_rows", "broadcast_float", "init", "is_main", "part", "rank", "shards",
+__all__ = ["active", "agree", "all_gather_rows", "broadcast_float", "check_same", "init", "is_main", "part", "rank", "shards",
            "world_size"]
 
 
@@ -61,24 +61,39 @@ def is_main() -> bool:
 
 def init(backend: str = "auto") -> bool:
     """Join the process group that `torchrun` describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...);
-    a no-op outside one, or when already joined. backend 'auto': nccl when CUDA is available, else gloo.
-    Returns whether this process is now one rank of several."""
+    a no-op outside one, or when already joined. backend 'auto': gloo for CPU tensors, and nccl for CUDA
+    tensors when this rank has a GPU of its own (LOCAL_RANK < the GPUs it sees), so a model on the CPU trains
+    on a GPU host too. Returns whether this process is now one rank of several."""
     if active() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return active()
     if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+        backend = "cpu:gloo,cuda:nccl" if _own_gpu() else "gloo"
+    if "nccl" in backend:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     log.info("recsys.distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return active()
 
 
+def _own_gpu() -> bool:
+    return torch.cuda.is_available() and int(os.environ.get("LOCAL_RANK", "0")) < torch.cuda.device_count()
+
+
 def device_for(device: torch.device) -> torch.device:
-    """Under nccl each rank uses its own GPU (LOCAL_RANK)."""
+    """Under torch.distributed each rank uses its own GPU (LOCAL_RANK), and the CPU when it has none."""
     if active() and device.type == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if _own_gpu() else torch.device("cpu")
     return device
+
+
+def check_same(name: str, values: tuple[int, ...]) -> None:
+    """Raise unless every rank holds the same `values` (e.g. the shape of the data each rank read)."""
+    mine = torch.tensor(values, dtype=torch.int64)
+    everyone = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(everyone, mine)
+    if any(not torch.equal(other, mine) for other in everyone):
+        raise RuntimeError(f"The ranks read different {name}: {[tuple(t.tolist()) for t in everyone]}. Every "
+                           "rank must read the same log (a shared file that does not change during the job).")
 
 
 def shards(indptr: np.ndarray, n_shards: int) -> np.ndarray:
@@ -103,9 +118,7 @@ def all_gather_rows(local: torch.Tensor, bounds: np.ndarray) -> torch.Tensor:
 
 def broadcast_float(value: float | None) -> float:
     """Rank 0's value on every rank."""
-    tensor = torch.tensor([value if value is not None else 0.0], dtype=torch.float64)
-    if dist.get_backend() == "nccl":  # nccl moves only GPU tensors
-        tensor = tensor.cuda()
+    tensor = torch.tensor([value if value is not None else 0.0], dtype=torch.float64)  # CPU: gloo carries it
     dist.broadcast(tensor, 0)
     return float(tensor[0])
 

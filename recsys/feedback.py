@@ -86,8 +86,10 @@ class FeedbackStore:
             for row in rows:
                 if insert is not None:
                     stmt = insert(events).values(**row).on_conflict_do_nothing(index_elements=["event_id"])
-                    # the ids it inserted: rowcount is -1 for this statement under psycopg
-                    stored += len(conn.execute(stmt.returning(events.c.id)).all())
+                    if self.engine.dialect.insert_returning:  # rowcount is -1 here under psycopg
+                        stored += len(conn.execute(stmt.returning(events.c.id)).all())
+                    else:  # SQLite before 3.35
+                        stored += conn.execute(stmt).rowcount
                 else:  # other databases: check first (the unique constraint still guards duplicates)
                     dup = row["event_id"] is not None and conn.execute(
                         sa.select(events.c.id).where(events.c.event_id == row["event_id"])).first()

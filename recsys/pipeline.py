@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from .bundle import new_version_path, publish
@@ -101,7 +102,7 @@ def _join_torchrun(model: str, tune_budget: float | None) -> bool:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return True
-    if model == "auto" or tune_budget is not None:
+    if model not in ("ials", "mf") or tune_budget is not None:
         raise DataValidationError(
             f"Under torchrun (WORLD_SIZE={world}) `recsys train` trains one named model with fixed parameters: "
             f"got model={model!r}{' with --tune' if tune_budget is not None else ''}. Pass --model ials or mf "
@@ -110,6 +111,14 @@ def _join_torchrun(model: str, tune_budget: float | None) -> bool:
 
     distributed.init()
     return distributed.is_main()
+
+
+def _same_data_on_every_rank(inter: Interactions) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from . import distributed
+
+        distributed.check_same("logs (users, items, pairs, weight sum)",
+                               (inter.n_users, inter.n_items, inter.nnz, int(inter.weight.sum(dtype=np.float64))))
 
 
 def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str, Any] | None = None,
@@ -126,6 +135,7 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     start = time.perf_counter()
     common = dict(common or {})
     main = _join_torchrun(model, tune_budget)
+    _same_data_on_every_rank(inter)
     with phase("splitting"):
         split = split_facts(inter, test_fraction, seed)
         train, test = holdout(inter, test_fraction, seed)

@@ -37,6 +37,7 @@ def fit_all() -> dict[str, np.ndarray]:
         out[f"{case}/items"] = model.exported_.item_vectors
         out[f"{case}/users"] = model.exported_.user_vectors
         out[f"{case}/best_epoch"] = np.array(model.exported_.extra["best_epoch"])
+        out[f"{case}/rows_share"] = np.array(model.exported_.extra["rows_share"])  # of the rows it computed
     return out
 
 

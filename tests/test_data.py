@@ -628,3 +628,14 @@ def test_catalog_parameter_errors() -> None:
         read_interactions(raw_log(), catalog="metadata", **COLS)
     with pytest.raises(DataValidationError, match="'item' column"):
         from_arrays(np.array(["a"]), np.array(["x"]), catalog="metadata", item_metadata=pd.DataFrame({"t": [1]}))
+
+
+def test_from_arrays_refuses_missing_ids_and_unknown_policies():
+    import pandas as pd
+
+    from recsys.data import from_arrays
+
+    with pytest.raises(DataValidationError, match="id"):
+        from_arrays(pd.Series(["u1", None], dtype="string"), np.array(["a", "b"]))
+    with pytest.raises(DataValidationError, match="'duplicates' parameter"):
+        from_arrays(np.array(["u1"]), np.array(["a"]), duplicates="mean")

@@ -47,6 +47,8 @@ def one_rank() -> dict[str, np.ndarray]:
 def test_two_processes_train_what_one_does(case, two_ranks, one_rank):
     assert int(two_ranks["world_size"]) == 2
     assert int(two_ranks[f"{case}/best_epoch"]) == int(one_rank[f"{case}/best_epoch"])
+    assert float(one_rank[f"{case}/rows_share"]) == 1.0
+    assert 0.3 < float(two_ranks[f"{case}/rows_share"]) < 0.7  # rank 0 computed about half: the work was split
     for part in ("items", "users"):
         single, parallel = one_rank[f"{case}/{part}"], two_ranks[f"{case}/{part}"]
         assert parallel.shape == single.shape
@@ -66,6 +68,30 @@ def test_recsys_train_under_torchrun_writes_one_bundle(tmp_path):
     assert load_engine(resolve(out))[1].manifest.training["world_size"] == 2
 
 
+def test_shards_balance_rows_and_pairs_and_allow_empty_ones():
+    from recsys.distributed import shards
+
+    indptr = np.concatenate([[0], np.cumsum([100, 1, 1, 1, 1, 1])])
+    bounds = shards(indptr, 2)
+    assert bounds[0] == 0 and bounds[-1] == 6 and 1 <= bounds[1] <= 2  # the long row alone weighs half
+    assert list(shards(np.array([0, 3]), 4)) in ([0, 0, 1, 1, 1], [0, 1, 1, 1, 1], [0, 0, 0, 1, 1],
+                                                 [0, 0, 0, 0, 1])  # more ranks than rows: empty blocks
+    assert np.all(np.diff(shards(indptr, 4)) >= 0)
+
+
+def test_an_empty_block_solves_to_nothing():
+    import scipy.sparse as sp
+    import torch
+
+    from recsys.models.ials import solve_rows
+
+    empty = sp.csr_matrix((0, 5), dtype=np.float32)
+    for solver in ("cg", "cholesky"):
+        out = solve_rows(torch.ones(5, 3), empty.indptr, empty.indices, empty.data, reg=0.1, reg_exponent=1.0,
+                         unobserved_weight=0.1, solver=solver, current=torch.zeros(0, 3))
+        assert out.shape == (0, 3)
+
+
 def test_tuning_under_torchrun_is_refused_with_the_way_out(monkeypatch):
     from recsys.pipeline import _join_torchrun
 
@@ -74,3 +100,5 @@ def test_tuning_under_torchrun_is_refused_with_the_way_out(monkeypatch):
         _join_torchrun("auto", None)
     with pytest.raises(DataValidationError, match="with --tune"):
         _join_torchrun("ials", 60.0)
+    with pytest.raises(DataValidationError, match="--model ials or mf"):
+        _join_torchrun("two_tower", None)

@@ -5,7 +5,9 @@ and pyspark as `make install` / `make services` set them up. Skipped where eithe
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -25,8 +27,14 @@ def _missing() -> str | None:
         import pyspark  # noqa: F401
     except ImportError:
         return "pyspark is not installed (the `spark` extra: pip install -e '.[spark]')"
-    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
-        return "no Java runtime (`make services` installs Debian's default-jre-headless)"
+    java = shutil.which("java") or (os.environ.get("JAVA_HOME", "") + "/bin/java")
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False, timeout=30).stderr
+    except OSError:
+        return "no Java runtime (`make services` installs Debian's openjdk-17-jre-headless)"
+    version = re.search(r'version "(\d+)', out)
+    if not version or int(version.group(1)) < 17:
+        return f"pyspark 4 needs Java 17 or newer; found {out.splitlines()[:1]}"
     return None
 
 

@@ -372,7 +372,9 @@ class IALS(Recommender):
             items = torch.as_tensor(exported.item_vectors, device=device)
             exported.user_vectors = user_rows.solve(items, **hyper).cpu().numpy()
         result.seconds += time.perf_counter() - start
-        exported.extra = result.facts(device=str(device), world_size=distributed.world_size())
+        share = (item_rows.stop - item_rows.start + user_rows.stop - user_rows.start) / (train.n_items + train.n_users)
+        exported.extra = result.facts(device=str(device), world_size=distributed.world_size(),
+                                      rows_share=round(share, 4))  # of the rows this process solved
         return exported
 
     def _foldin(self) -> FoldIn:

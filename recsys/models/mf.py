@@ -81,6 +81,7 @@ class MF(Recommender):
         foldin = FoldIn("ridge", reg=self.foldin_reg)
         seen = train.matrix(binary=True)
         seen_counts = torch.as_tensor(np.diff(seen.indptr))
+        rows = {"mine": 0, "global": 0}  # of the global batches' rows, how many this process computed
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, int, float]]:
             """(this rank's users, their targets, the global batch's size, the loss's global denominator): every
@@ -90,13 +91,15 @@ class MF(Recommender):
                 for start in range(0, len(order), self.user_batch_size):
                     u = order[start:start + self.user_batch_size]
                     mine = u[distributed.part(len(u))]
-                    rows = torch.as_tensor(seen[mine.numpy()].toarray())
-                    yield mine.to(device), rows.to(device), len(u), float(seen_counts[u].sum())
+                    rows["mine"], rows["global"] = rows["mine"] + len(mine), rows["global"] + len(u)
+                    targets = torch.as_tensor(seen[mine.numpy()].toarray())
+                    yield mine.to(device), targets.to(device), len(u), float(seen_counts[u].sum())
             else:
                 order = torch.randperm(len(u_all), generator=gen)
                 for start in range(0, len(order), self.batch_size):
                     idx = order[start:start + self.batch_size]
                     mine = idx[distributed.part(len(idx))]
+                    rows["mine"], rows["global"] = rows["mine"] + len(mine), rows["global"] + len(idx)
                     yield u_all[mine].to(device), i_all[mine].to(device), len(idx), float(len(idx))
 
         def run_epoch(epoch: int) -> float:
@@ -115,7 +118,8 @@ class MF(Recommender):
                                                                       self.seed)),
                           patience=self.patience, progress=self.progress, desc=f"MF({self.loss})", max_seconds=self.max_seconds)
         exported = result.best_state
-        exported.extra = result.facts(device=str(device), world_size=distributed.world_size())
+        exported.extra = result.facts(device=str(device), world_size=distributed.world_size(),
+                                      rows_share=round(rows["mine"] / max(rows["global"], 1), 4))
         return exported
 
     def _batch_loss(self, U: torch.Tensor, V: torch.Tensor, b: torch.Tensor, u: torch.Tensor, i: torch.Tensor,
