@@ -107,7 +107,12 @@ def run(scale: float, iterations: int, factors: int, seed: int, keep: Path | Non
     interactions = round(ML20M["interactions"] * scale)
     with tempfile.TemporaryDirectory(prefix="recsys-scale-") as tmp:
         path = keep or Path(tmp) / "log.parquet"
-        made = generate(path, users, items, interactions, seed) if not path.exists() else {"rows": None}
+        if path.exists():  # a log kept from an earlier run (--keep-log): its size from the Parquet footer
+            import pyarrow.parquet as pq
+
+            made = {"rows": pq.ParquetFile(path).metadata.num_rows, "seconds": None}
+        else:
+            made = generate(path, users, items, interactions, seed)
         result = {"scale": scale, "users": users, "items": items, "rows": made["rows"], "iterations": iterations,
                   "factors": factors, "generate_s": made.get("seconds"), "cores": os.cpu_count(), "sides": {}}
         for name in ("recsys", "implicit"):
