@@ -23,10 +23,19 @@ TOLERANCE = 1e-4
 
 
 def _torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Two processes under torchrun. A failed launch is tried once more (one run of the suite once saw the
+    launch fail and could not repeat it); a real failure fails twice, and the first failure's end is kept."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", *args], env=env, cwd=HERE.parent,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    first = None
+    for _ in range(2):
+        run = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", *args], env=env, cwd=HERE.parent,
+                             capture_output=True, text=True, timeout=timeout, check=False)
+        if run.returncode == 0:
+            return run
+        first = first or run.stderr[-2000:]
+    run.stderr = f"first try:\n{first}\nsecond try:\n{run.stderr}"
+    return run
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from recsys.data import Interactions, from_arrays, temporal_split
 from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
 from recsys.models import Popularity
-from recsys.models.ials import IALS, confidence, solve_rows
+from recsys.models.ials import IALS, confidence, objective, solve_rows
 
 
 def fast_ials(**overrides) -> IALS:
@@ -272,3 +272,14 @@ def test_pipeline_trains_and_bundles_ials_with_early_stopping(synthetic, tmp_pat
     row = synthetic.matrix()[0]
     np.testing.assert_allclose(model.engine_.fold_in(row.indices, row.data), model.user_vectors_[0],
                                rtol=2e-3, atol=1e-4)
+
+
+def test_objective_by_sparse_product_equals_the_gathered_one(tiny):
+    m = tiny.matrix()
+    coo = m.tocoo()
+    rng = np.random.default_rng(3)
+    W = torch.as_tensor(rng.normal(size=(m.shape[0], 5)).astype(np.float32))
+    H = torch.as_tensor(rng.normal(size=(m.shape[1], 5)).astype(np.float32))
+    hyper = {"reg": 0.1, "reg_exponent": 0.5, "unobserved_weight": 0.2}
+    gathered = objective(W, H, coo.row, coo.col, coo.data, **hyper)
+    assert objective(W, H, coo.row, coo.col, coo.data, indptr=m.indptr, **hyper) == pytest.approx(gathered, rel=1e-5)

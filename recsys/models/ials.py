@@ -243,6 +243,17 @@ def _conjugate_gradient_sparse(fixed: torch.Tensor, indptr: np.ndarray, indices:
     return x
 
 
+def _csr(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, shape: tuple[int, int],
+         device: torch.device) -> torch.Tensor:
+    """A torch CSR tensor (int32 indices where they fit: its products measured ~15% faster)."""
+    index = torch.int32 if len(indices) < 2**31 else torch.int64
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(torch.as_tensor(indptr, device=device, dtype=index),
+                                       torch.as_tensor(indices, device=device, dtype=index),
+                                       torch.as_tensor(values, device=device), size=shape, check_invariants=False)
+
+
 def _padded(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, rows: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray]:
     """The rows' column indices and confidences as (len(rows), longest) arrays, padded with index 0 and c = 0."""
@@ -256,16 +267,29 @@ def _padded(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, rows: np.
 
 
 def objective(W: torch.Tensor, H: torch.Tensor, user_index: np.ndarray, item_index: np.ndarray, conf: np.ndarray,
-              *, reg: float, reg_exponent: float, unobserved_weight: float, chunk_bytes: int = CPU_CHUNK_BYTES) -> float:
-    """The iALS loss (module docstring) of user vectors W and item vectors H, in O(nnz k + (n_users + n_items) k^2)."""
+              *, reg: float, reg_exponent: float, unobserved_weight: float, chunk_bytes: int = CPU_CHUNK_BYTES,
+              indptr: np.ndarray | None = None) -> float:
+    """The iALS loss (module docstring) of user vectors W and item vectors H, in O(nnz k + (n_users + n_items) k^2).
+
+    indptr: the CSR row pointer of the pairs when they are in CSR order (sorted by user): the observed term is
+    then one sampled dense-dense product (as fast as a CG step; the chunked gathers cost as much as a
+    half-step)."""
     device, k = W.device, W.shape[1]
-    step = max(1, chunk_bytes // (8 * k))
     observed = 0.0
-    for s in range(0, len(user_index), step):
-        u = torch.as_tensor(user_index[s:s + step], device=device, dtype=torch.long)
-        i = torch.as_tensor(item_index[s:s + step], device=device, dtype=torch.long)
-        c = torch.as_tensor(conf[s:s + step], device=device, dtype=W.dtype)
-        observed += float((c * ((W[u] * H[i]).sum(1) - 1) ** 2).sum(dtype=torch.float64))
+    if indptr is not None and device.type != "mps":
+        pattern = _csr(indptr, item_index, np.ones(len(item_index), np.float32), (len(W), len(H)), device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            scores = torch.sparse.sampled_addmm(pattern, W, H.T, beta=0.0).values()
+        c = torch.as_tensor(conf, device=device, dtype=W.dtype)
+        observed = float((c * (scores - 1) ** 2).sum(dtype=torch.float64))
+    else:
+        step = max(1, chunk_bytes // (8 * k))
+        for s in range(0, len(user_index), step):
+            u = torch.as_tensor(user_index[s:s + step], device=device, dtype=torch.long)
+            i = torch.as_tensor(item_index[s:s + step], device=device, dtype=torch.long)
+            c = torch.as_tensor(conf[s:s + step], device=device, dtype=W.dtype)
+            observed += float((c * ((W[u] * H[i]).sum(1) - 1) ** 2).sum(dtype=torch.float64))
     everything = unobserved_weight * float(((W.T @ W) * (H.T @ H)).sum(dtype=torch.float64))
     n_u = np.bincount(user_index, minlength=len(W))
     n_i = np.bincount(item_index, minlength=len(H))
@@ -357,7 +381,7 @@ class IALS(Recommender):
             nonlocal W, H
             H = item_rows.solve(W, current=H, **solve)
             W = user_rows.solve(H, current=W, **solve)
-            return objective(W, H, coo.row, coo.col, coo.data, **hyper) / by_user.nnz
+            return objective(W, H, coo.row, coo.col, coo.data, indptr=by_user.indptr, **hyper) / by_user.nnz
 
         def snapshot() -> Exported:
             return Exported(H.cpu().numpy().copy(), W.cpu().numpy().copy(), foldin=self._foldin())
