@@ -96,7 +96,7 @@ def phase(name: str) -> Iterator[None]:
     progress.info("%s: done in %.1f s", name, time.perf_counter() - start)
 
 
-def _join_torchrun(model: str, tune_budget: float | None) -> bool:
+def _join_torchrun(model: str, tune_budget: float | None, inter: Interactions | None = None) -> bool:
     """Under torchrun (WORLD_SIZE > 1) join the process group (`recsys.distributed`); whether this process
     writes the bundle (rank 0, or a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -110,15 +110,10 @@ def _join_torchrun(model: str, tune_budget: float | None) -> bool:
     from . import distributed
 
     distributed.init()
-    return distributed.is_main()
-
-
-def _same_data_on_every_rank(inter: Interactions) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from . import distributed
-
+    if inter is not None:  # every rank must have read the same log
         distributed.check_same("logs (users, items, pairs, weight sum)",
                                (inter.n_users, inter.n_items, inter.nnz, int(inter.weight.sum(dtype=np.float64))))
+    return distributed.is_main()
 
 
 def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str, Any] | None = None,
@@ -134,8 +129,7 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     """
     start = time.perf_counter()
     common = dict(common or {})
-    main = _join_torchrun(model, tune_budget)
-    _same_data_on_every_rank(inter)
+    main = _join_torchrun(model, tune_budget, inter)
     with phase("splitting"):
         split = split_facts(inter, test_fraction, seed)
         train, test = holdout(inter, test_fraction, seed)
