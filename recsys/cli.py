@@ -320,7 +320,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = resolve(args.bundle)
     verify(path)  # refuse a corrupt bundle before starting anything
     env = {**os.environ, "RECSYS_BUNDLE": str(Path(args.bundle).resolve()),
-           "RECSYS_BIND": f"{args.host}:{args.port}", "RECSYS_WORKERS": str(args.workers)}
+           "RECSYS_BIND": f"{args.host}:{args.port}"}
+    if args.workers is not None:
+        env["RECSYS_WORKERS"] = str(args.workers)
     root = Path(__file__).resolve().parents[1]
     if args.dev:
         argv = [sys.executable, "-m", "flask", "--app", "server:create_app()", "run", "--host", args.host,
@@ -457,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_arg(v)
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--workers", type=_positive_int, default=2)
+    v.add_argument("--workers", type=_positive_int, default=None,
+                   help="gunicorn worker processes (default: two per CPU, server/gunicorn.conf.py)")
     v.add_argument("--dev", action="store_true", help="Flask's development server (one process, reloads)")
     v.set_defaults(func=cmd_serve)
 

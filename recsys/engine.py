@@ -7,6 +7,7 @@ user-to-user similarity use cosine (or dot, for models whose vectors carry no di
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def _topk_by_threshold(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndar
     cols = np.minimum(cols, n_cols - 1)
     values = np.where(inside, scores[rows[:, None], cols], -np.inf)
     keep = values >= bound[rows][:, None]
-    rows, cols, values = np.broadcast_to(rows[:, None], cols.shape)[keep], cols[keep], values[keep]
+    rows, cols, values = np.repeat(rows, keep.sum(axis=1)), cols[keep], values[keep]  # (row-major, as keep)
     order = np.lexsort((cols, -values, rows))  # by row, best first, ties by column
     rows, cols, values = rows[order], cols[order], values[order]
     starts = np.searchsorted(rows, np.arange(n_rows))
@@ -120,6 +121,7 @@ class Recommendation:
     item_ids: np.ndarray  # external ids (str), object dtype
     scores: np.ndarray    # float32, best first
     fallback: bool
+    item_index: np.ndarray | None = None  # the items' indices in the engine, when it made the answer
 
 
 class Engine:
@@ -216,6 +218,29 @@ class Engine:
         exact_ms = (stats["exact_ms"] if n_queries == 1 else stats["exact_batch_ms"]) * share
         return stats["recall"] >= stats["target_recall"] and stats["ann_ms"] / max(share, 1e-9) < exact_ms
 
+    def calibrate(self, n_queries: int = 50, k: int = 10, seed: int = 0) -> dict[str, dict]:
+        """Re-measure, here, what `mode='auto'` decides by: per index, ms per single-query answer through the
+        index and by exact scoring, as requests ask them ('ip': a sampled training user, their seen items
+        excluded; 'angular': a sampled item, itself excluded), `n_queries` of each. The bundle's figures were
+        taken where and while it was built (another machine, other load, other threads); the service calls
+        this once when it loads a model, before it serves (the engine's `mode` is switched while measuring).
+        Returns the updated `index_stats`."""
+        rng = np.random.default_rng(seed)
+        for metric in self.indexes:
+            stats = self.index_stats.get(metric)
+            if not stats:
+                continue
+            if metric == "ip":
+                rows = rng.choice(len(self.users), min(n_queries, len(self.users)), replace=False)
+                ask = functools.partial(self.recommend_indices, k=k)
+            else:
+                rows = rng.choice(self.n_items, min(n_queries, self.n_items), replace=False)
+                ask = functools.partial(self.similar_item_indices, k=k)
+            for key, mode in (("exact_ms", "exact"), ("ann_ms", "ann")):
+                stats[key] = round(_ms_per_query(ask, rows, self, mode), 4)
+            stats["calibrated"] = True
+        return self.index_stats
+
     def _index_search(self, index: AnnIndex, vectors: np.ndarray, queries: np.ndarray, k: int,
                       exclude: Sequence[np.ndarray] | sp.csr_matrix | None, allow: np.ndarray | None
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +277,12 @@ class Engine:
     def _exact_search(self, vectors: np.ndarray, queries: np.ndarray, k: int,
                       exclude: Sequence[np.ndarray] | sp.csr_matrix | None, allow: np.ndarray | None
                       ) -> tuple[np.ndarray, np.ndarray]:
+        if len(queries) == 1 and allow is None:  # one user, no allow-list: every serving request
+            scores = (vectors @ queries[0])[None, :]
+            if exclude is not None:
+                excluded = exclude.indices[exclude.indptr[0]:exclude.indptr[1]] if sp.issparse(exclude) else exclude[0]
+                scores[0, excluded] = -np.inf
+            return topk(scores, k)
         out_idx = np.empty((len(queries), k), np.int64)
         out_val = np.empty((len(queries), k), np.float32)
         position = None
@@ -406,26 +437,33 @@ class Engine:
 
     def titles(self, item_ids: np.ndarray) -> np.ndarray | None:
         """Titles for external item ids (None where unknown), if the bundle has item metadata."""
+        return self._titles_at(self.items.to_index(np.ravel(item_ids), missing="ignore"), np.shape(item_ids))
+
+    def _titles_at(self, idx: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
         if self.item_metadata is None or "title" not in self.item_metadata:
             return None
         if self._titles is None:  # built once: per-request conversion of the column was a hot spot
             titles = self.item_metadata["title"].to_numpy(dtype=object).copy()
             titles[pd.isna(titles)] = None
             self._titles = titles
-        idx = self.items.to_index(np.ravel(item_ids), missing="ignore")
         out = self._titles[np.maximum(idx, 0)]
         out[idx < 0] = None
-        return out.reshape(np.shape(item_ids))
+        return out.reshape(shape)
 
-    def scored_items(self, item_ids: np.ndarray, scores: np.ndarray) -> list[dict[str, object]]:
+    def scored_items(self, item_ids: np.ndarray, scores: np.ndarray, item_index: np.ndarray | None = None
+                     ) -> list[dict[str, object]]:
         """[{"id", "score", "title"}, ...] for item ids best first and their scores, None ids (the padding of a
-        short answer) left out: the item list the service answers and `recsys recommend --json` prints."""
+        short answer) left out: the item list the service answers and `recsys recommend --json` prints.
+        item_index: the items' indices, when known (`Recommendation.item_index`): titles without a look-up."""
         item_ids = np.asarray(item_ids, dtype=object)
-        valid = np.not_equal(item_ids, None)
-        item_ids, scores = item_ids[valid], np.asarray(scores)[valid]
-        titles = self.titles(item_ids)
-        return [{"id": str(i), "score": float(sc), "title": None if titles is None else titles[n]}
-                for n, (i, sc) in enumerate(zip(item_ids, scores))]
+        if item_index is None:
+            valid = np.not_equal(item_ids, None)
+            item_ids, scores = item_ids[valid], np.asarray(scores)[valid]
+            titles = self.titles(item_ids)
+        else:
+            titles = self._titles_at(np.asarray(item_index), np.shape(item_ids))
+        return [{"id": str(i), "score": float(sc), "title": None if titles is None or titles[n] is None else
+                 str(titles[n])} for n, (i, sc) in enumerate(zip(item_ids, scores))]
 
     # ------------------------------------------------------------------------ one user's answer (serving)
     def recommend_user(self, user: object | None, k: int = 10, *, offset: int = 0, exclude: Iterable[object] = (),
@@ -477,7 +515,7 @@ class Engine:
         _check_k(k)
         _check_offset(offset)
         n = k + offset
-        deny = self.items.to_index(exclude, missing="ignore")
+        deny = self.items.to_index(exclude, missing="ignore") if exclude else np.empty(0, np.int64)
         deny = deny[deny >= 0]
         allow = self.allowed_items(None, filters)
         found = None
@@ -485,13 +523,14 @@ class Engine:
             found = self._folded_in(user, history or (), n, deny, allow, include_seen)
         elif user in self.users:
             idx, val = self.recommend_indices(np.array([self.users.index(user, "user")]), n,
-                                              exclude_seen=not include_seen, allow=allow, deny=deny)
+                                              exclude_seen=not include_seen, allow=allow,
+                                              deny=deny if len(deny) else None)
             found = idx[0], val[0]
         fallback = found is None
         idx, val = self._popular_indices(n, deny, allow) if fallback else found
         valid = idx >= 0
         idx, val = idx[valid][offset:], val[valid][offset:]
-        return Recommendation(user, self.items.ids[idx], val, fallback)
+        return Recommendation(user, self.items.ids[idx], val, fallback, idx)
 
     def _folded_in(self, user: object | None, history: Sequence[tuple[object, float]], n: int, deny: np.ndarray,
                    allow: np.ndarray | None, include_seen: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -562,6 +601,20 @@ class Engine:
             elif not _is_missing(value):
                 record[column] = value
         return record
+
+
+def _ms_per_query(ask, rows: np.ndarray, engine: Engine, mode: str) -> float:
+    """Milliseconds per call of `ask(np.array([row]))` with `engine.mode` set to `mode`, over `rows` after one
+    warm-up call."""
+    previous, engine.mode = engine.mode, mode
+    try:
+        ask(rows[:1])
+        start = time.perf_counter()
+        for r in range(len(rows)):
+            ask(rows[r:r + 1])
+        return (time.perf_counter() - start) / len(rows) * 1000
+    finally:
+        engine.mode = previous
 
 
 def _check_k(k: int) -> None:

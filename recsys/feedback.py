@@ -10,7 +10,8 @@ whenever any other connection, in any process, commits to the file (a few micros
 it reads only the rows added since the last look (event ids grow with every commit: SQLite has one writer at
 a time and the log is append-only) and forgets the users they name, so a new event changes that user's
 recommendations at once in every gunicorn worker. Other databases (e.g. PostgreSQL, whose sequence values are not assigned in
-commit order), and in-memory SQLite, are always queried.
+commit order), and in-memory SQLite, are always queried. A SQLite file is read through one plain `sqlite3`
+connection per thread (SQLAlchemy's connection checkout and result objects cost several times the query).
 """
 from __future__ import annotations
 
@@ -52,6 +53,29 @@ class Event:
     event_id: str | None = None
 
 
+HISTORY_SQL = "SELECT item_id, weight FROM feedback_events WHERE user_id = ? ORDER BY ts, id"
+
+
+class _Readers:
+    """One autocommit `sqlite3` connection per thread and process for reading a SQLite file (each query sees
+    every commit before it). A connection inherited across fork is never used or closed in the child
+    (SQLite's rule): the child opens its own."""
+
+    def __init__(self, database: str):
+        self.database = database
+        self._local = threading.local()
+        self._inherited: list[sqlite3.Connection] = []
+
+    def get(self) -> sqlite3.Connection:
+        local, pid = self._local, os.getpid()
+        if getattr(local, "pid", None) != pid:
+            if getattr(local, "connection", None) is not None:
+                self._inherited.append(local.connection)
+            local.connection = sqlite3.connect(self.database, timeout=30, isolation_level=None)
+            local.pid = pid
+        return local.connection
+
+
 class FeedbackStore:
     """Append-only event log. `url` is a SQLAlchemy database URL (default: a SQLite file).
 
@@ -67,10 +91,10 @@ class FeedbackStore:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_durable)
         _create_schema(self.engine)
-        self._history_sql = sa.text("SELECT item_id, weight FROM feedback_events WHERE user_id = :user "
-                                    "ORDER BY ts, id")
-        self._memory = _NoHistory(no_history_cache, self.engine.url.database) \
-            if no_history_cache > 0 and _is_sqlite_file(self.engine) else None
+        self._history_sql = sa.text(HISTORY_SQL.replace("?", ":user"))
+        self._readers = _Readers(self.engine.url.database) if _is_sqlite_file(self.engine) else None
+        self._memory = _NoHistory(no_history_cache, self._readers) \
+            if no_history_cache > 0 and self._readers is not None else None
 
     def add(self, batch: Iterable[Event]) -> tuple[int, int]:
         """Store events in one transaction, committed before returning; returns (stored, duplicates)."""
@@ -108,8 +132,11 @@ class FeedbackStore:
             generation = self._memory.lookup(user)
             if generation is None:
                 return []
-        with self.engine.connect() as conn:  # a fixed statement: this runs on every recommendation request
-            rows = conn.execute(self._history_sql, {"user": user}).all()
+        if self._readers is not None:  # this runs on every recommendation request
+            rows = self._readers.get().execute(HISTORY_SQL, (user,)).fetchall()
+        else:
+            with self.engine.connect() as conn:
+                rows = conn.execute(self._history_sql, {"user": user}).all()
         if not rows and generation is not None:
             self._memory.remember(user, generation)
         return [(r[0], r[1]) for r in rows]
@@ -132,14 +159,13 @@ class _NoHistory:
     """Users known to have no events in a SQLite file (bounded, least recently used out first), kept true by
     watching the file for commits from any connection."""
 
-    def __init__(self, size: int, database: str):
-        self.size, self.database = size, database
+    def __init__(self, size: int, readers: _Readers):
+        self.size, self.readers = size, readers
         self._users: OrderedDict[str, None] = OrderedDict()
         self._generation = 0  # bumped whenever users may have been forgotten: answers read before are stale
         self._last_id = 0     # the largest event id read by a catch-up in this process
         self._pid = 0         # the process this memory belongs to: it starts afresh after a fork
-        self._local = threading.local()  # per thread: its watcher connection and the data_version it saw
-        self._inherited: list[sqlite3.Connection] = []
+        self._local = threading.local()  # per thread: the data_version its connection saw last
         self._lock = threading.Lock()   # never held across a database call in the hot path
 
     def lookup(self, user: str) -> int | None:
@@ -171,12 +197,9 @@ class _NoHistory:
         was committed before it opened: a new process starts from an empty memory and the newest event id,
         a new thread's connection catches up from the last id read."""
         local, pid = self._local, os.getpid()
-        if getattr(local, "pid", None) != pid:
-            if getattr(local, "connection", None) is not None:  # inherited across fork: never used or closed
-                self._inherited.append(local.connection)        # here (SQLite's rule)
-            local.connection = sqlite3.connect(self.database, timeout=30, isolation_level=None)
-            local.pid, local.version = pid, None
-        connection = local.connection
+        connection = self.readers.get()
+        if getattr(local, "connection", None) is not connection:  # a new thread, or a new process after fork
+            local.connection, local.version = connection, None
         # read the version first: a commit landing after it changes the version again, so it is never missed
         version = connection.execute("PRAGMA data_version").fetchall()[0][0]
         if version == local.version:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 from safetensors.numpy import load_file, save_file
+from threadpoolctl import threadpool_limits
 
 from .exceptions import DataValidationError
 
@@ -252,8 +253,13 @@ def _time_per_query(fn: Callable[[], object], n: int) -> float:
 
 
 def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int = 256) -> tuple[float, float]:
-    """(ms per query one at a time, ms per query in batches of `batch`)."""
-    single = _time_per_query(lambda: [exact_topk(q[None, :], vectors, k) for q in queries], len(queries))
+    """(ms per query one at a time, ms per query in batches of `batch`). One query at a time is timed with one
+    BLAS thread, as the service runs it (one per request thread: recsys serve's gunicorn settings) and as an
+    Annoy search runs: a multi-threaded product of one row costs more in thread hand-offs than it saves, and
+    many times more on a busy machine, which would make an index look faster than it is."""
+    exact_topk(queries[:1], vectors, k)  # warm: the first product pages the vectors in
+    with threadpool_limits(limits=1, user_api="blas"):
+        single = _time_per_query(lambda: [exact_topk(q[None, :], vectors, k) for q in queries], len(queries))
     reps = np.resize(queries, (max(batch, len(queries)), queries.shape[1]))
     batched = _time_per_query(lambda: [exact_topk(reps[s:s + batch], vectors, k)
                                        for s in range(0, len(reps), batch)], len(reps))

@@ -113,11 +113,15 @@ TRIAL_DEFAULTS: dict[str, dict[str, Any]] = {"ials": {"epochs": 64, "max_val_use
 # scaling, reg 1, 32 factors (also the cheapest trial). Last, that regime with the weights as confidences
 # (c = w, as implicit uses them) and a ten times stronger penalty: tuned implicit's penalty per unit of
 # confidence (regularization / alpha) is 5-34 on six of the eight suite logs. On a log whose weights are all
-# equal the confidence parameters are not searched and this is the same regime with reg 10.
+# equal the confidence parameters are not searched and this is the same regime with reg 10. Last, the other
+# regime tuned implicit finds: a small alpha (0.08-2.2 on four of the eight logs, weights on), i.e. an unobserved
+# weight of 0.5-12 against c = w (their geometric mean ~3) and a penalty per unit of confidence of 33-65.
 START_POINTS: dict[str, tuple[dict[str, Any], ...]] = {
     "ials": ({"unobserved_weight": 0.01}, {"unobserved_weight": 0.001},
              {"unobserved_weight": 0.03, "reg_exponent": 0.0, "reg": 1.0, "factors": 32},
              {"unobserved_weight": 0.03, "reg_exponent": 0.0, "reg": 10.0, "factors": 32, "confidence": "power",
+              "alpha": 1.0},
+             {"unobserved_weight": 3.0, "reg_exponent": 0.0, "reg": 30.0, "factors": 32, "confidence": "power",
               "alpha": 1.0}),
 }
 # tune_auto and the pruner (see tune_auto's docstring)

@@ -53,7 +53,7 @@ def recommendations(m: Loaded, q: Query, history: History) -> dict:
         abort(422, message=f"k + offset must be <= {limit}. Got {q.k + q.offset}.")
     rec = m.engine.recommend_user(q.user, q.k, offset=q.offset, exclude=q.exclude, filters=_filters(q.genres),
                                   include_seen=q.include_seen, history=history)
-    return {"user": q.user, "items": m.engine.scored_items(rec.item_ids, rec.scores),
+    return {"user": q.user, "items": m.engine.scored_items(rec.item_ids, rec.scores, rec.item_index),
             "fallback": rec.fallback, "model_version": m.version}
 
 

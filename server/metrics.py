@@ -24,6 +24,10 @@ from prometheus_client import (
 REQUESTS = Counter("recsys_requests_total", "HTTP requests", ["endpoint", "method", "status"])
 LATENCY = Histogram("recsys_request_seconds", "Request latency", ["endpoint"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+# recommendation answers by what the response cache did: hit, miss (computed, then kept), bypass (a user with
+# stored feedback: always computed)
+CACHE = Counter("recsys_response_cache_total", "Recommendation answers by response-cache outcome", ["result"])
+CACHE_RESULTS = {result: CACHE.labels(result) for result in ("hit", "miss", "bypass")}
 MODEL = Gauge("recsys_model_info", "The model version being served (value 1)", ["version"],
               multiprocess_mode="livemax")
 

@@ -183,6 +183,37 @@ def test_auto_mode_follows_the_measurements(vectors, fast_index):
     assert not engine._use_index("ip", 1, len(items), None), "below the recall target: never"
 
 
+def test_calibration_replaces_the_bundles_timings_with_ones_taken_here(vectors, fast_index, monkeypatch):
+    """The bundle's figures (taken at build time, perhaps on a busy machine) say the index is 1000x faster;
+    calibrate() measures both paths here, and auto mode then follows what it measured."""
+    items, queries = vectors
+    engine = engine_with(items, queries, fast_index, mode="auto")
+    engine.index_stats = {"ip": {"recall": 0.97, "target_recall": 0.95, "ann_ms": 0.001, "exact_ms": 1.0,
+                                 "exact_batch_ms": 0.05}}
+    calls = []
+    search_one = fast_index.search_one
+    monkeypatch.setattr(fast_index, "search_one", lambda *a, **kw: calls.append(1) or search_one(*a, **kw))
+    stats = engine.calibrate(n_queries=20)["ip"]
+    assert stats["calibrated"] and len(calls) == 21, "20 timed index searches after one warm-up"
+    assert stats["exact_ms"] != 1.0 and stats["ann_ms"] != 0.001 and min(stats["ann_ms"], stats["exact_ms"]) > 0
+    assert engine._use_index("ip", 1, len(items), None) is (stats["ann_ms"] < stats["exact_ms"])
+
+
+def test_single_query_exact_timing_uses_one_blas_thread(vectors, monkeypatch):
+    """Exact one-query scoring is timed as it is served (one BLAS thread per request thread)."""
+    from threadpoolctl import threadpool_info
+
+    from recsys import index as index_module
+
+    items, queries = vectors
+    threads = []
+    exact_topk = index_module.exact_topk
+    monkeypatch.setattr(index_module, "exact_topk", lambda q, v, k: threads.append(
+        (len(q), max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))) or exact_topk(q, v, k))
+    index_module.measure_exact(queries[:5], items, 10)
+    assert {n for rows, n in threads[1:6]} == {1} and all(rows == 1 for rows, _ in threads[1:6])
+
+
 # ------------------------------------------------------------------------------------- attribute filters
 def test_attribute_filters_and_recommend_all(synthetic):
     model = Popularity().fit(synthetic)

@@ -124,3 +124,46 @@ def test_fast_path_honours_include_seen(client, synthetic):
     unseen = client.get(f"/v1/users/{user}/recommendations?k=200").get_json()["items"]
     assert seen and seen <= {i["id"] for i in every} and not seen & {i["id"] for i in unseen}
     assert len(every) == synthetic.n_items and len(unseen) == synthetic.n_items - len(seen)
+
+
+def test_answer_bytes_equal_the_schema_dump_and_cache_outcomes_are_counted(app, client, synthetic):
+    """The service serialises its answer dict directly; the bytes are those of the Recommendations schema's
+    dump (known user, unknown user's fallback, a user folded in from feedback), and every answer counts as a
+    response-cache hit, miss or bypass in /metrics."""
+    from server import schemas
+    from server.metrics import CACHE_RESULTS
+
+    before = {r: c._value.get() for r, c in CACHE_RESULTS.items()}
+    known, folded = synthetic.users.ids[1], synthetic.users.ids[4]
+    client.post("/v1/feedback", json=events((folded, synthetic.items.ids[0])), headers=AUTH)
+    for user in (known, "nobody-knows-me", folded, known):
+        response = client.get(f"/v1/users/{user}/recommendations?k=4")
+        dumped = app.json.dumps(schemas.Recommendations().dump(response.get_json())) + "\n"
+        assert response.get_data(as_text=True) == dumped
+        assert response.get_json()["fallback"] is (user == "nobody-knows-me")
+    counted = {r: c._value.get() - before[r] for r, c in CACHE_RESULTS.items()}
+    assert counted == {"hit": 1, "miss": 2, "bypass": 1}
+
+
+def test_the_service_measures_index_against_exact_when_it_loads_a_model(models_root, monkeypatch):
+    """Index or exact (mode auto) is decided by figures taken where the service runs, not where the bundle
+    was built: loading a model with an index calibrates it; mode exact, or no index, skips that."""
+    from recsys.engine import Engine
+    from server import state as state_module
+
+    calls = []
+    monkeypatch.setattr(Engine, "calibrate", lambda self: calls.append(self) or {})
+    state_module.ModelState(str(models_root), mode="auto")
+    assert calls == [], "no index: nothing to decide"
+    real = state_module.load_engine
+
+    def with_index(path, mode):
+        engine, bundle = real(path, mode=mode)
+        engine.indexes["ip"] = "an index"
+        return engine, bundle
+
+    monkeypatch.setattr(state_module, "load_engine", with_index)
+    loaded = state_module.ModelState(str(models_root), mode="auto").current
+    assert calls == [loaded.engine]
+    state_module.ModelState(str(models_root), mode="exact")
+    assert len(calls) == 1

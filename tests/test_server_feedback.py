@@ -77,10 +77,25 @@ def test_train_from_db_adds_stored_events(client, app, tmp_path, capsys):
 
 
 def _count_queries(store) -> list[str]:
+    """The statements the store sends: through SQLAlchemy, and the history look-ups of its plain sqlite3
+    readers (SQLite files; the memory's own watcher statements are not counted)."""
     import sqlalchemy as sa
+
+    from recsys.feedback import HISTORY_SQL
 
     statements: list[str] = []
     sa.event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    readers = store._readers
+    if readers is not None:
+        get = readers.get
+
+        def traced():
+            connection = get()
+            select = HISTORY_SQL.split(" WHERE")[0]  # the trace shows the statement with its value bound
+            connection.set_trace_callback(lambda sql: statements.append(sql) if sql.startswith(select) else None)
+            return connection
+
+        readers.get = traced
     return statements
 
 
