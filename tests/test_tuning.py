@@ -216,10 +216,12 @@ def test_ials_starts_from_its_defaults_then_a_sweep_of_the_unobserved_weight(syn
 
     train, _ = synthetic_split
     fixed = {"factors": 8, "epochs": 3, "progress": False, "device": "cpu"}
-    result = tuning.tune(train, "ials", n_trials=5, budget=None, fixed=fixed)
+    result = tuning.tune(train, "ials", n_trials=6, budget=None, fixed=fixed)
     weights = [t["unobserved_weight"] for t in result.trials[:3]]
     assert weights == [IALS().unobserved_weight, 0.01, 0.001]
     assert result.trials[3]["reg_exponent"] == 0.0 and result.trials[3]["reg"] == 1.0, "Hu et al.'s regime"
+    assert [(t["unobserved_weight"], t["reg"], t["confidence"]) for t in result.trials[4:6]] == \
+        [(0.03, 10.0, "power"), (3.0, 30.0, "power")], "the regime with weights as confidences, small and large alpha"
     assert all(t["reg"] == IALS().reg for t in result.trials[:3]), "only the swept parameter differs"
     fixed_weight = tuning.tune(train, "ials", n_trials=2, budget=None, fixed={**fixed, "unobserved_weight": 0.5})
     assert fixed_weight.trials[1]["reg"] != IALS().reg, "nothing to sweep: the sampler's own second trial"
