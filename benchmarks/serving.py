@@ -673,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         version = subprocess.run(["wrk", "--version"], check=False, capture_output=True, text=True,
                                  timeout=10)
         name = (version.stdout or version.stderr).splitlines()[0].split(" Copyright")[0]
-        out["loadgen_desc"] = f"{name}, {args.wrk_threads} thread(s), Lua script cycling the users"
+        walk = "cycling the users" if args.traffic == "cycle" else "walking the drawn requests"
+        out["loadgen_desc"] = f"{name}, {args.wrk_threads} thread(s), Lua script {walk}"
     else:
         out["loadgen_desc"] = "Python threads (http.client keep-alive), one per connection"
     log.info("command: %s; cpu_count %s; load generator: %s", out["command"], os.cpu_count(),

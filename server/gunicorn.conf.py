@@ -20,7 +20,7 @@ bind = os.environ.get("RECSYS_BIND", "127.0.0.1:8000")
 # Two workers per CPU, two threads each. A keep-alive client's connections stay with the worker that accepted
 # them, and with one worker per core, one worker often accepted most of them and ran alone on one core under
 # its GIL (benchmarks/serving.py: 1.1 of 2 cores busy in about one run in three, for the bare app as well);
-# with four workers on two cores no run showed that (benchmarks/README.md, "Serving: computed answers").
+# with four workers on two cores it happens less often (benchmarks/README.md, "Computed answers").
 workers = int(os.environ.get("RECSYS_WORKERS", str(2 * len(os.sched_getaffinity(0)))))
 threads = int(os.environ.get("RECSYS_THREADS", "2"))
 worker_class = "gthread"

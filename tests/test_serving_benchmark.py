@@ -1,0 +1,37 @@
+"""benchmarks/serving.py's realistic traffic (--traffic zipf): the request sequence it sends."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import serving  # noqa: E402
+
+
+def test_zipf_traffic_draws_skewed_users_and_feedback_for_them(models_root, synthetic):
+    args = argparse.Namespace(zipf_exponent=1.0, sequence=4000, feedback_share=0.05, seed=3, k=7)
+    requests, facts = serving.zipf_requests(models_root, args)
+    gets = [path for method, path, _ in requests if method == "GET"]
+    posts = [json.loads(body)["events"][0] for method, _, body in requests if method == "POST"]
+    assert len(requests) == 4000 and facts["feedback_posts"] == len(posts) and 120 < len(posts) < 290
+    assert all(path.endswith("/recommendations?k=7") for path in gets)
+    users = Counter(path.split("/")[3] for path in gets)
+    assert set(users) <= set(synthetic.users.ids) and facts["distinct_users"] == len(users)
+    top, = users.most_common(1)
+    assert top[1] > 10 * len(gets) / len(synthetic.users.ids), "a Zipf law: some users come back far more often"
+    assert {p["user"] for p in posts} <= set(synthetic.users.ids) and {p["item"] for p in posts} <= set(synthetic.items.ids)
+    assert 0 < facts["after_feedback_share"] < facts["repeat_share"] < 1
+    again, _ = serving.zipf_requests(models_root, args)
+    assert again == requests, "seeded"
+
+
+def test_cycle_traffic_is_every_movielens_user_in_turn():
+    requests = serving.cycle_requests(10)
+    assert [path for _, path, _ in requests[:2]] == ["/v1/users/1/recommendations?k=10",
+                                                    "/v1/users/2/recommendations?k=10"]
+    assert len(requests) == serving.N_USERS and {method for method, _, _ in requests} == {"GET"}
