@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import serving  # noqa: E402
+import serving
 
 
 def test_zipf_traffic_draws_skewed_users_and_feedback_for_them(models_root, synthetic):
