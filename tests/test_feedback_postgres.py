@@ -44,7 +44,7 @@ def test_two_stores_create_the_schema_at_once(postgres_url):
 
 def _serve(bundle, port: int, db_url: str):
     env = environment(RECSYS_API_KEYS=KEY, RECSYS_FEEDBACK_DB_URL=db_url)
-    return start([str(BIN / "recsys"), "serve", "--bundle", str(bundle), "--port", str(port)], env)
+    return start([str(BIN / "recsys"), "serve", "--bundle", str(bundle), "--port", str(port), "--workers", "2"], env)
 
 
 def _post(port: int, body: dict) -> int:

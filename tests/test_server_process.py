@@ -20,7 +20,8 @@ from server import create_app
 def _serve(bundle: Path, port: int, db_url: str, log: Path | None = None) -> subprocess.Popen:
     """`recsys serve` (gunicorn, 2 workers); its access log (stdout) goes to `log` if given."""
     env = environment(RECSYS_API_KEYS=KEY, RECSYS_FEEDBACK_DB_URL=db_url)
-    return start([str(BIN / "recsys"), "serve", "--bundle", str(bundle), "--port", str(port)], env, log=log)
+    return start([str(BIN / "recsys"), "serve", "--bundle", str(bundle), "--port", str(port), "--workers", "2"],
+                 env, log=log)
 
 
 def test_gunicorn_smoke_and_acknowledged_feedback_survives_a_kill(models_root, tmp_path):
@@ -159,3 +160,22 @@ def test_gunicorn_hooks_freeze_the_preloaded_app_and_reload_unfreezes(models_roo
         assert gc.get_freeze_count() == 0 and app.extensions["recsys_state"].current is not before
     finally:
         gc.unfreeze()
+
+
+def test_gunicorn_settings_default_to_two_workers_per_cpu_of_two_threads(monkeypatch):
+    """Without RECSYS_WORKERS / RECSYS_THREADS, the service's gunicorn settings start two workers per usable CPU,
+    two threads each (one worker per core could take most keep-alive connections and run alone under its GIL)."""
+    import os
+    from pathlib import Path
+
+    # the config setdefault()s BLAS and Prometheus variables: a copy of the environment keeps them from this process
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in ("RECSYS_WORKERS",
+                                                                                        "RECSYS_THREADS")})
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = "/nonexistent"
+    conf = Path(__file__).resolve().parents[1] / "server" / "gunicorn.conf.py"
+    settings: dict = {"__file__": str(conf)}
+    exec(compile(conf.read_text(), str(conf), "exec"), settings)  # noqa: S102 - the repository's own file
+    assert settings["workers"] == 2 * len(os.sched_getaffinity(0)) and settings["threads"] == 2
+    os.environ["RECSYS_WORKERS"] = "3"
+    exec(compile(conf.read_text(), str(conf), "exec"), settings)  # noqa: S102
+    assert settings["workers"] == 3
