@@ -85,49 +85,9 @@ APPS = {
                  "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0"}},
 }
 
-LUA = r"""
--- cycles through the users "1".."N_USERS"; every thread starts at a different user
-local n_users = N_USERS
-local prefix, suffix = "/v1/users/", "/recommendations?k=K"
-local counter, non2xx = 0, 0
-local threads, next_id = {}, 0
-
-function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-  table.insert(threads, thread)
-end
-
-function init(args)
-  counter = (tid or 0) * 97
-end
-
-function request()
-  counter = counter + 1
-  return wrk.format("GET", prefix .. ((counter % n_users) + 1) .. suffix)
-end
-
-function response(status, headers, body)
-  if status < 200 or status > 299 then non2xx = non2xx + 1 end
-end
-
-function done(summary, latency, requests)
-  local bad = 0
-  for _, t in ipairs(threads) do bad = bad + (t:get("non2xx") or 0) end
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {"requests": %d, "duration_us": %d, "bytes": %d, "non2xx": %d, "connect": %d, "read": %d, ' ..
-    '"write": %d, "status": %d, "timeout": %d, "mean_us": %f, "stdev_us": %f, "min_us": %d, "max_us": %d, ' ..
-    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "p999_us": %d}\n',
-    summary.requests, summary.duration, summary.bytes, bad, e.connect, e.read, e.write, e.status, e.timeout,
-    latency.mean, latency.stdev, latency.min, latency.max, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency:percentile(99.9)))
-end
-"""
-
-# --traffic zipf: every thread walks the same pre-drawn request sequence (one line per request: "GET path" or
+# Every wrk thread walks the same request sequence (one line per request of the traffic file: "GET path" or
 # "POST path body") from its own starting point; requests are formatted once, in init
-TRAFFIC_LUA = r"""
+LUA = r"""
 local path_file, api_key = "TRAFFIC_FILE", "API_KEY"
 local reqs, n, counter, non2xx = {}, 0, 0, 0
 local threads, next_id = {}, 0
@@ -160,8 +120,20 @@ end
 function response(status, headers, body)
   if status < 200 or status > 299 then non2xx = non2xx + 1 end
 end
-""" + LUA[LUA.index("function done"):]
 
+function done(summary, latency, requests)
+  local bad = 0
+  for _, t in ipairs(threads) do bad = bad + (t:get("non2xx") or 0) end
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "bytes": %d, "non2xx": %d, "connect": %d, "read": %d, ' ..
+    '"write": %d, "status": %d, "timeout": %d, "mean_us": %f, "stdev_us": %f, "min_us": %d, "max_us": %d, ' ..
+    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "p999_us": %d}\n',
+    summary.requests, summary.duration, summary.bytes, bad, e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency.stdev, latency.min, latency.max, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9)))
+end
+"""
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -341,14 +313,10 @@ class Server:
 
 # ----------------------------------------------------------------------------------- load generators
 def run_wrk(port: int, args: argparse.Namespace, duration: float, tmp: Path) -> dict:
-    script = tmp / "users.lua"
-    if args.traffic == "zipf":
-        traffic = tmp / "traffic.txt"
-        if not traffic.exists():
-            traffic.write_text("".join(" ".join(x for x in r if x) + "\n" for r in args.requests))
-        script.write_text(TRAFFIC_LUA.replace("TRAFFIC_FILE", str(traffic)).replace("API_KEY", API_KEY))
-    else:
-        script.write_text(LUA.replace("N_USERS", str(N_USERS)).replace("K\"", f"{args.k}\""))
+    script, traffic = tmp / "traffic.lua", tmp / "traffic.txt"
+    if not traffic.exists():
+        traffic.write_text("".join(" ".join(x for x in r if x) + "\n" for r in args.requests))
+    script.write_text(LUA.replace("TRAFFIC_FILE", str(traffic)).replace("API_KEY", API_KEY))
     cmd = ["wrk", f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{duration:g}s",
            f"--timeout={args.request_timeout:g}s", "-s", str(script), f"http://127.0.0.1:{port}"]
     before = child_cpu()

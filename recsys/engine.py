@@ -7,7 +7,6 @@ user-to-user similarity use cosine (or dot, for models whose vectors carry no di
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from .bundle import Bundle, read_bundle
 from .data import IdMap
 from .exceptions import DataValidationError
 from .foldin import FoldIn
-from .index import EXACT_BLOCK, AnnIndex
+from .index import EXACT_BLOCK, AnnIndex, _time_per_query
 
 SIMILARITIES = ("cosine", "dot")
 SEARCH_MODES = ("auto", "exact", "ann")
@@ -609,10 +608,7 @@ def _ms_per_query(ask, rows: np.ndarray, engine: Engine, mode: str) -> float:
     previous, engine.mode = engine.mode, mode
     try:
         ask(rows[:1])
-        start = time.perf_counter()
-        for r in range(len(rows)):
-            ask(rows[r:r + 1])
-        return (time.perf_counter() - start) / len(rows) * 1000
+        return _time_per_query(lambda: [ask(rows[r:r + 1]) for r in range(len(rows))], len(rows))
     finally:
         engine.mode = previous
 
