@@ -100,10 +100,11 @@ SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
 EMBEDDING_MODELS = ("ials", "mf", "two_tower")
 WEIGHT_PARAMETERS = {"ials": ("confidence", "alpha")}  # inert on a log whose weights are all equal
 # Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
-# (with a small unobserved weight, conjugate-gradient sweeps converge slowly). Early stopping and pruning judge
+# (with a small unobserved weight ALS climbs slowly: its best epoch was 57-138 on the 50k-item suite log, with
+# exact Cholesky sweeps as with conjugate gradients). Early stopping and pruning judge
 # each epoch on a fixed sample of 2,000 validation users (scoring them is most of a trial's time on a wide
 # catalogue); a trial's value is still measured on every validation user.
-TRIAL_DEFAULTS: dict[str, dict[str, Any]] = {"ials": {"epochs": 64, "max_val_users": 2000},
+TRIAL_DEFAULTS: dict[str, dict[str, Any]] = {"ials": {"epochs": 128, "max_val_users": 2000},
                                              "mf": {"max_val_users": 2000}, "two_tower": {"max_val_users": 2000}}
 # Trials after the defaults, before the sampler's own: the defaults with another value of the parameter that
 # moves quality most. iALS: the unobserved weight alpha0 spans orders of magnitude across logs (Rendle et al.
@@ -223,9 +224,11 @@ class Search:
         self.study = self._new_study()
         first = {n: self._defaults[n] for n in self.space
                  if n in self._defaults and _inside(self.space[n], self._defaults[n])}
+        self.starts: list[dict[str, Any]] = []  # enqueued points: run whole, never pruned
         for start in ({}, *START_POINTS.get(model, ())) if first else ():
             point = {**first, **{n: v for n, v in start.items() if n in self.space and _inside(self.space[n], v)}}
-            if start == {} or point != first:
+            if point not in self.starts:
+                self.starts.append(point)
                 self.study.enqueue_trial(point)
 
     def _new_study(self) -> optuna.Study:
@@ -289,7 +292,8 @@ class Search:
     def _pruning(self, trial: optuna.Trial) -> contextlib.AbstractContextManager:
         """Report each validated epoch to Optuna; stop a trial whose curve falls below the median of earlier
         trials at the same epoch (Optuna's median pruner, see `PRUNE_AFTER_TRIALS` and `PRUNE_FROM_EPOCH`).
-        Models without early stopping run whole."""
+        The start points run whole (a strongly regularised one climbs slowly and would be cut while still
+        rising), and so do models without early stopping."""
         if not self.early_stopping:
             return contextlib.nullcontext()
         import optuna
@@ -298,7 +302,7 @@ class Search:
 
         def report(epoch: int, value: float) -> None:
             trial.report(value, epoch)
-            if trial.should_prune():
+            if trial.params not in self.starts and trial.should_prune():
                 log.info("tune %s trial %d pruned at epoch %d (%s %.4f)", self.model, trial.number, epoch,
                          self.metric, value)
                 self.n_pruned += 1

@@ -9,6 +9,7 @@ from contract import RecommenderContract
 from recsys.data import temporal_split
 from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
+from recsys.models._loop import stale_limit
 from recsys.metrics import ranking_metrics
 from recsys.models import MF, Popularity
 
@@ -80,7 +81,22 @@ def test_early_stopping_keeps_the_best_epoch(synthetic_split):
     assert extra["epochs_run"] < 60, "stopped early"
     best = max(history, key=lambda h: h["val_ndcg@10"])
     assert extra["best_epoch"] == best["epoch"]
-    assert extra["epochs_run"] - extra["best_epoch"] == 2
+    assert extra["epochs_run"] - extra["best_epoch"] == stale_limit(2, extra["best_epoch"])
+
+
+def test_a_slow_climb_through_short_plateaus_is_not_stopped_on_a_plateau():
+    """Patience grows to a quarter of the epochs to the best: a curve that rises 0.001 an epoch with three
+    flat epochs every 20 (how ALS with a small unobserved weight climbs) runs to its peak at epoch 60
+    with patience 3, then stops 15 epochs later."""
+    from recsys.models._loop import fit_loop
+
+    curve = [0.001 * min(e - e % 20 + min(e % 20, 16), 60) for e in range(1, 101)]
+    epoch_of = iter(range(1, 101))
+    result = fit_loop(epochs=100, run_epoch=lambda e: 0.0, snapshot=lambda: next(epoch_of), validate=lambda s:
+                      curve[s - 1], patience=3, progress=False)
+    assert result.best_epoch == curve.index(max(curve)) + 1
+    assert len(result.history) == result.best_epoch + stale_limit(3, result.best_epoch)
+    assert stale_limit(3, 8) == 3 and stale_limit(3, 60) == 15
 
 
 def test_max_seconds_bounds_training_even_within_an_epoch(synthetic):

@@ -211,6 +211,21 @@ def test_trials_whose_curve_falls_below_the_median_are_pruned(synthetic_split):
     assert len(result.trials) == result.n_trials, "only complete trials are listed"
 
 
+def test_start_points_run_whole_even_where_the_pruner_would_stop_them(synthetic_split, monkeypatch):
+    import optuna
+
+    from recsys.data import holdout
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)  # a pruner that stops everything
+    fit_part, valid = holdout(synthetic_split[0], 0.2)
+    search = tuning.Search("ials", fit_part, valid, fixed={"factors": 8, "epochs": 6, "progress": False,
+                                                           "device": "cpu"})
+    search.run(n_trials=len(search.starts) + 2)
+    states = [t.state.name for t in search.study.trials]
+    assert len(search.starts) == 1 + len(tuning.START_POINTS["ials"])
+    assert states == ["COMPLETE"] * len(search.starts) + ["PRUNED"] * 2
+
+
 def test_ials_starts_from_its_defaults_then_a_sweep_of_the_unobserved_weight(synthetic_split):
     from recsys.models import IALS
 

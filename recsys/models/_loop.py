@@ -137,7 +137,9 @@ def fit_loop(*, epochs: int, run_epoch: Callable[[int], float], snapshot: Callab
     """Run `run_epoch(epoch) -> mean loss` up to `epochs` times.
 
     With `validate(state) -> metric` (higher is better) the loop keeps the best `snapshot()` and stops after
-    `patience` epochs without improvement; without it, the last state is kept. `max_seconds`: no epoch starts
+    `patience` epochs without improvement, or a quarter of the epochs up to the best one if that is longer
+    (`stale_limit`: a slowly converging fit, such as ALS with a small unobserved weight, climbs for a hundred
+    epochs through plateaus of a few); without it, the last state is kept. `max_seconds`: no epoch starts
     after that much time, and gradient steps (`optimise`) stop within the epoch that crosses it (the tuner
     bounds a trial this way; the best state so far is kept).
     """
@@ -174,7 +176,7 @@ def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[],
         history.append(record)
         bar.set_postfix({k: v for k, v in record.items() if k != "epoch"})
         log.debug("%s epoch %d: %s", desc, epoch, record)
-        if validate is not None and stale >= patience:
+        if validate is not None and stale >= stale_limit(patience, best_epoch):
             log.info("%s: early stop at epoch %d (best epoch %d, val ndcg@10 %.4f)", desc, epoch, best_epoch,
                      best_metric)
             break
@@ -183,6 +185,12 @@ def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[],
                      max_seconds, best_epoch)
             break
     return LoopResult(best_state, best_epoch, history, time.perf_counter() - start)
+
+
+def stale_limit(patience: int, best_epoch: int) -> int:
+    """Epochs without improvement after which `fit_loop` stops: `patience`, or a quarter of the epochs it took
+    to reach the best so far, whichever is longer."""
+    return max(patience, best_epoch // 4)
 
 
 def _past(deadline: float) -> bool:
