@@ -17,6 +17,7 @@ import pandas as pd
 from . import __version__
 from .bundle import CURRENT, resolve, verify
 from .exceptions import DataValidationError, RecsysError
+from .index import describe
 from .models import MODEL_NAMES, model_class
 from .tuning import MAX_BUDGET, default_budget
 
@@ -303,7 +304,7 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"on {training.get('device')}")
     for metric, st in manifest.index_measured.items():
         verdict = "kept" if st.get("kept") else "not kept: exact search is faster or recall short"
-        print(f"Index {metric:<8} n_trees={st['n_trees']} search_k={st['search_k']} ranges={st['n_ranges']}: "
+        print(f"Index {metric:<8} {st.get('kind', 'annoy')} {describe(st)}: "
               f"recall@{st['k']}={st['recall']:.3f}, "
               f"{st['ann_ms']:.3f} ms/query vs exact {st['exact_ms']:.3f} ms ({st['speedup']:.2f}x), {verdict}")
     print("Metrics:       " + ", ".join(f"{k}={v:.4f}" for k, v in manifest.metrics.items() if k != "users"))

@@ -19,7 +19,7 @@ from .bundle import Bundle, read_bundle
 from .data import IdMap
 from .exceptions import DataValidationError
 from .foldin import FoldIn
-from .index import EXACT_BLOCK, AnnIndex, _time_per_query
+from .index import EXACT_BLOCK, AnnIndex, CellIndex, _time_per_query, load_index
 
 SIMILARITIES = ("cosine", "dot")
 SEARCH_MODES = ("auto", "exact", "ann")
@@ -145,7 +145,7 @@ class Engine:
     def __init__(self, item_vectors: np.ndarray, user_vectors: np.ndarray, users: IdMap, items: IdMap,
                  seen: sp.csr_matrix | None = None, foldin: FoldIn | dict | None = None, similarity: str = "cosine",
                  item_metadata: pd.DataFrame | None = None, batch_size: int = 1024,
-                 similarity_dims: int | None = None, indexes: dict[str, AnnIndex] | None = None,
+                 similarity_dims: int | None = None, indexes: dict[str, AnnIndex | CellIndex] | None = None,
                  index_stats: dict[str, dict] | None = None, mode: str = "auto"):
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
@@ -169,7 +169,8 @@ class Engine:
         prep = _normalise if similarity == "cosine" else np.ascontiguousarray
         self._item_sim = prep(self.item_vectors[:, dims])
         self._user_sim = prep(self.user_vectors[:, dims])
-        # indexes: {"ip": AnnIndex over item_vectors, "angular": AnnIndex over the similarity vectors}
+        # indexes: {"ip": index over item_vectors, "angular": index over the similarity vectors}; either kind
+        # (recsys.index.AnnIndex forests or CellIndex cells)
         self.indexes = dict(indexes or {})
         self.index_stats = dict(index_stats or {})
         if mode not in SEARCH_MODES:
@@ -240,7 +241,7 @@ class Engine:
             stats["calibrated"] = True
         return self.index_stats
 
-    def _index_search(self, index: AnnIndex, vectors: np.ndarray, queries: np.ndarray, k: int,
+    def _index_search(self, index: AnnIndex | CellIndex, vectors: np.ndarray, queries: np.ndarray, k: int,
                       exclude: Sequence[np.ndarray] | sp.csr_matrix | None, allow: np.ndarray | None
                       ) -> tuple[np.ndarray, np.ndarray]:
         """Per query: fetch candidates, drop filtered ones and re-score exactly; fetch more (doubling) until
@@ -685,6 +686,6 @@ def load_engine(path: str | Path, mode: str = "auto") -> tuple[Engine, Bundle]:
                     seen=bundle.seen(), foldin=m.foldin, similarity=m.similarity,
                     item_metadata=bundle.item_metadata, similarity_dims=m.similarity_dims, mode=mode)
     for metric, info in m.index.items():
-        engine.indexes[metric] = AnnIndex.load(bundle.path, info["prefix"], **info["config"])
+        engine.indexes[metric] = load_index(bundle.path, info["prefix"], **info["config"])
         engine.index_stats[metric] = info["stats"]
     return engine, bundle

@@ -15,6 +15,12 @@ Two metrics:
 
 Candidates are always re-scored exactly, so returned scores are true inner products.
 
+Beside the forests, `CellIndex` is inverted lists over k-means cells (IVF): items are stored grouped by their
+nearest of `n_cells` centroids, a query ranks the centroids by inner product and scores exactly every item of
+the best `n_probe` cells (contiguous blocks: one matrix-vector product each). Where norms barely vary (MF's
+vectors) the norm ranges cannot cut anything and the forests walk many nodes; the cells then pay more.
+`tune_index` measures both kinds on the same queries and keeps the faster that reaches the target.
+
 Trade-offs: more `n_trees` gives better recall at a given `search_k` but a bigger index and a slower build;
 a larger `search_k` (nodes inspected per candidate, as a multiple of n_trees) gives better recall and slower
 queries. `tune_index` measures both on sampled real queries and keeps the fastest setting that reaches the target.
@@ -22,6 +28,7 @@ queries. `tune_index` measures both on sampled real queries and keeps the fastes
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,6 +49,14 @@ EXACT_PREFIX = 32_768  # leading (largest-norm) ranges up to this many items are
 EXACT_BLOCK = 1 << 25  # floats of scores per exact-scoring block (128 MiB)
 N_TREES_GRID = (10, 25, 50, 100)  # tune_index: forests tried, smallest first
 SEARCH_K_MULTIPLIERS = (1, 2, 4, 8, 12, 16, 32, 64)  # tune_index: search_k = n_trees * multiplier, per candidate
+KINDS = ("cells", "annoy")  # tune_index: index kinds measured (cells first: they build in seconds)
+CELLS_GRID = (1, 2, 4)  # tune_index: n_cells = sqrt(n) * factor, smallest first
+N_PROBE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # tune_index: cells probed per query
+MIN_CELL_ITEMS = 16  # no cell layout with fewer items per cell on average (or fewer than 16 cells)
+KMEANS_SAMPLE = 32  # k-means trains on this many sampled items per cell
+KMEANS_ITERS = 10
+TIMING_REPEATS = 2  # tune_index times each setting this often and keeps the fastest (a busy machine's noise
+#                     would otherwise stop a layout's search at a setting that only looked slower)
 
 
 @dataclass
@@ -61,6 +76,9 @@ class IndexStats:
     build_seconds: float
     n_queries: int
     n_ranges: int
+    kind: str = "annoy"     # 'annoy' (norm-ranged forests) or 'cells' (inverted lists, `CellIndex`)
+    n_cells: int = 0        # cells only
+    n_probe: int = 0        # cells probed per query (cells only)
 
     @property
     def speedup(self) -> float:
@@ -227,6 +245,180 @@ class AnnIndex:
                 "dim": self.dim, "n_ranges": self.n_ranges, "exact_ranges": self.exact_ranges}
 
 
+class CellIndex:
+    """Inverted lists over k-means cells (see the module docstring): `n_cells` centroids (None: sqrt(n)),
+    `n_probe` cells scored exactly per query. Same search interface as `AnnIndex`."""
+
+    kind = "cells"
+    n_ranges = 1  # (the engine sizes its over-fetching by this)
+    fetch = 1
+
+    def __init__(self, metric: str = "ip", n_cells: int | None = None, n_probe: int = 8, seed: int = 0):
+        if metric not in METRICS:
+            raise DataValidationError(f"The 'metric' parameter of CellIndex must be one of {METRICS}. Got {metric!r}.")
+        self.metric = metric
+        self.n_cells = n_cells
+        self.n_probe = n_probe
+        self.seed = seed
+        self.centroids = np.empty((0, 0), np.float32)
+        self.order = np.empty(0, np.int64)   # item indices grouped by cell
+        self.bounds = np.zeros(1, np.int64)  # cell c holds order[bounds[c]:bounds[c+1]]
+        self.grouped = np.empty((0, 0), np.float32)  # the item vectors in `order`
+        self.cells_probed = 0  # for benchmarks
+
+    @property
+    def dim(self) -> int:
+        return int(self.grouped.shape[1])
+
+    def build(self, vectors: np.ndarray) -> CellIndex:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = len(vectors)
+        n_cells = int(min(self.n_cells or round(np.sqrt(n)), n))
+        centroids = kmeans(vectors, max(n_cells, 1), seed=self.seed)
+        cell = nearest_centroid(vectors, centroids)
+        self.order = np.argsort(cell, kind="stable")
+        counts = np.bincount(cell, minlength=len(centroids))
+        self.bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.grouped = vectors[self.order]
+        means, filled = _cell_means(self.grouped, self.bounds)
+        centroids[filled] = means[filled]  # probe by the mean of what each cell holds
+        self.centroids, self.n_cells = centroids.astype(np.float32), len(centroids)
+        return self
+
+    def search_one(self, q: np.ndarray, k: int, vectors: np.ndarray | None = None, n_fetch: int | None = None,
+                   keep: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Up to k (item indices, exact scores), best first: the items of the `n_probe` best cells, and of more
+        cells while fewer than `n_fetch` (default k) of them pass `keep`. `vectors` is unused (the index holds
+        its own grouped copy)."""
+        if not len(self.centroids):
+            raise DataValidationError("CellIndex is not built or loaded.")
+        want = max(n_fetch or k, k)
+        ranked = self.centroids @ q
+        n_probe = min(self.n_probe, len(ranked))
+        first = np.argpartition(-ranked, n_probe - 1)[:n_probe] if n_probe < len(ranked) else np.arange(len(ranked))
+        cells = first[np.argsort(-ranked[first])]
+        idx_parts, score_parts, n_kept, done = [], [], 0, 0
+        while True:
+            for c in cells[done:]:
+                start, stop = self.bounds[c], self.bounds[c + 1]
+                if start == stop:
+                    continue
+                cand, scores = self.order[start:stop], self.grouped[start:stop] @ q
+                if keep is not None:
+                    mask = keep(cand)
+                    cand, scores = cand[mask], scores[mask]
+                idx_parts.append(cand)
+                score_parts.append(scores)
+                n_kept += len(cand)
+            self.cells_probed += len(cells) - done
+            done = len(cells)
+            if n_kept >= want or done == len(ranked):
+                break
+            # too few passed the filter: the next cells in centroid order, doubling the cells probed
+            rest = np.argsort(-ranked, kind="stable")
+            rest = rest[~np.isin(rest, cells)]
+            cells = np.concatenate([cells, rest[:done]])
+        if not idx_parts:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        idx, scores = np.concatenate(idx_parts), np.concatenate(score_parts)
+        top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return idx[top], scores[top].astype(np.float32)
+
+    def search(self, queries: np.ndarray, vectors: np.ndarray | None, k: int) -> np.ndarray:
+        """Top-k item indices per query (-1 padded)."""
+        out = np.full((len(queries), k), -1, np.int64)
+        for r, q in enumerate(queries):
+            idx, _ = self.search_one(q, k, vectors)
+            out[r, :len(idx)] = idx
+        return out
+
+    def file_writers(self, prefix: str) -> dict[str, Callable[[Path], None]]:
+        """{file name: writer} for a bundle: one safetensors file (centroids, layout, grouped vectors)."""
+        return {f"{prefix}.cells.safetensors": lambda path: save_file(
+            {"centroids": self.centroids, "order": self.order.astype(np.int64),
+             "bounds": self.bounds.astype(np.int64), "grouped": np.ascontiguousarray(self.grouped)}, str(path))}
+
+    @classmethod
+    def load(cls, directory: str | Path, prefix: str, *, metric: str, n_cells: int, n_probe: int, **_: object
+             ) -> CellIndex:
+        """Memory-maps the grouped vectors (processes that load the same index share their pages)."""
+        index = cls(metric, n_cells, n_probe)
+        arrays = mmap_safetensors(Path(directory) / f"{prefix}.cells.safetensors")
+        index.centroids, index.order, index.bounds = (np.asarray(arrays[n]) for n in ("centroids", "order", "bounds"))
+        index.grouped = arrays["grouped"]
+        return index
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "metric": self.metric, "n_cells": self.n_cells, "n_probe": self.n_probe,
+                "dim": self.dim}
+
+
+def load_index(directory: str | Path, prefix: str, **config: object) -> AnnIndex | CellIndex:
+    """The index a bundle's manifest describes (`config()` of either kind; no 'kind' is an Annoy index)."""
+    kind = config.pop("kind", "annoy")
+    return CellIndex.load(directory, prefix, **config) if kind == "cells" else AnnIndex.load(directory, prefix,
+                                                                                            **config)
+
+
+_SAFETENSORS_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+
+
+def mmap_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file as read-only memory maps (8-byte header length, JSON header, data)."""
+    import json
+
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, stop = info["data_offsets"]
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        count = (stop - start) // dtype.itemsize
+        out[name] = (np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + start, shape=(count,))
+                     .reshape(info["shape"]) if count else np.empty(info["shape"], dtype))
+    return out
+
+
+def kmeans(x: np.ndarray, n_cells: int, seed: int = 0, iters: int = KMEANS_ITERS) -> np.ndarray:
+    """Lloyd's k-means on a sample of `KMEANS_SAMPLE` items per cell; an emptied cell restarts at a random
+    sampled item."""
+    rng = np.random.default_rng(seed)
+    sample = x[rng.choice(len(x), min(len(x), KMEANS_SAMPLE * n_cells), replace=False)]
+    centroids = sample[rng.choice(len(sample), n_cells, replace=False)].copy()
+    for _ in range(iters):
+        cell = nearest_centroid(sample, centroids)
+        order = np.argsort(cell, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(cell, minlength=n_cells))])
+        means, filled = _cell_means(sample[order], bounds)
+        centroids[filled] = means[filled]
+        centroids[~filled] = sample[rng.choice(len(sample), int((~filled).sum()))]
+    return centroids
+
+
+def _cell_means(grouped: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean of each cell's rows, whether the cell has any) for rows grouped by cell (cell c: bounds[c:c+2])."""
+    counts = np.diff(bounds)
+    filled = counts > 0
+    means = np.zeros((len(counts), grouped.shape[1]), np.float32)
+    if filled.any():
+        means[filled] = np.add.reduceat(grouped, bounds[:-1][filled], axis=0) / counts[filled, None]
+    return means, filled
+
+
+def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of each row's nearest centroid (squared L2), in blocks that bound the distance matrix."""
+    out = np.empty(len(x), np.int64)
+    sq = (centroids ** 2).sum(1)
+    step = max(1, EXACT_BLOCK // 8 // max(len(centroids), 1))
+    for s in range(0, len(x), step):
+        out[s:s + step] = (sq[None, :] - 2 * (x[s:s + step] @ centroids.T)).argmin(1)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ measurement
 def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k by inner product, in blocks of queries that bound the score matrix's memory."""
@@ -269,15 +461,24 @@ def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int =
 def tune_index(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", k: int = 10,
                target_recall: float = 0.95, n_trees_grid: tuple[int, ...] = N_TREES_GRID,
                search_k_multipliers: tuple[int, ...] = SEARCH_K_MULTIPLIERS, seed: int = 0,
-               max_build_seconds: float = 600.0, slow_factor: float = 4.0) -> tuple[AnnIndex, IndexStats]:
-    """Build indexes with growing `n_trees`; at each, raise `search_k` until the recall target is met;
-    keep the fastest setting found.
+               max_build_seconds: float = 600.0, slow_factor: float = 4.0, kinds: tuple[str, ...] = KINDS,
+               cells_grid: tuple[int, ...] = CELLS_GRID, n_probe_grid: tuple[int, ...] = N_PROBE_GRID
+               ) -> tuple[AnnIndex | CellIndex, IndexStats]:
+    """Measure each of `kinds` on `queries` and keep the fastest setting that reaches the recall target.
+
+    'cells': layouts of sqrt(n) * `cells_grid` cells, smallest first; at each, `n_probe` rises until the target
+    is met. 'annoy': forests of growing `n_trees`; at each, `search_k` rises until the target is met. A kind
+    stops growing once its next layout is no faster than the best setting found so far.
 
     queries: sampled real query vectors (user vectors for 'ip', item vectors for 'angular'). If no setting
-    reaches the target, the most accurate one is returned (its recall is recorded honestly). Tuning stops
-    early once a setting is `slow_factor` x slower than exact scanning without reaching the target: on such a
-    small catalogue more effort or more trees only make the index slower still, and exact search wins.
+    reaches the target, the most accurate one is returned (its recall is recorded honestly). A layout's search
+    stops once a setting is `slow_factor` x slower than exact scanning without reaching the target: on such a
+    small catalogue more effort only makes the index slower still, and exact search wins.
     """
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise DataValidationError(f"The 'kinds' parameter of tune_index must be a non-empty subset of {KINDS}. "
+                                  f"Got {kinds!r}.")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if metric == "angular":
@@ -285,50 +486,110 @@ def tune_index(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", 
     k = min(k, len(vectors))
     truth = exact_topk(queries, vectors, k)
     exact_ms, exact_batch_ms = measure_exact(queries, vectors, k)
-    best: tuple[IndexStats, AnnIndex] | None = None
-    fallback: tuple[IndexStats, AnnIndex] | None = None
-    spent, too_slow = 0.0, False
-    for n_trees in n_trees_grid:
-        start = time.perf_counter()
-        index = AnnIndex(metric, n_trees, seed=seed).build(vectors)
-        build_seconds = time.perf_counter() - start
-        spent += build_seconds
-        improved = False
-        for mult in search_k_multipliers:
-            index.search_k = n_trees * mult
-            found = np.empty(0)
-
-            def run(index: AnnIndex = index) -> None:
-                nonlocal found
-                found = index.search(queries, vectors, k)
-
-            ms = _time_per_query(run, len(queries))
-            recall = recall_at_k(found, truth)
-            stats = IndexStats(metric, n_trees, index.search_k, k, target_recall, round(recall, 4), round(ms, 4),
-                               round(exact_ms, 4), round(exact_batch_ms, 4), 256, round(build_seconds, 2),
-                               len(queries), index.n_ranges)
-            log.info("annoy %s n_trees=%d search_k=%d/candidate (%d ranges): recall@%d=%.3f, %.3f ms/query "
-                     "(exact %.3f)", metric, n_trees, index.search_k, index.n_ranges, k, recall, ms, exact_ms)
-            if fallback is None or recall > fallback[0].recall:
-                fallback = (stats, index)
-            if best is not None and ms >= best[0].ann_ms:
-                break  # already slower than the best setting found with fewer trees
-            if recall >= target_recall:
-                best, improved = (stats, index), True
-                break
-            if ms > slow_factor * exact_ms:
-                too_slow = True
-                break
-        if too_slow or (best is not None and not improved) or spent > max_build_seconds:
-            break  # more trees no longer buy a faster setting (or the build budget is spent)
-    stats, index = best if best is not None else fallback
-    index.search_k = stats.search_k
+    tuning = _Tuning(vectors, queries, truth, k, target_recall, exact_ms, exact_batch_ms, metric, slow_factor)
+    if "cells" in kinds:
+        tuning.cells(cells_grid, n_probe_grid, seed)
+    if "annoy" in kinds:
+        tuning.annoy(n_trees_grid, search_k_multipliers, seed, max_build_seconds)
+    stats, index = tuning.best if tuning.best is not None else tuning.fallback
+    if stats.kind == "cells":
+        index.n_probe = stats.n_probe
+    else:
+        index.search_k = stats.search_k
     return index, stats
+
+
+@dataclass
+class _Tuning:
+    """tune_index's measurements so far: the fastest setting that met the target, and the most accurate."""
+
+    vectors: np.ndarray
+    queries: np.ndarray
+    truth: np.ndarray
+    k: int
+    target_recall: float
+    exact_ms: float
+    exact_batch_ms: float
+    metric: str
+    slow_factor: float
+    best: tuple[IndexStats, AnnIndex | CellIndex] | None = None
+    fallback: tuple[IndexStats, AnnIndex | CellIndex] | None = None
+
+    def measure(self, index: AnnIndex | CellIndex, build_seconds: float) -> str:
+        """Time and score `index` at its current setting; 'met', 'slower' (than the best so far), 'too slow'
+        (than `slow_factor` x exact) or 'short' (of the target)."""
+        found = np.empty(0)
+
+        def run() -> None:
+            nonlocal found
+            found = index.search(self.queries, self.vectors, self.k)
+
+        ms = min(_time_per_query(run, len(self.queries)) for _ in range(TIMING_REPEATS))
+        recall = recall_at_k(found, self.truth)
+        cells = isinstance(index, CellIndex)
+        stats = IndexStats(self.metric, 0 if cells else index.n_trees, 0 if cells else index.search_k, self.k,
+                           self.target_recall, round(recall, 4), round(ms, 4), round(self.exact_ms, 4),
+                           round(self.exact_batch_ms, 4), 256, round(build_seconds, 2), len(self.queries),
+                           index.n_ranges, "cells" if cells else "annoy", index.n_cells if cells else 0,
+                           index.n_probe if cells else 0)
+        log.info("%s %s %s: recall@%d=%.3f, %.3f ms/query (exact %.3f)", stats.kind, self.metric, describe(stats),
+                 self.k, recall, ms, self.exact_ms)
+        if self.fallback is None or recall > self.fallback[0].recall:
+            self.fallback = (stats, index)
+        if self.best is not None and ms >= self.best[0].ann_ms:
+            return "slower"
+        if recall >= self.target_recall:
+            self.best = (stats, index)
+            return "met"
+        return "too slow" if ms > self.slow_factor * self.exact_ms else "short"
+
+    def cells(self, cells_grid: tuple[int, ...], n_probe_grid: tuple[int, ...], seed: int) -> None:
+        n = len(self.vectors)
+        for factor in cells_grid:
+            n_cells = round(math.sqrt(n) * factor)
+            if n_cells < 16 or n < MIN_CELL_ITEMS * n_cells:
+                break
+            start = time.perf_counter()
+            index = CellIndex(self.metric, n_cells, seed=seed).build(self.vectors)
+            build_seconds = time.perf_counter() - start
+            outcome = "short"
+            for n_probe in n_probe_grid:
+                index.n_probe = n_probe
+                outcome = self.measure(index, build_seconds)
+                if outcome != "short" or n_probe >= n_cells:
+                    break
+            if self.best is not None and outcome != "met":
+                break  # more cells no longer buy a faster setting
+
+    def annoy(self, n_trees_grid: tuple[int, ...], multipliers: tuple[int, ...], seed: int,
+              max_build_seconds: float) -> None:
+        spent = 0.0
+        for n_trees in n_trees_grid:
+            start = time.perf_counter()
+            index = AnnIndex(self.metric, n_trees, seed=seed).build(self.vectors)
+            build_seconds = time.perf_counter() - start
+            spent += build_seconds
+            outcome = "short"
+            for mult in multipliers:
+                index.search_k = n_trees * mult
+                outcome = self.measure(index, build_seconds)
+                if outcome != "short":
+                    break
+            if outcome == "too slow" or (self.best is not None and outcome != "met") or spent > max_build_seconds:
+                break  # more trees no longer buy a faster setting (or the build budget is spent)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.where(norms > 0, norms, 1)).astype(np.float32)
+
+
+def describe(stats: IndexStats | dict) -> str:
+    """An index setting in words: 'n_cells=1000 n_probe=8' or 'n_trees=50 search_k=400 ranges=7'."""
+    get = stats.get if isinstance(stats, dict) else lambda name, default=None: getattr(stats, name, default)
+    if get("kind", "annoy") == "cells":
+        return f"n_cells={get('n_cells')} n_probe={get('n_probe')}"
+    return f"n_trees={get('n_trees')} search_k={get('search_k')} ranges={get('n_ranges')}"
 
 
 # ---------------------------------------------------------------------------------------- for bundles
@@ -337,12 +598,12 @@ INDEX_PREFIX = {"ip": "index_ip", "angular": "index_angular"}
 
 def build_indexes(item_vectors: np.ndarray, user_vectors: np.ndarray, similarity_vectors: np.ndarray | None,
                   *, k: int = 10, target_recall: float = 0.95, n_queries: int = 200, seed: int = 0
-                  ) -> tuple[dict[str, AnnIndex], dict[str, dict]]:
+                  ) -> tuple[dict[str, AnnIndex | CellIndex], dict[str, dict]]:
     """Tune an 'ip' index (user -> item) on sampled user vectors and, when `similarity_vectors` is given,
     an 'angular' index (item -> item) on sampled items. Returns the indexes worth keeping (recall target met
     and faster than exact single-query scoring) and the measurements of all (`kept` says which)."""
     rng = np.random.default_rng(seed)
-    indexes: dict[str, AnnIndex] = {}
+    indexes: dict[str, AnnIndex | CellIndex] = {}
     stats: dict[str, dict] = {}
     jobs = [("ip", item_vectors, user_vectors)]
     if similarity_vectors is not None:
@@ -355,7 +616,7 @@ def build_indexes(item_vectors: np.ndarray, user_vectors: np.ndarray, similarity
         stats[metric]["kept"] = useful
         if useful:  # an index slower than exact scanning would only cost disk and page cache
             indexes[metric] = index
-        log.info("%s index: n_trees=%d search_k=%d recall@%d=%.3f, %.3f ms/query vs exact %.3f ms (%.1fx)%s",
-                 metric, index.n_trees, index.search_k, k, measured.recall, measured.ann_ms, measured.exact_ms,
+        log.info("%s index (%s): %s recall@%d=%.3f, %.3f ms/query vs exact %.3f ms (%.1fx)%s", metric,
+                 measured.kind, describe(measured), k, measured.recall, measured.ann_ms, measured.exact_ms,
                  measured.speedup, "" if useful else ", not kept")
     return indexes, stats

@@ -12,8 +12,8 @@ from contract import RecommenderContract
 from recsys.data import Interactions, from_arrays, temporal_split
 from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
-from recsys.models._loop import stale_limit
 from recsys.models import Popularity
+from recsys.models._loop import stale_limit
 from recsys.models.ials import IALS, confidence, objective, solve_rows
 
 

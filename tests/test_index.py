@@ -1,5 +1,8 @@
-"""Annoy retrieval: the inner-product augmentation, tuning to a recall target, filters that still return k."""
+"""Retrieval indexes (Annoy forests and k-means cells): the inner-product augmentation, tuning to a recall
+target, filters that still return k, persistence."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +13,16 @@ from hypothesis import strategies as st
 from recsys.data import IdMap
 from recsys.engine import Engine
 from recsys.exceptions import BundleError, DataValidationError
-from recsys.index import AnnIndex, build_indexes, exact_topk, recall_at_k, tune_index
+from recsys.index import (
+    KINDS,
+    AnnIndex,
+    CellIndex,
+    build_indexes,
+    exact_topk,
+    load_index,
+    recall_at_k,
+    tune_index,
+)
 from recsys.models import MF, Popularity, load
 
 
@@ -46,12 +58,49 @@ def test_augmentation_makes_angular_search_rank_by_inner_product(vectors, exhaus
 def test_tune_reaches_the_target_and_records_honest_measurements(vectors):
     items, queries = vectors
     # slow_factor=inf: this checks correctness, not timing (a loaded machine must not change the outcome)
-    index, stats = tune_index(items, queries, k=10, target_recall=0.9, n_trees_grid=(5, 10, 20), slow_factor=np.inf)
-    assert stats.recall >= 0.9
+    index, stats = tune_index(items, queries, k=10, target_recall=0.9, n_trees_grid=(5, 10, 20), slow_factor=np.inf,
+                              kinds=("annoy",))
+    assert stats.recall >= 0.9 and stats.kind == "annoy" and isinstance(index, AnnIndex)
     assert stats.recall == pytest.approx(recall_at_k(index.search(queries, items, 10),
                                                       exact_topk(queries, items, 10)), abs=1e-3)
     assert (stats.n_trees, stats.search_k, stats.n_ranges) == (index.n_trees, index.search_k, index.n_ranges)
     assert stats.exact_ms > 0 and stats.ann_ms > 0 and stats.to_dict()["speedup"] > 0
+
+
+def test_tuned_cells_reach_the_target_and_record_their_setting(vectors):
+    items, queries = vectors
+    index, stats = tune_index(items, queries, k=10, target_recall=0.9, slow_factor=np.inf, kinds=("cells",))
+    assert stats.kind == "cells" and isinstance(index, CellIndex) and stats.recall >= 0.9
+    assert (stats.n_cells, stats.n_probe) == (index.n_cells, index.n_probe) and stats.n_cells >= 16
+    assert stats.recall == pytest.approx(recall_at_k(index.search(queries, items, 10),
+                                                      exact_topk(queries, items, 10)), abs=1e-3)
+
+
+def test_tuning_measures_both_kinds_and_keeps_the_faster(vectors, caplog):
+    items, queries = vectors
+    with caplog.at_level("INFO", logger="recsys"):
+        _, stats = tune_index(items, queries, k=10, target_recall=0.9, slow_factor=np.inf)
+    measured = [r.getMessage() for r in caplog.records if "ms/query (exact" in r.getMessage()]
+    assert any(m.startswith("cells ") for m in measured) and any(m.startswith("annoy ") for m in measured)
+    figures = [re.search(r"recall@10=([\d.]+), ([\d.]+) ms/query", m).groups() for m in measured]
+    met = [float(ms) for recall, ms in figures if float(recall) >= 0.9]
+    assert stats.ann_ms == pytest.approx(min(met), abs=1e-3), "the fastest setting that met the target"
+    with pytest.raises(DataValidationError, match="'kinds' parameter of tune_index"):
+        tune_index(items, queries, kinds=("hnsw",))
+
+
+def test_cells_probing_every_cell_are_exact_and_survive_save_and_mmap_load(vectors, tmp_path):
+    items, queries = vectors
+    index = CellIndex("ip", n_cells=30, n_probe=30).build(items)
+    assert index.n_cells == 30 and sorted(index.order.tolist()) == list(range(len(items)))
+    np.testing.assert_array_equal(index.search(queries, items, 10), exact_topk(queries, items, 10))
+    index.n_probe = 3
+    for name, write in index.file_writers("c").items():
+        write(tmp_path / name)
+    loaded = load_index(tmp_path, "c", **index.config())
+    assert isinstance(loaded, CellIndex) and isinstance(loaded.grouped, np.memmap)
+    np.testing.assert_array_equal(loaded.search(queries, items, 10), index.search(queries, items, 10))
+    assert recall_at_k(index.search(queries, items, 10), exact_topk(queries, items, 10)) < 1, "3 of 30: approximate"
 
 
 def test_unreachable_target_returns_the_most_accurate_setting_and_is_not_kept(vectors):
@@ -125,11 +174,12 @@ def engine_with(items: np.ndarray, users: np.ndarray, index: AnnIndex | None, se
                   indexes={"ip": index} if index else None, mode=mode)
 
 
-@pytest.fixture(scope="module")
-def fast_index(vectors):
+@pytest.fixture(scope="module", params=KINDS)
+def fast_index(vectors, request):
     items, _ = vectors
-    index = AnnIndex("ip", n_trees=3, search_k=1, fetch=1).build(items)  # deliberately approximate
-    return index
+    if request.param == "cells":
+        return CellIndex("ip", n_cells=50, n_probe=1).build(items)  # deliberately approximate
+    return AnnIndex("ip", n_trees=3, search_k=1, fetch=1).build(items)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -158,8 +208,11 @@ def test_filtered_index_results_hold_k_items_that_pass_best_first(vectors, fast_
         np.testing.assert_array_equal(idx, exact_idx)
 
 
-def test_exhaustive_index_with_filters_matches_brute_force(vectors, exhaustive_index):
+@pytest.mark.parametrize("kind", KINDS)
+def test_exhaustive_index_with_filters_matches_brute_force(vectors, exhaustive_index, kind):
     items, queries = vectors
+    if kind == "cells":
+        exhaustive_index = CellIndex("ip", n_cells=40, n_probe=40).build(items)
     rng = np.random.default_rng(1)
     seen = sp.random(len(queries), len(items), density=0.02, format="csr", random_state=2)
     allow = rng.choice(len(items), 1500, replace=False)
@@ -278,3 +331,18 @@ def test_forest_searches_count_the_ranges_the_norm_bound_did_not_cut():
     top = items[np.argsort(-np.linalg.norm(items, axis=1))[:1]]
     index.search(top * 100, items, 1)
     assert index.forest_searches - before < searchable, "the bound cut the small-norm ranges"
+
+
+def test_a_cells_index_travels_in_the_bundle(synthetic, tmp_path):
+    model = MF(factors=8, epochs=3, progress=False, device="cpu").fit(synthetic)
+    engine = model.engine_
+    engine.indexes = {"ip": CellIndex("ip", n_cells=16, n_probe=16).build(engine.item_vectors)}
+    path = model.save(tmp_path / "b")
+    assert (path / "index_ip.cells.safetensors").exists()
+    loaded = load(path)
+    assert isinstance(loaded.engine_.indexes["ip"], CellIndex) and loaded.manifest_.index["ip"]["config"]["kind"] == "cells"
+    users = synthetic.users.ids[:20]
+    loaded.engine_.mode = "ann"
+    by_index = loaded.recommend(users, k=5)[0]
+    loaded.engine_.mode = "exact"
+    np.testing.assert_array_equal(by_index, loaded.recommend(users, k=5)[0])  # every cell probed: exact

@@ -9,9 +9,9 @@ from contract import RecommenderContract
 from recsys.data import temporal_split
 from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
-from recsys.models._loop import stale_limit
 from recsys.metrics import ranking_metrics
 from recsys.models import MF, Popularity
+from recsys.models._loop import stale_limit
 
 
 def fast_mf(**overrides) -> MF:
