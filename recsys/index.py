@@ -104,7 +104,26 @@ def norm_ranges(norms: np.ndarray, quantiles: tuple[float, ...] = NORM_QUANTILES
     return np.asarray(sorted(set(bounds)), dtype=np.int64)
 
 
-class AnnIndex:
+def _best_k(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (at most) k best of candidates `idx` with `scores`, best first (ties: candidate order)."""
+    top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return idx[top], scores[top].astype(np.float32)
+
+
+class _Searchable:
+    """`search` for both index kinds, from their `search_one`."""
+
+    def search(self, queries: np.ndarray, vectors: np.ndarray | None, k: int) -> np.ndarray:
+        """Top-k item indices per query (-1 padded)."""
+        out = np.full((len(queries), k), -1, np.int64)
+        for r, q in enumerate(queries):
+            idx, _ = self.search_one(q, k, vectors)
+            out[r, :len(idx)] = idx
+        return out
+
+
+class AnnIndex(_Searchable):
     """Annoy forests over item vectors, one per norm range ('ip') or one in all ('angular')."""
 
     def __init__(self, metric: str = "ip", n_trees: int = 50, search_k: int = -1, fetch: int = 1, seed: int = 0,
@@ -182,9 +201,7 @@ class AnnIndex:
             if keep is not None:
                 mask = keep(cand)
                 cand, scores = cand[mask], scores[mask]
-            top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
-            top = top[np.argsort(-scores[top], kind="stable")]
-            best_idx, best_scores = cand[top], scores[top].astype(np.float32)
+            best_idx, best_scores = _best_k(cand, scores, k)
         for b, forest in enumerate(self._forests):
             if forest is None:
                 continue
@@ -202,14 +219,6 @@ class AnnIndex:
             top = np.argsort(-scores, kind="stable")[:k]
             best_idx, best_scores = idx[top], scores[top].astype(np.float32)
         return best_idx, best_scores
-
-    def search(self, queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
-        """Top-k item indices per query (-1 padded)."""
-        out = np.full((len(queries), k), -1, np.int64)
-        for r, q in enumerate(queries):
-            idx, _ = self.search_one(q, k, vectors)
-            out[r, :len(idx)] = idx
-        return out
 
     # ------------------------------------------------------------------------------------ persistence
     def file_writers(self, prefix: str) -> dict[str, Callable[[Path], None]]:
@@ -245,7 +254,7 @@ class AnnIndex:
                 "dim": self.dim, "n_ranges": self.n_ranges, "exact_ranges": self.exact_ranges}
 
 
-class CellIndex:
+class CellIndex(_Searchable):
     """Inverted lists over k-means cells (see the module docstring): `n_cells` centroids (None: sqrt(n)),
     `n_probe` cells scored exactly per query. Same search interface as `AnnIndex`."""
 
@@ -320,18 +329,7 @@ class CellIndex:
             cells = np.concatenate([cells, rest[:done]])
         if not idx_parts:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        idx, scores = np.concatenate(idx_parts), np.concatenate(score_parts)
-        top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return idx[top], scores[top].astype(np.float32)
-
-    def search(self, queries: np.ndarray, vectors: np.ndarray | None, k: int) -> np.ndarray:
-        """Top-k item indices per query (-1 padded)."""
-        out = np.full((len(queries), k), -1, np.int64)
-        for r, q in enumerate(queries):
-            idx, _ = self.search_one(q, k, vectors)
-            out[r, :len(idx)] = idx
-        return out
+        return _best_k(np.concatenate(idx_parts), np.concatenate(score_parts), k)
 
     def file_writers(self, prefix: str) -> dict[str, Callable[[Path], None]]:
         """{file name: writer} for a bundle: one safetensors file (centroids, layout, grouped vectors)."""
@@ -532,8 +530,8 @@ class _Tuning:
                            round(self.exact_batch_ms, 4), 256, round(build_seconds, 2), len(self.queries),
                            index.n_ranges, "cells" if cells else "annoy", index.n_cells if cells else 0,
                            index.n_probe if cells else 0)
-        log.info("%s %s %s: recall@%d=%.3f, %.3f ms/query (exact %.3f)", stats.kind, self.metric, describe(stats),
-                 self.k, recall, ms, self.exact_ms)
+        log.info("%s %s %s: recall@%d=%.3f, %.3f ms/query (exact %.3f)", stats.kind, self.metric,
+                 describe(stats.to_dict()), self.k, recall, ms, self.exact_ms)
         if self.fallback is None or recall > self.fallback[0].recall:
             self.fallback = (stats, index)
         if self.best is not None and ms >= self.best[0].ann_ms:
@@ -584,12 +582,12 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
-def describe(stats: IndexStats | dict) -> str:
-    """An index setting in words: 'n_cells=1000 n_probe=8' or 'n_trees=50 search_k=400 ranges=7'."""
-    get = stats.get if isinstance(stats, dict) else lambda name, default=None: getattr(stats, name, default)
-    if get("kind", "annoy") == "cells":
-        return f"n_cells={get('n_cells')} n_probe={get('n_probe')}"
-    return f"n_trees={get('n_trees')} search_k={get('search_k')} ranges={get('n_ranges')}"
+def describe(stats: dict) -> str:
+    """An index setting in words, from its stats (`IndexStats.to_dict`, as in a bundle manifest; no 'kind' is
+    an Annoy index): 'n_cells=1000 n_probe=8' or 'n_trees=50 search_k=400 ranges=7'."""
+    if stats.get("kind", "annoy") == "cells":
+        return f"n_cells={stats['n_cells']} n_probe={stats['n_probe']}"
+    return f"n_trees={stats['n_trees']} search_k={stats['search_k']} ranges={stats['n_ranges']}"
 
 
 # ---------------------------------------------------------------------------------------- for bundles
@@ -617,6 +615,6 @@ def build_indexes(item_vectors: np.ndarray, user_vectors: np.ndarray, similarity
         if useful:  # an index slower than exact scanning would only cost disk and page cache
             indexes[metric] = index
         log.info("%s index (%s): %s recall@%d=%.3f, %.3f ms/query vs exact %.3f ms (%.1fx)%s", metric,
-                 measured.kind, describe(measured), k, measured.recall, measured.ann_ms, measured.exact_ms,
+                 measured.kind, describe(stats[metric]), k, measured.recall, measured.ann_ms, measured.exact_ms,
                  measured.speedup, "" if useful else ", not kept")
     return indexes, stats
