@@ -3,7 +3,9 @@
 `tune(train, "ials", budget=300)` holds out each user's latest `validation_fraction` of `train` (never the
 test split: the caller keeps that) and runs a `Search`: Optuna's multivariate TPE sampler (it models
 correlated parameters such as reg and reg_exponent jointly) over the model's search space. The first trial
-is the model's defaults, so tuning never reports worse than them. Models with early stopping (an `epochs`
+is the model's defaults, so tuning never reports worse than them; the model's start points follow. From then
+on every second trial is a neighbour of the best so far (one parameter moved one step, `neighbours`), the
+first not yet tried: a local search beside the sampler's global one. Models with early stopping (an `epochs`
 parameter) stop each trial on the validation split; the chosen epoch count is part of the tuned parameters.
 Half-way through the budget, a numeric range whose best value sits on its edge is widened and the search
 goes on with every trial so far (`run_widening`); what is still on an edge at the end is reported in
@@ -133,6 +135,9 @@ MIN_PROBE_SECONDS = 30.0  # without a budget, another model's default fit may ta
 CONTENDER_GAP = 0.03      # a model within 3% of the leader's validation score keeps searching
 PRUNE_AFTER_TRIALS = 4    # complete trials before any is pruned
 PRUNE_FROM_EPOCH = 4      # a trial's first epochs are never pruned (slow starters)
+LOCAL_EVERY = 2           # after the start points, every LOCAL_EVERY-th trial is a neighbour of the best so far
+LOCAL_STEP = 3.0          # a neighbour multiplies or divides one log-scale parameter by this (ints: its root)
+LOCAL_LINEAR_STEP = 0.25  # ... or moves one linear parameter by this share of its range
 MAX_BUDGET = 720.0        # seconds: default_budget's ceiling
 
 
@@ -230,6 +235,7 @@ class Search:
             if point not in self.starts:
                 self.starts.append(point)
                 self.study.enqueue_trial(point)
+        self.n_local = 0  # neighbour trials enqueued by `_refine`
 
     def _new_study(self) -> optuna.Study:
         import optuna
@@ -283,11 +289,31 @@ class Search:
         start = time.perf_counter()
         try:
             self.study.optimize(objective, n_trials=n_trials, timeout=budget, catch=(RecsysError,),
+                                callbacks=[self._refine],
                                 show_progress_bar=bool(self.fixed.get("progress", False)))
         except _Refused as err:  # optuna's catch lets it through only as a failed trial; stop instead
             raise DataValidationError(f"{self.model} cannot be tuned on this data: {err}") from err
         self.seconds += time.perf_counter() - start
         return self
+
+    def _refine(self, study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        """After the start points, make every `LOCAL_EVERY`-th trial a neighbour of the best so far (one
+        parameter moved one step, `neighbours`), the first not yet tried: a local search beside the sampler's
+        global one. Measured need: on a log where most of the space collapses to a popularity ranking, the
+        sampler clustered on that plateau and never refined the start point one step from a better region."""
+        import optuna
+
+        states = [t.state for t in study.trials]
+        if optuna.trial.TrialState.WAITING in states or len(study.trials) < len(self.starts) or not self.done:
+            return
+        if (len(study.trials) - len(self.starts)) % LOCAL_EVERY:
+            return
+        tried = [t.params for t in study.trials]
+        for point in neighbours(self.space, study.best_trial.params):
+            if point not in tried:
+                study.enqueue_trial(point)
+                self.n_local += 1
+                return
 
     def _pruning(self, trial: optuna.Trial) -> contextlib.AbstractContextManager:
         """Report each validated epoch to Optuna; stop a trial whose curve falls below the median of earlier
@@ -472,6 +498,35 @@ def widen(space: Mapping[str, Range | Choice], edges: Mapping[str, str], factor:
         else:
             high = dim.high * factor if dim.log else dim.high + width
             out[name] = Range(dim.low, int(high) if dim.kind is int else high, dim.log, dim.kind, dim.limits)
+    return out
+
+
+def neighbours(space: Mapping[str, Range | Choice], point: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`point` with one parameter moved one step, for each parameter in turn and both ways: x/÷`LOCAL_STEP`
+    on a log scale (an int by at least 1), ± `LOCAL_LINEAR_STEP` of the range on a linear one, every other
+    value of a choice; clipped to the range, duplicates and no-ops left out."""
+    out: list[dict[str, Any]] = []
+    for name, dim in space.items():
+        if name not in point:
+            continue
+        value = point[name]
+        if isinstance(dim, Choice):
+            moved = [v for v in dim.values if v != value]
+        elif dim.log:
+            step = math.sqrt(LOCAL_STEP) if dim.kind is int else LOCAL_STEP
+            moved = [value * step, value / step]
+        else:
+            width = LOCAL_LINEAR_STEP * (dim.high - dim.low)
+            moved = [value + width, value - width]
+        for v in moved:
+            if isinstance(dim, Range):
+                if dim.kind is int:  # at least one step of 1, then inside the range
+                    v = round(v) if round(v) != value else int(value + (1 if v > value else -1))
+                v = min(max(v, dim.low), dim.high)
+                v = int(v) if dim.kind is int else v
+            candidate = {**point, name: v}
+            if v != value and candidate not in out:
+                out.append(candidate)
     return out
 
 

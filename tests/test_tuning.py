@@ -221,7 +221,7 @@ def test_start_points_run_whole_even_where_the_pruner_would_stop_them(synthetic_
     search = tuning.Search("ials", fit_part, valid, fixed={"factors": 8, "epochs": 6, "progress": False,
                                                            "device": "cpu"})
     search.run(n_trials=len(search.starts) + 2)
-    states = [t.state.name for t in search.study.trials]
+    states = [t.state.name for t in search.study.trials if t.state.name != "WAITING"]  # (a queued neighbour)
     assert len(search.starts) == 1 + len(tuning.START_POINTS["ials"])
     assert states == ["COMPLETE"] * len(search.starts) + ["PRUNED"] * 2
 
@@ -256,3 +256,36 @@ def test_weight_parameters_are_not_searched_on_a_log_whose_weights_are_all_equal
     assert not {"confidence", "alpha"} & set(search.space) and "unobserved_weight" in search.space
     assert "confidence" in tuning.Search("ials", fit_part, valid, space=tuning.SEARCH_SPACES["ials"]).space, \
         "an explicit space is searched as given"
+
+
+def test_neighbours_move_one_parameter_one_step_inside_its_range():
+    space = {"factors": tuning.Int(16, 512, log=True), "reg": tuning.Float(1e-4, 100.0, log=True),
+             "nu": tuning.Float(0.0, 1.0), "confidence": tuning.Choice(("binary", "power"))}
+    point = {"factors": 512, "reg": 1.0, "nu": 0.1, "confidence": "binary"}
+    moved = tuning.neighbours(space, point)
+    assert all(sum(p[n] != point[n] for n in point) == 1 for p in moved), "one parameter at a time"
+    assert {p["factors"] for p in moved} == {512, round(512 / 3 ** 0.5)}, "the upper edge is not crossed"
+    assert {p["reg"] for p in moved} == {1.0, 3.0, 1 / 3}
+    assert {p["nu"] for p in moved} == {0.1, 0.35, 0.0}, "clipped to the range's low edge"
+    assert {p["confidence"] for p in moved} == {"binary", "power"}
+    assert len(moved) == 1 + 2 + 2 + 1
+    assert tuning.neighbours({"factors": tuning.Int(1, 64, log=True)}, {"factors": 1}) == [{"factors": 2}], \
+        "an int moves by at least 1"
+
+
+def test_after_the_start_points_every_other_trial_is_a_neighbour_of_the_best(synthetic_split):
+    from recsys.data import holdout
+
+    fit_part, valid = holdout(synthetic_split[0], 0.2)
+    search = tuning.Search("ials", fit_part, valid, fixed={"factors": 8, "epochs": 3, "progress": False,
+                                                           "device": "cpu"})
+    n_starts = len(search.starts)
+    search.run(n_trials=n_starts + 6)
+    trials = [t for t in search.study.trials if t.state.name != "WAITING"]
+    assert search.n_local == 4, "after each second trial, the last one's still queued"
+    for t in trials[n_starts:]:
+        earlier = [e for e in trials[:t.number] if e.state.name == "COMPLETE" and e.value is not None]
+        best = max(earlier, key=lambda e: e.value).params
+        if t.system_attrs.get("fixed_params"):  # enqueued: a neighbour of the best before it
+            assert t.params in tuning.neighbours(search.space, best)
+    assert sum(bool(t.system_attrs.get("fixed_params")) for t in trials[n_starts:]) == 3
