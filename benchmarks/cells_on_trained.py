@@ -15,25 +15,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.retrieval import PROFILE_LOG, make_centres, make_items, make_queries
+from benchmarks.retrieval import PROFILE_LOG, PROFILE_PARAMS, make_centres, make_items, make_queries
 from recsys.data import read_interactions
 from recsys.datasets import load_movielens, make_synthetic
-from recsys.index import CellIndex
+from recsys.index import CellIndex, exact_topk, recall_at_k
 from recsys.models import make_model
 
 K, N_QUERIES = 10, 300
 
 
 def curve(items: np.ndarray, queries: np.ndarray) -> tuple[int, list[tuple[int, float]]]:
-    truth = np.argsort(-(queries @ items.T), axis=1)[:, :K]
+    truth = exact_topk(queries, items, K)
     index = CellIndex("ip").build(items)
     points = []
     for n_probe in (1, 2, 4, 8, 16, 32, 64):
         if n_probe > index.n_cells:
             break
         index.n_probe = n_probe
-        found = index.search(queries, items, K)
-        points.append((n_probe, float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))))
+        points.append((n_probe, recall_at_k(index.search(queries, items, K), truth)))
     return index.n_cells, points
 
 
@@ -45,8 +44,7 @@ def main() -> int:
         inter = read_interactions(frame, user_col="user", item_col="item", weight_col="rating",
                                   time_col="timestamp")
         for model in ("mf", "ials"):
-            fitted = make_model(model, factors=64, progress=False, seed=0,
-                                **({"epochs": 10} if model == "mf" else {})).fit(inter)
+            fitted = make_model(model, factors=64, progress=False, seed=0, **PROFILE_PARAMS[model]).fit(inter)
             users = np.asarray(fitted.exported_.user_vectors, np.float32)
             queries = users[np.random.default_rng(0).choice(len(users), N_QUERIES, replace=False)]
             items = np.asarray(fitted.exported_.item_vectors, np.float32)
