@@ -303,12 +303,14 @@ class Search:
         sampler clustered on that plateau and never refined the start point one step from a better region."""
         import optuna
 
-        states = [t.state for t in study.trials]
-        if optuna.trial.TrialState.WAITING in states or len(study.trials) < len(self.starts) or not self.done:
+        trials = study.get_trials(deepcopy=False)  # read once (`study.trials` deep-copies every trial)
+        states = {t.state for t in trials}
+        if optuna.trial.TrialState.WAITING in states or len(trials) < len(self.starts) or \
+                optuna.trial.TrialState.COMPLETE not in states:
             return
-        if (len(study.trials) - len(self.starts)) % LOCAL_EVERY:
+        if (len(trials) - len(self.starts)) % LOCAL_EVERY:
             return
-        tried = [t.params for t in study.trials]
+        tried = [t.params for t in trials]
         for point in neighbours(self.space, study.best_trial.params):
             if point not in tried:
                 study.enqueue_trial(point)
