@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -157,6 +158,24 @@ def test_batched_solve_equals_a_per_row_reference(chunk_bytes):
                         unobserved_weight=0.1, solver="cg", cg_steps=3 * k, current=torch.ones(40, k),
                         chunk_bytes=chunk_bytes, cg_kernel=kernel).numpy()
         np.testing.assert_allclose(cg, expected, rtol=1e-3, atol=1e-4, err_msg=kernel)
+
+
+@pytest.mark.parametrize("kernel", ["sparse", "batched"])
+def test_cg_with_a_tolerance_stops_once_converged_at_the_exact_solution(kernel, caplog):
+    """tol: CG stops when every row's residual is within tol of its right-hand side, well before the cap, at
+    the exact solution (the export's solve to convergence)."""
+    rng = np.random.default_rng(3)
+    m = sp.random(200, 90, density=0.1, format="csr", random_state=4, dtype=np.float32)
+    m.data = 1 + 3 * m.data
+    F = rng.normal(size=(90, 12)).astype(np.float32)
+    expected = reference_solve(F.astype(np.float64), m, 0.2, 1.0, 0.1)
+    with caplog.at_level(logging.DEBUG, logger="recsys"):
+        got = solve_rows(torch.as_tensor(F), m.indptr, m.indices, m.data, reg=0.2, reg_exponent=1.0,
+                         unobserved_weight=0.1, solver="cg", cg_steps=1000, tol=1e-6, cg_kernel=kernel,
+                         current=torch.zeros(200, 12)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    steps = [int(r.getMessage().split()[3]) for r in caplog.records if "CG converged" in r.getMessage()]
+    assert steps and max(steps) < 100, steps
 
 
 def test_sparse_and_batched_cg_take_the_same_steps():
