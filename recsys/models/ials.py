@@ -311,8 +311,8 @@ def objective(W: torch.Tensor, H: torch.Tensor, user_index: np.ndarray, item_ind
         c = torch.as_tensor(conf, device=device, dtype=W.dtype)
         with _quiet_sparse():  # beta=0: only the pattern of `c` counts
             scores = torch.sparse.sampled_addmm(_csr(*_csr_index(indptr, item_index, device), c, (len(W), len(H))),
-                                                W, H.T, beta=0.0).values()
-        observed = float((c * (scores - 1) ** 2).sum(dtype=torch.float64))
+                                                W, H.T, beta=0.0).values().sub_(1)
+        observed = float((c * scores).mul_(scores).sum(dtype=torch.float64))  # no float64 copy of nnz values
     else:
         step = max(1, chunk_bytes // (8 * k))
         for s in range(0, len(user_index), step):
@@ -321,11 +321,12 @@ def objective(W: torch.Tensor, H: torch.Tensor, user_index: np.ndarray, item_ind
             c = torch.as_tensor(conf[s:s + step], device=device, dtype=W.dtype)
             observed += float((c * ((W[u] * H[i]).sum(1) - 1) ** 2).sum(dtype=torch.float64))
     everything = unobserved_weight * float(((W.T @ W) * (H.T @ H)).sum(dtype=torch.float64))
-    n_u = np.bincount(user_index, minlength=len(W))
+    n_u = np.diff(indptr) if indptr is not None else np.bincount(user_index, minlength=len(W))
     n_i = np.bincount(item_index, minlength=len(H))
     lam_u = torch.as_tensor(reg * (n_u + unobserved_weight * len(H)) ** reg_exponent, device=device)
     lam_i = torch.as_tensor(reg * (n_i + unobserved_weight * len(W)) ** reg_exponent, device=device)
-    penalty = float((lam_u * (W.double() ** 2).sum(1)).sum() + (lam_i * (H.double() ** 2).sum(1)).sum())
+    penalty = float((lam_u * torch.linalg.vecdot(W, W).double()).sum()
+                    + (lam_i * torch.linalg.vecdot(H, H).double()).sum())
     return observed + everything + penalty
 
 
