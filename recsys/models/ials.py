@@ -51,9 +51,9 @@ CPU_CHUNK_BYTES = 8 * 2**20
 PAD_GROWTH = 2  # a chunk's longest row is at most this many times its shortest (see _chunks)
 GPU_CHUNK_BYTES = 256 * 2**20
 # The exported user solve with solver='cg': CG from the trained vectors until every row's relative residual is
-# at most 1e-5 (at most 2 x factors steps; exact arithmetic needs <= factors). Measured within 2e-5 of the exact
-# Cholesky solve per row, 5x faster at 20M pairs (benchmarks/README.md).
-EXPORT_CG = {"solver": "cg", "tol": 1e-5}
+# at most EXPORT_TOL, capped at 2 x factors steps (exact arithmetic needs <= factors). Measured against the
+# exact Cholesky solve on logs of several shapes (benchmarks/ials_export.py, benchmarks/README.md).
+EXPORT_TOL = 1e-5
 
 
 def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, *, reg: float,
@@ -426,7 +426,7 @@ class IALS(Recommender):
         if self.solver == "cg":  # export what fold-in computes: the user solve given the final items, converged
             items = torch.as_tensor(exported.item_vectors, device=device)
             users = torch.as_tensor(exported.user_vectors, device=device)
-            exported.user_vectors = user_rows.solve(items, current=users, **hyper, **EXPORT_CG,
+            exported.user_vectors = user_rows.solve(items, current=users, **hyper, solver="cg", tol=EXPORT_TOL,
                                                     cg_steps=2 * self.factors).cpu().numpy()
         result.seconds += time.perf_counter() - start
         share = (item_rows.stop - item_rows.start + user_rows.stop - user_rows.start) / (train.n_items + train.n_users)
