@@ -23,3 +23,17 @@ def test_scale_benchmark_smoke(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--help"], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0 and "--scale" in proc.stdout
+
+
+def test_ials_export_benchmark_compares_cg_with_the_exact_solve():
+    """benchmarks/ials_export.py on a small log: both export solves timed, CG converged within its cap and
+    within the tolerance's reach of the exact solve."""
+    import ials_export
+
+    from recsys.data import from_arrays
+    from recsys.datasets import make_synthetic
+
+    frame = make_synthetic(n_users=300, n_items=200, n_factors=8, interactions_per_user=15, seed=0).interactions
+    r = ials_export.compare(from_arrays(frame["user"], frame["item"]))
+    assert r["pairs"] > 3000 and r["exact_s"] > 0 and r["cg_s"] > 0
+    assert 1 <= r["steps"] < 2 * 128 and r["max_rel"] < 1e-3
