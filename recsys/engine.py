@@ -32,7 +32,9 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     kk = min(k, n_cols)
     if kk == 0:
         return np.full((n_rows, k), -1, np.int64), np.full((n_rows, k), -np.inf, np.float32)
-    if n_cols >= THRESHOLD_MIN_COLS and kk * THRESHOLD_BLOCKS_PER_K <= n_cols // 8:
+    if n_rows == 1:
+        idx, val = _topk_of_row(scores[0], kk)
+    elif n_cols >= THRESHOLD_MIN_COLS and kk * THRESHOLD_BLOCKS_PER_K <= n_cols // 8:
         idx, val = _topk_by_threshold(scores, kk)
     else:
         idx, val = _topk_by_partition(scores, kk)
@@ -77,6 +79,21 @@ def _topk_by_threshold(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndar
     starts = np.searchsorted(rows, np.arange(n_rows))
     take = starts[:, None] + np.arange(kk)  # every row has at least kk survivors
     return cols[take].astype(np.int64), values[take].astype(np.float32)
+
+
+def _topk_of_row(row: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """One row (every serving request): the kk-th largest score by selection, then the few scores at or above
+    it (ties included, in column order) sorted stably; 2.5x faster than either batched path on one row."""
+    if kk < len(row):
+        kth = np.partition(row, len(row) - kk)[len(row) - kk]
+        cols = np.flatnonzero(row >= kth)
+    else:
+        cols = np.arange(len(row))
+    values = row[cols]
+    order = np.argsort(-values, kind="stable")[:kk]
+    idx, val = cols[order].astype(np.int64)[None, :], values[order].astype(np.float32)[None, :]
+    idx[~np.isfinite(val)] = -1
+    return idx, val
 
 
 def _topk_by_partition(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +193,10 @@ class Engine:
         if mode not in SEARCH_MODES:
             raise DataValidationError(f"The 'mode' parameter must be one of {SEARCH_MODES}. Got {mode!r}.")
         self.mode = mode
+        # One query is scored against item columns: a row times this (d, n) copy runs BLAS's column kernel,
+        # 2-3x faster than the row kernel over item_vectors (benchmarks/README.md, "Computed answers"); it
+        # costs a second copy of the item matrix, made here so that forked server workers share it.
+        self._item_columns = np.ascontiguousarray(self.item_vectors.T)
 
     @property
     def n_items(self) -> int:
@@ -278,7 +299,8 @@ class Engine:
                       exclude: Sequence[np.ndarray] | sp.csr_matrix | None, allow: np.ndarray | None
                       ) -> tuple[np.ndarray, np.ndarray]:
         if len(queries) == 1 and allow is None:  # one user, no allow-list: every serving request
-            scores = (vectors @ queries[0])[None, :]
+            scores = (queries[0] @ self._item_columns if vectors is self.item_vectors else vectors @ queries[0]
+                      )[None, :]
             if exclude is not None:
                 excluded = exclude.indices[exclude.indptr[0]:exclude.indptr[1]] if sp.issparse(exclude) else exclude[0]
                 scores[0, excluded] = -np.inf
@@ -440,9 +462,9 @@ class Engine:
         return self._titles_at(self.items.to_index(np.ravel(item_ids), missing="ignore"), np.shape(item_ids))
 
     def _titles_at(self, idx: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-        if self.item_metadata is None or "title" not in self.item_metadata:
-            return None
         if self._titles is None:  # built once: per-request conversion of the column was a hot spot
+            if self.item_metadata is None or "title" not in self.item_metadata:
+                return None
             titles = self.item_metadata["title"].to_numpy(dtype=object).copy()
             titles[pd.isna(titles)] = None
             self._titles = titles
@@ -462,8 +484,9 @@ class Engine:
             titles = self.titles(item_ids)
         else:
             titles = self._titles_at(np.asarray(item_index), np.shape(item_ids))
-        return [{"id": str(i), "score": float(sc), "title": None if titles is None or titles[n] is None else
-                 str(titles[n])} for n, (i, sc) in enumerate(zip(item_ids, scores))]
+        titles = [None] * len(item_ids) if titles is None else titles.tolist()
+        return [{"id": str(i), "score": sc, "title": None if t is None else str(t)}
+                for i, sc, t in zip(item_ids.tolist(), np.asarray(scores, dtype=np.float64).tolist(), titles)]
 
     # ------------------------------------------------------------------------ one user's answer (serving)
     def recommend_user(self, user: object | None, k: int = 10, *, offset: int = 0, exclude: Iterable[object] = (),

@@ -124,6 +124,30 @@ def test_topk_threshold_path_matches_stable_argsort(n_cols: int, kind: str) -> N
         np.testing.assert_array_equal(val, ref_val)
 
 
+@pytest.mark.parametrize("n_cols", [1, 7, 2048, 9724])
+@pytest.mark.parametrize("kind", ["normal", "few values", "mostly excluded", "all excluded"])
+def test_topk_of_one_row_matches_stable_argsort(n_cols: int, kind: str) -> None:
+    """One row (every serving request) has its own path: the same answer as a stable sort, ties, -inf and
+    k beyond the row's length included."""
+    rng = np.random.default_rng(n_cols)
+    rows = rng.standard_normal((6, n_cols)).astype(np.float32)
+    if kind == "few values":
+        rows = rng.integers(0, 3, rows.shape).astype(np.float32)
+    elif kind == "mostly excluded":
+        rows[rng.random(rows.shape) < 0.999] = -np.inf
+    elif kind == "all excluded":
+        rows[:] = -np.inf
+    for row in rows:
+        for k in (1, 10, 50, n_cols, n_cols + 3):
+            idx, val = topk(row[None, :], k)
+            ref = np.argsort(-row, kind="stable")[:k]
+            ref_val = row[ref]
+            assert idx.shape == val.shape == (1, k) and idx.dtype == np.int64 and val.dtype == np.float32
+            np.testing.assert_array_equal(idx[0, :len(ref)], np.where(np.isfinite(ref_val), ref, -1))
+            np.testing.assert_array_equal(val[0, :len(ref)], ref_val)
+            assert np.all(idx[0, len(ref):] == -1)
+
+
 def test_topk_matches_argsort_on_random_scores() -> None:
     scores = np.random.default_rng(1).standard_normal((50, 200)).astype(np.float32)
     idx, val = topk(scores, 10)
