@@ -82,18 +82,27 @@ def _topk_by_threshold(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndar
 
 
 def _topk_of_row(row: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """One row (every serving request): the kk-th largest score by selection, then the few scores at or above
-    it (ties included, in column order) sorted stably; 2.5x faster than either batched path on one row."""
-    if kk < len(row):
-        kth = np.partition(row, len(row) - kk)[len(row) - kk]
-        cols = np.flatnonzero(row >= kth)
+    """One row (every serving request). Its columns, read as ROW_GROUPS interleaved groups, give `width` group
+    maxima in one vectorised pass; the kk-th largest maximum is a lower bound on the kk-th largest score (the
+    kk best groups hold kk distinct scores at least that large), so the scores at or above it (about kk of
+    them, ties included, in column order) are all that is sorted. Narrow rows select with a partition."""
+    n = len(row)
+    width = n // ROW_GROUPS
+    if kk < width:
+        maxima = row[:ROW_GROUPS * width].reshape(ROW_GROUPS, width).max(axis=0)
+        cols = np.flatnonzero(row >= np.partition(maxima, width - kk)[width - kk])
+    elif kk < n:
+        cols = np.flatnonzero(row >= np.partition(row, n - kk)[n - kk])
     else:
-        cols = np.arange(len(row))
+        cols = np.arange(n)
     values = row[cols]
     order = np.argsort(-values, kind="stable")[:kk]
     idx, val = cols[order].astype(np.int64)[None, :], values[order].astype(np.float32)[None, :]
     idx[~np.isfinite(val)] = -1
     return idx, val
+
+
+ROW_GROUPS = 64
 
 
 def _topk_by_partition(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -337,7 +346,7 @@ class Engine:
             parts = [self.seen.indices[self.seen.indptr[u]:self.seen.indptr[u + 1]]] if exclude_seen else []
             if deny is not None:
                 parts.append(deny[deny >= 0])
-            exclude = [np.concatenate(parts).astype(np.int64)] if parts else None
+            exclude = None if not parts else [parts[0] if len(parts) == 1 else np.concatenate(parts)]
         else:
             exclude = _combine_exclusions(self.seen[user_index] if exclude_seen else None, deny, len(user_index),
                                           self.n_items)
