@@ -35,3 +35,14 @@ def test_cycle_traffic_is_every_movielens_user_in_turn():
     assert [path for _, path, _ in requests[:2]] == ["/v1/users/1/recommendations?k=10",
                                                     "/v1/users/2/recommendations?k=10"]
     assert len(requests) == serving.N_USERS and {method for method, _, _ in requests} == {"GET"}
+
+
+def test_scoring_benchmark_times_every_kernel_on_a_bundle(models_root, capsys):
+    """benchmarks/scoring.py on a small trained bundle: every kernel timed, ratios against the old ones."""
+    import scoring
+
+    assert scoring.main(["--bundle", str(models_root), "--calls", "3", "--rounds", "2", "--filler-us", "0"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("  ")]
+    assert len(lines) == 10 and all(line.rstrip().endswith("x") for line in lines)
+    assert "q @ item_columns" in out and "16 queries in one GEMM" in out and "grouped maxima" in out

@@ -1,0 +1,97 @@
+"""One-query scoring kernels on a trained bundle's own vectors, side by side in one process.
+
+What a computed recommendation spends in the engine: one user's scores against every item, then top-k. This
+times, interleaved round by round (the machine's speed moves within minutes):
+  * the product as `item_vectors @ q` (BLAS's row kernel, the engine's kernel before 2026-12-04) and as
+    `q @ item_columns` (a (d, n) copy: the column kernel the engine uses now);
+  * one shared product for b concurrent queries (`Q @ item_columns`), per query: what micro-batching the
+    requests inside a worker would buy;
+  * top-k of one row: the engine's path for one row (`recsys.engine.topk`) and a plain argpartition +
+    stable sort of the survivors, and the batched paths it replaced on one row.
+Each call is preceded by --filler-us of pure-Python work, so the item matrix is as cold as between two
+requests rather than hot from the previous call.
+
+    .venv/bin/recsys train --out models --quiet && .venv/bin/python benchmarks/scoring.py --bundle models
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as served: one BLAS thread per request thread
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from recsys.engine import _topk_by_partition, _topk_by_threshold, load_engine, topk  # noqa: E402
+
+
+def busy(us: float) -> None:
+    end = time.perf_counter() + us * 1e-6
+    while time.perf_counter() < end:
+        pass
+
+
+def partition_row(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    cols = np.flatnonzero(row >= np.partition(row, len(row) - k)[len(row) - k])
+    order = np.argsort(-row[cols], kind="stable")[:k]
+    return cols[order], row[cols][order]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, required=True, help="a bundle directory or a models root")
+    p.add_argument("--calls", type=int, default=300, help="timed calls per kernel per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--filler-us", type=float, default=400.0)
+    args = p.parse_args(argv)
+
+    from recsys.bundle import resolve
+    engine, _ = load_engine(resolve(str(args.bundle)))
+    items, users, columns = engine.item_vectors, engine.user_vectors, engine._item_columns
+    rng = np.random.default_rng(0)
+    queries = users[rng.choice(len(users), min(len(users), 1024), replace=False)]
+    queries = np.resize(queries, (max(len(queries), 64), queries.shape[1]))  # (a small bundle: users repeat)
+    rows = np.stack([q @ columns for q in queries[:64]])
+    rows[:, rng.choice(items.shape[0], min(165, items.shape[0] // 4), replace=False)] = -np.inf  # seen items
+
+    kernels: dict[str, tuple[object, int]] = {
+        "product: item_vectors @ q (row kernel)": (lambda i: items @ queries[i % len(queries)], 1),
+        "product: q @ item_columns (column kernel)": (lambda i: queries[i % len(queries)] @ columns, 1),
+    }
+    for b in (2, 4, 8, 16):
+        kernels[f"product: {b} queries in one GEMM, per query"] = (
+            lambda i, b=b: queries[(i * b) % (len(queries) - b):(i * b) % (len(queries) - b) + b] @ columns, b)
+    kernels.update({
+        "top-k of one row: engine (grouped maxima)": (lambda i: topk(rows[i % 64][None, :], args.k), 1),
+        "top-k of one row: argpartition + sort": (lambda i: partition_row(rows[i % 64], args.k), 1),
+        "top-k of one row: batched threshold path": (lambda i: _topk_by_threshold(rows[i % 64][None, :], args.k), 1),
+        "top-k of one row: batched partition path": (lambda i: _topk_by_partition(rows[i % 64][None, :], args.k), 1),
+    })
+    times: dict[str, list[float]] = {name: [] for name in kernels}
+    for _ in range(args.rounds):
+        for name, (fn, per) in kernels.items():
+            total = 0.0
+            for i in range(args.calls):
+                busy(args.filler_us)
+                start = time.perf_counter()
+                fn(i)
+                total += time.perf_counter() - start
+            times[name].append(total / args.calls / per * 1e3)
+    print(f"bundle {engine.n_items:,} items x {items.shape[1]} dims; {args.rounds} rounds of {args.calls} calls, "
+          f"{args.filler_us:g} us of Python before each; ms per query, median [min-max] of rounds")
+    base = {"product": statistics.median(times["product: item_vectors @ q (row kernel)"]),
+            "top-k of one row": statistics.median(times["top-k of one row: batched threshold path"])}
+    for name, ts in times.items():
+        ref = base[name.split(":")[0]]
+        med = statistics.median(ts)
+        print(f"  {name:48s} {med:7.3f} [{min(ts):.3f}-{max(ts):.3f}]  {ref / med:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
