@@ -81,6 +81,9 @@ def _topk_by_threshold(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndar
     return cols[take].astype(np.int64), values[take].astype(np.float32)
 
 
+ROW_GROUPS = 64  # one row's top-k: groups whose maxima bound the k-th score (a row needs > 64 * k columns)
+
+
 def _topk_of_row(row: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     """One row (every serving request). Its columns, read as ROW_GROUPS interleaved groups, give `width` group
     maxima in one vectorised pass; the kk-th largest maximum is a lower bound on the kk-th largest score (the
@@ -100,9 +103,6 @@ def _topk_of_row(row: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     idx, val = cols[order].astype(np.int64)[None, :], values[order].astype(np.float32)[None, :]
     idx[~np.isfinite(val)] = -1
     return idx, val
-
-
-ROW_GROUPS = 64
 
 
 def _topk_by_partition(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,9 +202,9 @@ class Engine:
         if mode not in SEARCH_MODES:
             raise DataValidationError(f"The 'mode' parameter must be one of {SEARCH_MODES}. Got {mode!r}.")
         self.mode = mode
-        # One query is scored against item columns: a row times this (d, n) copy runs BLAS's column kernel,
-        # 2-3x faster than the row kernel over item_vectors (benchmarks/README.md, "Computed answers"); it
-        # costs a second copy of the item matrix, made here so that forked server workers share it.
+        # One query is scored against this (d, n) copy: BLAS's column kernel reads it faster than the row
+        # kernel reads item_vectors (benchmarks/scoring.py). A second copy of the item matrix, made here so
+        # that forked server workers share it; item_vectors is not to be reassigned after construction.
         self._item_columns = np.ascontiguousarray(self.item_vectors.T)
 
     @property
