@@ -7,7 +7,9 @@ times, interleaved round by round (the machine's speed moves within minutes):
   * one shared product for b concurrent queries (`Q @ item_columns`), per query: what micro-batching the
     requests inside a worker would buy;
   * top-k of one row: the engine's path for one row (`recsys.engine.topk`) and a plain argpartition +
-    stable sort of the survivors, and the batched paths it replaced on one row.
+    stable sort of the survivors, and the batched paths it replaced on one row;
+  * the fold-in's ridge solve (a d x d system from 50 of the bundle's items plus its Gramian): LU
+    (`np.linalg.solve`, before 2026-12-04) and Cholesky (`recsys.foldin.solve_spd`).
 Each call is preceded by --filler-us of pure-Python work, so the item matrix is as cold as between two
 requests rather than hot from the previous call.
 
@@ -23,10 +25,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as served: one BLAS thread per request thread
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from recsys.engine import _topk_by_partition, _topk_by_threshold, load_engine, topk  # noqa: E402
+from recsys.engine import _topk_by_partition, _topk_by_threshold, load_engine, topk
+from recsys.foldin import solve_spd
 
 
 def busy(us: float) -> None:
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     queries = np.resize(queries, (max(len(queries), 64), queries.shape[1]))  # (a small bundle: users repeat)
     rows = np.stack([q @ columns for q in queries[:64]])
     rows[:, rng.choice(items.shape[0], min(165, items.shape[0] // 4), replace=False)] = -np.inf  # seen items
+    hist = items[rng.choice(items.shape[0], min(50, items.shape[0]), replace=False)]
+    system = hist.T @ hist + 0.1 * (items.T @ items) + 0.01 * np.eye(items.shape[1], dtype=np.float32)
+    rhs = hist.sum(axis=0)
 
     kernels: dict[str, tuple[object, int]] = {
         "product: item_vectors @ q (row kernel)": (lambda i: items @ queries[i % len(queries)], 1),
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "top-k of one row: argpartition + sort": (lambda i: partition_row(rows[i % 64], args.k), 1),
         "top-k of one row: batched threshold path": (lambda i: _topk_by_threshold(rows[i % 64][None, :], args.k), 1),
         "top-k of one row: batched partition path": (lambda i: _topk_by_partition(rows[i % 64][None, :], args.k), 1),
+        "fold-in solve: np.linalg.solve (LU)": (lambda i: np.linalg.solve(system, rhs), 1),
+        "fold-in solve: solve_spd (Cholesky)": (lambda i: solve_spd(system, rhs), 1),
     })
     times: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(args.rounds):
@@ -85,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle {engine.n_items:,} items x {items.shape[1]} dims; {args.rounds} rounds of {args.calls} calls, "
           f"{args.filler_us:g} us of Python before each; ms per query, median [min-max] of rounds")
     base = {"product": statistics.median(times["product: item_vectors @ q (row kernel)"]),
-            "top-k of one row": statistics.median(times["top-k of one row: batched threshold path"])}
+            "top-k of one row": statistics.median(times["top-k of one row: batched threshold path"]),
+            "fold-in solve": statistics.median(times["fold-in solve: np.linalg.solve (LU)"])}
     for name, ts in times.items():
         ref = base[name.split(":")[0]]
         med = statistics.median(ts)

@@ -405,7 +405,7 @@ class Engine:
         """Top-k (item indices, scores), shape (k,), for a user folded in from `history` (item indices);
         `hide` lists item indices to leave out (typically the history itself), `allow` restricts."""
         vector = self.fold_in(history, weights)
-        hide = None if hide is None else [np.unique(np.asarray(hide, dtype=np.int64))]
+        hide = None if hide is None else [np.asarray(hide, dtype=np.int64)]  # (repeats are harmless)
         idx, val = self.search(vector[None, :], k, exclude=hide, allow=allow)
         return idx[0], val[0]
 
@@ -574,7 +574,8 @@ class Engine:
         if user is None and not len(items):
             return None
         if user is not None and user in self.users:  # what the bundle already knows about this user counts too
-            known = self.seen[self.users.index(user, "user")].indices
+            u = self.users.index(user, "user")
+            known = self.seen.indices[self.seen.indptr[u]:self.seen.indptr[u + 1]]
             items = np.concatenate([known, items])
             weights = np.concatenate([np.ones(len(known), np.float32), weights])
         positive = weights > 0

@@ -60,3 +60,18 @@ def test_mean_indicator_and_constant_methods():
     np.testing.assert_allclose(FoldIn("constant").user_vector(items, np.array([2]), user_vectors=users),
                                [0.5, 0.5, 0])
     np.testing.assert_allclose(FoldIn("ridge").user_vector(items, np.array([], np.int64)), [0, 0, 0])
+
+
+def test_solve_spd_matches_lu_and_falls_back_where_not_positive_definite():
+    """The ridge systems are solved by Cholesky; a matrix that is not positive definite still gets LU's answer
+    (or its error, when singular)."""
+    from recsys.foldin import solve_spd
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    a, b = x.T @ x + 0.1 * np.eye(16, dtype=np.float32), rng.standard_normal(16).astype(np.float32)
+    np.testing.assert_allclose(solve_spd(a, b), np.linalg.solve(a.astype(np.float64), b), rtol=1e-4, atol=1e-5)
+    indefinite = np.diag(np.array([2.0, -1.0, 3.0], np.float32))
+    np.testing.assert_allclose(solve_spd(indefinite, np.ones(3, np.float32)), [0.5, -1.0, 1 / 3], rtol=1e-6)
+    with pytest.raises(np.linalg.LinAlgError):
+        solve_spd(np.zeros((3, 3), np.float32), np.ones(3, np.float32))

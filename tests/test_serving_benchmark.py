@@ -44,5 +44,5 @@ def test_scoring_benchmark_times_every_kernel_on_a_bundle(models_root, capsys):
     assert scoring.main(["--bundle", str(models_root), "--calls", "3", "--rounds", "2", "--filler-us", "0"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("  ")]
-    assert len(lines) == 10 and all(line.rstrip().endswith("x") for line in lines)
-    assert "q @ item_columns" in out and "16 queries in one GEMM" in out and "grouped maxima" in out
+    assert len(lines) == 12 and all(line.rstrip().endswith("x") for line in lines)
+    assert "q @ item_columns" in out and "16 queries in one GEMM" in out and "grouped maxima" in out and "Cholesky" in out
