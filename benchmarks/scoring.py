@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "top-k of one row: batched threshold path": (lambda i: _topk_by_threshold(rows[i % 64][None, :], args.k), 1),
         "top-k of one row: batched partition path": (lambda i: _topk_by_partition(rows[i % 64][None, :], args.k), 1),
         "fold-in solve: np.linalg.solve (LU)": (lambda i: np.linalg.solve(system, rhs), 1),
-        "fold-in solve: solve_spd (Cholesky)": (lambda i: solve_spd(system, rhs), 1),
+        "fold-in solve: solve_spd (Cholesky, float64)": (lambda i: solve_spd(system, rhs), 1),
     })
     times: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(args.rounds):

@@ -140,9 +140,10 @@ class FoldIn:
 
 
 def solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """x with a @ x = b for a symmetric positive definite `a` (a ridge system): LAPACK's Cholesky solve, 2.5-3.5x
-    faster than np.linalg.solve's LU at 64-257 dimensions; a matrix that is not positive definite (no penalty,
-    too short a history) goes to np.linalg.solve, which raises for a singular one as before."""
-    posv, = lapack.get_lapack_funcs(("posv",), (a, b))
-    _, x, info = posv(a, b)
+    """x (float64) with a @ x = b for a symmetric positive definite `a` (a ridge system): LAPACK's Cholesky
+    solve in float64, faster than np.linalg.solve's LU in float32 (benchmarks/scoring.py); a matrix that is not
+    positive definite (no penalty, too short a history) goes to np.linalg.solve, which raises for a singular
+    one as before."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    _, x, info = lapack.dposv(a, b)
     return x if info == 0 else np.linalg.solve(a, b)
