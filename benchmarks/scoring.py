@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from recsys.bundle import resolve
     engine, _ = load_engine(resolve(str(args.bundle)))
-    items, users, columns = engine.item_vectors, engine.user_vectors, engine._item_columns
+    items, users, columns = engine.item_vectors, engine.user_vectors, engine.item_columns
     rng = np.random.default_rng(0)
     queries = users[rng.choice(len(users), min(len(users), 1024), replace=False)]
     queries = np.resize(queries, (max(len(queries), 64), queries.shape[1]))  # (a small bundle: users repeat)

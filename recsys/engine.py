@@ -202,14 +202,18 @@ class Engine:
         if mode not in SEARCH_MODES:
             raise DataValidationError(f"The 'mode' parameter must be one of {SEARCH_MODES}. Got {mode!r}.")
         self.mode = mode
-        # One query is scored against this (d, n) copy: BLAS's column kernel reads it faster than the row
-        # kernel reads item_vectors (benchmarks/scoring.py). A second copy of the item matrix, made here so
-        # that forked server workers share it; item_vectors is not to be reassigned after construction.
-        self._item_columns = np.ascontiguousarray(self.item_vectors.T)
 
     @property
     def n_items(self) -> int:
         return len(self.items)
+
+    @functools.cached_property
+    def item_columns(self) -> np.ndarray:
+        """item_vectors as a (d, n) C-contiguous copy, made on first use and kept: one query is scored as
+        `q @ item_columns`, which BLAS's column kernel reads faster than its row kernel reads item_vectors
+        (benchmarks/scoring.py). A second copy of the item matrix; the service makes it before gunicorn forks
+        (server/state.py), so the workers share it. item_vectors is not to be reassigned afterwards."""
+        return np.ascontiguousarray(self.item_vectors.T)
 
     @property
     def similarity_vectors(self) -> np.ndarray:
@@ -308,7 +312,7 @@ class Engine:
                       exclude: Sequence[np.ndarray] | sp.csr_matrix | None, allow: np.ndarray | None
                       ) -> tuple[np.ndarray, np.ndarray]:
         if len(queries) == 1 and allow is None:  # one user, no allow-list: every serving request
-            scores = (queries[0] @ self._item_columns if vectors is self.item_vectors else vectors @ queries[0]
+            scores = (queries[0] @ self.item_columns if vectors is self.item_vectors else vectors @ queries[0]
                       )[None, :]
             if exclude is not None:
                 excluded = exclude.indices[exclude.indptr[0]:exclude.indptr[1]] if sp.issparse(exclude) else exclude[0]

@@ -52,7 +52,8 @@ class ModelState:
         with self._lock:
             path = resolve(self.bundle)
             engine, bundle = load_engine(path, mode=self.mode)
-            _ = engine.popular_order  # computed here (before gunicorn forks the workers), not on a first request
+            # computed here (before gunicorn forks the workers, which then share them), not on a first request
+            _ = engine.popular_order, engine.item_columns
             if self.mode == "auto" and engine.indexes:  # index or exact: decided by figures taken here
                 for metric, stats in engine.calibrate().items():
                     log.info("%s search measured here: index %.3f ms, exact %.3f ms per query", metric,

@@ -2,6 +2,7 @@
 reader that skips webargs, both giving the same answers as the full path."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from server_support import AUTH, KEY, PROBLEM, count_calls, events
 
@@ -167,3 +168,19 @@ def test_the_service_measures_index_against_exact_when_it_loads_a_model(models_r
     assert calls == [loaded.engine]
     state_module.ModelState(str(models_root), mode="exact")
     assert len(calls) == 1
+
+
+def test_loading_a_model_builds_what_requests_read_before_workers_fork(models_root):
+    """The popularity order and the item columns every computed answer reads are made when the model loads
+    (in gunicorn's master, so the forked workers share them), not on a worker's first request; an engine
+    outside the service makes its column copy only when a single query asks for it."""
+    from recsys.engine import load_engine
+    from server.state import ModelState
+
+    loaded = ModelState(str(models_root)).current
+    assert {"item_columns", "_popularity"} <= set(vars(loaded.engine))
+    np.testing.assert_array_equal(loaded.engine.item_columns, loaded.engine.item_vectors.T)
+    plain, _ = load_engine(loaded.path)
+    assert "item_columns" not in vars(plain)
+    plain.recommend_indices(np.array([0]), 3)
+    assert "item_columns" in vars(plain)
