@@ -103,19 +103,28 @@ def test_topk_ties_stable() -> None:
         np.testing.assert_array_equal(idx, ref)
 
 
+def scores_of_kind(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Score rows for the top-k tests: 'normal', 'few values' (ties everywhere), 'mostly excluded' (99.9 %
+    -inf), 'half excluded' (every other column, and all of row 0) or 'all excluded'."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal(shape).astype(np.float32)
+    if kind == "few values":
+        scores = rng.integers(0, 3, shape).astype(np.float32)
+    elif kind == "mostly excluded":
+        scores[rng.random(shape) < 0.999] = -np.inf
+    elif kind == "half excluded":
+        scores[:, ::2] = -np.inf
+        scores[0] = -np.inf
+    elif kind == "all excluded":
+        scores[:] = -np.inf
+    return scores
+
+
 @pytest.mark.parametrize("n_cols", [2048, 3001, 9724, 41632])
 @pytest.mark.parametrize("kind", ["normal", "few values", "mostly excluded", "half excluded"])
 def test_topk_threshold_path_matches_stable_argsort(n_cols: int, kind: str) -> None:
     """Wide catalogues take the block-maximum path: the same answer as a stable sort, ties and -inf included."""
-    rng = np.random.default_rng(n_cols)
-    scores = rng.standard_normal((12, n_cols)).astype(np.float32)
-    if kind == "few values":
-        scores = rng.integers(0, 3, scores.shape).astype(np.float32)
-    elif kind == "mostly excluded":
-        scores[rng.random(scores.shape) < 0.999] = -np.inf
-    elif kind == "half excluded":
-        scores[:, ::2] = -np.inf
-        scores[0] = -np.inf
+    scores = scores_of_kind(kind, (12, n_cols), seed=n_cols)
     for k in (1, 10, 50):
         idx, val = topk(scores, k)
         ref = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -129,15 +138,7 @@ def test_topk_threshold_path_matches_stable_argsort(n_cols: int, kind: str) -> N
 def test_topk_of_one_row_matches_stable_argsort(n_cols: int, kind: str) -> None:
     """One row (every serving request) has its own path: the same answer as a stable sort, ties, -inf and
     k beyond the row's length included."""
-    rng = np.random.default_rng(n_cols)
-    rows = rng.standard_normal((6, n_cols)).astype(np.float32)
-    if kind == "few values":
-        rows = rng.integers(0, 3, rows.shape).astype(np.float32)
-    elif kind == "mostly excluded":
-        rows[rng.random(rows.shape) < 0.999] = -np.inf
-    elif kind == "all excluded":
-        rows[:] = -np.inf
-    for row in rows:
+    for row in scores_of_kind(kind, (6, n_cols), seed=n_cols):
         for k in (1, 10, 50, n_cols, n_cols + 3):
             idx, val = topk(row[None, :], k)
             ref = np.argsort(-row, kind="stable")[:k]
