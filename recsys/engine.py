@@ -20,6 +20,7 @@ from .data import IdMap
 from .exceptions import DataValidationError
 from .foldin import FoldIn
 from .index import EXACT_BLOCK, AnnIndex, CellIndex, _time_per_query, load_index
+from .quantized import Int8Items
 
 SIMILARITIES = ("cosine", "dot")
 SEARCH_MODES = ("auto", "exact", "ann")
@@ -80,6 +81,9 @@ def _topk_by_threshold(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndar
     take = starts[:, None] + np.arange(kk)  # every row has at least kk survivors
     return cols[take].astype(np.int64), values[take].astype(np.float32)
 
+
+# Fewer item coordinates than this (n x d): one query is scored in float32 directly, not through item_codes
+SCAN_MIN_CELLS = 1 << 18
 
 ROW_GROUPS = 64  # one row's top-k: groups whose maxima bound the k-th score (a row needs > 64 * k columns)
 
@@ -208,12 +212,30 @@ class Engine:
         return len(self.items)
 
     @functools.cached_property
+    def item_codes(self) -> Int8Items | None:
+        """The int8 copy of item_vectors that one query's exact top-k scans first (recsys/quantized.py: a
+        quarter of the bytes, the same answer), made on first use and kept; None where it cannot be built
+        (recsys._scan missing, non-finite vectors) or does not pay (fewer than SCAN_MIN_CELLS coordinates,
+        benchmarks/scoring.py). item_vectors is not to be reassigned afterwards."""
+        if self.item_vectors.size < SCAN_MIN_CELLS:
+            return None
+        return Int8Items.build(self.item_vectors)
+
+    @functools.cached_property
     def item_columns(self) -> np.ndarray:
-        """item_vectors as a (d, n) C-contiguous copy, made on first use and kept: one query is scored as
-        `q @ item_columns`, which BLAS's column kernel reads faster than its row kernel reads item_vectors
-        (benchmarks/scoring.py). A second copy of the item matrix; the service makes it before gunicorn forks
-        (server/state.py), so the workers share it. item_vectors is not to be reassigned afterwards."""
+        """item_vectors as a (d, n) C-contiguous copy, made on first use and kept: where there are no
+        item_codes, one query is scored as `q @ item_columns`, which BLAS's column kernel reads faster than
+        its row kernel reads item_vectors (benchmarks/scoring.py). item_vectors is not to be reassigned
+        afterwards."""
         return np.ascontiguousarray(self.item_vectors.T)
+
+    def prepare_serving(self) -> None:
+        """Build now what every single-user answer reads (the int8 codes, else the column copy, and the
+        popularity order) instead of on a first request: the service calls this when it loads a model, in
+        gunicorn's master, so the forked workers share these arrays."""
+        _ = self.popular_order
+        if self.item_codes is None:
+            _ = self.item_columns
 
     @property
     def similarity_vectors(self) -> np.ndarray:
@@ -312,10 +334,17 @@ class Engine:
                       exclude: Sequence[np.ndarray] | sp.csr_matrix | None, allow: np.ndarray | None
                       ) -> tuple[np.ndarray, np.ndarray]:
         if len(queries) == 1 and allow is None:  # one user, no allow-list: every serving request
-            scores = (queries[0] @ self.item_columns if vectors is self.item_vectors else vectors @ queries[0]
-                      )[None, :]
-            if exclude is not None:
-                excluded = exclude.indices[exclude.indptr[0]:exclude.indptr[1]] if sp.issparse(exclude) else exclude[0]
+            excluded = None if exclude is None else (
+                exclude.indices[exclude.indptr[0]:exclude.indptr[1]] if sp.issparse(exclude) else exclude[0])
+            codes = self.item_codes if vectors is self.item_vectors else None
+            found = None if codes is None else codes.topk(queries[0], k, excluded)
+            if found is not None:
+                return found[0][None, :].astype(np.int64), found[1][None, :]
+            if codes is not None or vectors is not self.item_vectors:
+                scores = (vectors @ queries[0])[None, :]
+            else:
+                scores = (queries[0] @ self.item_columns)[None, :]
+            if excluded is not None:
                 scores[0, excluded] = -np.inf
             return topk(scores, k)
         out_idx = np.empty((len(queries), k), np.int64)

@@ -52,8 +52,7 @@ class ModelState:
         with self._lock:
             path = resolve(self.bundle)
             engine, bundle = load_engine(path, mode=self.mode)
-            # computed here (before gunicorn forks the workers, which then share them), not on a first request
-            _ = engine.popular_order, engine.item_columns
+            engine.prepare_serving()  # here, before gunicorn forks the workers, which then share what it builds
             if self.mode == "auto" and engine.indexes:  # index or exact: decided by figures taken here
                 for metric, stats in engine.calibrate().items():
                     log.info("%s search measured here: index %.3f ms, exact %.3f ms per query", metric,

@@ -171,16 +171,21 @@ def test_the_service_measures_index_against_exact_when_it_loads_a_model(models_r
 
 
 def test_loading_a_model_builds_what_requests_read_before_workers_fork(models_root):
-    """The popularity order and the item columns every computed answer reads are made when the model loads
-    (in gunicorn's master, so the forked workers share them), not on a worker's first request; an engine
-    outside the service makes its column copy only when a single query asks for it."""
+    """The popularity order and what every computed answer scans (the int8 item codes, or the float32 column
+    copy where a catalogue is too small for codes) are made when the model loads (in gunicorn's master, so
+    the forked workers share them), not on a worker's first request; an engine outside the service makes
+    them only when a single query asks for them."""
     from recsys.engine import load_engine
     from server.state import ModelState
 
     loaded = ModelState(str(models_root)).current
-    assert {"item_columns", "_popularity"} <= set(vars(loaded.engine))
-    np.testing.assert_array_equal(loaded.engine.item_columns, loaded.engine.item_vectors.T)
+    built = vars(loaded.engine)
+    assert {"item_codes", "_popularity"} <= set(built)
+    if built["item_codes"] is None:
+        np.testing.assert_array_equal(built["item_columns"], loaded.engine.item_vectors.T)
+    else:
+        assert "item_columns" not in built  # the codes answer single queries: no second float32 copy
     plain, _ = load_engine(loaded.path)
-    assert "item_columns" not in vars(plain)
+    assert not {"item_codes", "item_columns"} & set(vars(plain))
     plain.recommend_indices(np.array([0]), 3)
-    assert "item_columns" in vars(plain)
+    assert "item_codes" in vars(plain)

@@ -1,0 +1,116 @@
+"""Exact top-k for one query from a quarter of the bytes: an int8 copy of the item vectors scores every item to
+within a known bound, and only the items that bound leaves in reach of the k-th best are scored again in
+float32. The answer is the float32 answer; reading 1 byte per coordinate instead of 4 is what makes it faster,
+since one query's scan is bound by memory (benchmarks/scoring.py, benchmarks/README.md).
+
+    codes = Int8Items(item_vectors)          # None from Int8Items.build where it cannot help (see there)
+    idx, val = codes.topk(query, k, excluded)   # or None: the caller scores in float32
+
+Why the answer is exact. Each coordinate is divided by its column's largest magnitude c_j (a bias column
+larger than the rest costs little), then item i is rounded to int8 codes x_i with one scale s_i: it is stored
+as w_i = c s_i x_i. The query is rounded to int16 in the same scaled space, q' = t Q / c, so the first pass
+sum_j Q_j x_ij is an exact integer and a_i = t s_i sum_j Q_j x_ij is q'.w_i up to three float32 roundings.
+The float32 score f_i differs from q.v_i by at most d u |q| |v_i| (u = 2^-24, any summation order), so
+
+    |a_i - f_i| <= |q| e_i + C,   e_i = |v_i - w_i|,
+    C = |q - q'| max|w| + d u / (1 - d u) |q| max|v| + (the float32 roundings of a and of this bound).
+
+G, the k-th largest of 64 interleaved group maxima of a - |q| e, is at most the k-th largest of a - |q| e;
+k items have f >= a - |q| e - C >= G - C, so every item of the float32 top k (ties included) has
+a + |q| e >= G - 2C. Those candidates, usually a few dozen, are scored in float32, best first, ties by index.
+The float32 score here is numpy's einsum of the two vectors; any other float32 evaluation is within the same
+bound, so the items it ranks differently are ones whose float32 scores differ in their last bits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from . import _scan
+except ImportError:  # built without a C compiler: every query is scored in float32
+    _scan = None
+
+GROUPS = 64  # the first pass's threshold: group maxima (as engine._topk_of_row reads a row)
+MAX_CANDIDATE_SHARE = 0.25  # more candidates than this share of the items: scoring them all in float32 is cheaper
+_U = 2.0 ** -24  # float32's unit roundoff
+_SLACK = 1 + 2.0 ** -8  # covers the float32 roundings of computing the bound itself
+
+
+class Int8Items:
+    """An int8 copy of float32 item vectors (n, d), one scale per item, for exact single-query top-k."""
+
+    def __init__(self, vectors: np.ndarray):
+        if _scan is None:
+            raise RuntimeError("recsys._scan is not built (pip install needs a C compiler); use Int8Items.build, "
+                               "which answers None instead.")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, d = vectors.shape
+        self.vectors = vectors  # what candidates are scored with (not copied)
+        self.d, self.dp = d, -(-d // 16) * 16
+        v = vectors.astype(np.float64)
+        column_peak = np.abs(v).max(axis=0) if n else np.ones(d)
+        self.columns = np.where(column_peak > 0, column_peak, 1.0).astype(np.float32)
+        scaled = v / self.columns.astype(np.float64)
+        peak = np.abs(scaled).max(axis=1) if d else np.zeros(n)
+        self.scales = np.where(peak > 0, peak / 127, 1.0).astype(np.float32)
+        s = self.scales.astype(np.float64)[:, None]
+        self.codes = np.zeros((n, self.dp), np.int8)
+        self.codes[:, :d] = np.clip(np.rint(scaled / s), -127, 127)
+        stored = self.codes[:, :d] * s * self.columns.astype(np.float64)
+        errors = np.linalg.norm(v - stored, axis=1)
+        self.errors = np.nextafter(errors.astype(np.float32), np.float32(np.inf))  # e_i, rounded up
+        self.max_error = float(errors.max(initial=0.0))
+        self.max_stored_norm = float(np.linalg.norm(stored, axis=1).max(initial=0.0))
+        self.max_norm = float(np.linalg.norm(v, axis=1).max(initial=0.0))
+        self.q_max = min(32767, (2 ** 31 - 1) // (127 * max(self.dp, 1)))  # int32 sums cannot overflow
+
+    @classmethod
+    def build(cls, vectors: np.ndarray) -> Int8Items | None:
+        """An Int8Items for these vectors, or None where it cannot be used: the extension is not built, or a
+        vector is not finite."""
+        if _scan is None or not np.isfinite(vectors).all():
+            return None
+        return cls(vectors)
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes + self.columns.nbytes
+
+    def topk(self, query: np.ndarray, k: int, excluded: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(item indices, float32 scores), k of each, best first with ties by index: what float32 scoring of
+        every item (excluded ones left out) and a stable sort would answer. None when this pass cannot decide
+        cheaply (k not below the number of items, a zero or non-finite query, fewer than k items left,
+        too many candidates): the caller scores in float32 instead."""
+        n = len(self.codes)
+        q = np.ascontiguousarray(query, dtype=np.float32)
+        if not 0 < k < n:
+            return None
+        approx = np.empty(n, np.float32)
+        norms = _scan.scan(self.codes, self.scales, self.columns, q, self.q_max, approx)
+        if norms is None:  # a zero or non-finite query
+            return None
+        _, q_norm, q_error, q_stored = norms
+        if excluded is not None and len(excluded):
+            approx[excluded] = -np.inf
+        dn = self.d * _U
+        bound = _SLACK * (q_error * self.max_stored_norm + dn / (1 - dn) * q_norm * self.max_norm
+                          + 8 * _U * (q_stored * self.max_stored_norm + q_norm * self.max_error))
+        spread = self.errors * np.float32(q_norm)
+        low = approx - spread
+        width = n // GROUPS
+        if k < width:
+            kth = np.partition(low[:GROUPS * width].reshape(GROUPS, width).max(axis=0), width - k)[width - k]
+        else:
+            kth = np.partition(low, n - k)[n - k]
+        if not np.isfinite(kth):  # fewer than k items left (or group maxima): let float32 answer
+            return None
+        cut = np.nextafter(np.float32(float(kth) - 2 * bound), np.float32(-np.inf))
+        candidates = np.flatnonzero(np.add(approx, spread, out=spread) >= cut)
+        if len(candidates) > MAX_CANDIDATE_SHARE * n:
+            return None
+        # einsum computes each item's dot product the same way wherever the item sits (BLAS's gemv does not:
+        # equal items could differ in the last bit), so equal items tie and rank by index
+        scores = np.einsum("ij,j->i", self.vectors[candidates], q)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return candidates[order], scores[order]
