@@ -9,7 +9,11 @@ times, interleaved round by round (the machine's speed moves within minutes):
   * top-k of one row: the engine's path for one row (`recsys.engine.topk`) and a plain argpartition +
     stable sort of the survivors, and the batched paths it replaced on one row;
   * the fold-in's ridge solve (a d x d system from 50 of the bundle's items plus its Gramian): LU
-    (`np.linalg.solve`, before 2026-12-04) and Cholesky (`recsys.foldin.solve_spd`).
+    (`np.linalg.solve`, before 2026-12-04) and Cholesky (`recsys.foldin.solve_spd`);
+  * one query's whole exact top-k, 165 seen items excluded: float32 (column product, then the engine's top-k)
+    against the int8 first pass (`recsys.quantized.Int8Items.topk`, the engine's path since 2026-12-04), on
+    the bundle's items and on its first n items for each n of --sizes (where the engine's SCAN_MIN_CELLS
+    switch from float32 to int8 comes from).
 Each call is preceded by --filler-us of pure-Python work, so the item matrix is as cold as between two
 requests rather than hot from the previous call.
 
@@ -30,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsys.engine import _topk_by_partition, _topk_by_threshold, load_engine, topk
 from recsys.foldin import solve_spd
+from recsys.quantized import Int8Items
 
 
 def busy(us: float) -> None:
@@ -44,6 +49,12 @@ def partition_row(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return cols[order], row[cols][order]
 
 
+def exact_float32(q: np.ndarray, columns: np.ndarray, seen: np.ndarray, k: int):
+    scores = (q @ columns)[None, :]
+    scores[0, seen] = -np.inf
+    return topk(scores, k)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, required=True, help="a bundle directory or a models root")
@@ -51,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--filler-us", type=float, default=400.0)
+    p.add_argument("--sizes", type=int, nargs="*", default=[250, 500, 1000, 2000, 4000],
+                   help="also time the whole one-query top-k on the bundle's first n items")
     args = p.parse_args(argv)
 
     from recsys.bundle import resolve
@@ -80,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         "fold-in solve: np.linalg.solve (LU)": (lambda i: np.linalg.solve(system, rhs), 1),
         "fold-in solve: solve_spd (Cholesky, float64)": (lambda i: solve_spd(system, rhs), 1),
     })
+    n_items = items.shape[0]
+    for n in sorted({*(n for n in args.sizes if n < n_items), n_items}):
+        sub = np.ascontiguousarray(items[:n])
+        sub_columns, codes = np.ascontiguousarray(sub.T), Int8Items(sub)
+        seen = [np.sort(rng.choice(n, min(165, n // 4), replace=False)) for _ in range(64)]
+        kernels[f"top-k, {n} items: float32 (column product + top-k)"] = (
+            lambda i, c=sub_columns, seen=seen: exact_float32(queries[i % len(queries)], c, seen[i % 64], args.k), 1)
+        kernels[f"top-k, {n} items: int8 first pass (Int8Items)"] = (
+            lambda i, c=codes, seen=seen: c.topk(queries[i % len(queries)], args.k, seen[i % 64]), 1)
     times: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(args.rounds):
         for name, (fn, per) in kernels.items():
@@ -96,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             "top-k of one row": statistics.median(times["top-k of one row: batched threshold path"]),
             "fold-in solve": statistics.median(times["fold-in solve: np.linalg.solve (LU)"])}
     for name, ts in times.items():
+        if name.startswith("top-k, "):
+            base[name.split(":")[0]] = statistics.median(times[name.split(":")[0] + name[name.index(":"):].replace(
+                "int8 first pass (Int8Items)", "float32 (column product + top-k)")])
         ref = base[name.split(":")[0]]
         med = statistics.median(ts)
         print(f"  {name:48s} {med:7.3f} [{min(ts):.3f}-{max(ts):.3f}]  {ref / med:5.2f}x")

@@ -13,6 +13,14 @@
    int32: q_max must be at most (2^31 - 1) / (127 dp), which is checked. The GIL is released while scanning.
    With portable true the plain C loop runs even where the CPU has AVX2 (tests compare the two); `kernel`
    names the loop used by default.
+
+   first_pass(codes, scales, columns, errors, query, q_max, excluded, k, bounds, limit, candidates) is the whole
+   first pass of Int8Items.topk (the proof is in recsys/quantized.py): the scan, excluded items (int32 or
+   int64 indices) set to -inf, the cut G - 2C from the k-th largest of 64 interleaved group maxima of
+   a - |q| e, and the indices i with a_i + |q| e_i >= cut written to candidates (int64, at least limit
+   long), ascending. errors: float32 (n,), e_i rounded up; bounds: (max |w_i|, max |v_i|, max e_i). Returns
+   the number of candidates, or None where the pass cannot decide (a zero or non-finite query, fewer than k
+   items left, more than limit candidates).
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -65,18 +73,77 @@ static void scan_portable(const int8_t *codes, const float *scales, const int16_
 
 static int use_avx2 = 0;
 
+static void scan_rows(const int8_t *codes, const float *scales, const int16_t *q, Py_ssize_t n, Py_ssize_t dp,
+                      float t, float *out, int portable) {
+#ifdef RECSYS_AVX2
+    if (use_avx2 && !portable) {
+        scan_avx2(codes, scales, q, n, dp, t, out);
+        return;
+    }
+#endif
+    (void)portable;
+    scan_portable(codes, scales, q, n, dp, t, out);
+}
+
 static int get(PyObject *obj, Py_buffer *view, const char *name, const char *format, Py_ssize_t itemsize,
                int ndim, int writable) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
         return -1;
     if (view->ndim != ndim || view->itemsize != itemsize || view->format == NULL ||
-        strcmp(view->format, format) != 0) {
+        (format != NULL && strcmp(view->format, format) != 0)) {
         PyErr_Format(PyExc_ValueError, "scan: '%s' must be a %d-d C-contiguous array of format '%s'", name,
-                     ndim, format);
+                     ndim, format != NULL ? format : "int64");
         PyBuffer_Release(view);
         return -1;
     }
     return 0;
+}
+
+/* The query, scaled by the columns and rounded to int16 (q, dp entries, zero padded); sets t and the norms
+   |query|, |query - t q / c|, |t q / c|. Returns 0 for a zero or non-finite query. */
+static int round_query(const float *qf, const float *cf, Py_ssize_t d, long q_max, int16_t *q, float *t,
+                       double norms[3]) {
+    double peak = 0.0;
+    for (Py_ssize_t j = 0; j < d; j++) {
+        double a = fabs((double)qf[j] * (double)cf[j]);
+        if (!(a <= DBL_MAX)) return 0;  /* inf or nan */
+        if (a > peak) peak = a;
+    }
+    if (!(peak > 0.0 && peak / (double)q_max <= FLT_MAX)) return 0;
+    *t = (float)(peak / (double)q_max);
+    double norm = 0.0, resid = 0.0, stored = 0.0;
+    for (Py_ssize_t j = 0; j < d; j++) {
+        double r = nearbyint((double)qf[j] * (double)cf[j] / (double)*t);
+        if (r > (double)q_max) r = (double)q_max;
+        if (r < -(double)q_max) r = -(double)q_max;
+        q[j] = (int16_t)r;
+        double x = qf[j], y = (double)*t * r / (double)cf[j];
+        norm += x * x;
+        resid += (x - y) * (x - y);
+        stored += y * y;
+    }
+    norms[0] = sqrt(norm);
+    norms[1] = sqrt(resid);
+    norms[2] = sqrt(stored);
+    return 1;
+}
+
+/* Checks shared by scan and first_pass; 0 (with an exception set) when the arguments do not fit. */
+static int check(Py_buffer *codes, Py_buffer *scales, Py_buffer *columns, Py_buffer *query, Py_ssize_t n_out,
+                 long q_max) {
+    Py_ssize_t n = codes->shape[0], dp = codes->shape[1], d = query->shape[0];
+    if (dp % 16 != 0 || d > dp || scales->shape[0] != n || columns->shape[0] != d || n_out != n) {
+        PyErr_Format(PyExc_ValueError, "scan: shapes do not fit: codes (%zd, %zd) (columns a multiple of 16), "
+                     "scales (%zd,), columns (%zd,), query (%zd,) (at most the codes' columns), out (%zd,)",
+                     n, dp, scales->shape[0], columns->shape[0], d, n_out);
+        return 0;
+    }
+    if (q_max < 1 || q_max > 32767 || (double)q_max * 127.0 * (double)dp > 2147483647.0) {
+        PyErr_Format(PyExc_ValueError, "scan: q_max must be in 1..32767 and at most (2^31 - 1) / (127 * %zd). "
+                     "Got %ld.", dp, q_max);
+        return 0;
+    }
+    return 1;
 }
 
 static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *args) {
@@ -92,64 +159,25 @@ static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *args) {
     if (get(columns_obj, &columns, "columns", "f", 4, 1, 0) < 0) goto release_scales;
     if (get(query_obj, &query, "query", "f", 4, 1, 0) < 0) goto release_columns;
     if (get(out_obj, &out, "out", "f", 4, 1, 1) < 0) goto release_query;
-    Py_ssize_t n = codes.shape[0], dp = codes.shape[1], d = query.shape[0];
-    if (dp % 16 != 0 || d > dp || scales.shape[0] != n || columns.shape[0] != d || out.shape[0] != n) {
-        PyErr_Format(PyExc_ValueError, "scan: shapes do not fit: codes (%zd, %zd) (columns a multiple of 16), "
-                     "scales (%zd,), columns (%zd,), query (%zd,) (at most the codes' columns), out (%zd,)",
-                     n, dp, scales.shape[0], columns.shape[0], d, out.shape[0]);
-        goto release_out;
-    }
-    if (q_max < 1 || q_max > 32767 || (double)q_max * 127.0 * (double)dp > 2147483647.0) {
-        PyErr_Format(PyExc_ValueError, "scan: q_max must be in 1..32767 and at most (2^31 - 1) / (127 * %zd). "
-                     "Got %ld.", dp, q_max);
-        goto release_out;
-    }
-    const float *qf = query.buf, *cf = columns.buf;
-    double peak = 0.0;
-    for (Py_ssize_t j = 0; j < d; j++) {
-        double a = fabs((double)qf[j] * (double)cf[j]);
-        if (!(a <= DBL_MAX)) {  /* inf or nan */
-            peak = NAN;
-            break;
-        }
-        if (a > peak) peak = a;
-    }
-    if (!(peak > 0.0 && peak / (double)q_max <= FLT_MAX)) {
-        Py_INCREF(Py_None);
-        result = Py_None;
-        goto release_out;
-    }
+    if (!check(&codes, &scales, &columns, &query, out.shape[0], q_max)) goto release_out;
+    Py_ssize_t n = codes.shape[0], dp = codes.shape[1];
     int16_t *q = PyMem_Calloc((size_t)dp, sizeof(int16_t));
     if (q == NULL) {
         PyErr_NoMemory();
         goto release_out;
     }
-    float t = (float)(peak / (double)q_max);
-    double norm = 0.0, resid = 0.0, stored = 0.0;
-    for (Py_ssize_t j = 0; j < d; j++) {
-        double r = nearbyint((double)qf[j] * (double)cf[j] / (double)t);
-        if (r > (double)q_max) r = (double)q_max;
-        if (r < -(double)q_max) r = -(double)q_max;
-        q[j] = (int16_t)r;
-        double x = qf[j], y = (double)t * r / (double)cf[j];
-        norm += x * x;
-        resid += (x - y) * (x - y);
-        stored += y * y;
+    float t;
+    double norms[3];
+    if (!round_query(query.buf, columns.buf, query.shape[0], q_max, q, &t, norms)) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        scan_rows(codes.buf, scales.buf, q, n, dp, t, out.buf, portable);
+        Py_END_ALLOW_THREADS
+        result = Py_BuildValue("(dddd)", (double)t, norms[0], norms[1], norms[2]);
     }
-#ifndef RECSYS_KEEP_GIL
-    Py_BEGIN_ALLOW_THREADS
-#endif
-#ifdef RECSYS_AVX2
-    if (use_avx2 && !portable)
-        scan_avx2(codes.buf, scales.buf, q, n, dp, t, out.buf);
-    else
-#endif
-        scan_portable(codes.buf, scales.buf, q, n, dp, t, out.buf);
-#ifndef RECSYS_KEEP_GIL
-    Py_END_ALLOW_THREADS
-#endif
     PyMem_Free(q);
-    result = Py_BuildValue("(dddd)", (double)t, sqrt(norm), sqrt(resid), sqrt(stored));
 release_out:
     PyBuffer_Release(&out);
 release_query:
@@ -163,10 +191,156 @@ release_codes:
     return result;
 }
 
+/* The k-th largest of x[0..n) (1 <= k <= n), by quickselect; x is reordered. */
+static float kth_largest(float *x, Py_ssize_t n, Py_ssize_t k) {
+    Py_ssize_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        float pivot = x[lo + (hi - lo) / 2];
+        Py_ssize_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] > pivot) i++;
+            while (x[j] < pivot) j--;
+            if (i <= j) {
+                float tmp = x[i];
+                x[i] = x[j];
+                x[j] = tmp;
+                i++;
+                j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else return x[want];
+    }
+    return x[want];
+}
+
+static PyObject *first_pass(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *codes_obj, *scales_obj, *columns_obj, *errors_obj, *query_obj, *excluded_obj, *cand_obj;
+    PyObject *result = NULL;
+    long q_max;
+    Py_ssize_t k, limit;
+    double max_stored, max_norm, max_error;
+    if (!PyArg_ParseTuple(args, "OOOOOlOn(ddd)nO:first_pass", &codes_obj, &scales_obj, &columns_obj, &errors_obj,
+                          &query_obj, &q_max, &excluded_obj, &k, &max_stored, &max_norm, &max_error, &limit,
+                          &cand_obj))
+        return NULL;
+    Py_buffer codes, scales, columns, errors, query, excluded, cand;
+    if (get(codes_obj, &codes, "codes", "b", 1, 2, 0) < 0) return NULL;
+    if (get(scales_obj, &scales, "scales", "f", 4, 1, 0) < 0) goto release_codes;
+    if (get(columns_obj, &columns, "columns", "f", 4, 1, 0) < 0) goto release_scales;
+    if (get(errors_obj, &errors, "errors", "f", 4, 1, 0) < 0) goto release_columns;
+    if (get(query_obj, &query, "query", "f", 4, 1, 0) < 0) goto release_errors;
+    if (PyObject_GetBuffer(excluded_obj, &excluded, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto release_query;
+    if (excluded.ndim != 1 || !(excluded.itemsize == 4 || excluded.itemsize == 8) || excluded.format == NULL ||
+        strchr("ilq", excluded.format[0]) == NULL) {
+        PyErr_SetString(PyExc_ValueError, "first_pass: 'excluded' must be a 1-d array of int32 or int64 indices");
+        goto release_excluded;
+    }
+    if (get(cand_obj, &cand, "candidates", NULL, 8, 1, 1) < 0) goto release_excluded;
+    if (strchr("lq", cand.format[0]) == NULL) {
+        PyErr_SetString(PyExc_ValueError, "first_pass: 'candidates' must be a 1-d int64 array");
+        goto release_cand;
+    }
+    if (!check(&codes, &scales, &columns, &query, codes.shape[0], q_max)) goto release_cand;
+    Py_ssize_t n = codes.shape[0], dp = codes.shape[1], n_excluded = excluded.shape[0];
+    if (errors.shape[0] != n || k < 1 || k >= n || limit < k || cand.shape[0] < limit) {
+        PyErr_Format(PyExc_ValueError, "first_pass: errors (%zd,) must match the codes' %zd rows, k (%zd) must "
+                     "be in 1..%zd, limit (%zd) at least k and candidates (%zd,) at least limit long",
+                     errors.shape[0], n, k, n - 1, limit, cand.shape[0]);
+        goto release_cand;
+    }
+    for (Py_ssize_t e = 0; e < n_excluded; e++) {
+        long long i = excluded.itemsize == 4 ? ((const int32_t *)excluded.buf)[e] : ((const int64_t *)excluded.buf)[e];
+        if (i < 0 || i >= n) {
+            PyErr_Format(PyExc_ValueError, "first_pass: excluded index %lld is outside 0..%zd", i, n - 1);
+            goto release_cand;
+        }
+    }
+    Py_ssize_t width = n / 64, n_select = k < width ? width : n;
+    int16_t *q = PyMem_Calloc((size_t)dp, sizeof(int16_t));
+    float *approx = PyMem_Malloc((size_t)n * sizeof(float)), *select = PyMem_Malloc((size_t)n_select * sizeof(float));
+    if (q == NULL || approx == NULL || select == NULL) {
+        PyErr_NoMemory();
+        goto release_memory;
+    }
+    float t;
+    double norms[3];
+    if (!round_query(query.buf, columns.buf, query.shape[0], q_max, q, &t, norms)) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+        goto release_memory;
+    }
+    const float *err = errors.buf;
+    int64_t *out = cand.buf;
+    Py_ssize_t count = 0;
+    int decided = 1;
+    Py_BEGIN_ALLOW_THREADS
+    scan_rows(codes.buf, scales.buf, q, n, dp, t, approx, 0);
+    for (Py_ssize_t e = 0; e < n_excluded; e++)
+        approx[excluded.itemsize == 4 ? ((const int32_t *)excluded.buf)[e] : ((const int64_t *)excluded.buf)[e]] =
+            -INFINITY;
+    const float spread = (float)norms[0];
+    if (k < width) {  /* group g holds items g, g + width, ..., g + 63 width */
+        for (Py_ssize_t g = 0; g < width; g++) select[g] = -INFINITY;
+        for (Py_ssize_t r = 0; r < 64; r++)
+            for (Py_ssize_t g = 0; g < width; g++) {
+                float low = approx[r * width + g] - spread * err[r * width + g];
+                if (low > select[g]) select[g] = low;
+            }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) select[i] = approx[i] - spread * err[i];
+    }
+    float kth = kth_largest(select, n_select, k);
+    if (!(kth > -INFINITY)) {
+        decided = 0;  /* fewer than k items left (or groups holding one) */
+    } else {
+        const double dn = (double)query.shape[0] * 0x1p-24;
+        const double bound = (1 + 0x1p-8) * (norms[1] * max_stored + dn / (1 - dn) * norms[0] * max_norm
+                                            + 8 * 0x1p-24 * (norms[2] * max_stored + norms[0] * max_error));
+        const float cut = nextafterf((float)((double)kth - 2 * bound), -INFINITY);
+        for (Py_ssize_t i = 0; i < n && decided; i++) {
+            if (approx[i] + spread * err[i] >= cut) {
+                if (count == limit) decided = 0;
+                else out[count++] = i;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (decided) {
+        result = PyLong_FromSsize_t(count);
+    } else {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+release_memory:
+    PyMem_Free(q);
+    PyMem_Free(approx);
+    PyMem_Free(select);
+release_cand:
+    PyBuffer_Release(&cand);
+release_excluded:
+    PyBuffer_Release(&excluded);
+release_query:
+    PyBuffer_Release(&query);
+release_errors:
+    PyBuffer_Release(&errors);
+release_columns:
+    PyBuffer_Release(&columns);
+release_scales:
+    PyBuffer_Release(&scales);
+release_codes:
+    PyBuffer_Release(&codes);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(codes, scales, columns, query, q_max, out[, portable]) -> (t, |q|, |q - tQ/c|, |tQ/c|) or None: "
      "out[i] = scales[i] * t * sum_j Q[j] codes[i, j] with Q = rint(query * columns / t) (int16)."},
+    {"first_pass", first_pass, METH_VARARGS,
+     "first_pass(codes, scales, columns, errors, query, q_max, excluded, k, bounds, limit, candidates) -> int or None: "
+     "the candidates of Int8Items.topk, written to candidates (see recsys/quantized.py)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -83,7 +83,8 @@ def _topk_by_threshold(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndar
 
 
 # Fewer item coordinates than this (n x d): one query is scored in float32 directly, not through item_codes
-SCAN_MIN_CELLS = 1 << 18
+# (the crossover measured by benchmarks/scoring.py --sizes; benchmarks/README.md)
+SCAN_MIN_CELLS = 1 << 16
 
 ROW_GROUPS = 64  # one row's top-k: groups whose maxima bound the k-th score (a row needs > 64 * k columns)
 

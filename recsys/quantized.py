@@ -32,8 +32,7 @@ except ImportError:  # built without a C compiler: every query is scored in floa
 
 GROUPS = 64  # the first pass's threshold: group maxima (as engine._topk_of_row reads a row)
 MAX_CANDIDATE_SHARE = 0.25  # more candidates than this share of the items: scoring them all in float32 is cheaper
-_U = 2.0 ** -24  # float32's unit roundoff
-_SLACK = 1 + 2.0 ** -8  # covers the float32 roundings of computing the bound itself
+_NONE = np.empty(0, np.int64)
 
 
 class Int8Items:
@@ -62,6 +61,7 @@ class Int8Items:
         self.max_error = float(errors.max(initial=0.0))
         self.max_stored_norm = float(np.linalg.norm(stored, axis=1).max(initial=0.0))
         self.max_norm = float(np.linalg.norm(v, axis=1).max(initial=0.0))
+        self._bounds = (self.max_stored_norm, self.max_norm, self.max_error)
         self.q_max = min(32767, (2 ** 31 - 1) // (127 * max(self.dp, 1)))  # int32 sums cannot overflow
 
     @classmethod
@@ -83,32 +83,19 @@ class Int8Items:
         cheaply (k not below the number of items, a zero or non-finite query, fewer than k items left,
         too many candidates): the caller scores in float32 instead."""
         n = len(self.codes)
-        q = np.ascontiguousarray(query, dtype=np.float32)
         if not 0 < k < n:
             return None
-        approx = np.empty(n, np.float32)
-        norms = _scan.scan(self.codes, self.scales, self.columns, q, self.q_max, approx)
-        if norms is None:  # a zero or non-finite query
+        q = np.ascontiguousarray(query, dtype=np.float32)
+        limit = max(k, int(MAX_CANDIDATE_SHARE * n))
+        candidates = np.empty(limit, np.int64)
+        skip = _NONE if excluded is None else np.ascontiguousarray(excluded)
+        if skip.dtype != np.int32 and skip.dtype != np.int64:
+            skip = skip.astype(np.int64)
+        count = _scan.first_pass(self.codes, self.scales, self.columns, self.errors, q, self.q_max, skip, k,
+                                 self._bounds, limit, candidates)
+        if count is None:  # a zero or non-finite query, fewer than k items left, or too many candidates
             return None
-        _, q_norm, q_error, q_stored = norms
-        if excluded is not None and len(excluded):
-            approx[excluded] = -np.inf
-        dn = self.d * _U
-        bound = _SLACK * (q_error * self.max_stored_norm + dn / (1 - dn) * q_norm * self.max_norm
-                          + 8 * _U * (q_stored * self.max_stored_norm + q_norm * self.max_error))
-        spread = self.errors * np.float32(q_norm)
-        low = approx - spread
-        width = n // GROUPS
-        if k < width:
-            kth = np.partition(low[:GROUPS * width].reshape(GROUPS, width).max(axis=0), width - k)[width - k]
-        else:
-            kth = np.partition(low, n - k)[n - k]
-        if not np.isfinite(kth):  # fewer than k items left (or group maxima): let float32 answer
-            return None
-        cut = np.nextafter(np.float32(float(kth) - 2 * bound), np.float32(-np.inf))
-        candidates = np.flatnonzero(np.add(approx, spread, out=spread) >= cut)
-        if len(candidates) > MAX_CANDIDATE_SHARE * n:
-            return None
+        candidates = candidates[:count]
         # einsum computes each item's dot product the same way wherever the item sits (BLAS's gemv does not:
         # equal items could differ in the last bit), so equal items tie and rank by index
         scores = np.einsum("ij,j->i", self.vectors[candidates], q)

@@ -142,6 +142,11 @@ def test_portable_loop_equals_avx2_and_bad_arguments_name_the_array() -> None:
         scan(codes.codes, codes.scales, c, q, codes.q_max, out)
     with pytest.raises(ValueError, match="q_max must be in 1..32767"):
         scan(codes.codes, codes.scales, c, q, 0, np.empty(513, np.float32))
+    with pytest.raises(ValueError, match="excluded index 513 is outside 0..512"):
+        codes.topk(q, 3, np.array([5, 513]))
+    with pytest.raises(ValueError, match="'excluded' must be a 1-d array of int32 or int64"):
+        quantized._scan.first_pass(codes.codes, codes.scales, c, codes.errors, q, codes.q_max,
+                                   np.zeros((1, 1), np.int64), 3, codes._bounds, 10, np.empty(10, np.int64))
 
 
 def engine_with(n: int, d: int, n_users: int = 30, seed: int = 0) -> Engine:
