@@ -12,7 +12,7 @@ times, interleaved round by round (the machine's speed moves within minutes):
     (`np.linalg.solve`, before 2026-12-04) and Cholesky (`recsys.foldin.solve_spd`);
   * one query's whole exact top-k, 165 seen items excluded: float32 (column product, then the engine's top-k)
     against the int8 first pass (`recsys.quantized.Int8Items.topk`, the engine's path since 2026-12-04), on
-    the bundle's items and on its first n items for each n of --sizes (where the engine's SCAN_MIN_CELLS
+    the bundle's items and on its first n items for each n of --sizes (where recsys.quantized's MIN_CELLS
     switch from float32 to int8 comes from).
 Each call is preceded by --filler-us of pure-Python work, so the item matrix is as cold as between two
 requests rather than hot from the previous call.

@@ -43,6 +43,7 @@ taken from the server's cores and is reported.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import http.client
 import importlib.metadata
@@ -50,6 +51,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -422,6 +424,15 @@ def cache_counts(port: int) -> dict[str, float]:
     return counts
 
 
+def busiest_worker_share(log_path: Path, offset: int) -> float | None:
+    """The share of the access-log lines after `offset` answered by the busiest worker (1 / workers when the
+    connections are spread evenly): a keep-alive connection stays with the worker that accepted it."""
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        workers = re.findall(rb'"worker": "<?(\d+)>?"', f.read())
+    return max(collections.Counter(workers).values()) / len(workers) if workers else None
+
+
 def measure(server: Server, args: argparse.Namespace, tmp: Path) -> dict:
     gen = run_wrk if args.loadgen == "wrk" else run_python
     if args.warmup > 0:
@@ -429,9 +440,11 @@ def measure(server: Server, args: argparse.Namespace, tmp: Path) -> dict:
     pids = [server.proc.pid, *server.workers()]
     load0 = os.getloadavg()
     cache0 = cache_counts(server.port)
+    log0 = server.log_path.stat().st_size
     cpu0, t0 = cpu_seconds(pids), time.perf_counter()
     res = gen(server.port, args, args.duration, tmp)
     cpu1, t1 = cpu_seconds(pids), time.perf_counter()
+    res["busiest_worker_share"] = busiest_worker_share(server.log_path, log0)
     cache = {key: value - cache0.get(key, 0.0) for key, value in cache_counts(server.port).items()}
     res["cache"] = {**cache, "hit_share": cache.get("hit", 0.0) / max(sum(cache.values()), 1.0)} if cache else None
     res["server_cpu_s"] = cpu1 - cpu0
@@ -482,7 +495,7 @@ def report(out: dict) -> str:
         "",
     ]
     rows = [("endpoint", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
-             "bytes/resp", "server CPU ms/req", "server cores", "loadgen cores", "cache hits")]
+             "bytes/resp", "server CPU ms/req", "server cores", "loadgen cores", "cache hits", "busiest worker")]
     for rnd in out["rounds"]:
         for name in out["endpoints"]:
             r = rnd[name]
@@ -491,14 +504,17 @@ def report(out: dict) -> str:
                          f"{r['p99_ms']:.2f}", f"{r['p999_ms']:.2f}", f"{r['max_ms']:.1f}", r["errors"],
                          f"{r['bytes_per_response']:.0f}", f"{r['server_cpu_ms_per_request']:.3f}",
                          f"{r['server_cores_busy']:.2f}", f"{r['loadgen_cores_busy']:.2f}",
-                         f"{r['cache']['hit_share']:.1%}" if r.get("cache") else "-"))
+                         f"{r['cache']['hit_share']:.1%}" if r.get("cache") else "-",
+                         f"{r['busiest_worker_share']:.0%}" if r.get("busiest_worker_share") else "-"))
     lines += fmt_table(rows)
     s = out["summary"]
     lines += [
         "",
         ("errors = non-2xx answers + socket errors (connect, read, write, timeout); bytes/resp: headers + "
          "body with wrk, body only with the Python generator; server CPU = user + system time of the "
-         "gunicorn master and workers during the measured window; cores = CPU seconds / wall seconds."),
+         "gunicorn master and workers during the measured window; cores = CPU seconds / wall seconds; "
+         "busiest worker = its share of the window's requests (25 % each when 4 workers share the "
+         "connections evenly; a keep-alive connection stays with the worker that accepted it)."),
         "",
         (f"throughput ratio (recommendations / bare req/s): {s['throughput_ratio']:.3f}   target >= 0.7: "
         f"{'PASS' if s['throughput_pass'] else 'FAIL'}"),

@@ -82,10 +82,6 @@ def _topk_by_threshold(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndar
     return cols[take].astype(np.int64), values[take].astype(np.float32)
 
 
-# Fewer item coordinates than this (n x d): one query is scored in float32 directly, not through item_codes
-# (the crossover measured by benchmarks/scoring.py --sizes; benchmarks/README.md)
-SCAN_MIN_CELLS = 1 << 16
-
 ROW_GROUPS = 64  # one row's top-k: groups whose maxima bound the k-th score (a row needs > 64 * k columns)
 
 
@@ -215,11 +211,8 @@ class Engine:
     @functools.cached_property
     def item_codes(self) -> Int8Items | None:
         """The int8 copy of item_vectors that one query's exact top-k scans first (recsys/quantized.py: a
-        quarter of the bytes, the same answer), made on first use and kept; None where it cannot be built
-        (recsys._scan missing, non-finite vectors) or does not pay (fewer than SCAN_MIN_CELLS coordinates,
-        benchmarks/scoring.py). item_vectors is not to be reassigned afterwards."""
-        if self.item_vectors.size < SCAN_MIN_CELLS:
-            return None
+        quarter of the bytes, the same answer), made on first use and kept; None where it cannot be built or
+        does not pay (`Int8Items.build`). item_vectors is not to be reassigned afterwards."""
         return Int8Items.build(self.item_vectors)
 
     @functools.cached_property

@@ -40,6 +40,7 @@ from safetensors.numpy import load_file, save_file
 from threadpoolctl import threadpool_limits
 
 from .exceptions import DataValidationError
+from .quantized import Int8Items
 
 log = logging.getLogger("recsys")
 METRICS = ("ip", "angular")
@@ -442,14 +443,22 @@ def _time_per_query(fn: Callable[[], object], n: int) -> float:
     return (time.perf_counter() - start) / n * 1000
 
 
-def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int = 256) -> tuple[float, float]:
-    """(ms per query one at a time, ms per query in batches of `batch`). One query at a time is timed with one
-    BLAS thread, as the service runs it (one per request thread: recsys serve's gunicorn settings) and as an
-    Annoy search runs: a multi-threaded product of one row costs more in thread hand-offs than it saves, and
-    many times more on a busy machine, which would make an index look faster than it is."""
+def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int = 256, int8: bool = True
+                  ) -> tuple[float, float]:
+    """(ms per query one at a time, ms per query in batches of `batch`). One query at a time is timed as the
+    engine answers it: with int8 (the engine's item vectors, metric 'ip'), through the int8 first pass where
+    `Int8Items.build` makes one for these vectors, else by float32 scoring; with one BLAS thread, as the service runs it (one per request thread: recsys serve's
+    gunicorn settings) and as an Annoy search runs: a multi-threaded product of one row costs more in thread
+    hand-offs than it saves, and many times more on a busy machine, which would make an index look faster
+    than it is."""
+    codes = Int8Items.build(vectors) if int8 else None
+
+    def one(q: np.ndarray) -> object:
+        return (codes is not None and codes.topk(q, k)) or exact_topk(q[None, :], vectors, k)
+
     exact_topk(queries[:1], vectors, k)  # warm: the first product pages the vectors in
     with threadpool_limits(limits=1, user_api="blas"):
-        single = _time_per_query(lambda: [exact_topk(q[None, :], vectors, k) for q in queries], len(queries))
+        single = _time_per_query(lambda: [one(q) for q in queries], len(queries))
     reps = np.resize(queries, (max(batch, len(queries)), queries.shape[1]))
     batched = _time_per_query(lambda: [exact_topk(reps[s:s + batch], vectors, k)
                                        for s in range(0, len(reps), batch)], len(reps))
@@ -483,7 +492,7 @@ def tune_index(vectors: np.ndarray, queries: np.ndarray, *, metric: str = "ip", 
         vectors, queries = _unit(vectors), _unit(queries)
     k = min(k, len(vectors))
     truth = exact_topk(queries, vectors, k)
-    exact_ms, exact_batch_ms = measure_exact(queries, vectors, k)
+    exact_ms, exact_batch_ms = measure_exact(queries, vectors, k, int8=metric == "ip")
     tuning = _Tuning(vectors, queries, truth, k, target_recall, exact_ms, exact_batch_ms, metric, slow_factor)
     if "cells" in kinds:
         tuning.cells(cells_grid, n_probe_grid, seed)

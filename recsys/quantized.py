@@ -30,7 +30,10 @@ try:
 except ImportError:  # built without a C compiler: every query is scored in float32
     _scan = None
 
-GROUPS = 64  # the first pass's threshold: group maxima (as engine._topk_of_row reads a row)
+# Fewer item coordinates than this (n x d): float32 scoring is faster than the int8 pass (the crossover
+# measured by benchmarks/scoring.py --sizes; benchmarks/README.md)
+MIN_CELLS = 1 << 16
+ROWS_PER_CHUNK = 1 << 16  # rows converted to float64 at a time while building
 MAX_CANDIDATE_SHARE = 0.25  # more candidates than this share of the items: scoring them all in float32 is cheaper
 _NONE = np.empty(0, np.int64)
 
@@ -46,29 +49,35 @@ class Int8Items:
         n, d = vectors.shape
         self.vectors = vectors  # what candidates are scored with (not copied)
         self.d, self.dp = d, -(-d // 16) * 16
-        v = vectors.astype(np.float64)
-        column_peak = np.abs(v).max(axis=0) if n else np.ones(d)
-        self.columns = np.where(column_peak > 0, column_peak, 1.0).astype(np.float32)
-        scaled = v / self.columns.astype(np.float64)
-        peak = np.abs(scaled).max(axis=1) if d else np.zeros(n)
-        self.scales = np.where(peak > 0, peak / 127, 1.0).astype(np.float32)
-        s = self.scales.astype(np.float64)[:, None]
+        column_peak = np.abs(vectors).max(axis=0) if n else np.ones(d, np.float32)
+        self.columns = np.where(column_peak > 0, column_peak, 1).astype(np.float32)
+        self.scales = np.empty(n, np.float32)
         self.codes = np.zeros((n, self.dp), np.int8)
-        self.codes[:, :d] = np.clip(np.rint(scaled / s), -127, 127)
-        stored = self.codes[:, :d] * s * self.columns.astype(np.float64)
-        errors = np.linalg.norm(v - stored, axis=1)
-        self.errors = np.nextafter(errors.astype(np.float32), np.float32(np.inf))  # e_i, rounded up
-        self.max_error = float(errors.max(initial=0.0))
-        self.max_stored_norm = float(np.linalg.norm(stored, axis=1).max(initial=0.0))
-        self.max_norm = float(np.linalg.norm(v, axis=1).max(initial=0.0))
+        self.errors = np.empty(n, np.float32)
+        norms = np.empty((n, 2))  # |w_i|, |v_i|
+        columns = self.columns.astype(np.float64)
+        for start in range(0, n, ROWS_PER_CHUNK):  # in float64, a chunk at a time (bounded memory)
+            rows = slice(start, start + ROWS_PER_CHUNK)
+            v = vectors[rows].astype(np.float64)
+            scaled = v / columns
+            peak = np.abs(scaled).max(axis=1) if d else np.zeros(len(v))
+            self.scales[rows] = np.where(peak > 0, peak / 127, 1.0)
+            s = self.scales[rows].astype(np.float64)[:, None]
+            self.codes[rows, :d] = np.clip(np.rint(scaled / s), -127, 127)
+            stored = self.codes[rows, :d] * s * columns
+            errors = np.linalg.norm(v - stored, axis=1)
+            self.errors[rows] = np.nextafter(errors.astype(np.float32), np.float32(np.inf))  # e_i, rounded up
+            norms[rows, 0], norms[rows, 1] = np.linalg.norm(stored, axis=1), np.linalg.norm(v, axis=1)
+        self.max_error = float(self.errors.max(initial=0.0))
+        self.max_stored_norm, self.max_norm = (float(x) for x in norms.max(axis=0, initial=0.0))
         self._bounds = (self.max_stored_norm, self.max_norm, self.max_error)
         self.q_max = min(32767, (2 ** 31 - 1) // (127 * max(self.dp, 1)))  # int32 sums cannot overflow
 
     @classmethod
     def build(cls, vectors: np.ndarray) -> Int8Items | None:
-        """An Int8Items for these vectors, or None where it cannot be used: the extension is not built, or a
-        vector is not finite."""
-        if _scan is None or not np.isfinite(vectors).all():
+        """An Int8Items for these vectors, or None where it is not used: fewer than MIN_CELLS coordinates,
+        the extension not built, or a vector not finite."""
+        if vectors.size < MIN_CELLS or _scan is None or not np.isfinite(vectors).all():
             return None
         return cls(vectors)
 

@@ -5,6 +5,7 @@ pages and the numpy arrays copy-on-write. Loopback only by default.
 """
 import gc
 import os
+import sys
 import tempfile
 
 # One BLAS thread per request thread: with 2 workers x 4 threads on a few cores, OpenBLAS's own busy-waiting
@@ -12,6 +13,13 @@ import tempfile
 # before the preloaded app imports numpy.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+
+# How long a thread waiting for the GIL waits before it asks the holder to let go (CPython's default 5 ms).
+# A request thread gives the GIL up around every socket call, SQLite query and scan, and waits for it again
+# after; at 5 ms a waiter could sit behind the other thread's requests that long. 1 ms cut the computed
+# path's p99 by a fifth at the same throughput (benchmarks/README.md, "Computed answers, fourth pass"). Set
+# in the master, so every forked worker has it.
+sys.setswitchinterval(float(os.environ.get("RECSYS_SWITCH_INTERVAL", "0.001")))
 
 # Prometheus multiprocess mode: must be set before the app (and prometheus_client) is imported.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsys-metrics-"))

@@ -10,8 +10,8 @@ from server_support import require_service
 
 from recsys import quantized
 from recsys.data import IdMap
-from recsys.engine import SCAN_MIN_CELLS, Engine
-from recsys.quantized import Int8Items
+from recsys.engine import Engine
+from recsys.quantized import MIN_CELLS, Int8Items
 
 require_service(None if quantized._scan is not None else "recsys._scan is not built (no C compiler at install?)")
 
@@ -85,7 +85,10 @@ def test_topk_declines_what_it_cannot_decide() -> None:
     assert codes.topk(np.array([np.inf] + [1.0] * 7, np.float32), 3) is None
     assert codes.topk(q, 3, excluded=np.arange(198)) is None  # two items left for k = 3
     assert_same(codes.topk(q, 3, excluded=np.arange(197)), vectors, q, 3, np.arange(197))
-    assert Int8Items.build(np.array([[1.0, np.nan]], np.float32)) is None
+    assert Int8Items.build(vectors) is None  # 1,600 coordinates: fewer than MIN_CELLS, float32 is faster
+    bad = np.ones((MIN_CELLS, 1), np.float32)
+    bad[3] = np.nan
+    assert Int8Items.build(bad) is None and isinstance(Int8Items.build(np.ones_like(bad)), Int8Items)
 
 
 def test_a_spread_too_wide_for_int8_is_declined_not_answered_wrongly(monkeypatch) -> None:
@@ -159,7 +162,7 @@ def engine_with(n: int, d: int, n_users: int = 30, seed: int = 0) -> Engine:
 
 
 def test_engine_single_queries_go_through_the_codes_and_equal_the_batch_answer(monkeypatch) -> None:
-    engine = engine_with(SCAN_MIN_CELLS // 64 + 10, 64)
+    engine = engine_with(MIN_CELLS // 64 + 10, 64)
     assert isinstance(engine.item_codes, Int8Items)
     calls = []
     original = Int8Items.topk
@@ -178,13 +181,13 @@ def test_engine_single_queries_go_through_the_codes_and_equal_the_batch_answer(m
 def test_engine_without_the_extension_or_for_small_catalogues_scores_in_float32(monkeypatch) -> None:
     small = engine_with(100, 16)
     assert small.item_codes is None
-    big = engine_with(SCAN_MIN_CELLS // 64 + 10, 64)
+    big = engine_with(MIN_CELLS // 64 + 10, 64)
     expected = big.recommend_indices(np.arange(5), k=10)
     monkeypatch.setattr(quantized, "_scan", None)
     assert Int8Items.build(big.item_vectors) is None
     with pytest.raises(RuntimeError, match="not built"):
         Int8Items(big.item_vectors)
-    plain = engine_with(SCAN_MIN_CELLS // 64 + 10, 64)
+    plain = engine_with(MIN_CELLS // 64 + 10, 64)
     assert plain.item_codes is None
     plain.prepare_serving()
     assert "item_columns" in vars(plain)

@@ -41,8 +41,10 @@ def test_scoring_benchmark_times_every_kernel_on_a_bundle(models_root, capsys):
     """benchmarks/scoring.py on a small trained bundle: every kernel timed, ratios against the old ones."""
     import scoring
 
-    assert scoring.main(["--bundle", str(models_root), "--calls", "3", "--rounds", "2", "--filler-us", "0"]) == 0
+    assert scoring.main(["--bundle", str(models_root), "--calls", "3", "--rounds", "2", "--filler-us", "0",
+                         "--sizes", "40"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("  ")]
-    assert len(lines) == 12 and all(line.rstrip().endswith("x") for line in lines)
+    assert len(lines) == 16 and all(line.rstrip().endswith("x") for line in lines)
     assert "q @ item_columns" in out and "16 queries in one GEMM" in out and "grouped maxima" in out and "Cholesky" in out
+    assert "top-k, 40 items: int8 first pass (Int8Items)" in out and "float32 (column product + top-k)" in out
