@@ -447,10 +447,10 @@ def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int =
                   ) -> tuple[float, float]:
     """(ms per query one at a time, ms per query in batches of `batch`). One query at a time is timed as the
     engine answers it: with int8 (the engine's item vectors, metric 'ip'), through the int8 first pass where
-    `Int8Items.build` makes one for these vectors, else by float32 scoring; with one BLAS thread, as the service runs it (one per request thread: recsys serve's
-    gunicorn settings) and as an Annoy search runs: a multi-threaded product of one row costs more in thread
-    hand-offs than it saves, and many times more on a busy machine, which would make an index look faster
-    than it is."""
+    `Int8Items.build` makes one for these vectors, else by float32 scoring; and with one BLAS thread, as the
+    service runs it (one per request thread: recsys serve's gunicorn settings) and as an Annoy search runs: a
+    multi-threaded product of one row costs more in thread hand-offs than it saves, and many times more on a
+    busy machine, which would make an index look faster than it is."""
     codes = Int8Items.build(vectors) if int8 else None
 
     def one(q: np.ndarray) -> object:

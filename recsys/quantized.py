@@ -3,7 +3,7 @@ within a known bound, and only the items that bound leaves in reach of the k-th 
 float32. The answer is the float32 answer; reading 1 byte per coordinate instead of 4 is what makes it faster,
 since one query's scan is bound by memory (benchmarks/scoring.py, benchmarks/README.md).
 
-    codes = Int8Items(item_vectors)          # None from Int8Items.build where it cannot help (see there)
+    codes = Int8Items.build(item_vectors)       # None where it is not used (see there)
     idx, val = codes.topk(query, k, excluded)   # or None: the caller scores in float32
 
 Why the answer is exact. Each coordinate is divided by its column's largest magnitude c_j (a bias column
@@ -15,7 +15,8 @@ The float32 score f_i differs from q.v_i by at most d u |q| |v_i| (u = 2^-24, an
     |a_i - f_i| <= |q| e_i + C,   e_i = |v_i - w_i|,
     C = |q - q'| max|w| + d u / (1 - d u) |q| max|v| + (the float32 roundings of a and of this bound).
 
-G, the k-th largest of 64 interleaved group maxima of a - |q| e, is at most the k-th largest of a - |q| e;
+G, the k-th largest of 64 interleaved group maxima of a - |q| e (of a - |q| e itself where there are fewer
+than 64 k items), is at most the k-th largest of a - |q| e;
 k items have f >= a - |q| e - C >= G - C, so every item of the float32 top k (ties included) has
 a + |q| e >= G - 2C. Those candidates, usually a few dozen, are scored in float32, best first, ties by index.
 The float32 score here is numpy's einsum of the two vectors; any other float32 evaluation is within the same
@@ -83,7 +84,7 @@ class Int8Items:
 
     @property
     def nbytes(self) -> int:
-        return self.codes.nbytes + self.scales.nbytes + self.columns.nbytes
+        return self.codes.nbytes + self.scales.nbytes + self.errors.nbytes + self.columns.nbytes
 
     def topk(self, query: np.ndarray, k: int, excluded: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray] | None:

@@ -16,9 +16,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 # How long a thread waiting for the GIL waits before it asks the holder to let go (CPython's default 5 ms).
 # A request thread gives the GIL up around every socket call, SQLite query and scan, and waits for it again
-# after; at 5 ms a waiter could sit behind the other thread's requests that long. 1 ms cut the computed
-# path's p99 by a fifth at the same throughput (benchmarks/README.md, "Computed answers, fourth pass"). Set
-# in the master, so every forked worker has it.
+# after. 1 ms: lower p99 for computed answers, bare unchanged (benchmarks/README.md, "Computed answers,
+# fourth pass"). Set in the master, so every forked worker has it.
 sys.setswitchinterval(float(os.environ.get("RECSYS_SWITCH_INTERVAL", "0.001")))
 
 # Prometheus multiprocess mode: must be set before the app (and prometheus_client) is imported.

@@ -48,3 +48,12 @@ def test_scoring_benchmark_times_every_kernel_on_a_bundle(models_root, capsys):
     assert len(lines) == 16 and all(line.rstrip().endswith("x") for line in lines)
     assert "q @ item_columns" in out and "16 queries in one GEMM" in out and "grouped maxima" in out and "Cholesky" in out
     assert "top-k, 40 items: int8 first pass (Int8Items)" in out and "float32 (column product + top-k)" in out
+
+
+def test_exact_scan_benchmark_compares_float32_and_int8_on_both_norm_profiles(capsys):
+    """benchmarks/exact_scan.py, small: both profiles timed, and the int8 answers are the float32 answers."""
+    import exact_scan
+
+    assert exact_scan.main(["--items", "3000", "--dim", "32", "--queries", "3", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("same answers: True") == 2 and "MF-like" in out and "iALS-like" in out
