@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             "top-k of one row": statistics.median(times["top-k of one row: batched threshold path"]),
             "fold-in solve": statistics.median(times["fold-in solve: np.linalg.solve (LU)"])}
     for name, ts in times.items():
-        if name.startswith("top-k, "):
-            base[name.split(":")[0]] = statistics.median(times[name.split(":")[0] + name[name.index(":"):].replace(
-                "int8 first pass (Int8Items)", "float32 (column product + top-k)")])
-        ref = base[name.split(":")[0]]
+        group = name.split(":")[0]
+        if group.startswith("top-k, "):  # each catalogue size against its own float32 row
+            base[group] = statistics.median(times[f"{group}: float32 (column product + top-k)"])
+        ref = base[group]
         med = statistics.median(ts)
         print(f"  {name:48s} {med:7.3f} [{min(ts):.3f}-{max(ts):.3f}]  {ref / med:5.2f}x")
     return 0

@@ -146,6 +146,37 @@ static int check(Py_buffer *codes, Py_buffer *scales, Py_buffer *columns, Py_buf
     return 1;
 }
 
+/* What scan and first_pass both read: the codes, their scales and column scales, the query, and the query
+   rounded to int16 (q, with t and the norms round_query sets). */
+typedef struct {
+    Py_buffer codes, scales, columns, query;
+    int16_t *q;
+    float t;
+    double norms[3];
+} Inputs;
+
+static void close_inputs(Inputs *in, int n_open) {
+    PyMem_Free(in->q);
+    Py_buffer *views[] = {&in->codes, &in->scales, &in->columns, &in->query};
+    for (int i = 0; i < n_open; i++) PyBuffer_Release(views[i]);
+}
+
+/* Opens the four arrays, checks them (n_out: the length of the caller's output) and allocates q; 0 (with an
+   exception set and nothing left open) on failure. */
+static int open_inputs(Inputs *in, PyObject *codes, PyObject *scales, PyObject *columns, PyObject *query,
+                       long q_max, const Py_ssize_t *n_out) {
+    in->q = NULL;
+    if (get(codes, &in->codes, "codes", "b", 1, 2, 0) < 0) return 0;
+    if (get(scales, &in->scales, "scales", "f", 4, 1, 0) < 0) return close_inputs(in, 1), 0;
+    if (get(columns, &in->columns, "columns", "f", 4, 1, 0) < 0) return close_inputs(in, 2), 0;
+    if (get(query, &in->query, "query", "f", 4, 1, 0) < 0) return close_inputs(in, 3), 0;
+    if (!check(&in->codes, &in->scales, &in->columns, &in->query, n_out ? *n_out : in->codes.shape[0], q_max))
+        return close_inputs(in, 4), 0;
+    in->q = PyMem_Calloc((size_t)in->codes.shape[1], sizeof(int16_t));
+    if (in->q == NULL) return PyErr_NoMemory(), close_inputs(in, 4), 0;
+    return 1;
+}
+
 static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *codes_obj, *scales_obj, *columns_obj, *query_obj, *out_obj, *result = NULL;
     long q_max;
@@ -153,42 +184,30 @@ static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOlO|p:scan", &codes_obj, &scales_obj, &columns_obj, &query_obj, &q_max,
                           &out_obj, &portable))
         return NULL;
-    Py_buffer codes, scales, columns, query, out;
-    if (get(codes_obj, &codes, "codes", "b", 1, 2, 0) < 0) return NULL;
-    if (get(scales_obj, &scales, "scales", "f", 4, 1, 0) < 0) goto release_codes;
-    if (get(columns_obj, &columns, "columns", "f", 4, 1, 0) < 0) goto release_scales;
-    if (get(query_obj, &query, "query", "f", 4, 1, 0) < 0) goto release_columns;
-    if (get(out_obj, &out, "out", "f", 4, 1, 1) < 0) goto release_query;
-    if (!check(&codes, &scales, &columns, &query, out.shape[0], q_max)) goto release_out;
-    Py_ssize_t n = codes.shape[0], dp = codes.shape[1];
-    int16_t *q = PyMem_Calloc((size_t)dp, sizeof(int16_t));
-    if (q == NULL) {
-        PyErr_NoMemory();
-        goto release_out;
+    Py_buffer out;
+    if (get(out_obj, &out, "out", "f", 4, 1, 1) < 0) return NULL;
+    Inputs in;
+    if (open_inputs(&in, codes_obj, scales_obj, columns_obj, query_obj, q_max, &out.shape[0])) {
+        if (!round_query(in.query.buf, in.columns.buf, in.query.shape[0], q_max, in.q, &in.t, in.norms)) {
+            Py_INCREF(Py_None);
+            result = Py_None;
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            scan_rows(in.codes.buf, in.scales.buf, in.q, in.codes.shape[0], in.codes.shape[1], in.t, out.buf,
+                      portable);
+            Py_END_ALLOW_THREADS
+            result = Py_BuildValue("(dddd)", (double)in.t, in.norms[0], in.norms[1], in.norms[2]);
+        }
+        close_inputs(&in, 4);
     }
-    float t;
-    double norms[3];
-    if (!round_query(query.buf, columns.buf, query.shape[0], q_max, q, &t, norms)) {
-        Py_INCREF(Py_None);
-        result = Py_None;
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        scan_rows(codes.buf, scales.buf, q, n, dp, t, out.buf, portable);
-        Py_END_ALLOW_THREADS
-        result = Py_BuildValue("(dddd)", (double)t, norms[0], norms[1], norms[2]);
-    }
-    PyMem_Free(q);
-release_out:
     PyBuffer_Release(&out);
-release_query:
-    PyBuffer_Release(&query);
-release_columns:
-    PyBuffer_Release(&columns);
-release_scales:
-    PyBuffer_Release(&scales);
-release_codes:
-    PyBuffer_Release(&codes);
     return result;
+}
+
+/* The e-th index of a 1-d int32 or int64 array. */
+static Py_ssize_t index_at(const Py_buffer *indices, Py_ssize_t e) {
+    return indices->itemsize == 4 ? (Py_ssize_t)((const int32_t *)indices->buf)[e]
+                                  : (Py_ssize_t)((const int64_t *)indices->buf)[e];
 }
 
 /* The k-th largest of x[0..n) (1 <= k <= n), by quickselect; x is reordered. */
@@ -225,13 +244,11 @@ static PyObject *first_pass(PyObject *Py_UNUSED(module), PyObject *args) {
                           &query_obj, &q_max, &excluded_obj, &k, &max_stored, &max_norm, &max_error, &limit,
                           &cand_obj))
         return NULL;
-    Py_buffer codes, scales, columns, errors, query, excluded, cand;
-    if (get(codes_obj, &codes, "codes", "b", 1, 2, 0) < 0) return NULL;
-    if (get(scales_obj, &scales, "scales", "f", 4, 1, 0) < 0) goto release_codes;
-    if (get(columns_obj, &columns, "columns", "f", 4, 1, 0) < 0) goto release_scales;
-    if (get(errors_obj, &errors, "errors", "f", 4, 1, 0) < 0) goto release_columns;
-    if (get(query_obj, &query, "query", "f", 4, 1, 0) < 0) goto release_errors;
-    if (PyObject_GetBuffer(excluded_obj, &excluded, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto release_query;
+    Py_buffer errors, excluded, cand;
+    Inputs in;
+    if (!open_inputs(&in, codes_obj, scales_obj, columns_obj, query_obj, q_max, NULL)) return NULL;
+    if (get(errors_obj, &errors, "errors", "f", 4, 1, 0) < 0) goto release_inputs;
+    if (PyObject_GetBuffer(excluded_obj, &excluded, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto release_errors;
     if (excluded.ndim != 1 || !(excluded.itemsize == 4 || excluded.itemsize == 8) || excluded.format == NULL ||
         strchr("ilq", excluded.format[0]) == NULL) {
         PyErr_SetString(PyExc_ValueError, "first_pass: 'excluded' must be a 1-d array of int32 or int64 indices");
@@ -242,8 +259,7 @@ static PyObject *first_pass(PyObject *Py_UNUSED(module), PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "first_pass: 'candidates' must be a 1-d int64 array");
         goto release_cand;
     }
-    if (!check(&codes, &scales, &columns, &query, codes.shape[0], q_max)) goto release_cand;
-    Py_ssize_t n = codes.shape[0], dp = codes.shape[1], n_excluded = excluded.shape[0];
+    Py_ssize_t n = in.codes.shape[0], n_excluded = excluded.shape[0];
     if (errors.shape[0] != n || k < 1 || k >= n || limit < k || cand.shape[0] < limit) {
         PyErr_Format(PyExc_ValueError, "first_pass: errors (%zd,) must match the codes' %zd rows, k (%zd) must "
                      "be in 1..%zd, limit (%zd) at least k and candidates (%zd,) at least limit long",
@@ -251,35 +267,31 @@ static PyObject *first_pass(PyObject *Py_UNUSED(module), PyObject *args) {
         goto release_cand;
     }
     for (Py_ssize_t e = 0; e < n_excluded; e++) {
-        long long i = excluded.itemsize == 4 ? ((const int32_t *)excluded.buf)[e] : ((const int64_t *)excluded.buf)[e];
+        Py_ssize_t i = index_at(&excluded, e);
         if (i < 0 || i >= n) {
-            PyErr_Format(PyExc_ValueError, "first_pass: excluded index %lld is outside 0..%zd", i, n - 1);
+            PyErr_Format(PyExc_ValueError, "first_pass: excluded index %zd is outside 0..%zd", i, n - 1);
             goto release_cand;
         }
     }
     Py_ssize_t width = n / 64, n_select = k < width ? width : n;
-    int16_t *q = PyMem_Calloc((size_t)dp, sizeof(int16_t));
     float *approx = PyMem_Malloc((size_t)n * sizeof(float)), *select = PyMem_Malloc((size_t)n_select * sizeof(float));
-    if (q == NULL || approx == NULL || select == NULL) {
+    if (approx == NULL || select == NULL) {
         PyErr_NoMemory();
         goto release_memory;
     }
-    float t;
-    double norms[3];
-    if (!round_query(query.buf, columns.buf, query.shape[0], q_max, q, &t, norms)) {
+    if (!round_query(in.query.buf, in.columns.buf, in.query.shape[0], q_max, in.q, &in.t, in.norms)) {
         Py_INCREF(Py_None);
         result = Py_None;
         goto release_memory;
     }
+    const double *norms = in.norms;
     const float *err = errors.buf;
     int64_t *out = cand.buf;
     Py_ssize_t count = 0;
     int decided = 1;
     Py_BEGIN_ALLOW_THREADS
-    scan_rows(codes.buf, scales.buf, q, n, dp, t, approx, 0);
-    for (Py_ssize_t e = 0; e < n_excluded; e++)
-        approx[excluded.itemsize == 4 ? ((const int32_t *)excluded.buf)[e] : ((const int64_t *)excluded.buf)[e]] =
-            -INFINITY;
+    scan_rows(in.codes.buf, in.scales.buf, in.q, n, in.codes.shape[1], in.t, approx, 0);
+    for (Py_ssize_t e = 0; e < n_excluded; e++) approx[index_at(&excluded, e)] = -INFINITY;
     const float spread = (float)norms[0];
     if (k < width) {  /* group g holds items g, g + width, ..., g + 63 width */
         for (Py_ssize_t g = 0; g < width; g++) select[g] = -INFINITY;
@@ -295,7 +307,7 @@ static PyObject *first_pass(PyObject *Py_UNUSED(module), PyObject *args) {
     if (!(kth > -INFINITY)) {
         decided = 0;  /* fewer than k items left (or groups holding one) */
     } else {
-        const double dn = (double)query.shape[0] * 0x1p-24;
+        const double dn = (double)in.query.shape[0] * 0x1p-24;
         const double bound = (1 + 0x1p-8) * (norms[1] * max_stored + dn / (1 - dn) * norms[0] * max_norm
                                             + 8 * 0x1p-24 * (norms[2] * max_stored + norms[0] * max_error));
         const float cut = nextafterf((float)((double)kth - 2 * bound), -INFINITY);
@@ -314,23 +326,16 @@ static PyObject *first_pass(PyObject *Py_UNUSED(module), PyObject *args) {
         result = Py_None;
     }
 release_memory:
-    PyMem_Free(q);
     PyMem_Free(approx);
     PyMem_Free(select);
 release_cand:
     PyBuffer_Release(&cand);
 release_excluded:
     PyBuffer_Release(&excluded);
-release_query:
-    PyBuffer_Release(&query);
 release_errors:
     PyBuffer_Release(&errors);
-release_columns:
-    PyBuffer_Release(&columns);
-release_scales:
-    PyBuffer_Release(&scales);
-release_codes:
-    PyBuffer_Release(&codes);
+release_inputs:
+    close_inputs(&in, 4);
     return result;
 }
 

@@ -69,9 +69,8 @@ class Int8Items:
             errors = np.linalg.norm(v - stored, axis=1)
             self.errors[rows] = np.nextafter(errors.astype(np.float32), np.float32(np.inf))  # e_i, rounded up
             norms[rows, 0], norms[rows, 1] = np.linalg.norm(stored, axis=1), np.linalg.norm(v, axis=1)
-        self.max_error = float(self.errors.max(initial=0.0))
-        self.max_stored_norm, self.max_norm = (float(x) for x in norms.max(axis=0, initial=0.0))
-        self._bounds = (self.max_stored_norm, self.max_norm, self.max_error)
+        # what the bound C needs besides the query: (max |w_i|, max |v_i|, max e_i)
+        self.bounds = (*(float(x) for x in norms.max(axis=0, initial=0.0)), float(self.errors.max(initial=0.0)))
         self.q_max = min(32767, (2 ** 31 - 1) // (127 * max(self.dp, 1)))  # int32 sums cannot overflow
 
     @classmethod
@@ -102,7 +101,7 @@ class Int8Items:
         if skip.dtype != np.int32 and skip.dtype != np.int64:
             skip = skip.astype(np.int64)
         count = _scan.first_pass(self.codes, self.scales, self.columns, self.errors, q, self.q_max, skip, k,
-                                 self._bounds, limit, candidates)
+                                 self.bounds, limit, candidates)
         if count is None:  # a zero or non-finite query, fewer than k items left, or too many candidates
             return None
         candidates = candidates[:count]

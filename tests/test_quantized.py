@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_support import require_service
@@ -149,13 +150,12 @@ def test_portable_loop_equals_avx2_and_bad_arguments_name_the_array() -> None:
         codes.topk(q, 3, np.array([5, 513]))
     with pytest.raises(ValueError, match="'excluded' must be a 1-d array of int32 or int64"):
         quantized._scan.first_pass(codes.codes, codes.scales, c, codes.errors, q, codes.q_max,
-                                   np.zeros((1, 1), np.int64), 3, codes._bounds, 10, np.empty(10, np.int64))
+                                   np.zeros((1, 1), np.int64), 3, codes.bounds, 10, np.empty(10, np.int64))
 
 
 def engine_with(n: int, d: int, n_users: int = 30, seed: int = 0) -> Engine:
     rng = np.random.default_rng(seed)
     items, users = profile("mf", n, d, rng), rng.normal(size=(n_users, d)).astype(np.float32)
-    import scipy.sparse as sp
     seen = sp.random(n_users, n, density=0.02, format="csr", random_state=seed, dtype=np.float32)
     return Engine(items, users, IdMap([f"u{i}" for i in range(n_users)]), IdMap([f"i{j}" for j in range(n)]),
                   seen=seen)
