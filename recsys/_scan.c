@@ -1,4 +1,4 @@
-/* recsys._scan: the first pass of the engine's exact single-query search (recsys/quantized.py).
+/* recsys._scan: the engine's exact single-query search from int8 codes (recsys/quantized.py).
 
    scan(codes, scales, columns, query, q_max, out[, portable]) scales the float32 query (d,) by the item
    matrix's column scales c, rounds it to int16, Q = rint(query * c / t) with t = max|query * c| / q_max
@@ -14,12 +14,13 @@
    With portable true the plain C loop runs even where the CPU has AVX2 (tests compare the two); `kernel`
    names the loop used by default.
 
-   first_pass(codes, scales, columns, errors, query, q_max, excluded, k, bounds, limit, candidates) is the whole
-   first pass of Int8Items.topk (the proof is in recsys/quantized.py): the scan, excluded items (int32 or
+   topk(codes, scales, columns, errors, vectors, query, q_max, excluded, k, bounds, limit, out_idx, out_val)
+   is the whole of Int8Items.topk (the proof is in recsys/quantized.py): the scan, excluded items (int32 or
    int64 indices) set to -inf, the cut G - 2C from the k-th largest of 64 interleaved group maxima of
-   a - |q| e, and the indices i with a_i + |q| e_i >= cut written to candidates (int64, at least limit
-   long), ascending. errors: float32 (n,), e_i rounded up; bounds: (max |w_i|, max |v_i|, max e_i). Returns
-   the number of candidates, or None where the pass cannot decide (a zero or non-finite query, fewer than k
+   a - |q| e, the candidates i with a_i + |q| e_i >= cut, each scored again from vectors (float32 (n, d)) in
+   double precision, and the k best of them (ties by index) written to out_idx (int64 (k,)) and out_val
+   (their scores rounded to float32 (k,)). errors: float32 (n,), e_i rounded up; bounds: (max |w_i|,
+   max |v_i|, max e_i). Returns k, or None where it cannot decide (a zero or non-finite query, fewer than k
    items left, more than limit candidates).
 */
 #define PY_SSIZE_T_CLEAN
@@ -27,6 +28,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -128,7 +130,7 @@ static int round_query(const float *qf, const float *cf, Py_ssize_t d, long q_ma
     return 1;
 }
 
-/* Checks shared by scan and first_pass; 0 (with an exception set) when the arguments do not fit. */
+/* Checks shared by scan and topk; 0 (with an exception set) when the arguments do not fit. */
 static int check(Py_buffer *codes, Py_buffer *scales, Py_buffer *columns, Py_buffer *query, Py_ssize_t n_out,
                  long q_max) {
     Py_ssize_t n = codes->shape[0], dp = codes->shape[1], d = query->shape[0];
@@ -146,7 +148,7 @@ static int check(Py_buffer *codes, Py_buffer *scales, Py_buffer *columns, Py_buf
     return 1;
 }
 
-/* What scan and first_pass both read: the codes, their scales and column scales, the query, and the query
+/* What scan and topk both read: the codes, their scales and column scales, the query, and the query
    rounded to int16 (q, with t and the norms round_query sets). */
 typedef struct {
     Py_buffer codes, scales, columns, query;
@@ -234,59 +236,90 @@ static float kth_largest(float *x, Py_ssize_t n, Py_ssize_t k) {
     return x[want];
 }
 
-static PyObject *first_pass(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *codes_obj, *scales_obj, *columns_obj, *errors_obj, *query_obj, *excluded_obj, *cand_obj;
-    PyObject *result = NULL;
+/* A candidate scored again: its score in double precision and its index. */
+typedef struct {
+    double score;
+    Py_ssize_t index;
+} Scored;
+
+/* Best first; equal scores by index. */
+static int by_score(const void *a, const void *b) {
+    const Scored *x = a, *y = b;
+    if (x->score != y->score) return x->score < y->score ? 1 : -1;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+/* The inner product of a float32 row with the query, in double precision: eight partial sums in a fixed
+   order, so an item scores the same wherever it sits (equal items tie). */
+static double dot(const float *v, const float *q, Py_ssize_t d) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    Py_ssize_t j = 0;
+    for (; j + 8 <= d; j += 8)
+        for (int l = 0; l < 8; l++) acc[l] += (double)v[j + l] * (double)q[j + l];
+    for (; j < d; j++) acc[0] += (double)v[j] * (double)q[j];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *codes_obj, *scales_obj, *columns_obj, *errors_obj, *vectors_obj, *query_obj, *excluded_obj;
+    PyObject *idx_obj, *val_obj, *result = NULL;
     long q_max;
     Py_ssize_t k, limit;
     double max_stored, max_norm, max_error;
-    if (!PyArg_ParseTuple(args, "OOOOOlOn(ddd)nO:first_pass", &codes_obj, &scales_obj, &columns_obj, &errors_obj,
-                          &query_obj, &q_max, &excluded_obj, &k, &max_stored, &max_norm, &max_error, &limit,
-                          &cand_obj))
+    if (!PyArg_ParseTuple(args, "OOOOOOlOn(ddd)nOO:topk", &codes_obj, &scales_obj, &columns_obj, &errors_obj,
+                          &vectors_obj, &query_obj, &q_max, &excluded_obj, &k, &max_stored, &max_norm,
+                          &max_error, &limit, &idx_obj, &val_obj))
         return NULL;
-    Py_buffer errors, excluded, cand;
+    Py_buffer errors, vectors, excluded, out_idx, out_val;
     Inputs in;
+    float *approx = NULL, *select = NULL;
+    Scored *scored = NULL;
     if (!open_inputs(&in, codes_obj, scales_obj, columns_obj, query_obj, q_max, NULL)) return NULL;
     if (get(errors_obj, &errors, "errors", "f", 4, 1, 0) < 0) goto release_inputs;
-    if (PyObject_GetBuffer(excluded_obj, &excluded, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto release_errors;
+    if (get(vectors_obj, &vectors, "vectors", "f", 4, 2, 0) < 0) goto release_errors;
+    if (PyObject_GetBuffer(excluded_obj, &excluded, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto release_vectors;
     if (excluded.ndim != 1 || !(excluded.itemsize == 4 || excluded.itemsize == 8) || excluded.format == NULL ||
         strchr("ilq", excluded.format[0]) == NULL) {
-        PyErr_SetString(PyExc_ValueError, "first_pass: 'excluded' must be a 1-d array of int32 or int64 indices");
+        PyErr_SetString(PyExc_ValueError, "topk: 'excluded' must be a 1-d array of int32 or int64 indices");
         goto release_excluded;
     }
-    if (get(cand_obj, &cand, "candidates", NULL, 8, 1, 1) < 0) goto release_excluded;
-    if (strchr("lq", cand.format[0]) == NULL) {
-        PyErr_SetString(PyExc_ValueError, "first_pass: 'candidates' must be a 1-d int64 array");
-        goto release_cand;
+    if (get(idx_obj, &out_idx, "out_idx", NULL, 8, 1, 1) < 0) goto release_excluded;
+    if (strchr("lq", out_idx.format[0]) == NULL) {
+        PyErr_SetString(PyExc_ValueError, "topk: 'out_idx' must be a 1-d int64 array");
+        goto release_idx;
     }
-    Py_ssize_t n = in.codes.shape[0], n_excluded = excluded.shape[0];
-    if (errors.shape[0] != n || k < 1 || k >= n || limit < k || cand.shape[0] < limit) {
-        PyErr_Format(PyExc_ValueError, "first_pass: errors (%zd,) must match the codes' %zd rows, k (%zd) must "
-                     "be in 1..%zd, limit (%zd) at least k and candidates (%zd,) at least limit long",
-                     errors.shape[0], n, k, n - 1, limit, cand.shape[0]);
-        goto release_cand;
+    if (get(val_obj, &out_val, "out_val", "f", 4, 1, 1) < 0) goto release_idx;
+    Py_ssize_t n = in.codes.shape[0], d = in.query.shape[0], n_excluded = excluded.shape[0];
+    if (errors.shape[0] != n || vectors.shape[0] != n || vectors.shape[1] != d || k < 1 || k >= n ||
+        limit < k || out_idx.shape[0] != k || out_val.shape[0] != k) {
+        PyErr_Format(PyExc_ValueError, "topk: errors (%zd,) and vectors (%zd, %zd) must match the codes' %zd rows "
+                     "and the query's %zd columns, k (%zd) must be in 1..%zd, limit (%zd) at least k, out_idx "
+                     "(%zd,) and out_val (%zd,) k long", errors.shape[0], vectors.shape[0], vectors.shape[1], n,
+                     d, k, n - 1, limit, out_idx.shape[0], out_val.shape[0]);
+        goto release_val;
     }
     for (Py_ssize_t e = 0; e < n_excluded; e++) {
         Py_ssize_t i = index_at(&excluded, e);
         if (i < 0 || i >= n) {
-            PyErr_Format(PyExc_ValueError, "first_pass: excluded index %zd is outside 0..%zd", i, n - 1);
-            goto release_cand;
+            PyErr_Format(PyExc_ValueError, "topk: excluded index %zd is outside 0..%zd", i, n - 1);
+            goto release_val;
         }
     }
     Py_ssize_t width = n / 64, n_select = k < width ? width : n;
-    float *approx = PyMem_Malloc((size_t)n * sizeof(float)), *select = PyMem_Malloc((size_t)n_select * sizeof(float));
-    if (approx == NULL || select == NULL) {
+    approx = PyMem_Malloc((size_t)n * sizeof(float));
+    select = PyMem_Malloc((size_t)n_select * sizeof(float));
+    scored = PyMem_Malloc((size_t)limit * sizeof(Scored));
+    if (approx == NULL || select == NULL || scored == NULL) {
         PyErr_NoMemory();
         goto release_memory;
     }
-    if (!round_query(in.query.buf, in.columns.buf, in.query.shape[0], q_max, in.q, &in.t, in.norms)) {
+    if (!round_query(in.query.buf, in.columns.buf, d, q_max, in.q, &in.t, in.norms)) {
         Py_INCREF(Py_None);
         result = Py_None;
         goto release_memory;
     }
     const double *norms = in.norms;
-    const float *err = errors.buf;
-    int64_t *out = cand.buf;
+    const float *err = errors.buf, *vf = vectors.buf, *qf = in.query.buf;
     Py_ssize_t count = 0;
     int decided = 1;
     Py_BEGIN_ALLOW_THREADS
@@ -307,20 +340,29 @@ static PyObject *first_pass(PyObject *Py_UNUSED(module), PyObject *args) {
     if (!(kth > -INFINITY)) {
         decided = 0;  /* fewer than k items left (or groups holding one) */
     } else {
-        const double dn = (double)in.query.shape[0] * 0x1p-24;
+        const double dn = (double)d * 0x1p-24;
         const double bound = (1 + 0x1p-8) * (norms[1] * max_stored + dn / (1 - dn) * norms[0] * max_norm
                                             + 8 * 0x1p-24 * (norms[2] * max_stored + norms[0] * max_error));
         const float cut = nextafterf((float)((double)kth - 2 * bound), -INFINITY);
         for (Py_ssize_t i = 0; i < n && decided; i++) {
             if (approx[i] + spread * err[i] >= cut) {
                 if (count == limit) decided = 0;
-                else out[count++] = i;
+                else scored[count++] = (Scored){dot(vf + i * d, qf, d), i};
             }
+        }
+    }
+    if (decided) {
+        qsort(scored, (size_t)count, sizeof(Scored), by_score);
+        int64_t *idx = out_idx.buf;
+        float *val = out_val.buf;
+        for (Py_ssize_t r = 0; r < k; r++) {
+            idx[r] = scored[r].index;
+            val[r] = (float)scored[r].score;
         }
     }
     Py_END_ALLOW_THREADS
     if (decided) {
-        result = PyLong_FromSsize_t(count);
+        result = PyLong_FromSsize_t(k);
     } else {
         Py_INCREF(Py_None);
         result = Py_None;
@@ -328,10 +370,15 @@ static PyObject *first_pass(PyObject *Py_UNUSED(module), PyObject *args) {
 release_memory:
     PyMem_Free(approx);
     PyMem_Free(select);
-release_cand:
-    PyBuffer_Release(&cand);
+    PyMem_Free(scored);
+release_val:
+    PyBuffer_Release(&out_val);
+release_idx:
+    PyBuffer_Release(&out_idx);
 release_excluded:
     PyBuffer_Release(&excluded);
+release_vectors:
+    PyBuffer_Release(&vectors);
 release_errors:
     PyBuffer_Release(&errors);
 release_inputs:
@@ -343,9 +390,9 @@ static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(codes, scales, columns, query, q_max, out[, portable]) -> (t, |q|, |q - tQ/c|, |tQ/c|) or None: "
      "out[i] = scales[i] * t * sum_j Q[j] codes[i, j] with Q = rint(query * columns / t) (int16)."},
-    {"first_pass", first_pass, METH_VARARGS,
-     "first_pass(codes, scales, columns, errors, query, q_max, excluded, k, bounds, limit, candidates) -> int or None: "
-     "the candidates of Int8Items.topk, written to candidates (see recsys/quantized.py)."},
+    {"topk", topk, METH_VARARGS,
+     "topk(codes, scales, columns, errors, vectors, query, q_max, excluded, k, bounds, limit, out_idx, out_val) -> "
+     "k or None: Int8Items.topk's answer, written to out_idx and out_val (see recsys/quantized.py)."},
     {NULL, NULL, 0, NULL},
 };
 

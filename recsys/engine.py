@@ -513,6 +513,13 @@ class Engine:
         """[{"id", "score", "title"}, ...] for item ids best first and their scores, None ids (the padding of a
         short answer) left out: the item list the service answers and `recsys recommend --json` prints.
         item_index: the items' indices, when known (`Recommendation.item_index`): titles without a look-up."""
+        return [{"id": i, "score": sc, "title": t} for i, sc, t in zip(*self.scored_item_fields(item_ids, scores,
+                                                                                               item_index))]
+
+    def scored_item_fields(self, item_ids: np.ndarray, scores: np.ndarray, item_index: np.ndarray | None = None
+                           ) -> tuple[list[str], list[float], list[str | None]]:
+        """What `scored_items` lists, as three lists (ids, scores, titles): for an encoder that writes the
+        item list without building its dicts (the service's recommendations answer)."""
         item_ids = np.asarray(item_ids, dtype=object)
         if item_index is None:
             valid = np.not_equal(item_ids, None)
@@ -520,9 +527,8 @@ class Engine:
             titles = self.titles(item_ids)
         else:
             titles = self._titles_at(np.asarray(item_index), np.shape(item_ids))
-        titles = [None] * len(item_ids) if titles is None else titles.tolist()
-        return [{"id": str(i), "score": sc, "title": None if t is None else str(t)}
-                for i, sc, t in zip(item_ids.tolist(), np.asarray(scores, dtype=np.float64).tolist(), titles)]
+        titles = [None] * len(item_ids) if titles is None else [None if t is None else str(t) for t in titles.tolist()]
+        return [str(i) for i in item_ids.tolist()], np.asarray(scores, dtype=np.float64).tolist(), titles
 
     # ------------------------------------------------------------------------ one user's answer (serving)
     def recommend_user(self, user: object | None, k: int = 10, *, offset: int = 0, exclude: Iterable[object] = (),

@@ -1,7 +1,8 @@
 """Exact top-k for one query from a quarter of the bytes: an int8 copy of the item vectors scores every item to
-within a known bound, and only the items that bound leaves in reach of the k-th best are scored again in
-float32. The answer is the float32 answer; reading 1 byte per coordinate instead of 4 is what makes it faster,
-since one query's scan is bound by memory (benchmarks/scoring.py, benchmarks/README.md).
+within a known bound, and only the items that bound leaves in reach of the k-th best are scored again, in
+double precision. The answer is the exact answer (scores rounded to float32, ties by index); reading 1 byte
+per coordinate instead of 4 is what makes it faster, since one query's scan is bound by memory
+(benchmarks/scoring.py, benchmarks/README.md).
 
     codes = Int8Items.build(item_vectors)       # None where it is not used (see there)
     idx, val = codes.topk(query, k, excluded)   # or None: the caller scores in float32
@@ -10,17 +11,19 @@ Why the answer is exact. Each coordinate is divided by its column's largest magn
 larger than the rest costs little), then item i is rounded to int8 codes x_i with one scale s_i: it is stored
 as w_i = c s_i x_i. The query is rounded to int16 in the same scaled space, q' = t Q / c, so the first pass
 sum_j Q_j x_ij is an exact integer and a_i = t s_i sum_j Q_j x_ij is q'.w_i up to three float32 roundings.
-The float32 score f_i differs from q.v_i by at most d u |q| |v_i| (u = 2^-24, any summation order), so
+A score f_i computed from the float32 vectors differs from q.v_i by at most d u |q| |v_i| (u = 2^-24) in
+float32, in any summation order, and by far less in double precision, so
 
     |a_i - f_i| <= |q| e_i + C,   e_i = |v_i - w_i|,
     C = |q - q'| max|w| + d u / (1 - d u) |q| max|v| + (the float32 roundings of a and of this bound).
 
 G, the k-th largest of 64 interleaved group maxima of a - |q| e (of a - |q| e itself where there are fewer
 than 64 k items), is at most the k-th largest of a - |q| e;
-k items have f >= a - |q| e - C >= G - C, so every item of the float32 top k (ties included) has
-a + |q| e >= G - 2C. Those candidates, usually a few dozen, are scored in float32, best first, ties by index.
-The float32 score here is numpy's einsum of the two vectors; any other float32 evaluation is within the same
-bound, so the items it ranks differently are ones whose float32 scores differ in their last bits.
+k items have f >= a - |q| e - C >= G - C, so every item of the top k by f (ties included) has
+a + |q| e >= G - 2C. Those candidates, usually a few dozen, are scored again in double precision (eight
+partial sums in a fixed order: an item scores the same wherever it sits, so equal items tie) and the k best
+are kept, ties by index. A float32 scorer (BLAS, as batches are scored) can rank differently only items
+whose float32 scores differ in their last bits.
 """
 from __future__ import annotations
 
@@ -87,7 +90,7 @@ class Int8Items:
 
     def topk(self, query: np.ndarray, k: int, excluded: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray] | None:
-        """(item indices, float32 scores), k of each, best first with ties by index: what float32 scoring of
+        """(item indices, float32 scores), k of each, best first with ties by index: what exact scoring of
         every item (excluded ones left out) and a stable sort would answer. None when this pass cannot decide
         cheaply (k not below the number of items, a zero or non-finite query, fewer than k items left,
         too many candidates): the caller scores in float32 instead."""
@@ -95,18 +98,11 @@ class Int8Items:
         if not 0 < k < n:
             return None
         q = np.ascontiguousarray(query, dtype=np.float32)
-        limit = max(k, int(MAX_CANDIDATE_SHARE * n))
-        candidates = np.empty(limit, np.int64)
         skip = _NONE if excluded is None else np.ascontiguousarray(excluded)
         if skip.dtype != np.int32 and skip.dtype != np.int64:
             skip = skip.astype(np.int64)
-        count = _scan.first_pass(self.codes, self.scales, self.columns, self.errors, q, self.q_max, skip, k,
-                                 self.bounds, limit, candidates)
-        if count is None:  # a zero or non-finite query, fewer than k items left, or too many candidates
-            return None
-        candidates = candidates[:count]
-        # einsum computes each item's dot product the same way wherever the item sits (BLAS's gemv does not:
-        # equal items could differ in the last bit), so equal items tie and rank by index
-        scores = np.einsum("ij,j->i", self.vectors[candidates], q)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return candidates[order], scores[order]
+        idx, val = np.empty(k, np.int64), np.empty(k, np.float32)
+        if _scan.topk(self.codes, self.scales, self.columns, self.errors, self.vectors, q, self.q_max, skip, k,
+                      self.bounds, max(k, int(MAX_CANDIDATE_SHARE * n)), idx, val) is None:
+            return None  # a zero or non-finite query, fewer than k items left, or too many candidates
+        return idx, val

@@ -7,6 +7,7 @@ import signal
 from flask import Response, current_app, request
 from flask_smorest import Blueprint, abort
 
+from recsys.engine import Recommendation
 from recsys.exceptions import RecsysError
 from recsys.feedback import Event
 
@@ -46,20 +47,34 @@ def _history(user: str) -> History:
     return current_app.extensions["recsys_feedback"].history(user)
 
 
-def recommendations(m: Loaded, q: Query, history: History) -> dict:
-    """One user's Recommendations document; history: the user's stored feedback events."""
+def _recommend(m: Loaded, q: Query, history: History) -> Recommendation:
     limit = current_app.config["MAX_K"]
     if q.k + q.offset > limit:
         abort(422, message=f"k + offset must be <= {limit}. Got {q.k + q.offset}.")
-    rec = m.engine.recommend_user(q.user, q.k, offset=q.offset, exclude=q.exclude, filters=_filters(q.genres),
-                                  include_seen=q.include_seen, history=history)
+    return m.engine.recommend_user(q.user, q.k, offset=q.offset, exclude=q.exclude, filters=_filters(q.genres),
+                                   include_seen=q.include_seen, history=history)
+
+
+def recommendations(m: Loaded, q: Query, history: History) -> dict:
+    """One user's Recommendations document; history: the user's stored feedback events."""
+    rec = _recommend(m, q, history)
     return {"user": q.user, "items": m.engine.scored_items(rec.item_ids, rec.scores, rec.item_index),
             "fallback": rec.fallback, "model_version": m.version}
 
 
+def recommendations_body(m: Loaded, q: Query, history: History) -> str:
+    """`recommendations` as the JSON the app's provider writes of it."""
+    if not fastpath.writes_as_flask_does(current_app):
+        return current_app.json.dumps(recommendations(m, q, history))
+    rec = _recommend(m, q, history)
+    return fastpath.recommendations_json(q.user, *m.engine.scored_item_fields(rec.item_ids, rec.scores,
+                                                                              rec.item_index),
+                                         rec.fallback, m.version)
+
+
 def respond(query: Query) -> Response:
     """A recommendations request as a JSON response (through the response cache)."""
-    return fastpath.respond(_model(), query, recommendations)
+    return fastpath.respond(_model(), query, recommendations_body)
 
 
 @blp.route("/feedback", methods=["POST"])

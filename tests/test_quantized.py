@@ -1,5 +1,5 @@
-"""The int8 first pass of one query's exact top-k (recsys/quantized.py, recsys/_scan.c): the answer is the
-float32 answer, ties by index, whatever the vectors' scale, spread or duplicates."""
+"""One query's exact top-k from int8 codes (recsys/quantized.py, recsys/_scan.c): the answer is the exact
+answer (float64 scoring), ties by index, whatever the vectors' scale, spread or duplicates."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,17 +17,18 @@ from recsys.quantized import MIN_CELLS, Int8Items
 require_service(None if quantized._scan is not None else "recsys._scan is not built (no C compiler at install?)")
 
 
-def float32_topk(vectors: np.ndarray, q: np.ndarray, k: int, excluded=()) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.einsum("ij,j->i", vectors, q)  # each item's float32 dot product, wherever it sits
+def exact_topk(vectors: np.ndarray, q: np.ndarray, k: int, excluded=()) -> tuple[np.ndarray, np.ndarray]:
+    # each item's dot product in float64, computed the same way wherever the item sits (equal items tie)
+    scores = np.einsum("ij,j->i", vectors.astype(np.float64), q.astype(np.float64))
     scores[np.asarray(excluded, np.int64)] = -np.inf
     order = np.argsort(-scores, kind="stable")[:k]
-    return order, scores[order]
+    return order, scores[order].astype(np.float32)
 
 
 def assert_same(found, vectors, q, k, excluded=()) -> None:
     assert found is not None
     idx, val = found
-    ref_idx, ref_val = float32_topk(vectors, q, k, excluded)
+    ref_idx, ref_val = exact_topk(vectors, q, k, excluded)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(val, ref_val, rtol=1e-6)
     assert idx.dtype == np.int64 and val.dtype == np.float32
@@ -107,7 +108,7 @@ def test_a_spread_too_wide_for_int8_is_declined_not_answered_wrongly(monkeypatch
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), n=st.integers(65, 600), d=st.integers(1, 40), k=st.integers(1, 30),
        seed=st.integers(0, 2 ** 32 - 1))
-def test_property_topk_equals_float32(data, n, d, k, seed) -> None:
+def test_property_topk_equals_the_exact_answer(data, n, d, k, seed) -> None:
     rng = np.random.default_rng(seed)
     kind = data.draw(st.sampled_from(["mf", "ials", "bias", "duplicates", "wide", "integers"]))
     vectors = np.rint(rng.normal(size=(n, d)) * 3).astype(np.float32) if kind == "integers" else \
@@ -149,8 +150,13 @@ def test_portable_loop_equals_avx2_and_bad_arguments_name_the_array() -> None:
     with pytest.raises(ValueError, match="excluded index 513 is outside 0..512"):
         codes.topk(q, 3, np.array([5, 513]))
     with pytest.raises(ValueError, match="'excluded' must be a 1-d array of int32 or int64"):
-        quantized._scan.first_pass(codes.codes, codes.scales, c, codes.errors, q, codes.q_max,
-                                   np.zeros((1, 1), np.int64), 3, codes.bounds, 10, np.empty(10, np.int64))
+        quantized._scan.topk(codes.codes, codes.scales, c, codes.errors, codes.vectors, q, codes.q_max,
+                             np.zeros((1, 1), np.int64), 3, codes.bounds, 10, np.empty(3, np.int64),
+                             np.empty(3, np.float32))
+    with pytest.raises(ValueError, match=r"vectors \(513, 7\) must match"):
+        quantized._scan.topk(codes.codes, codes.scales, c, codes.errors, codes.vectors[:, :7].copy(), q,
+                             codes.q_max, np.zeros(0, np.int64), 3, codes.bounds, 10, np.empty(3, np.int64),
+                             np.empty(3, np.float32))
 
 
 def engine_with(n: int, d: int, n_users: int = 30, seed: int = 0) -> Engine:

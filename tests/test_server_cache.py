@@ -1,9 +1,12 @@
-"""The recommendations hot path (server/fastpath.py): the per-model response cache, and the plain query-string
-reader that skips webargs, both giving the same answers as the full path."""
+"""The recommendations hot path (server/fastpath.py): the per-model response cache, the plain query-string
+reader that skips webargs and the answer's JSON writer, all giving the same answers as the full path."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from server_support import AUTH, KEY, PROBLEM, count_calls, events
 
 from recsys.bundle import new_version_path, publish
@@ -189,3 +192,35 @@ def test_loading_a_model_builds_what_requests_read_before_workers_fork(models_ro
     assert not {"item_codes", "item_columns"} & set(vars(plain))
     plain.recommend_indices(np.array([0]), 3)
     assert "item_codes" in vars(plain)
+
+
+_text = st.text(st.characters(codec="utf-8"), max_size=12)  # any unicode: quotes, controls, non-ASCII
+
+
+@settings(max_examples=200, deadline=None)
+@given(user=_text, version=_text, fallback=st.booleans(),
+       items=st.lists(st.tuples(_text, st.floats(width=64), st.none() | _text), max_size=12))
+def test_recommendations_json_writes_what_flask_dumps_of_the_dict(user, version, fallback, items) -> None:
+    """The answer's JSON is written without building its dicts: byte for byte what Flask's default provider
+    writes of the document (sorted keys, ASCII escapes, NaN and infinities as json writes them)."""
+    from server import fastpath
+
+    app = Flask(__name__)
+    ids, scores, titles = (list(column) for column in zip(*items)) if items else ([], [], [])
+    doc = {"user": user, "items": [{"id": i, "score": s, "title": t} for i, s, t in items], "fallback": fallback,
+           "model_version": version}
+    with app.app_context():
+        assert fastpath.writes_as_flask_does(app)
+        assert fastpath.recommendations_json(user, ids, scores, titles, fallback, version) == app.json.dumps(doc)
+
+
+def test_an_app_with_other_json_settings_answers_through_its_own_provider(models_root, tmp_path, synthetic):
+    """An app whose JSON provider does not write as Flask's default does (here: keys unsorted) gets its
+    answers from that provider, not from the hot path's own writer."""
+    from server import fastpath
+
+    app = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": f"sqlite:///{tmp_path / 'f.db'}"})
+    app.json.sort_keys = False
+    assert not fastpath.writes_as_flask_does(app)
+    body = app.test_client().get(f"/v1/users/{synthetic.users.ids[1]}/recommendations?k=3").get_data(as_text=True)
+    assert body.startswith('{"user": ') and '"id": ' in body
