@@ -30,7 +30,9 @@ bind = os.environ.get("RECSYS_BIND", "127.0.0.1:8000")
 # with four workers on two cores it happens less often (benchmarks/README.md, "Computed answers").
 workers = int(os.environ.get("RECSYS_WORKERS", str(2 * len(os.sched_getaffinity(0)))))
 threads = int(os.environ.get("RECSYS_THREADS", "2"))
-worker_class = "gthread"
+# gthread that accepts a connection only while one of its threads is free (server/worker.py): keep-alive
+# connections spread over the workers instead of piling onto one
+worker_class = os.environ.get("RECSYS_WORKER_CLASS", "server.worker.BalancedThreadWorker")
 preload_app = True
 timeout = 30
 graceful_timeout = 20

@@ -176,6 +176,54 @@ def test_gunicorn_settings_default_to_two_workers_per_cpu_of_two_threads(monkeyp
     settings: dict = {"__file__": str(conf)}
     exec(compile(conf.read_text(), str(conf), "exec"), settings)  # noqa: S102 - the repository's own file
     assert settings["workers"] == 2 * len(os.sched_getaffinity(0)) and settings["threads"] == 2
+    assert settings["worker_class"] == "server.worker.BalancedThreadWorker"
     os.environ["RECSYS_WORKERS"] = "3"
     exec(compile(conf.read_text(), str(conf), "exec"), settings)  # noqa: S102
     assert settings["workers"] == 3
+
+
+def test_the_worker_accepts_new_connections_only_while_a_thread_is_free():
+    """server.worker.BalancedThreadWorker, driven as gunicorn's loop drives it (a real listening socket and
+    selector): it listens while fewer requests are in its pool than it has threads, stops when they are
+    all busy (a new connection goes to another worker), and listens again when one finishes. The config
+    names it (test_gunicorn_settings_...)."""
+    import selectors
+    import socket
+    from concurrent.futures import Future
+    from unittest import mock
+
+    from gunicorn.config import Config
+
+    from server.worker import BalancedThreadWorker
+
+    cfg = Config()
+    cfg.set("threads", 2)
+    listener = socket.create_server(("127.0.0.1", 0))
+    worker = BalancedThreadWorker(1, os.getpid(), [listener], None, 30, cfg, mock.Mock())
+    worker.in_pool, worker.poller = 0, selectors.DefaultSelector()
+    worker.tpool, worker.method_queue = mock.Mock(), mock.Mock()
+
+    def listening() -> bool:
+        return any(key.fileobj is listener for key in worker.poller.get_map().values())
+
+    def done(result) -> Future:
+        future = Future()
+        future.set_result(result)
+        return future
+
+    worker.set_accept_enabled(True)
+    assert listening()
+    first, second = mock.Mock(), mock.Mock()
+    worker.nr_conns = 2
+    worker.enqueue_req(first)
+    assert listening(), "one thread of two is still free"
+    worker.enqueue_req(second)
+    assert not listening() and worker.in_pool == 2
+    worker.set_accept_enabled(True)  # what the loop asks on every turn while nr_conns < worker_connections
+    assert not listening()
+    worker.finish_request(first, done(False))  # the first connection closes: a thread is free again
+    assert listening() and worker.in_pool == 1 and worker.nr_conns == 1
+    first.close.assert_called_once()
+    worker.set_accept_enabled(False)
+    assert not listening()
+    listener.close()
