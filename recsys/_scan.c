@@ -279,12 +279,12 @@ static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
     if (get(vectors_obj, &vectors, "vectors", "f", 4, 2, 0) < 0) goto release_errors;
     if (PyObject_GetBuffer(excluded_obj, &excluded, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto release_vectors;
     if (excluded.ndim != 1 || !(excluded.itemsize == 4 || excluded.itemsize == 8) || excluded.format == NULL ||
-        strchr("ilq", excluded.format[0]) == NULL) {
+        excluded.format[0] == '\0' || strchr("ilq", excluded.format[0]) == NULL) {
         PyErr_SetString(PyExc_ValueError, "topk: 'excluded' must be a 1-d array of int32 or int64 indices");
         goto release_excluded;
     }
     if (get(idx_obj, &out_idx, "out_idx", NULL, 8, 1, 1) < 0) goto release_excluded;
-    if (strchr("lq", out_idx.format[0]) == NULL) {
+    if (out_idx.format[0] == '\0' || strchr("lq", out_idx.format[0]) == NULL) {
         PyErr_SetString(PyExc_ValueError, "topk: 'out_idx' must be a 1-d int64 array");
         goto release_idx;
     }
@@ -305,6 +305,7 @@ static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
             goto release_val;
         }
     }
+    if (limit > n) limit = n;  /* there are no more candidates than items */
     Py_ssize_t width = n / 64, n_select = k < width ? width : n;
     approx = PyMem_Malloc((size_t)n * sizeof(float));
     select = PyMem_Malloc((size_t)n_select * sizeof(float));
@@ -324,7 +325,10 @@ static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
     int decided = 1;
     Py_BEGIN_ALLOW_THREADS
     scan_rows(in.codes.buf, in.scales.buf, in.q, n, in.codes.shape[1], in.t, approx, 0);
-    for (Py_ssize_t e = 0; e < n_excluded; e++) approx[index_at(&excluded, e)] = -INFINITY;
+    for (Py_ssize_t e = 0; e < n_excluded; e++) {  /* checked above; read again without the GIL */
+        Py_ssize_t i = index_at(&excluded, e);
+        if (i >= 0 && i < n) approx[i] = -INFINITY;
+    }
     const float spread = (float)norms[0];
     if (k < width) {  /* group g holds items g, g + width, ..., g + 63 width */
         for (Py_ssize_t g = 0; g < width; g++) select[g] = -INFINITY;
@@ -344,12 +348,16 @@ static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
         const double bound = (1 + 0x1p-8) * (norms[1] * max_stored + dn / (1 - dn) * norms[0] * max_norm
                                             + 8 * 0x1p-24 * (norms[2] * max_stored + norms[0] * max_error));
         const float cut = nextafterf((float)((double)kth - 2 * bound), -INFINITY);
+        /* the proof gives k candidates or more from a finite cut; anything else (a bound that overflowed)
+           is declined rather than answered */
+        decided = isfinite(bound) && cut > -INFINITY;
         for (Py_ssize_t i = 0; i < n && decided; i++) {
             if (approx[i] + spread * err[i] >= cut) {
                 if (count == limit) decided = 0;
                 else scored[count++] = (Scored){dot(vf + i * d, qf, d), i};
             }
         }
+        if (count < k) decided = 0;
     }
     if (decided) {
         qsort(scored, (size_t)count, sizeof(Scored), by_score);

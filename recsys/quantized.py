@@ -1,8 +1,8 @@
 """Exact top-k for one query from a quarter of the bytes: an int8 copy of the item vectors scores every item to
 within a known bound, and only the items that bound leaves in reach of the k-th best are scored again, in
-double precision. The answer is the exact answer (scores rounded to float32, ties by index); reading 1 byte
-per coordinate instead of 4 is what makes it faster, since one query's scan is bound by memory
-(benchmarks/scoring.py, benchmarks/README.md).
+double precision. The answer is the exact answer up to double rounding (scores rounded to float32, ties by
+index); reading 1 byte per coordinate instead of 4 is what makes it faster, since one query's scan is bound
+by memory (benchmarks/scoring.py, benchmarks/README.md).
 
     codes = Int8Items.build(item_vectors)       # None where it is not used (see there)
     idx, val = codes.topk(query, k, excluded)   # or None: the caller scores in float32

@@ -5,11 +5,18 @@ is readable, so in a burst of new connections one worker can take most of them a
 one core under its GIL while the others idle (benchmarks/serving.py saw 78 % of the requests on one of four
 workers, 1.26 of 2 cores busy). This worker stops accepting while every thread has a request, so a new
 connection goes to a worker that can start on it now, as sync workers and nginx's accept_mutex arrange;
-connections it already holds are served as before. gunicorn.conf.py names it as the worker class.
+connections it already holds are served as before. A new connection that has sent nothing yet waits in the
+poller, not in a thread (gthread would hold a thread for it up to 5 s), so idle connects cannot stop a worker
+from accepting. A stopping worker does not start accepting again. gunicorn.conf.py names it as the worker
+class. It overrides gthread's own methods, so pyproject pins gunicorn 27.
 """
 from __future__ import annotations
 
-from gunicorn.workers.gthread import ThreadWorker
+import selectors
+import time
+from functools import partial
+
+from gunicorn.workers.gthread import DEFAULT_WORKER_DATA_TIMEOUT, ThreadWorker
 
 
 class BalancedThreadWorker(ThreadWorker):
@@ -21,14 +28,25 @@ class BalancedThreadWorker(ThreadWorker):
         super().init_process()
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        super().set_accept_enabled(enabled and self.in_pool < self.cfg.threads)
+        super().set_accept_enabled(enabled and self.alive and self.in_pool < self.cfg.threads)
 
     def enqueue_req(self, conn) -> None:
-        self.in_pool += 1
+        if not conn.initialized and not conn.wait_for_data(0):
+            self._wait_in_poller(conn)
+            return
         super().enqueue_req(conn)
+        self.in_pool += 1
         self.set_accept_enabled(self._accepting)
 
     def finish_request(self, conn, fs) -> None:
         self.in_pool -= 1
         super().finish_request(conn, fs)
         self.set_accept_enabled(self.nr_conns < self.worker_connections)
+
+    def _wait_in_poller(self, conn) -> None:
+        """A connection with no data yet waits for its first bytes in the poller, as gthread parks one whose
+        thread waited in vain, and for as long in all (on_pending_socket_readable hands it on)."""
+        conn.sock.setblocking(False)
+        conn.timeout = time.monotonic() + DEFAULT_WORKER_DATA_TIMEOUT + self.cfg.keepalive
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))

@@ -153,6 +153,17 @@ def test_portable_loop_equals_avx2_and_bad_arguments_name_the_array() -> None:
         quantized._scan.topk(codes.codes, codes.scales, c, codes.errors, codes.vectors, q, codes.q_max,
                              np.zeros((1, 1), np.int64), 3, codes.bounds, 10, np.empty(3, np.int64),
                              np.empty(3, np.float32))
+    topk = quantized._scan.topk
+
+    def raw(bounds, limit):
+        idx, val = np.empty(3, np.int64), np.empty(3, np.float32)
+        return topk(codes.codes, codes.scales, c, codes.errors, codes.vectors, q, codes.q_max, np.arange(100), 3,
+                    bounds, limit, idx, val), idx, val
+
+    answer, idx, _ = raw(codes.bounds, 2 ** 62)  # a limit beyond the items is the number of items
+    assert answer == 3 and idx.tolist() == codes.topk(q, 3, np.arange(100))[0].tolist()
+    for broken in ((np.nan, 1.0, 1.0), (np.inf, 1.0, 1.0), (1e300, 1e300, 1.0)):  # a bound that is no bound
+        assert raw(broken, 100)[0] is None
     with pytest.raises(ValueError, match=r"vectors \(513, 7\) must match"):
         quantized._scan.topk(codes.codes, codes.scales, c, codes.errors, codes.vectors[:, :7].copy(), q,
                              codes.q_max, np.zeros(0, np.int64), 3, codes.bounds, 10, np.empty(3, np.int64),

@@ -185,8 +185,9 @@ def test_gunicorn_settings_default_to_two_workers_per_cpu_of_two_threads(monkeyp
 def test_the_worker_accepts_new_connections_only_while_a_thread_is_free():
     """server.worker.BalancedThreadWorker, driven as gunicorn's loop drives it (a real listening socket and
     selector): it listens while fewer requests are in its pool than it has threads, stops when they are
-    all busy (a new connection goes to another worker), and listens again when one finishes. The config
-    names it (test_gunicorn_settings_...)."""
+    all busy (a new connection goes to another worker), and listens again when one finishes; a new
+    connection that has sent nothing waits in the poller, not in a thread; a stopping worker never listens
+    again. The config names it (test_gunicorn_settings_...)."""
     import selectors
     import socket
     from concurrent.futures import Future
@@ -203,8 +204,8 @@ def test_the_worker_accepts_new_connections_only_while_a_thread_is_free():
     worker.in_pool, worker.poller = 0, selectors.DefaultSelector()
     worker.tpool, worker.method_queue = mock.Mock(), mock.Mock()
 
-    def listening() -> bool:
-        return any(key.fileobj is listener for key in worker.poller.get_map().values())
+    def registered(fileobj) -> bool:
+        return any(key.fileobj is fileobj for key in worker.poller.get_map().values())
 
     def done(result) -> Future:
         future = Future()
@@ -212,18 +213,28 @@ def test_the_worker_accepts_new_connections_only_while_a_thread_is_free():
         return future
 
     worker.set_accept_enabled(True)
-    assert listening()
-    first, second = mock.Mock(), mock.Mock()
+    assert registered(listener)
+    first, second = mock.Mock(initialized=True), mock.Mock(initialized=True)
     worker.nr_conns = 2
     worker.enqueue_req(first)
-    assert listening(), "one thread of two is still free"
+    assert registered(listener), "one thread of two is still free"
     worker.enqueue_req(second)
-    assert not listening() and worker.in_pool == 2
+    assert not registered(listener) and worker.in_pool == 2 and worker.tpool.submit.call_count == 2
     worker.set_accept_enabled(True)  # what the loop asks on every turn while nr_conns < worker_connections
-    assert not listening()
+    assert not registered(listener)
     worker.finish_request(first, done(False))  # the first connection closes: a thread is free again
-    assert listening() and worker.in_pool == 1 and worker.nr_conns == 1
+    assert registered(listener) and worker.in_pool == 1 and worker.nr_conns == 1
     first.close.assert_called_once()
+
+    ours, theirs = socket.socketpair()  # a new connection whose client has sent nothing yet
+    silent = mock.Mock(initialized=False, sock=ours, wait_for_data=lambda timeout: False)
+    worker.enqueue_req(silent)
+    assert worker.in_pool == 1 and worker.tpool.submit.call_count == 2, "no thread waits for its bytes"
+    assert registered(ours) and list(worker.pending_conns) == [silent]
+
+    worker.alive = False  # stopping: run() has turned accepting off; a request that finishes now
     worker.set_accept_enabled(False)
-    assert not listening()
-    listener.close()
+    worker.finish_request(second, done(False))
+    assert not registered(listener) and worker.in_pool == 0
+    for s in (listener, ours, theirs):
+        s.close()
