@@ -5,9 +5,10 @@ is readable, so in a burst of new connections one worker can take most of them a
 one core under its GIL while the others idle (benchmarks/serving.py saw 78 % of the requests on one of four
 workers, 1.26 of 2 cores busy). This worker stops accepting while every thread has a request, so a new
 connection goes to a worker that can start on it now, as sync workers and nginx's accept_mutex arrange;
-connections it already holds are served as before. A new connection that has sent nothing yet waits in the
-poller, not in a thread (gthread would hold a thread for it up to 5 s), so idle connects cannot stop a worker
-from accepting. A stopping worker does not start accepting again. gunicorn.conf.py names it as the worker
+connections it already holds are served as before. A new connection that has sent nothing within
+FIRST_BYTES_WAIT waits in the poller, not in a thread (gthread would hold a thread for it up to 5 s), so idle
+connects cannot stop a worker from accepting; the short wait keeps a client that writes right after
+connecting (most do) from being parked, which would let this worker go on accepting its other connections. A stopping worker does not start accepting again. gunicorn.conf.py names it as the worker
 class. It overrides gthread's own methods, so pyproject pins gunicorn 27.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from functools import partial
 
 from gunicorn.workers.gthread import DEFAULT_WORKER_DATA_TIMEOUT, ThreadWorker
+
+FIRST_BYTES_WAIT = 0.002  # seconds the loop waits for a new connection's first bytes before parking it
 
 
 class BalancedThreadWorker(ThreadWorker):
@@ -31,7 +34,7 @@ class BalancedThreadWorker(ThreadWorker):
         super().set_accept_enabled(enabled and self.alive and self.in_pool < self.cfg.threads)
 
     def enqueue_req(self, conn) -> None:
-        if not conn.initialized and not conn.wait_for_data(0):
+        if not conn.initialized and not conn.wait_for_data(FIRST_BYTES_WAIT):
             self._wait_in_poller(conn)
             return
         super().enqueue_req(conn)

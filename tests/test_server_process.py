@@ -194,6 +194,7 @@ def test_the_worker_accepts_new_connections_only_while_a_thread_is_free():
     from unittest import mock
 
     from gunicorn.config import Config
+    from gunicorn.workers.gthread import TConn
 
     from server.worker import BalancedThreadWorker
 
@@ -231,6 +232,13 @@ def test_the_worker_accepts_new_connections_only_while_a_thread_is_free():
     worker.enqueue_req(silent)
     assert worker.in_pool == 1 and worker.tpool.submit.call_count == 2, "no thread waits for its bytes"
     assert registered(ours) and list(worker.pending_conns) == [silent]
+    mine, client = socket.socketpair()  # one whose client wrote right after connecting: straight to a thread
+    client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    writer = TConn(cfg, mine, ("127.0.0.1", 1), listener.getsockname())
+    worker.enqueue_req(writer)
+    assert worker.in_pool == 2 and worker.tpool.submit.call_count == 3 and not registered(mine)
+    client.close()
+    worker.finish_request(writer, done(False))
 
     worker.alive = False  # stopping: run() has turned accepting off; a request that finishes now
     worker.set_accept_enabled(False)
