@@ -8,8 +8,9 @@ connection goes to a worker that can start on it now, as sync workers and nginx'
 connections it already holds are served as before. A new connection that has sent nothing within
 FIRST_BYTES_WAIT waits in the poller, not in a thread (gthread would hold a thread for it up to 5 s), so idle
 connects cannot stop a worker from accepting; the short wait keeps a client that writes right after
-connecting (most do) from being parked, which would let this worker go on accepting its other connections. A stopping worker does not start accepting again. gunicorn.conf.py names it as the worker
-class. It overrides gthread's own methods, so pyproject pins gunicorn 27.
+connecting (most do) from being parked, which would let this worker go on accepting its other connections.
+A stopping worker does not start accepting again. gunicorn.conf.py names it as the worker class. It
+overrides gthread's own methods, so pyproject pins gunicorn 27.
 """
 from __future__ import annotations
 
