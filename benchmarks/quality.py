@@ -24,28 +24,46 @@ shapes plus the bundled data (benchmarks/suite_logs.py), each log on its own hol
     .venv/bin/python benchmarks/quality.py --suite                       # every log (hours: see the README)
     .venv/bin/python benchmarks/quality.py --suite --budget 60 --logs steep-short,movielens
     .venv/bin/python benchmarks/quality.py --suite --smoke               # tiny logs, a 2 s budget (the test)
+
+--real is the yardstick that cannot flatter: every real log of ../shared/datasets (benchmarks/real_logs.py) and
+every generated suite log, each on its own holdout split: ours (`recsys train --tune`: model auto, the default
+budget; and the default path without --tune) beside implicit ALS and EASE tuned TO CONVERGENCE (not by time) by
+a neighbourhood search on log grids widened until the best is strictly interior on every axis
+(benchmarks/peers.py, grid_search), on a validation split carved from the training part. The peers' results
+are cached per log, split and search space (results/quality_real_peers.json, written after every fit):
+
+    .venv/bin/python benchmarks/quality.py --real                        # every log (many hours: see the README)
+    .venv/bin/python benchmarks/quality.py --real --logs movielens,ciao  # a rerun reuses the cached peers
+    .venv/bin/python benchmarks/quality.py --real --smoke                # first users of two logs, tiny grids
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-import peers  # noqa: F401 - registers implicit_als / implicit_bpr
+import peers  # registers implicit_als / implicit_bpr
+import real_logs
 import suite_logs
 
-from recsys.data import Interactions, holdout, read_interactions, temporal_split
+from recsys.data import Interactions, holdout, read_interactions, temporal_split, tie_share
 from recsys.datasets import load_movielens, make_synthetic
 from recsys.evaluation import evaluate
 from recsys.exceptions import RecsysError
@@ -185,7 +203,7 @@ def _available_memory() -> int | None:
         return None
 
 
-def suite_ours(inter: Interactions, budget: float, seed: int) -> dict[str, Any]:
+def suite_ours(inter: Interactions, budget: float | None, seed: int) -> dict[str, Any]:
     """The default `recsys train --tune` path: model auto, `budget` seconds of search shared by the embedding
     models, the held-out metrics of the model it picks on validation."""
     t0 = time.perf_counter()
@@ -301,6 +319,254 @@ def suite_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ --real
+# Every real log of ../shared/datasets (benchmarks/real_logs.py) and every generated suite log, each on its own
+# holdout split: ours (`recsys train --tune`, and the same without --tune) beside implicit ALS and EASE tuned
+# to convergence on a validation split of the training part (peers.grid_search), cached per split.
+REAL_PEERS = ("implicit_als", "ease")
+SEARCH_VERSION = 1       # bump when the search itself changes (the space's own definition is hashed as well)
+SMOKE_USERS = 40         # --real --smoke: the first users of each real log
+SMOKE_REAL_LOGS = ("movielens", "retailrocket")
+GENERATED_KEYS = tuple(k for k in suite_logs.KEYS if k != suite_logs.MOVIELENS)
+REAL_ALL_KEYS = (*real_logs.REAL_KEYS, *GENERATED_KEYS)
+
+
+class PeerCache:
+    """The peers' tuned results, one JSON object keyed by `peer_cache_key`, rewritten (atomically) after every
+    fit: an interrupted search resumes from its points, a finished one is reused without searching."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, entry: dict) -> None:
+        self.entries[key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+def split_signature(train: Interactions, test: Interactions, seed: int) -> str:
+    return f"u{train.n_users}-i{train.n_items}-train{train.nnz}-test{test.nnz}-seed{seed}"
+
+
+def peer_cache_key(log_key: str, signature: str, peer: str, space: peers.Space, fixed: dict) -> str:
+    definition = json.dumps({"space": space.describe(), "fixed": fixed}, sort_keys=True, default=str)
+    digest = hashlib.sha1(definition.encode()).hexdigest()[:10]
+    return f"{log_key}|{signature}|{peer}|v{SEARCH_VERSION}-{digest}"
+
+
+def peer_space(name: str, train: Interactions, seed: int, smoke: bool, refine: int | None
+               ) -> tuple[peers.Space, dict]:
+    """The grid of `name` on `train` and its fixed parameters; use_weights is searched only where it can matter."""
+    if name == "ease":
+        space, fixed = peers.ease_space(smoke), {}
+    else:
+        weighted = bool(train.nnz) and float(np.ptp(train.weight)) > 0
+        space, fixed = peers.als_space(weighted, smoke), {"iterations": 3 if smoke else 15}
+    if refine is not None:
+        space = dataclasses.replace(space, refine=refine)
+    return space, model_params(name, fixed, seed=seed)
+
+
+def validation_objective(name: str, fixed: dict, fit_part: Interactions, valid: Interactions,
+                         timings: list[float]) -> Callable[[dict[str, Any]], float]:
+    """params -> validation NDCG@10 of `name` fitted on `fit_part`; each call's seconds go to `timings`."""
+    def objective(params: dict[str, Any]) -> float:
+        t0 = time.perf_counter()
+        value = evaluate(make_model(name, **fixed, **params).fit(fit_part), valid, 10)["ndcg@10"]
+        timings.append(time.perf_counter() - t0)
+        return value
+    return objective
+
+
+def tune_peer(name: str, log_key: str, train: Interactions, test: Interactions, seed: int, smoke: bool,
+              cache: PeerCache, retune: bool, refine: int | None) -> dict[str, Any]:
+    """`name` searched to convergence on a validation split of `train`, refitted on `train`, scored on `test`;
+    from the cache when this split and search were done before (unless `retune`); or declined."""
+    reason = dense_refusal(name, train)
+    if reason:
+        log.warning("%s declined: %s", name, reason)
+        return {"declined": reason}
+    space, fixed = peer_space(name, train, seed, smoke, refine)
+    signature = split_signature(train, test, seed)
+    key = peer_cache_key(log_key, signature, name, space, fixed)
+    entry = None if retune else cache.get(key)
+    if entry and "result" in entry:
+        log.info("%s: cached (%d points), test ndcg@10 %.4f", name, entry["result"]["points"],
+                 entry["result"]["ndcg@10"])
+        return {**entry["result"], "fits": 0, "cached": True}
+    entry = entry or {"log": log_key, "peer": name, "signature": signature, "space": space.describe(),
+                      "fixed": fixed, "points": []}
+    known = {tuple(p["point"]): p["val_ndcg@10"] for p in entry["points"]}
+    timings: list[float] = []
+
+    def record(point: peers.Point, params: dict[str, Any], value: float) -> None:
+        entry["points"].append({"point": list(point), "params": params, "val_ndcg@10": value, "fit_s": timings[-1]})
+        cache.put(key, entry)
+        log.info("%s %s: validation ndcg@10 %.4f (%.1f s)", name, _params_text(params), value, timings[-1])
+
+    t0 = time.perf_counter()
+    try:
+        fit_part, valid = holdout(train, 0.2, seed)
+        search = peers.grid_search(space, validation_objective(name, fixed, fit_part, valid, timings),
+                                   known=known, on_point=record)
+        search_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        metrics = evaluate(make_model(name, **fixed, **search.best_params).fit(train), test, 10)
+    except (RecsysError, MemoryError) as exc:
+        log.warning("%s declined: %s", name, exc)
+        return {"declined": f"{type(exc).__name__}: {exc}"}
+    result = {"params": {**fixed, **search.best_params}, "val_ndcg@10": search.best_value,
+              "ndcg@10": metrics["ndcg@10"], "recall@10": metrics["recall@10"], "points": len(search.values),
+              "converged": search.converged, "edges": search.edges,
+              "at_ceiling": sorted(a for a, side in search.edges.items() if side == "ceiling"),
+              "search_s": search_s + sum(p["fit_s"] for p in entry["points"][:len(known)]),
+              "final_fit_s": time.perf_counter() - t1}
+    entry["result"] = result
+    cache.put(key, entry)
+    log.info("%s: best %s, validation %.4f, test ndcg@10 %.4f after %d points (%d fitted now)%s", name,
+             _params_text(search.best_params), search.best_value, metrics["ndcg@10"], len(search.values),
+             search.fits, "" if search.converged else " NOT CONVERGED")
+    return {**result, "fits": search.fits, "cached": False}
+
+
+def real_log(key: str, root: Path, smoke: bool) -> tuple[str, Interactions, dict[str, Any]]:
+    """(name, interactions, shape facts) of a real log (from `root`) or a generated suite log."""
+    if key in real_logs.REAL_KEYS:
+        spec, inter = real_logs.load(key, root, SMOKE_USERS if smoke else None)
+        name, weights, source = spec.name, spec.weights, "real"
+    else:
+        name, inter, weights, _ = suite_log(key, smoke)
+        source = "generated"
+    return name, inter, {"source": source, "weights": weights, "timed": inter.timestamp is not None,
+                         "tie_share": tie_share(inter)}
+
+
+def best_peer(peers_: dict[str, dict]) -> str | None:
+    scored = {p: r["ndcg@10"] for p, r in peers_.items() if "ndcg@10" in r}
+    return max(scored, key=scored.__getitem__) if scored else None
+
+
+def _ours_cell(row: dict[str, Any]) -> dict[str, Any]:
+    keep = ("model", "ndcg@10", "recall@10", "seconds", "wall_s", "params", "failed")
+    return {k: row[k] for k in keep if k in row}
+
+
+def _geomean(values: list[float]) -> float | None:
+    if not values:
+        return None
+    return 0.0 if min(values) <= 0 else math.exp(sum(map(math.log, values)) / len(values))
+
+
+def real_summary(logs: list[dict]) -> dict[str, Any]:
+    out: dict[str, Any] = {"logs": len(logs)}
+    for field in ("ours_vs_best_peer", "default_vs_als"):
+        ratios = [r[field] for r in logs if r[field] is not None]
+        out[field] = {"compared": len(ratios), "min": min(ratios) if ratios else None, "geomean": _geomean(ratios),
+                      "pass": bool(logs) and len(ratios) == len(logs) and min(ratios) >= 1.0}
+    return out
+
+
+def real_one(key: str, root: Path, seed: int, smoke: bool, cache: PeerCache, retune: bool,
+             refine: int | None, budget: float | None) -> dict[str, Any]:
+    name, inter, facts = real_log(key, root, smoke)
+    train, test = holdout(inter, 0.2, seed)  # the split train_and_bundle makes for ours
+    # what `recsys train --tune` spends on this log (the CLI's default_budget of the whole log)
+    budget = budget or (SMOKE_BUDGET if smoke else default_budget(inter))
+    log.info("real log %s: %d users x %d items, %d interactions; ours' budget %.0f s", name, inter.n_users,
+             inter.n_items, inter.nnz, budget)
+    ours, default = suite_ours(inter, budget, seed), suite_ours(inter, None, seed)
+    peers_ = {p: tune_peer(p, key, train, test, seed, smoke, cache, retune, refine) for p in REAL_PEERS}
+    top = best_peer(peers_)
+    return {"key": key, "name": name, "users": inter.n_users, "items": inter.n_items, "interactions": inter.nnz,
+            "train": train.nnz, "test": test.nnz, **facts, "budget_s": budget,
+            "ours": _ours_cell(ours), "default": _ours_cell(default), "peers": peers_, "best_peer": top,
+            "ours_vs_best_peer": _ratio(ours, peers_[top]) if top else None,
+            "default_vs_als": _ratio(default, peers_["implicit_als"])}
+
+
+def run_real(keys: list[str], root: Path, seed: int, smoke: bool, cache_path: Path, retune: bool,
+             refine: int | None, budget: float | None, out: Path) -> dict[str, Any]:
+    """Every log in `keys` in turn; the JSON at `out` is rewritten after each, so a crash keeps what ran."""
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "smoke": smoke, "seed": seed,
+        "datasets": str(root), "peer_cache": str(cache_path), "search_version": SEARCH_VERSION,
+        "budget_override_s": budget, "refine_override": refine,
+        "machine": f"{platform.machine()}, {platform.python_version()}", "logs": [], "skipped": []}
+    cache = PeerCache(cache_path)
+    for key in keys:
+        try:
+            row = real_one(key, root, seed, smoke, cache, retune, refine, budget)
+        except real_logs.MissingLog as exc:
+            log.warning("log %s skipped: %s", key, exc)
+            result["skipped"].append({"key": key, "reason": str(exc)})
+        else:
+            result["logs"].append(row)
+        result["summary"] = real_summary(result["logs"])
+        _write_json(out, result)
+    return result
+
+
+def real_report(result: dict[str, Any]) -> str:
+    lines = [(f"Quality on real and generated logs ({result['date']}{', smoke' if result['smoke'] else ''}): per "
+              "log, its own holdout split (each user's latest 20%, a random 20% where untimed); ours = `recsys "
+              "train --tune` (model auto, the default budget) and the default path without --tune; implicit ALS "
+              "and EASE tuned to convergence by a neighbourhood grid search on a validation split of the training "
+              "part, refitted on it; test NDCG@10, full ranking."),
+             "",
+             ("| log | source | users | items | interactions | timed | ours | ours NDCG@10 | default | "
+              "default NDCG@10 | implicit ALS | ALS best | EASE | ours/best peer | default/ALS |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = [f"* {s['key']}: skipped: {s['reason']}" for s in result["skipped"]]
+    for r in result["logs"]:
+        als = r["peers"]["implicit_als"]
+        notes += _real_notes(r)
+        lines.append(
+            f"| {r['name']} | {r['source']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | "
+            f"{'yes' if r['timed'] else 'no'} | {r['ours'].get('model', 'failed')} | {_cell(r['ours'])} | "
+            f"{r['default'].get('model', 'failed')} | {_cell(r['default'])} | {_peer_cell(als)} | "
+            f"{_params_text(als.get('params', {}), skip=('seed', 'iterations'))} | {_peer_cell(r['peers']['ease'])} | "
+            f"{_num(r['ours_vs_best_peer'], '.3f')} | {_num(r['default_vs_als'], '.3f')} |")
+    s = result["summary"]
+    lines += ["", "(c): the peer's tuned result was read from the peer cache, not searched in this run.",
+              *notes, ""]
+    for field, words in (("ours_vs_best_peer", "ours (--tune) / best tuned peer"),
+                         ("default_vs_als", "default (no --tune) / tuned implicit ALS")):
+        f = s[field]
+        lines.append(f"{words} over {f['compared']} of {s['logs']} logs: min {_num(f['min'], '.3f')}, geometric "
+                     f"mean {_num(f['geomean'], '.3f')}: {'PASS' if f['pass'] else 'FAIL'} (>= 1.0 on every log)")
+    return "\n".join(lines)
+
+
+def _peer_cell(row: dict[str, Any]) -> str:
+    if "ndcg@10" not in row:
+        return "declined"
+    return f"{row['ndcg@10']:.4f}{' (c)' if row.get('cached') else ''}"
+
+
+def _real_notes(r: dict[str, Any]) -> list[str]:
+    notes = []
+    for who, cell in (("ours", r["ours"]), ("default", r["default"]), *r["peers"].items()):
+        for kind in ("failed", "declined"):
+            if kind in cell:
+                notes.append(f"* {r['name']}: {who} {kind}: {cell[kind]}")
+        if "converged" in cell:
+            state = "converged" if cell["converged"] else "NOT converged (fit cap)"
+            bound = f", at a declared bound: {cell['edges']}" if cell["edges"] else ", interior on every axis"
+            notes.append(f"* {r['name']}: {who} {state} after {cell['points']} grid points "
+                         f"({cell['fits']} fitted in this run{', cached' if cell['cached'] else ''}){bound}")
+    return notes
+
+
+def _params_text(params: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items() if k not in skip)
+
+
 def _cell(row: dict) -> str:
     return f"{row['ndcg@10']:.4f}" if "ndcg@10" in row else ("declined" if "declined" in row else "failed")
 
@@ -323,22 +589,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
     p.add_argument("--budget", type=float, default=None,
                    help="tuning seconds per model and round (default 150); with --suite, the budget of every "
-                        "log for ours and peers alike (default: recsys.tuning.default_budget of the log)")
+                        "log for ours and peers alike (default: recsys.tuning.default_budget of the log); with "
+                        "--real, ours' budget only (for quick checks: the peers search to convergence)")
     p.add_argument("--trials", type=int, default=None, help="stop each search after this many trials")
     p.add_argument("--widen", type=int, default=1, help="widening rounds when a best value is on an edge")
     p.add_argument("--smoke", action="store_true", help="synthetic log, one trial per model (for tests)")
     p.add_argument("--suite", action="store_true", help="the robustness suite: ours vs peers on many logs")
-    p.add_argument("--logs", default=",".join(suite_logs.KEYS), help="with --suite: comma-separated log keys")
+    p.add_argument("--real", action="store_true",
+                   help="every real log of --datasets and every generated log: ours vs peers tuned to convergence")
+    p.add_argument("--logs", default=None,
+                   help=f"with --suite or --real: comma-separated log keys (--suite: {','.join(suite_logs.KEYS)}; "
+                        f"--real: {','.join(REAL_ALL_KEYS)}; default all, --real --smoke: "
+                        f"{','.join((*SMOKE_REAL_LOGS, *GENERATED_KEYS))})")
+    p.add_argument("--datasets", type=Path, default=real_logs.DEFAULT_DATASETS,
+                   help="with --real: the folder of real logs (default ../shared/datasets)")
+    p.add_argument("--peer-cache", type=Path, default=None,
+                   help="with --real: the peers' tuned results (default results/quality_real_peers.json, "
+                        "with --smoke results/quality_real_smoke_peers.json)")
+    p.add_argument("--retune", action="store_true", help="with --real: search the peers again, ignoring the cache")
+    p.add_argument("--refine", type=int, default=None,
+                   help="with --real: half-step refinement rounds of the peers' grids (default 1, smoke 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default results/quality.json, with --suite "
-                                               "results/quality_suite.json); the table goes next to it as .md")
+                                               "results/quality_suite.json, with --real results/quality_real.json "
+                                               "or quality_real_smoke.json); the table goes next to it as .md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     trials = 1 if args.smoke and args.trials is None else args.trials
     rounds = 0 if args.smoke else args.widen
+    if args.real:
+        return main_real(p, args)
     out = Path(args.out or ROOT / "results" / ("quality_suite.json" if args.suite else "quality.json"))
     if args.suite:
-        keys = [k for k in args.logs.split(",") if k]
+        keys = [k for k in (args.logs or ",".join(suite_logs.KEYS)).split(",") if k]
         unknown = [k for k in keys if k not in suite_logs.KEYS]
         if unknown:
             p.error(f"unknown log(s) {unknown}; known: {list(suite_logs.KEYS)}")
@@ -353,6 +636,22 @@ def main(argv: list[str] | None = None) -> int:
         result = run(models, budget, trials, rounds, args.smoke, args.seed)
         text = report(result)
         _write_json(out, result)
+    print(text)
+    out.with_suffix(".md").write_text(text + "\n")
+    return 0
+
+
+def main_real(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    default_keys = (*SMOKE_REAL_LOGS, *GENERATED_KEYS) if args.smoke else REAL_ALL_KEYS
+    keys = [k for k in args.logs.split(",") if k] if args.logs else list(default_keys)
+    unknown = [k for k in keys if k not in REAL_ALL_KEYS]
+    if unknown:
+        p.error(f"unknown log(s) {unknown}; known: {list(REAL_ALL_KEYS)}")
+    stem = "quality_real_smoke" if args.smoke else "quality_real"
+    out = Path(args.out or ROOT / "results" / f"{stem}.json")
+    cache = args.peer_cache or ROOT / "results" / f"{stem}_peers.json"
+    result = run_real(keys, args.datasets, args.seed, args.smoke, cache, args.retune, args.refine, args.budget, out)
+    text = real_report(result)
     print(text)
     out.with_suffix(".md").write_text(text + "\n")
     return 0

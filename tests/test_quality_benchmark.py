@@ -3,6 +3,7 @@ what it measured; the suite's logs have the shapes they claim."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,157 @@ def test_make_log_writes_a_log_recsys_reads(tmp_path):
     inter = read_interactions(out, user_col="user", item_col="item", weight_col="rating", time_col="timestamp")
     assert inter.n_users == 50 and inter.nnz >= 50 and inter.timestamp is not None
     assert f"{inter.nnz:,} interactions" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------ --real
+def _run_real(tmp_path, name: str, logs: str, datasets: Path | None = None) -> tuple[dict, str]:
+    out = tmp_path / f"{name}.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--real", "--smoke", "--logs", logs,
+           "--out", str(out), "--peer-cache", str(tmp_path / "peers.json")]
+    if datasets is not None:
+        cmd += ["--datasets", str(datasets)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False,
+                          env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                               "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.with_suffix(".md").read_text().startswith("Quality on real and generated logs")
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _check_real_row(r: dict) -> None:
+    import math
+
+    for key in ("key", "name", "users", "items", "interactions", "train", "test", "timed", "ours", "default",
+                "peers", "best_peer", "ours_vs_best_peer", "default_vs_als"):
+        assert key in r, key
+    assert r["train"] + r["test"] == r["interactions"]
+    for who in ("ours", "default"):
+        assert 0 <= r[who]["ndcg@10"] <= 1 and 0 <= r[who]["recall@10"] <= 1 and r[who]["model"], (r["key"], who)
+        assert r[who]["seconds"] > 0
+    for name, peer in r["peers"].items():
+        if "declined" in peer:
+            continue
+        for key in ("params", "val_ndcg@10", "ndcg@10", "fits", "converged", "cached"):
+            assert key in peer, (r["key"], name, key)
+        assert peer["converged"] is True and 0 < peer["ndcg@10"] <= 1, (r["key"], name)
+    assert r["best_peer"] in r["peers"]
+    assert math.isfinite(r["ours_vs_best_peer"]) and math.isfinite(r["default_vs_als"]), r["key"]
+
+
+def test_quality_real_smoke_and_peer_cache(tmp_path):
+    """--real --smoke on a real log and a generated one: the JSON's keys, finite ratios, the table; a second run
+    takes the peers from the cache (no fits) and reports a log whose folder is missing instead of failing."""
+    import real_logs
+
+    have_data = (real_logs.DEFAULT_DATASETS / "retailrocket-caserec").is_dir()
+    first, stdout = _run_real(tmp_path, "first", "retailrocket,flat-long")
+    assert first["smoke"] and [r["key"] for r in first["logs"]] == (["retailrocket"] if have_data else []) + [
+        "flat-long"]
+    for r in first["logs"]:
+        _check_real_row(r)
+        assert not any(p.get("cached") for p in r["peers"].values())
+        assert r["peers"]["implicit_als"]["fits"] > 0 and f"| {r['name']} |" in stdout
+    cache = json.loads((tmp_path / "peers.json").read_text())
+    assert len(cache) == 2 * len(first["logs"]) and all("result" in e and e["points"] for e in cache.values())
+    summary = first["summary"]
+    for field in ("ours_vs_best_peer", "default_vs_als"):
+        assert summary[field]["compared"] == len(first["logs"]) and summary[field]["min"] <= summary[field]["geomean"]
+    assert "ours (--tune) / best tuned peer over" in stdout and "default (no --tune) / tuned implicit ALS" in stdout
+
+    datasets = tmp_path / "datasets"  # only retailrocket (a link, not a copy): movielens is missing here
+    datasets.mkdir()
+    if have_data:
+        (datasets / "retailrocket-caserec").symlink_to(real_logs.DEFAULT_DATASETS / "retailrocket-caserec")
+    second, stdout = _run_real(tmp_path, "second", "movielens,retailrocket,flat-long", datasets)
+    assert [s["key"] for s in second["skipped"]] == ["movielens"] + ([] if have_data else ["retailrocket"])
+    before = {r["key"]: r for r in first["logs"]}
+    assert [r["key"] for r in second["logs"]] == list(before)
+    for r in second["logs"]:
+        _check_real_row(r)
+        for name, peer in r["peers"].items():
+            assert peer["cached"] is True and peer["fits"] == 0, (r["key"], name)
+            assert peer["ndcg@10"] == before[r["key"]]["peers"][name]["ndcg@10"]
+            assert peer["points"] == before[r["key"]]["peers"][name]["points"]
+        assert "(c) |" in next(line for line in stdout.splitlines() if line.startswith(f"| {r['name']} |"))
+
+
+def _peers():
+    import peers
+
+    return peers
+
+
+def _bowl(centre: dict[str, float], scale: dict[str, float]):
+    """A smooth objective in log space, largest at `centre` (no training)."""
+    import math
+
+    def objective(params: dict) -> float:
+        return -sum((math.log(params[k] / c) / math.log(scale[k])) ** 2 for k, c in centre.items()) \
+            - 0.1 * float(params.get("use_weights", False))
+    return objective
+
+
+def _assert_beats_neighbourhood(space, result) -> None:
+    spacing = tuple(0.5 ** space.refine if a.refine else 1.0 for a in space.axes)
+    for point in space.neighbourhood(result.best, spacing):
+        assert result.values[point] <= result.best_value
+    for axis, e, s in zip(space.axes, result.best, spacing):
+        if axis.name not in result.edges:  # strictly interior: both neighbours on this axis were tried
+            others = [p for p in result.values if p[:len(space.axes)] != result.best[:len(space.axes)]]
+            assert any(p[space.axes.index(axis)] == e - s for p in others)
+            assert any(p[space.axes.index(axis)] == e + s for p in others)
+
+
+@pytest.mark.parametrize("centre", [
+    {"factors": 128, "regularization": 3.0, "alpha": 20.0},      # near the start
+    {"factors": 32, "regularization": 1e3, "alpha": 0.01},       # far outside the first grid: widened to it
+    {"factors": 256, "regularization": 1e-3, "alpha": 300.0}])
+def test_grid_search_ends_strictly_interior(centre):
+    peers = _peers()
+    space = peers.als_space(weighted=True)
+    result = peers.grid_search(space, _bowl(centre, {"factors": 2, "regularization": 10, "alpha": 10}))
+    assert result.converged and result.edges == {}
+    assert result.best_params["use_weights"] is False
+    for name, c in centre.items():  # within half a fine step of the optimum
+        assert abs(math.log10(result.best_params[name] / c)) <= (0.16 if name != "factors" else 0.16 * 2), name
+    _assert_beats_neighbourhood(space, result)
+    assert result.fits == len(result.values) < 150
+
+
+def test_grid_search_stops_at_the_declared_ceiling():
+    peers = _peers()
+    space = peers.als_space(weighted=False)
+    result = peers.grid_search(space, _bowl({"factors": 4096, "regularization": 0.3, "alpha": 3.0},
+                                            {"factors": 2, "regularization": 10, "alpha": 10}))
+    assert result.converged and result.edges == {"factors": "ceiling"}
+    assert result.best_params["factors"] == peers.FACTORS_CEILING
+    _assert_beats_neighbourhood(space, result)
+
+
+def test_grid_search_resumes_and_caps():
+    """Points already measured are not fitted again (an interrupted search resumes from the cache); max_points
+    stops a search that has not converged and says so."""
+    import dataclasses
+
+    peers = _peers()
+    space = peers.ease_space()
+    objective = _bowl({"l2": 3e4}, {"l2": 10})
+    seen: list[float] = []
+    full = peers.grid_search(space, objective, on_point=lambda point, params, value: seen.append(params["l2"]))
+    assert full.converged and full.edges == {} and len(seen) == full.fits == len(full.values)
+    half = dict(list(full.values.items())[:3])
+    resumed = peers.grid_search(space, objective, known=half)
+    assert resumed.best == full.best and resumed.fits == len(full.values) - 3
+    assert peers.grid_search(space, objective, known=full.values).fits == 0
+    capped = peers.grid_search(dataclasses.replace(space, max_points=3), objective)
+    assert not capped.converged and len(capped.values) == 3
+
+
+def test_peer_cache_key_names_the_split_and_the_space():
+    import quality
+
+    peers = _peers()
+    key = quality.peer_cache_key("ciao", "u1-i2-train3-test4-seed0", "ease", peers.ease_space(), {})
+    assert key.startswith("ciao|u1-i2-train3-test4-seed0|ease|v")
+    assert key != quality.peer_cache_key("ciao", "u1-i2-train3-test4-seed0", "ease", peers.ease_space(smoke=True), {})
+    assert key != quality.peer_cache_key("ciao", "u1-i2-train3-test5-seed0", "ease", peers.ease_space(), {})
