@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     "load_movielens": "datasets", "make_synthetic": "datasets",
     # models (torch is imported with IALS, MF and TwoTower)
     "IALS": "models", "MF": "models", "TwoTower": "models", "EASE": "models", "ItemKNN": "models",
-    "Popularity": "models", "MODEL_NAMES": "models", "make_model": "models", "load": "models",
+    "Popularity": "models", "SpectralCF": "models", "MODEL_NAMES": "models", "make_model": "models", "load": "models",
     # evaluating and tuning
     "evaluate": "evaluation", "compare": "evaluation", "ranking_metrics": "metrics", "per_user_metrics": "metrics",
     "tune": "tuning", "tune_auto": "tuning",
@@ -58,6 +58,7 @@ __all__ = [
     "ItemKNN",
     "LocalService",
     "Popularity",
+    "SpectralCF",
     "TwoTower",
     "__version__",
     "cold_item_split",
@@ -100,7 +101,8 @@ if TYPE_CHECKING:
     from .evaluation import compare, evaluate
     from .feedback import FeedbackStore
     from .metrics import per_user_metrics, ranking_metrics
-    from .models import EASE, IALS, MF, MODEL_NAMES, ItemKNN, Popularity, TwoTower, load, make_model
+    from .models import (EASE, IALS, MF, MODEL_NAMES, ItemKNN, Popularity, SpectralCF, TwoTower, load,
+                         make_model)
     from .pipeline import train_and_bundle
     from .service import LocalService
     from .tuning import tune, tune_auto

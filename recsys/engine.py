@@ -157,6 +157,7 @@ class Engine:
     the training interactions (excluded by default). similarity_dims: how many leading dimensions
     similar_items / similar_users compare (None: all; a model with a bias column leaves it out).
     foldin: how a history becomes a user vector (`recsys.foldin.FoldIn`, or its dict form; default 'mean').
+    projection: (n_items, d), the rows the 'linear' fold-in sums (None for every other method).
     indexes / index_stats / mode: optional Annoy indexes with their tuning measurements; mode 'auto' picks
     the index or exact scoring per call by what the measurements say is faster, 'exact' and 'ann' force one.
 
@@ -173,7 +174,8 @@ class Engine:
                  seen: sp.csr_matrix | None = None, foldin: FoldIn | dict | None = None, similarity: str = "cosine",
                  item_metadata: pd.DataFrame | None = None, batch_size: int = 1024,
                  similarity_dims: int | None = None, indexes: dict[str, AnnIndex | CellIndex] | None = None,
-                 index_stats: dict[str, dict] | None = None, mode: str = "auto"):
+                 index_stats: dict[str, dict] | None = None, mode: str = "auto",
+                 projection: np.ndarray | None = None):
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
         self.users, self.items = users, items
@@ -184,6 +186,11 @@ class Engine:
                 f"users {self.user_vectors.shape} for {len(users)} ids.")
         self.seen = seen if seen is not None else sp.csr_matrix((len(users), len(items)), dtype=np.float32)
         self.foldin = FoldIn.from_dict(foldin)
+        self.projection = None if projection is None else np.ascontiguousarray(projection, dtype=np.float32)
+        if self.foldin.method == "linear" and (self.projection is None or self.projection.shape !=
+                                                self.item_vectors.shape):
+            raise DataValidationError(f"The 'linear' fold-in needs a projection of shape {self.item_vectors.shape} "
+                                      f"(one row per item). Got {None if projection is None else projection.shape}.")
         if similarity not in SIMILARITIES:
             raise DataValidationError(f"similarity must be one of {SIMILARITIES}. Got {similarity!r}.")
         self.similarity = similarity
@@ -382,7 +389,8 @@ class Engine:
     def fold_in(self, item_index: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """A user vector for a history of item indices (optional weights), from the item vectors alone: the
         model's own user solve, as its `recsys.foldin.FoldIn` config says (no retraining)."""
-        return self.foldin.user_vector(self.item_vectors, item_index, weights, self._gramian, self.user_vectors)
+        return self.foldin.user_vector(self.item_vectors, item_index, weights, self._gramian, self.user_vectors,
+                                       self.projection)
 
     def _gramian(self) -> np.ndarray:
         if self._gram is None:
@@ -750,7 +758,8 @@ def load_engine(path: str | Path, mode: str = "auto") -> tuple[Engine, Bundle]:
     m = bundle.manifest
     engine = Engine(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"], bundle.users, bundle.items,
                     seen=bundle.seen(), foldin=m.foldin, similarity=m.similarity,
-                    item_metadata=bundle.item_metadata, similarity_dims=m.similarity_dims, mode=mode)
+                    item_metadata=bundle.item_metadata, similarity_dims=m.similarity_dims, mode=mode,
+                    projection=bundle.arrays.get("foldin_projection"))
     for metric, info in m.index.items():
         engine.indexes[metric] = load_index(bundle.path, info["prefix"], **info["config"])
         engine.index_stats[metric] = info["stats"]

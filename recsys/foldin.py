@@ -24,7 +24,7 @@ from scipy.linalg import lapack
 
 from .exceptions import DataValidationError
 
-FOLDIN_METHODS = ("ridge", "mean", "indicator", "constant")
+FOLDIN_METHODS = ("ridge", "mean", "indicator", "constant", "linear")
 CONFIDENCES = ("binary", "weight", "log", "power")
 
 
@@ -66,7 +66,9 @@ class FoldIn:
     `unobserved_weight` > 0 every other item a weighted zero target (as in iALS) and `target` the value an
     observed item is fitted to; 'mean' averages the history's item vectors; 'indicator' uses the weighted
     history itself as the user vector (item-item models, whose item vectors are item-item weights);
-    'constant' uses the mean training user vector (models without personalisation).
+    'constant' uses the mean training user vector (models without personalisation); 'linear' sums the rows of
+    the model's exported projection matrix over the distinct history items (spectral filters, whose user
+    vector is a fixed linear map of the binary history row, as in training).
     confidence (iALS only; None elsewhere): repeated items' weights are summed and mapped through `confidence`
     with `alpha` and `epsilon`, and the penalty scales with `reg_exponent` (see `penalty`).
     """
@@ -108,12 +110,13 @@ class FoldIn:
         return cls(**config)
 
     def user_vector(self, item_vectors: np.ndarray, item_index: np.ndarray, weights: np.ndarray | None = None,
-                    gramian: Callable[[], np.ndarray] | None = None, user_vectors: np.ndarray | None = None
-                    ) -> np.ndarray:
+                    gramian: Callable[[], np.ndarray] | None = None, user_vectors: np.ndarray | None = None,
+                    projection: np.ndarray | None = None) -> np.ndarray:
         """The user vector for a history of item indices (with optional weights).
 
         gramian(): item_vectors.T @ item_vectors (callers cache it; computed here when None). user_vectors: the
-        training users' vectors, whose mean the 'constant' method (and an empty history) returns.
+        training users' vectors, whose mean the 'constant' method (and an empty history) returns. projection:
+        (n_items, d), what the 'linear' method sums.
         """
         item_index = np.asarray(item_index, dtype=np.int64)
         if self.method == "constant" or len(item_index) == 0:
@@ -124,6 +127,11 @@ class FoldIn:
         hist = item_vectors[item_index]
         if self.method == "mean":
             return (w @ hist) / w.sum()
+        if self.method == "linear":
+            if projection is None:
+                raise DataValidationError("The 'linear' fold-in needs the model's projection matrix "
+                                          "(the bundle's 'foldin_projection' array).")
+            return projection[np.unique(item_index)].sum(axis=0, dtype=np.float64).astype(np.float32)
         if self.method == "indicator":
             vector = np.zeros(item_vectors.shape[1], np.float32)
             np.add.at(vector, item_index, w)

@@ -17,13 +17,14 @@ if TYPE_CHECKING:
     from .ials import IALS
     from .mf import MF
     from .popularity import Popularity
+    from .spectral import SpectralCF
     from .two_tower import TwoTower
 
 _CLASSES = {"IALS": "ials", "MF": "mf", "TwoTower": "two_tower", "EASE": "baselines", "ItemKNN": "baselines",
-            "Popularity": "popularity"}
+            "Popularity": "popularity", "SpectralCF": "spectral"}
 
 __all__ = ["EASE", "IALS", "MF", "MODEL_NAMES", "MODEL_REGISTRY", "ItemKNN", "Popularity", "Recommender",
-           "TwoTower", "load", "make_model", "model_class", "model_params"]
+           "SpectralCF", "TwoTower", "load", "make_model", "model_class", "model_params"]
 
 
 def load(path: str | Path) -> Recommender:

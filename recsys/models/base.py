@@ -82,6 +82,7 @@ class Exported:
     similarity: str = "cosine"
     similarity_dims: int | None = None
     extra: dict = field(default_factory=dict)  # JSON-able training facts (best epoch, history, ...)
+    projection: np.ndarray | None = None  # (n_items, d): what the 'linear' fold-in sums (spectral models)
 
 
 class Recommender:
@@ -155,7 +156,7 @@ class Recommender:
         self.users_, self.items_ = users, items
         self.engine_ = Engine(exported.item_vectors, exported.user_vectors, users, items, seen=seen,
                               foldin=exported.foldin, similarity=exported.similarity, item_metadata=item_metadata,
-                              similarity_dims=exported.similarity_dims)
+                              similarity_dims=exported.similarity_dims, projection=exported.projection)
 
     def _check_fitted(self) -> Engine:
         if not hasattr(self, "engine_"):
@@ -218,6 +219,8 @@ class Recommender:
         engine = self._check_fitted()
         arrays = {"item_vectors": engine.item_vectors, "user_vectors": engine.user_vectors,
                   **csr_arrays(engine.seen)}
+        if engine.projection is not None:
+            arrays["foldin_projection"] = engine.projection
         files = {}
         for metric, index in engine.indexes.items():
             files.update(index.file_writers(INDEX_PREFIX[metric]))
@@ -254,7 +257,8 @@ def model_from_bundle(engine: Engine, bundle: Bundle, expected: type[Recommender
     model = model_cls(**params)
     model.exported_ = Exported(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"],
                                foldin=manifest.foldin, similarity=manifest.similarity,
-                               similarity_dims=manifest.similarity_dims, extra=manifest.training)
+                               similarity_dims=manifest.similarity_dims, extra=manifest.training,
+                               projection=bundle.arrays.get("foldin_projection"))
     model.users_, model.items_, model.engine_ = bundle.users, bundle.items, engine
     model.manifest_ = manifest
     return model
