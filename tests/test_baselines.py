@@ -176,8 +176,8 @@ def test_woodbury_matches_the_paper_on_unseen_items_and_ranks_the_same():
 def test_woodbury_reproduces_dense_ease_fitted_by_the_library():
     """The same log fitted densely (default bound) and in the Woodbury form: same top-k for every user."""
     inter = random_log(30, 90, 0.15, seed=1)
-    dense = EASE(l2=10.0).fit(inter)
-    wood = EASE(l2=10.0, max_bytes=memory_bytes(30, 90, "woodbury")).fit(inter)
+    dense = EASE(l2=10.0, form="dense").fit(inter)
+    wood = EASE(l2=10.0).fit(inter)
     assert (dense.form_, wood.form_) == ("dense", "woodbury")
     users = list(inter.users.ids)
     (a_ids, a_scores), (b_ids, b_scores) = dense.recommend(users, k=5), wood.recommend(users, k=5)
@@ -205,7 +205,7 @@ def test_head_equals_dense_ease_on_the_head_items_only(shape, n_head):
     expected = paper_scores(x[:, head], l2)
     np.testing.assert_allclose(got[:, head], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     # the library's dense EASE on the log restricted to the head: the same scores on head items
-    dense = EASE(l2=l2).fit(inter.subset(np.isin(inter.item_index, head)))
+    dense = EASE(l2=l2, form="dense").fit(inter.subset(np.isin(inter.item_index, head)))
     assert dense.form_ == "dense"
     np.testing.assert_allclose(got[:, head], scores_of(dense)[:, head], rtol=1e-4, atol=1e-5)
     assert not model.item_vectors_[tail].any() and not got[:, tail].any(), "tail items score 0"
@@ -245,8 +245,7 @@ def test_the_form_follows_the_memory_bound():
     wide = random_log(40, 120, 0.2, seed=0)
     dense_need, wood_need = memory_bytes(40, 120, "dense"), memory_bytes(40, 120, "woodbury")
     assert wood_need < dense_need
-    cases = [(None, "dense"), (dense_need, "dense"), (dense_need - 1, "woodbury"), (wood_need, "woodbury"),
-             (wood_need - 1, "head")]
+    cases = [(None, "woodbury"), (dense_need, "woodbury"), (wood_need, "woodbury"), (wood_need - 1, "head")]
     for bound, form in cases:
         model = EASE(l2=5.0, max_bytes=bound).fit(wide)
         need = model.exported_.extra["memory_bytes"]
@@ -286,8 +285,10 @@ def test_memory_bytes_names_a_bad_form_or_head_size():
 
 def test_wide_catalogues_get_a_form_within_the_default_bound():
     limit = baselines.MAX_DENSE_BYTES
-    assert choose_form(610, 9_724)[0] == "dense"  # the bundled MovieLens catalogue, as before
-    assert baselines.ease_bytes(610, 9_724) == baselines.dense_bytes(610, 9_724) <= limit
+    assert choose_form(610, 9_724)[0] == "woodbury"  # the bundled MovieLens catalogue: the smaller form
+    assert baselines.ease_bytes(610, 9_724) < baselines.dense_bytes(610, 9_724) <= limit
+    assert choose_form(610, 9_724, form="dense")[0] == "dense"
+    assert choose_form(2_000, 1_000)[0] == "dense"  # more users than items
     assert choose_form(7_375, 105_114, 16 * 2**30)[0] == "woodbury"  # Ciao, given 16 GiB
     for n_users, n_items in [(7_375, 105_114), (22_000, 296_000), (12_000, 41_632), (30_000, 40_000)]:
         assert baselines.dense_bytes(n_users, n_items) > limit  # what benchmarks/quality.py declines
@@ -309,7 +310,7 @@ def test_peak_memory_of_a_fit_stays_within_memory_bytes(shape, form, n_head):
     users = np.repeat(np.arange(shape[0]), 20)
     inter = from_arrays(users.astype(str), rng.integers(0, shape[1], len(users)).astype(str))
     need = memory_bytes(inter.n_users, inter.n_items, form, n_head)
-    model = EASE(l2=10.0, max_bytes=need)
+    model = EASE(l2=10.0, max_bytes=need, form="auto" if form == "head" else form)
     tracemalloc.start()
     try:
         model.fit(inter)
@@ -331,3 +332,11 @@ def test_invalid_params(synthetic, model, expected):
     with pytest.raises(DataValidationError) as err:
         model.fit(synthetic)
     assert expected in str(err.value)
+
+
+def test_a_named_form_is_kept_and_a_bad_one_is_named(synthetic):
+    inter = random_log(30, 90, 0.15, seed=1)
+    assert EASE(l2=10.0).fit(inter).form_ == "woodbury", "fewer users than items: the smaller form"
+    assert EASE(l2=10.0, form="dense").fit(inter).form_ == "dense"
+    with pytest.raises(DataValidationError, match="The 'form' parameter of EASE must be one of 'auto', 'dense'"):
+        EASE(form="sparse").fit(inter)
