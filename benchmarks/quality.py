@@ -331,6 +331,16 @@ GENERATED_KEYS = tuple(k for k in suite_logs.KEYS if k != suite_logs.MOVIELENS)
 REAL_ALL_KEYS = (*real_logs.REAL_KEYS, *GENERATED_KEYS)
 
 
+@dataclasses.dataclass(frozen=True)
+class RealOptions:
+    seed: int = 0
+    smoke: bool = False
+    retune: bool = False               # search the peers again, ignoring the cache
+    refine: int | None = None          # refinement rounds of the peers' grids (None: the space's own)
+    budget: float | None = None        # ours' tuning budget (None: what `recsys train --tune` spends)
+    ease_max_bytes: int | None = None  # EASE's memory bound (None: the library's default)
+
+
 class PeerCache:
     """The peers' tuned results, one JSON object keyed by `peer_cache_key`, rewritten (atomically) after every
     fit: an interrupted search resumes from its points, a finished one is reused without searching."""
@@ -360,17 +370,37 @@ def peer_cache_key(log_key: str, signature: str, peer: str, space: peers.Space, 
     return f"{log_key}|{signature}|{peer}|v{SEARCH_VERSION}-{digest}"
 
 
-def peer_space(name: str, train: Interactions, seed: int, smoke: bool, refine: int | None
-               ) -> tuple[peers.Space, dict]:
+def peer_space(name: str, train: Interactions, opts: RealOptions) -> tuple[peers.Space, dict]:
     """The grid of `name` on `train` and its fixed parameters; use_weights is searched only where it can matter."""
     if name == "ease":
-        space, fixed = peers.ease_space(smoke), {}
+        space = peers.ease_space(opts.smoke)
+        fixed = {} if opts.ease_max_bytes is None else {"max_bytes": opts.ease_max_bytes}
     else:
         weighted = bool(train.nnz) and float(np.ptp(train.weight)) > 0
-        space, fixed = peers.als_space(weighted, smoke), {"iterations": 3 if smoke else 15}
-    if refine is not None:
-        space = dataclasses.replace(space, refine=refine)
-    return space, model_params(name, fixed, seed=seed)
+        space, fixed = peers.als_space(weighted, opts.smoke), {"iterations": 3 if opts.smoke else 15}
+    if opts.refine is not None:
+        space = dataclasses.replace(space, refine=opts.refine)
+    return space, model_params(name, fixed, seed=opts.seed)
+
+
+def ease_form(train: Interactions, max_bytes: int | None, available: int | None = None
+              ) -> tuple[dict[str, Any], str | None]:
+    """The form EASE will take on `train` (recsys.models.baselines.choose_form: dense, Woodbury, or dense on the
+    most popular items that fit, 'head') and why the benchmark declines it, or None: the library refuses it (no
+    form within `max_bytes`), or it needs more than 80% of the machine's available memory."""
+    from recsys.models import baselines
+
+    bound = baselines.MAX_DENSE_BYTES if max_bytes is None else max_bytes
+    form, n_model, need = baselines.choose_form(train.n_users, train.n_items, bound)
+    facts = {"form": form, "items_modelled": n_model, "memory_gib": need / 2**30}
+    if need > bound:
+        return facts, (f"the library refuses it: even its smallest form ({form}, {n_model:,} of {train.n_items:,} "
+                       f"items) needs {need / 2**30:.1f} GiB, over max_bytes {bound / 2**30:.1f} GiB")
+    available = _available_memory() if available is None else available
+    if available is not None and need > 0.8 * available:
+        return facts, (f"benchmark guard: EASE's {form} form on {train.n_items:,} items needs about "
+                       f"{need / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available")
+    return facts, None
 
 
 def validation_objective(name: str, fixed: dict, fit_part: Interactions, valid: Interactions,
@@ -384,18 +414,20 @@ def validation_objective(name: str, fixed: dict, fit_part: Interactions, valid: 
     return objective
 
 
-def tune_peer(name: str, log_key: str, train: Interactions, test: Interactions, seed: int, smoke: bool,
-              cache: PeerCache, retune: bool, refine: int | None) -> dict[str, Any]:
+def tune_peer(name: str, log_key: str, train: Interactions, test: Interactions, cache: PeerCache,
+              opts: RealOptions) -> dict[str, Any]:
     """`name` searched to convergence on a validation split of `train`, refitted on `train`, scored on `test`;
-    from the cache when this split and search were done before (unless `retune`); or declined."""
-    reason = dense_refusal(name, train)
-    if reason:
-        log.warning("%s declined: %s", name, reason)
-        return {"declined": reason}
-    space, fixed = peer_space(name, train, seed, smoke, refine)
-    signature = split_signature(train, test, seed)
+    from the cache when this split and search were done before (unless `opts.retune`); or declined."""
+    space, fixed = peer_space(name, train, opts)
+    facts: dict[str, Any] = {}
+    if name == "ease":
+        facts, reason = ease_form(train, opts.ease_max_bytes)
+        if reason:
+            log.warning("%s declined: %s", name, reason)
+            return {"declined": reason, **facts}
+    signature = split_signature(train, test, opts.seed)
     key = peer_cache_key(log_key, signature, name, space, fixed)
-    entry = None if retune else cache.get(key)
+    entry = None if opts.retune else cache.get(key)
     if entry and "result" in entry:
         log.info("%s: cached (%d points), test ndcg@10 %.4f", name, entry["result"]["points"],
                  entry["result"]["ndcg@10"])
@@ -412,7 +444,7 @@ def tune_peer(name: str, log_key: str, train: Interactions, test: Interactions, 
 
     t0 = time.perf_counter()
     try:
-        fit_part, valid = holdout(train, 0.2, seed)
+        fit_part, valid = holdout(train, 0.2, opts.seed)
         search = peers.grid_search(space, validation_objective(name, fixed, fit_part, valid, timings),
                                    known=known, on_point=record)
         search_s = time.perf_counter() - t0
@@ -420,8 +452,8 @@ def tune_peer(name: str, log_key: str, train: Interactions, test: Interactions, 
         metrics = evaluate(make_model(name, **fixed, **search.best_params).fit(train), test, 10)
     except (RecsysError, MemoryError) as exc:
         log.warning("%s declined: %s", name, exc)
-        return {"declined": f"{type(exc).__name__}: {exc}"}
-    result = {"params": {**fixed, **search.best_params}, "val_ndcg@10": search.best_value,
+        return {"declined": f"{type(exc).__name__}: {exc}", **facts}
+    result = {"params": {**fixed, **search.best_params}, **facts, "val_ndcg@10": search.best_value,
               "ndcg@10": metrics["ndcg@10"], "recall@10": metrics["recall@10"], "points": len(search.values),
               "converged": search.converged, "edges": search.edges,
               "at_ceiling": sorted(a for a, side in search.edges.items() if side == "ceiling"),
@@ -472,16 +504,15 @@ def real_summary(logs: list[dict]) -> dict[str, Any]:
     return out
 
 
-def real_one(key: str, root: Path, seed: int, smoke: bool, cache: PeerCache, retune: bool,
-             refine: int | None, budget: float | None) -> dict[str, Any]:
-    name, inter, facts = real_log(key, root, smoke)
-    train, test = holdout(inter, 0.2, seed)  # the split train_and_bundle makes for ours
+def real_one(key: str, root: Path, cache: PeerCache, opts: RealOptions) -> dict[str, Any]:
+    name, inter, facts = real_log(key, root, opts.smoke)
+    train, test = holdout(inter, 0.2, opts.seed)  # the split train_and_bundle makes for ours
     # what `recsys train --tune` spends on this log (the CLI's default_budget of the whole log)
-    budget = budget or (SMOKE_BUDGET if smoke else default_budget(inter))
+    budget = opts.budget or (SMOKE_BUDGET if opts.smoke else default_budget(inter))
     log.info("real log %s: %d users x %d items, %d interactions; ours' budget %.0f s", name, inter.n_users,
              inter.n_items, inter.nnz, budget)
-    ours, default = suite_ours(inter, budget, seed), suite_ours(inter, None, seed)
-    peers_ = {p: tune_peer(p, key, train, test, seed, smoke, cache, retune, refine) for p in REAL_PEERS}
+    ours, default = suite_ours(inter, budget, opts.seed), suite_ours(inter, None, opts.seed)
+    peers_ = {p: tune_peer(p, key, train, test, cache, opts) for p in REAL_PEERS}
     top = best_peer(peers_)
     return {"key": key, "name": name, "users": inter.n_users, "items": inter.n_items, "interactions": inter.nnz,
             "train": train.nnz, "test": test.nnz, **facts, "budget_s": budget,
@@ -490,18 +521,17 @@ def real_one(key: str, root: Path, seed: int, smoke: bool, cache: PeerCache, ret
             "default_vs_als": _ratio(default, peers_["implicit_als"])}
 
 
-def run_real(keys: list[str], root: Path, seed: int, smoke: bool, cache_path: Path, retune: bool,
-             refine: int | None, budget: float | None, out: Path) -> dict[str, Any]:
+def run_real(keys: list[str], root: Path, cache_path: Path, opts: RealOptions, out: Path) -> dict[str, Any]:
     """Every log in `keys` in turn; the JSON at `out` is rewritten after each, so a crash keeps what ran."""
     result: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "smoke": smoke, "seed": seed,
-        "datasets": str(root), "peer_cache": str(cache_path), "search_version": SEARCH_VERSION,
-        "budget_override_s": budget, "refine_override": refine,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "smoke": opts.smoke,
+        "seed": opts.seed, "datasets": str(root), "peer_cache": str(cache_path), "search_version": SEARCH_VERSION,
+        "options": dataclasses.asdict(opts),
         "machine": f"{platform.machine()}, {platform.python_version()}", "logs": [], "skipped": []}
     cache = PeerCache(cache_path)
     for key in keys:
         try:
-            row = real_one(key, root, seed, smoke, cache, retune, refine, budget)
+            row = real_one(key, root, cache, opts)
         except real_logs.MissingLog as exc:
             log.warning("log %s skipped: %s", key, exc)
             result["skipped"].append({"key": key, "reason": str(exc)})
@@ -555,6 +585,9 @@ def _real_notes(r: dict[str, Any]) -> list[str]:
         for kind in ("failed", "declined"):
             if kind in cell:
                 notes.append(f"* {r['name']}: {who} {kind}: {cell[kind]}")
+        if cell.get("form") not in (None, "dense"):
+            notes.append(f"* {r['name']}: {who} in its {cell['form']} form ({cell['items_modelled']:,} of "
+                         f"{r['items']:,} items modelled, {cell['memory_gib']:.1f} GiB)")
         if "converged" in cell:
             state = "converged" if cell["converged"] else "NOT converged (fit cap)"
             bound = f", at a declared bound: {cell['edges']}" if cell["edges"] else ", interior on every axis"
@@ -609,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retune", action="store_true", help="with --real: search the peers again, ignoring the cache")
     p.add_argument("--refine", type=int, default=None,
                    help="with --real: half-step refinement rounds of the peers' grids (default 1, smoke 0)")
+    p.add_argument("--ease-max-gib", type=float, default=None,
+                   help="with --real: EASE's memory bound, max_bytes (default the library's, 6 GiB; past it EASE "
+                        "models only the most popular items that fit: raise it for the full model on wide logs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default results/quality.json, with --suite "
                                                "results/quality_suite.json, with --real results/quality_real.json "
@@ -650,7 +686,9 @@ def main_real(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     stem = "quality_real_smoke" if args.smoke else "quality_real"
     out = Path(args.out or ROOT / "results" / f"{stem}.json")
     cache = args.peer_cache or ROOT / "results" / f"{stem}_peers.json"
-    result = run_real(keys, args.datasets, args.seed, args.smoke, cache, args.retune, args.refine, args.budget, out)
+    opts = RealOptions(seed=args.seed, smoke=args.smoke, retune=args.retune, refine=args.refine, budget=args.budget,
+                       ease_max_bytes=None if args.ease_max_gib is None else int(args.ease_max_gib * 2**30))
+    result = run_real(keys, args.datasets, cache, opts, out)
     text = real_report(result)
     print(text)
     out.with_suffix(".md").write_text(text + "\n")
