@@ -298,3 +298,30 @@ def test_real_ease_form_and_refusal():
     assert reason is None and facts["form"] == "woodbury" and facts["items_modelled"] == ciao.n_items
     assert "refuses" in quality.ease_form(ciao, 2**20, available=64 * 2**30)[1]
     assert "available" in quality.ease_form(SimpleNamespace(n_items=5_000, n_users=3_000), None, available=2**20)[1]
+
+
+def test_real_peer_search_resumes_from_the_cache(tmp_path):
+    """A search interrupted after some fits (its points in the cache, no result yet) resumes: the points already
+    measured are not fitted again, and the result is the one an uninterrupted search gives."""
+    import quality
+
+    from recsys.data import holdout, read_interactions
+    from recsys.datasets import make_synthetic
+
+    frame = make_synthetic(n_users=80, n_items=60, n_factors=3, interactions_per_user=10, seed=3).interactions
+    train, test = holdout(read_interactions(frame), 0.2, 0)
+    opts = quality.RealOptions(smoke=True)
+    cache = quality.PeerCache(tmp_path / "peers.json")
+    full = quality.tune_peer("ease", "tiny", train, test, cache, opts)
+    assert full["fits"] == full["points"] >= 3 and full["converged"] and not full["cached"]
+    (key, entry), = cache.entries.items()
+    del entry["result"]
+    entry["points"] = entry["points"][:2]
+    cache.put(key, entry)
+    resumed = quality.tune_peer("ease", "tiny", train, test, quality.PeerCache(tmp_path / "peers.json"), opts)
+    assert resumed["fits"] == full["points"] - 2 and resumed["params"] == full["params"]
+    assert resumed["ndcg@10"] == full["ndcg@10"]
+    again = quality.tune_peer("ease", "tiny", train, test, quality.PeerCache(tmp_path / "peers.json"), opts)
+    assert again["cached"] and again["fits"] == 0
+    retuned = quality.tune_peer("ease", "tiny", train, test, cache, quality.RealOptions(smoke=True, retune=True))
+    assert not retuned["cached"] and retuned["fits"] == full["points"]
