@@ -585,9 +585,9 @@ def _real_notes(r: dict[str, Any]) -> list[str]:
         for kind in ("failed", "declined"):
             if kind in cell:
                 notes.append(f"* {r['name']}: {who} {kind}: {cell[kind]}")
-        if cell.get("form") not in (None, "dense"):
-            notes.append(f"* {r['name']}: {who} in its {cell['form']} form ({cell['items_modelled']:,} of "
-                         f"{r['items']:,} items modelled, {cell['memory_gib']:.1f} GiB)")
+        if cell.get("form") == "head":  # dense and Woodbury are the exact model; the head is not
+            notes.append(f"* {r['name']}: {who} in its head form: only the {cell['items_modelled']:,} most popular "
+                         f"of {r['items']:,} items modelled ({cell['memory_gib']:.1f} GiB; --ease-max-gib raises it)")
         if "converged" in cell:
             state = "converged" if cell["converged"] else "NOT converged (fit cap)"
             bound = f", at a declared bound: {cell['edges']}" if cell["edges"] else ", interior on every axis"
