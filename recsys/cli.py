@@ -373,8 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train on feedback events stored by the service (a database URL such as "
                         "sqlite:///instance/feedback.db)")
     t.add_argument("--model", default="auto", choices=["auto", *MODEL_NAMES],
-                   help="model to train; auto (default): the best embedding model on the validation split "
-                        "(iALS first; the others measured at their defaults within a time bound)")
+                   help="model to train; auto (default): the best model on the validation split among "
+                        "popularity, the spectral filter, EASE (where affordable), iALS, MF and two-tower "
+                        "(closed-form models by a fixed number of trials, the others at their defaults "
+                        "within an epoch bound)")
     t.add_argument("--params", metavar="JSON", default=None,
                    help="model parameters: a JSON file (such as `recsys tune --out` writes) or inline JSON")
     t.add_argument("--tune", action="store_true", help="search the model's hyper-parameters with Optuna on a "

@@ -70,14 +70,14 @@ def split_facts(inter: Interactions, test_fraction: float, seed: int) -> dict[st
 def tune_candidates(train: Interactions, model: str, *, budget: float | None, n_trials: int | None = None,
                     params: dict[str, Any] | None = None, common: dict[str, Any] | None = None,
                     validation_fraction: float = 0.2, seed: int = 0) -> list[TuneResult]:
-    """recsys.tune for `model`; for 'auto', `tune_auto` (iALS first, the others while they can still win;
-    budget None: each at its defaults). `params` are fixed for a named model; `common` (seed, progress,
+    """recsys.tune for `model`; for 'auto', `tune_auto` (the closed-form models by trial count, then iALS
+    first of the iterative ones, the others while they can still win; budget None: bounded by epochs). `params` are fixed for a named model; `common` (seed, progress,
     device) goes to whichever model accepts it."""
-    from .tuning import EMBEDDING_MODELS, tune, tune_auto
+    from .tuning import AUTO_MODELS, tune, tune_auto
 
     common = common or {}
     if model == "auto":
-        names = tuple(m for m in EMBEDDING_MODELS if m in MODEL_NAMES)
+        names = tuple(m for m in AUTO_MODELS if m in MODEL_NAMES)
         return tune_auto(train, budget=budget, fixed=lambda name: model_params(name, **common), models=names,
                          validation_fraction=validation_fraction, seed=seed)
     return [tune(train, model, budget=budget, n_trials=n_trials, fixed=model_params(model, params, **common),
@@ -122,7 +122,8 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
                      tune_budget: float | None = None, common: dict[str, Any] | None = None) -> TrainReport:
     """Run the whole job (see module docstring) and return where the bundle went and what it scored.
 
-    model 'auto': the best of the embedding models (recsys.tuning.EMBEDDING_MODELS) on the validation split.
+    model 'auto': the best on the validation split of recsys.tuning.AUTO_MODELS (popularity, the spectral filter,
+    EASE where it is affordable, iALS, MF, two-tower).
     tune_budget: seconds of Optuna search (recsys.tune) on the validation split before the final fits; the
     chosen parameters and the search summary travel in the bundle's manifest. common: parameters such as
     seed / progress / device, passed to whichever model is trained when it accepts them.
@@ -145,6 +146,12 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
                   "candidates": {r.model: {"value": r.best_value, "n_trials": r.n_trials,
                                            "params": r.best_params} for r in results}}
         log.info("Chose %s (validation %s %.4f)", model, best.metric, best.best_value)
+        if model == "popularity" and len(results) > 1:
+            log.warning("No personalised model beat Popularity on the validation split (%s %.4f; the best other: "
+                        "%s %.4f): bundling Popularity. This log may be too sparse or too popularity-driven "
+                        "for them.", best.metric, best.best_value,
+                        *max(((r.model, r.best_value) for r in results if r.model != "popularity"),
+                             key=lambda p: p[1]))
     params = model_params(model, params, **common)
     candidate = make_model(model, **params)
     candidate._validate_params()

@@ -11,8 +11,9 @@ Half-way through the budget, a numeric range whose best value sits on its edge i
 goes on with every trial so far (`run_widening`); what is still on an edge at the end is reported in
 `TuneResult.edges`.
 
-`tune_auto` is the search behind `recsys train [--tune]`: iALS first, the other embedding models measured at
-their defaults and searched further only while they can still win; `default_budget` scales the budget with
+`tune_auto` is the search behind `recsys train [--tune]`: the closed-form models (popularity, the spectral
+filter, EASE) searched for a fixed number of trials, then iALS, the other embedding models measured at their
+defaults and searched further only while they can still win; `default_budget` scales the budget with
 the size of the log. A model that refuses the data (its first trial fails) stops the search with its reason.
 """
 from __future__ import annotations
@@ -96,10 +97,21 @@ SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
                   "temperature": Float(0.02, 1.0, log=True), "id_dropout": Float(0.0, 0.8, limits=("low",)),
                   "logq": Float(0.3, 1.0, limits=("high",))},
     "ease": {"l2": Float(1.0, 1e5, log=True)},
+    "spectral": {"factors": Int(16, 2048, log=True), "low_pass": Int(8, 1024, log=True),
+                 "alpha": Float(0.0, 2.0, limits=("low",)), "power": Float(0.25, 4.0, log=True),
+                 "normalization": Float(0.0, 0.75, limits=("low",))},
     "itemknn": {"neighbours": Int(5, 2000, log=True), "shrink": Float(0.0, 200.0, limits=("low",))},
     "popularity": {},
 }
 EMBEDDING_MODELS = ("ials", "mf", "two_tower")
+# Closed-form models: fitted in seconds, with no epochs. `tune_auto` measures them on every log, by trial count.
+CLOSED_FORM = ("popularity", "spectral", "ease")
+AUTO_MODELS = (*CLOSED_FORM, *EMBEDDING_MODELS)  # what `recsys train --model auto` chooses among
+CLOSED_FORM_TRIALS = {"spectral": (6, 24), "ease": (4, 10)}  # (without a budget, with one)
+CLOSED_FORM_MAX_FLOPS = 2e12  # EASE's inverse: ~1 minute per trial on 2 cores at this size
+# Without a budget, the models after the first are measured at their defaults for at most this many epochs
+# (early stopping may stop them sooner): a bound on work, so the same log gives the same model on any load.
+PROBE_EPOCHS = {"mf": 60, "two_tower": 30}
 WEIGHT_PARAMETERS = {"ials": ("confidence", "alpha")}  # inert on a log whose weights are all equal
 # Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
 # (with a small unobserved weight ALS climbs slowly: its best epoch was 57-138 on the 50k-item suite log, with
@@ -120,6 +132,10 @@ TRIAL_DEFAULTS: dict[str, dict[str, Any]] = {"ials": {"epochs": 128, "max_val_us
 # regime tuned implicit finds: a small alpha (0.08-2.2 on four of the eight logs, weights on), i.e. an unobserved
 # weight of 0.5-12 against c = w (their geometric mean ~3) and a penalty per unit of confidence of 33-65.
 START_POINTS: dict[str, tuple[dict[str, Any], ...]] = {
+    # EASE: a decade either side of the default l2; the spectral filter: GF-CF with less normalisation (denser
+    # logs want it), the linear filter alone, and a wide basis with a narrow ideal low-pass
+    "ease": ({"l2": 50.0}, {"l2": 5000.0}),
+    "spectral": ({"normalization": 0.25, "alpha": 0.0}, {"alpha": 0.0}, {"low_pass": 64}, {"factors": 128}),
     "ials": ({"unobserved_weight": 0.01}, {"unobserved_weight": 0.001},
              {"unobserved_weight": 0.03, "reg_exponent": 0.0, "reg": 1.0, "factors": 32},
              {"unobserved_weight": 0.03, "reg_exponent": 0.0, "reg": 10.0, "factors": 32, "confidence": "power",
@@ -130,8 +146,6 @@ START_POINTS: dict[str, tuple[dict[str, Any], ...]] = {
 # tune_auto and the pruner (see tune_auto's docstring)
 LEAD_SHARE = 0.5          # of the budget, searched by the first model before any other is measured
 PROBE_SHARE = 0.1         # of the budget, at most, for measuring another model at its defaults
-MIN_PROBE_SECONDS = 30.0  # without a budget, another model's default fit may take this long (or the lead's
-#                           default fit, if longer)
 CONTENDER_GAP = 0.03      # a model within 3% of the leader's validation score keeps searching
 PRUNE_AFTER_TRIALS = 4    # complete trials before any is pruned
 PRUNE_FROM_EPOCH = 4      # a trial's first epochs are never pruned (slow starters)
@@ -417,16 +431,22 @@ def tune(train: Interactions, model: str, *, budget: float | None = 300.0, n_tri
 
 
 def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str], Mapping[str, Any]] | None = None,
-              models: tuple[str, ...] = EMBEDDING_MODELS, validation_fraction: float = 0.2, metric: str = "ndcg@10",
+              models: tuple[str, ...] = AUTO_MODELS, validation_fraction: float = 0.2, metric: str = "ndcg@10",
               seed: int = 0, widen_rounds: int = 1) -> list[TuneResult]:
-    """The search behind `recsys train [--tune]`: iALS first, the other models only while they can still win.
+    """The search behind `recsys train [--tune]`: the closed-form models always, then the iterative ones.
 
-    1. The first model (iALS) searches for `LEAD_SHARE` of the budget (budget None: its defaults, one trial).
-    2. Each other model is measured at its defaults, each fit bounded by `PROBE_SHARE` of the budget (or
-       the time left over the models still to measure; at least as long as the first model's default trial).
-    3. Models whose validation score is within `CONTENDER_GAP` of the leader share the rest of the budget,
-       the range widening of `run_widening` included; the others stop there.
-    fixed(model): the parameters set in every trial of that model. Returns one result per model measured.
+    1. Each closed-form model (`CLOSED_FORM`: popularity, the spectral filter, EASE) is searched for a fixed
+       number of trials (`closed_form_trials`), never for a time: their fits cost seconds, and a count keeps
+       the result the same on a busy machine. A model whose fit would cost more than `CLOSED_FORM_MAX_FLOPS`
+       (EASE on a wide catalogue) is skipped, as is one that refuses the data.
+    2. The first iterative model (iALS) searches for `LEAD_SHARE` of the budget left (budget None: its
+       defaults, one trial, early stopping within its epochs).
+    3. Each other iterative model is measured at its defaults: with a budget, each fit bounded by
+       `PROBE_SHARE` of it; without, by `PROBE_EPOCHS` epochs (work, not seconds: the same model on any load).
+    4. With a budget, the iterative models within `CONTENDER_GAP` of the leader share the rest of it, the
+       range widening of `run_widening` included.
+    fixed(model): the parameters set in every trial of that model. Returns one result per model measured;
+    the caller picks the best (popularity included: nothing that scores below it on validation is chosen).
     """
     from .data import holdout
 
@@ -435,37 +455,79 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
     fit_part, valid = holdout(train, validation_fraction, seed)
     fixed = fixed or (lambda name: {})
 
-    def search(name: str) -> Search:
-        return Search(name, fit_part, valid, fixed=fixed(name), metric=metric, seed=seed,
+    def search(name: str, **extra: Any) -> Search:
+        return Search(name, fit_part, valid, fixed={**fixed(name), **extra}, metric=metric, seed=seed,
                       validation_fraction=validation_fraction)
 
-    lead, *rest = models
-    searches = {lead: search(lead)}
-    if budget is None:
-        searches[lead].run(n_trials=1)
-    else:
-        run_widening(searches[lead], LEAD_SHARE * budget, widen_rounds)
-    lead_default = searches[lead].trials[0]["seconds"]  # its defaults' trial: the cost of a default fit here
-    for i, name in enumerate(rest):
-        left = (budget - (time.perf_counter() - start)) if budget is not None else None
-        cap = max(lead_default, min(PROBE_SHARE * budget, left / (len(rest) - i + 1))) if left is not None \
-            else max(lead_default, MIN_PROBE_SECONDS)
+    searches: dict[str, Search] = {}
+    for name in (m for m in models if m in CLOSED_FORM):
+        reason = closed_form_refusal(name, fit_part)
+        if reason:
+            log.info("tune auto: %s skipped: %s", name, reason)
+            continue
         try:
-            searches[name] = search(name).run(n_trials=1, trial_seconds=cap)
+            searches[name] = search(name).run(n_trials=closed_form_trials(name, budget))
         except DataValidationError as err:
             log.warning("tune auto: %s skipped: %s", name, err)
             continue
-        log.info("tune auto: %s at its defaults: %s %.4f (leader so far %.4f)", name, metric,
-                 searches[name].best_value, max(s.best_value for s in searches.values()))
+        log.info("tune auto: %s: %s %.4f", name, metric, searches[name].best_value)
+    iterative = [m for m in models if m not in CLOSED_FORM]
+    for i, name in enumerate(iterative):
+        left = None if budget is None else budget - (time.perf_counter() - start)
+        try:
+            if i == 0:
+                s = search(name)
+                if left is None:
+                    s.run(n_trials=1)
+                else:
+                    run_widening(s, LEAD_SHARE * max(left, 1e-3), widen_rounds)
+                lead_default = s.trials[0]["seconds"]
+            elif left is None:
+                s = search(name, **({"epochs": PROBE_EPOCHS[name]} if name in PROBE_EPOCHS else {}))
+                s.run(n_trials=1)
+            else:
+                cap = max(lead_default, min(PROBE_SHARE * budget, left / (len(iterative) - i + 1)))
+                s = search(name).run(n_trials=1, trial_seconds=cap)
+        except DataValidationError as err:
+            log.warning("tune auto: %s skipped: %s", name, err)
+            continue
+        searches[name] = s
+        log.info("tune auto: %s: %s %.4f (leader so far %.4f)", name, metric, s.best_value,
+                 max(x.best_value for x in searches.values()))
     if budget is not None:
         leader = max(s.best_value for s in searches.values())
-        alive = [s for s in searches.values() if s.best_value >= (1 - CONTENDER_GAP) * leader]
+        alive = [s for name, s in searches.items() if name not in CLOSED_FORM
+                 and s.best_value >= (1 - CONTENDER_GAP) * leader]
         log.info("tune auto: %s share the rest of the budget", [s.model for s in alive])
         for i, s in enumerate(alive):
             left = budget - (time.perf_counter() - start)
             if left > 0:
-                run_widening(s, left / (len(alive) - i), widen_rounds if s.model != lead else 0)
+                run_widening(s, left / (len(alive) - i), widen_rounds if s.model != iterative[0] else 0)
+    if not searches:
+        raise DataValidationError(f"No model among {list(models)} could be fitted on this data.")
     return [s.result() for s in searches.values()]
+
+
+def closed_form_trials(model: str, budget: float | None) -> int:
+    """How many trials a closed-form model gets in `tune_auto`: its defaults alone for popularity (nothing to
+    search), a short fixed search without a budget, a longer one with (still a count, never a time)."""
+    if not SEARCH_SPACES.get(model):
+        return 1
+    return CLOSED_FORM_TRIALS[model][0 if budget is None else 1]
+
+
+def closed_form_refusal(model: str, fit_part: Interactions) -> str | None:
+    """Why `tune_auto` does not measure `model` on this data, or None: a fit whose dominant cost (EASE: a
+    dense inverse of the smaller side's Gram matrix, min(users, items)^3 flops) is over
+    `CLOSED_FORM_MAX_FLOPS`."""
+    if model != "ease":
+        return None
+    side = min(fit_part.n_users, fit_part.n_items)
+    flops = float(side) ** 3
+    if flops > CLOSED_FORM_MAX_FLOPS:
+        return (f"a {side:,} x {side:,} inverse per trial (~{flops:.1e} flops) is over the "
+                f"{CLOSED_FORM_MAX_FLOPS:.0e} of recsys.tuning.CLOSED_FORM_MAX_FLOPS")
+    return None
 
 
 def _check_budget(budget: float | None) -> None:

@@ -68,3 +68,73 @@ def test_tied_and_constant_timestamps_score_like_the_untimed_log(tmp_path):
     tied = verify(reports["two days"].bundle).evaluation
     assert tied["protocol"] == "temporal holdout" and tied["tied_share"] == 1.0
     assert tied["tie_break"] == "seeded random draw (seed 0)"
+
+
+def popularity_driven_log():
+    """Every user has the one item everybody has, plus 12 drawn from a steep popularity curve and nothing
+    else: no taste to learn (the retail shape on which iALS at its defaults scored 0.14 against popularity's
+    0.39 on validation)."""
+    import numpy as np
+
+    from recsys.data import from_arrays
+
+    rng = np.random.default_rng(0)
+    p = 1.0 / np.arange(1, 301) ** 1.2
+    users, items = [], []
+    for u in range(400):
+        picked = set(rng.choice(300, 12, replace=False, p=p / p.sum())) | {0}
+        users += [f"u{u}"] * len(picked)
+        items += [f"i{i}" for i in picked]
+    return from_arrays(np.array(users), np.array(items))
+
+
+def test_a_log_where_popularity_wins_gets_popularity_and_says_so(tmp_path, monkeypatch, caplog):
+    from recsys import tuning
+
+    monkeypatch.setattr(tuning, "AUTO_MODELS", ("popularity", "ials"))
+    with caplog.at_level("WARNING", logger="recsys"):
+        report = train_and_bundle(popularity_driven_log(), model="auto", out=tmp_path, index=False,
+                                  common={"progress": False, "device": "cpu"})
+    candidates = report.tuning["candidates"]
+    assert candidates["popularity"]["value"] > candidates["ials"]["value"]
+    assert report.model == "popularity" and verify(report.bundle).model_class == "popularity"
+    assert "No personalised model beat Popularity on the validation split" in caplog.text
+
+
+def test_the_default_path_gives_the_same_vectors_on_a_busy_machine(tmp_path):
+    """No fit of `recsys train` (no --tune) is bounded in seconds: with every core spinning in other
+    processes, the same log gives the same model, bit for bit. And it never bundles a model that scored below
+    a baseline it measured on validation."""
+    import multiprocessing as mp
+    import os
+
+    import numpy as np
+
+    log = popularity_driven_log()
+
+    def train(out):
+        report = train_and_bundle(log, model="auto", out=out, index=False,
+                                  common={"progress": False, "device": "cpu"})
+        return report, load(report.bundle)
+
+    report, quiet = train(tmp_path / "quiet")
+    candidates = report.tuning["candidates"]
+    assert set(candidates) >= {"popularity", "spectral", "ease", "ials", "mf"}
+    assert candidates[report.model]["value"] == max(c["value"] for c in candidates.values())
+    ctx = mp.get_context("spawn")
+    burners = [ctx.Process(target=_spin, daemon=True) for _ in range(os.cpu_count() or 2)]
+    for b in burners:
+        b.start()
+    try:
+        busy_report, busy = train(tmp_path / "busy")
+    finally:
+        for b in burners:
+            b.kill()
+    assert busy_report.model == report.model and busy_report.tuning["candidates"] == candidates
+    np.testing.assert_array_equal(busy.item_vectors_, quiet.item_vectors_)
+    np.testing.assert_array_equal(busy.user_vectors_, quiet.user_vectors_)
+
+
+def _spin() -> None:
+    while True:
+        pass

@@ -117,11 +117,11 @@ def test_pipeline_tunes_on_the_training_part_only(synthetic, tmp_path, monkeypat
     assert report.tuning["model"] == "ease" and report.params["l2"] == report.tuning["best_params"]["l2"]
 
 
-def test_auto_picks_the_best_embedding_model_on_validation(synthetic, tmp_path):
+def test_auto_picks_the_best_model_on_validation(synthetic, tmp_path):
     report = pipeline.train_and_bundle(synthetic, model="auto", out=tmp_path, index=False,
                                        common={"progress": False, "device": "cpu"})
     candidates = report.tuning["candidates"]
-    assert report.model in tuning.EMBEDDING_MODELS and report.model in candidates
+    assert report.model in tuning.AUTO_MODELS and report.model in candidates
     assert candidates[report.model]["value"] == max(c["value"] for c in candidates.values())
     assert not report.tuning["searched"]
 
