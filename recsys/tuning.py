@@ -109,9 +109,12 @@ CLOSED_FORM = ("popularity", "spectral", "ease")
 AUTO_MODELS = (*CLOSED_FORM, *EMBEDDING_MODELS)  # what `recsys train --model auto` chooses among
 CLOSED_FORM_TRIALS = {"spectral": (6, 24), "ease": (4, 10)}  # (without a budget, with one)
 CLOSED_FORM_MAX_FLOPS = 2e12  # EASE's inverse: ~1 minute per trial on 2 cores at this size
-# Without a budget, the models after the first are measured at their defaults for at most this many epochs
-# (early stopping may stop them sooner): a bound on work, so the same log gives the same model on any load.
-PROBE_EPOCHS = {"mf": 60, "two_tower": 30}
+# Without a budget, each iterative model is measured at its defaults for at most PROBE_EPOCHS epochs and at
+# most PROBE_WORK multiply-adds (`epoch_work` per epoch; early stopping may stop it sooner): a bound on work, not
+# seconds, so the same log gives the same model on any load. 3e11 is about 75 s of MF's full softmax on 2 cores
+# (4e9 multiply-adds/s measured on ml-latest-small); at 30k users x 40k items it leaves MF one epoch, iALS 17.
+PROBE_EPOCHS = {"ials": 128, "mf": 60, "two_tower": 30}
+PROBE_WORK = 3e11
 WEIGHT_PARAMETERS = {"ials": ("confidence", "alpha")}  # inert on a log whose weights are all equal
 # Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
 # (with a small unobserved weight ALS climbs slowly: its best epoch was 57-138 on the 50k-item suite log, with
@@ -439,11 +442,11 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
        number of trials (`closed_form_trials`), never for a time: their fits cost seconds, and a count keeps
        the result the same on a busy machine. A model whose fit would cost more than `CLOSED_FORM_MAX_FLOPS`
        (EASE on a wide catalogue) is skipped, as is one that refuses the data.
-    2. The first iterative model (iALS) searches for `LEAD_SHARE` of the budget left (budget None: its
-       defaults, one trial, early stopping within its epochs).
-    3. Each other iterative model is measured at its defaults: with a budget, each fit bounded by
-       `PROBE_SHARE` of it; without, by `PROBE_EPOCHS` epochs (work, not seconds: the same model on any load).
-    4. With a budget, the iterative models within `CONTENDER_GAP` of the leader share the rest of it, the
+    2. Without a budget, each iterative model is measured at its defaults, its fit bounded by work
+       (`probe_bound`: epochs, never seconds, so the same log gives the same model on any load).
+    3. With a budget, the first iterative model (iALS) searches for `LEAD_SHARE` of the budget left; each
+       other is measured at its defaults, each fit bounded by `PROBE_SHARE` of it.
+    4. Then the iterative models within `CONTENDER_GAP` of the leader share the rest of it, the
        range widening of `run_widening` included.
     fixed(model): the parameters set in every trial of that model. Returns one result per model measured;
     the caller picks the best (popularity included: nothing that scores below it on validation is chosen).
@@ -475,16 +478,13 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
     for i, name in enumerate(iterative):
         left = None if budget is None else budget - (time.perf_counter() - start)
         try:
-            if i == 0:
-                s = search(name)
-                if left is None:
-                    s.run(n_trials=1)
-                else:
-                    run_widening(s, LEAD_SHARE * max(left, 1e-3), widen_rounds)
-                lead_default = s.trials[0]["seconds"]
-            elif left is None:
-                s = search(name, **({"epochs": PROBE_EPOCHS[name]} if name in PROBE_EPOCHS else {}))
+            if left is None:
+                s = search(name, **probe_bound(name, fit_part, fixed(name)))
                 s.run(n_trials=1)
+            elif i == 0:
+                s = search(name)
+                run_widening(s, LEAD_SHARE * max(left, 1e-3), widen_rounds)
+                lead_default = s.trials[0]["seconds"]
             else:
                 cap = max(lead_default, min(PROBE_SHARE * budget, left / (len(iterative) - i + 1)))
                 s = search(name).run(n_trials=1, trial_seconds=cap)
@@ -506,6 +506,33 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
     if not searches:
         raise DataValidationError(f"No model among {list(models)} could be fitted on this data.")
     return [s.result() for s in searches.values()]
+
+
+def epoch_work(model: str, params: Mapping[str, Any], data: Interactions) -> float:
+    """Multiply-adds of one epoch of `model` with `params` (defaults where unset) on `data`, to the leading
+    term: iALS (nnz + users + items) k^2 (its CG sweeps), MF users x items x k (the full softmax), two-tower
+    nnz x batch x k (in-batch softmax). 0 for a model without epochs."""
+    from .models import make_model
+
+    p = {**make_model(model).get_params(), **params}
+    k = p.get("factors", 0)
+    if model == "ials":
+        return float(data.nnz + data.n_users + data.n_items) * k * k
+    if model == "mf":
+        return float(data.n_users) * data.n_items * k
+    if model == "two_tower":
+        return float(data.nnz) * p["batch_size"] * k
+    return 0.0
+
+
+def probe_bound(model: str, data: Interactions, params: Mapping[str, Any]) -> dict[str, int]:
+    """{'epochs': n} bounding a fit of `model` without a budget: PROBE_EPOCHS, lowered so that the fit's work
+    (`epoch_work`) stays within PROBE_WORK; at least 1. {} for a model not in PROBE_EPOCHS (or that fixes its
+    own epochs)."""
+    if model not in PROBE_EPOCHS or "epochs" in params:
+        return {}
+    work = epoch_work(model, params, data)
+    return {"epochs": int(max(1, min(PROBE_EPOCHS[model], PROBE_WORK // work if work else math.inf)))}
 
 
 def closed_form_trials(model: str, budget: float | None) -> int:

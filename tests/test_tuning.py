@@ -289,3 +289,15 @@ def test_after_the_start_points_every_other_trial_is_a_neighbour_of_the_best(syn
         if t.system_attrs.get("fixed_params"):  # enqueued: a neighbour of the best before it
             assert t.params in tuning.neighbours(search.space, best)
     assert sum(bool(t.system_attrs.get("fixed_params")) for t in trials[n_starts:]) == 3
+
+
+def test_without_a_budget_probes_are_bounded_by_work_not_seconds(synthetic):
+    from types import SimpleNamespace
+
+    wide = SimpleNamespace(nnz=1_000_000, n_users=30_000, n_items=40_000)  # the 1M x 40k log's shape
+    assert tuning.probe_bound("mf", wide, {}) == {"epochs": 1}, "3e11 per epoch of full softmax"
+    assert tuning.probe_bound("ials", wide, {}) == {"epochs": 17}
+    assert tuning.probe_bound("mf", synthetic, {}) == {"epochs": tuning.PROBE_EPOCHS["mf"]}
+    assert tuning.probe_bound("mf", synthetic, {"epochs": 5}) == {}, "a caller's epochs are kept"
+    assert tuning.probe_bound("ease", synthetic, {}) == {}
+    assert tuning.epoch_work("mf", {"factors": 8}, wide) == 30_000 * 40_000 * 8
