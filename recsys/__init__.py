@@ -101,8 +101,18 @@ if TYPE_CHECKING:
     from .evaluation import compare, evaluate
     from .feedback import FeedbackStore
     from .metrics import per_user_metrics, ranking_metrics
-    from .models import (EASE, IALS, MF, MODEL_NAMES, ItemKNN, Popularity, SpectralCF, TwoTower, load,
-                         make_model)
+    from .models import (
+        EASE,
+        IALS,
+        MF,
+        MODEL_NAMES,
+        ItemKNN,
+        Popularity,
+        SpectralCF,
+        TwoTower,
+        load,
+        make_model,
+    )
     from .pipeline import train_and_bundle
     from .service import LocalService
     from .tuning import tune, tune_auto

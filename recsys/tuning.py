@@ -97,7 +97,10 @@ SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
                   "temperature": Float(0.02, 1.0, log=True), "id_dropout": Float(0.0, 0.8, limits=("low",)),
                   "logq": Float(0.3, 1.0, limits=("high",))},
     "ease": {"l2": Float(1.0, 1e5, log=True)},
-    "spectral": {"factors": Int(16, 2048, log=True), "low_pass": Int(8, 1024, log=True),
+    # the spectral filter's basis: at most 1,024 + 512 dimensions (its vectors and projection are n_items wide
+    # each: 1.8 GiB at 296k items), so a wide basis is a limit, not an edge to widen
+    "spectral": {"factors": Int(16, 1024, log=True, limits=("high",)),
+                 "low_pass": Int(8, 512, log=True, limits=("high",)),
                  "alpha": Float(0.0, 2.0, limits=("low",)), "power": Float(0.25, 4.0, log=True),
                  "normalization": Float(0.0, 0.75, limits=("low",))},
     "itemknn": {"neighbours": Int(5, 2000, log=True), "shrink": Float(0.0, 200.0, limits=("low",))},

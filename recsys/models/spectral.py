@@ -10,10 +10,11 @@ a linear low-pass filter (the normalised item-item co-occurrence) plus an ideal 
 k = `low_pass` right singular vectors of R~. Both are functions of R~'s spectrum, so the model is exported as
 vectors: with V truncated to its top `factors` singular vectors (exact when `factors` reaches the rank),
 
-    user vector  = [ r_u V diag(sigma^2p),   alpha r_u D_I^-1/2 V_k ]
+    user vector  = [ r_u V diag((sigma/sigma_1)^2p),   alpha r_u D_I^-1/2 V_k ]
     item vector  = [ V,                      D_I^1/2 V_k            ]
 
-and the dot product is s_u. `power` p = 1 is GF-CF's linear filter; p > 1 damps the high frequencies further (the
+and the dot product is s_u (the linear filter is scaled so its top eigenvalue is 1, as it is for b = 1/2, so
+that `alpha` means the same at every normalisation). `power` p = 1 is GF-CF's linear filter; p > 1 damps the high frequencies further (the
 sharper low-pass that BSPM's blurring and ChebyCF's polynomial filters reach on the same spectrum), p < 1 lets
 more through. A user vector is a fixed linear map of the binary history, so an unseen user folds in exactly
 (fold-in 'linear': the sum of the history items' rows of the exported projection).
@@ -108,7 +109,7 @@ class SpectralCF(Recommender):
         projection = np.hstack([v[:, :linear] * scale, self.alpha * v[:, :ideal] / d])
         projection[degrees == 0] = 0.0
         users = np.asarray(x @ projection)
-        extra = {"rank": int(len(sigma)), "top_singular_values": [round(float(s), 6) for s in sigma[:5]]}
+        extra = {"rank": len(sigma), "top_singular_values": [round(float(s), 6) for s in sigma[:5]]}
         return Exported(item.astype(np.float32), users.astype(np.float32), foldin=FoldIn("linear"),
                         similarity="cosine", similarity_dims=linear, extra=extra,
                         projection=projection.astype(np.float32))
