@@ -10,12 +10,12 @@ a linear low-pass filter (the normalised item-item co-occurrence) plus an ideal 
 k = `low_pass` right singular vectors of R~. Both are functions of R~'s spectrum, so the model is exported as
 vectors: with V truncated to its top `factors` singular vectors (exact when `factors` reaches the rank),
 
-    user vector  = [ r_u V diag((sigma/sigma_1)^2p),   alpha r_u D_I^-1/2 V_k ]
-    item vector  = [ V,                      D_I^1/2 V_k            ]
+    user vector  = [ r_u V diag((sigma / sigma_1)^2p),   alpha r_u D_I^-1/2 V_k ]
+    item vector  = [ V,                                   D_I^1/2 V_k            ]
 
 and the dot product is s_u (the linear filter is scaled so its top eigenvalue is 1, as it is for b = 1/2, so
-that `alpha` means the same at every normalisation). `power` p = 1 is GF-CF's linear filter; p > 1 damps the high frequencies further (the
-sharper low-pass that BSPM's blurring and ChebyCF's polynomial filters reach on the same spectrum), p < 1 lets
+that `alpha` means the same at every normalisation). `power` p = 1 is GF-CF's linear filter; p > 1 damps the
+high frequencies further (the sharper low-pass that BSPM's blurring and ChebyCF's polynomial filters reach on the same spectrum), p < 1 lets
 more through. A user vector is a fixed linear map of the binary history, so an unseen user folds in exactly
 (fold-in 'linear': the sum of the history items' rows of the exported projection).
 
