@@ -142,9 +142,10 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
         best = max(results, key=lambda r: r.best_value)
         model, params = best.model, dict(best.best_params)
         tuning = {**{k: v for k, v in best.to_dict().items() if k != "trials"},
-                  "searched": tune_budget is not None,
+                  "searched": tune_budget is not None, "budget_s": tune_budget,
+                  # what a wall-clock bound cut (only with --tune): per model, the trials whose fit it ended
                   "candidates": {r.model: {"value": r.best_value, "n_trials": r.n_trials,
-                                           "params": r.best_params} for r in results}}
+                                           "params": r.best_params, "cut_by_time": r.cut} for r in results}}
         log.info("Chose %s (validation %s %.4f)", model, best.metric, best.best_value)
         if model == "popularity" and len(results) > 1:
             log.warning("No personalised model beat Popularity on the validation split (%s %.4f; the best other: "

@@ -186,6 +186,7 @@ class TuneResult:
     edges: dict[str, str] = field(default_factory=dict)  # parameter -> 'low' / 'high' when best is at an edge
     widened: dict[str, str] = field(default_factory=dict)  # parameter -> its range after widening
     n_pruned: int = 0  # trials stopped early: their curve fell below the median of earlier trials
+    cut: list[dict] = field(default_factory=list)  # trials a time bound ended: {trial, seconds, epochs_run}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -244,6 +245,7 @@ class Search:
         self.trials: list[dict] = []
         self.n_pruned = 0
         self.seconds = 0.0
+        self.cut: list[dict] = []  # trials whose fit a time bound (trial_seconds) ended before its epochs
         self.widened: dict[str, str] = {}
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = self._new_study()
@@ -299,6 +301,9 @@ class Search:
             value = evaluate(fitted, self.valid, self.k)[self.metric]
             if self.early_stopping:
                 trial.set_user_attr("epochs", int(fitted.exported_.extra["best_epoch"]))
+                if fitted.exported_.extra.get("cut_by_time"):
+                    self.cut.append({"trial": len(self.trials), "seconds": trial_seconds,
+                                     "epochs_run": int(fitted.exported_.extra["epochs_run"])})
             seconds = time.perf_counter() - t0
             self.trials.append({"number": len(self.trials), "value": value, "seconds": round(seconds, 2),
                                 **trial.params, **trial.user_attrs})
@@ -394,7 +399,7 @@ class Search:
                         self.model, name, best.params[name], side, self.space[name])
         return TuneResult(self.model, {**self.fixed, **best.params, **best.user_attrs}, float(best.value),
                           self.metric, len(self.done), self.seconds, self.validation_fraction, self.trials,
-                          edges, self.widened, self.n_pruned)
+                          edges, self.widened, self.n_pruned, self.cut)
 
 
 def run_widening(search: Search, budget: float, rounds: int = 1) -> Search:

@@ -301,3 +301,15 @@ def test_without_a_budget_probes_are_bounded_by_work_not_seconds(synthetic):
     assert tuning.probe_bound("mf", synthetic, {"epochs": 5}) == {}, "a caller's epochs are kept"
     assert tuning.probe_bound("ease", synthetic, {}) == {}
     assert tuning.epoch_work("mf", {"factors": 8}, wide) == 30_000 * 40_000 * 8
+
+
+def test_a_trial_cut_by_its_time_bound_is_recorded(synthetic_split):
+    """With a budget, a probe's fit may be ended by time: the result says which trial and after how many
+    epochs, so the manifest records what the wall clock cut (without a budget nothing is)."""
+    train, _ = synthetic_split
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    fixed = {"factors": 8, "epochs": 50, "patience": 50, "progress": False, "device": "cpu"}
+    search = tuning.Search("ials", fit_part, valid, fixed=fixed).run(n_trials=1, trial_seconds=1e-6)
+    cut = search.result().cut
+    assert len(cut) == 1 and cut[0]["trial"] == 0 and 1 <= cut[0]["epochs_run"] < 50
+    assert tuning.Search("ials", fit_part, valid, fixed=fixed).run(n_trials=1).result().cut == []

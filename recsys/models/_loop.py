@@ -52,11 +52,12 @@ class LoopResult:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    cut_by_time: bool = False  # max_seconds ended the fit before its epochs (the only wall-clock bound)
 
     def facts(self, **more: Any) -> dict:
         """The training facts a model's bundle records (`Exported.extra`)."""
         return {"best_epoch": self.best_epoch, "epochs_run": len(self.history), "history": self.history,
-                "train_seconds": round(self.seconds, 2), **more}
+                "train_seconds": round(self.seconds, 2), "cut_by_time": self.cut_by_time, **more}
 
 
 # Called as hook(epoch, validation metric) after each validated epoch of any `fit_loop` in its context (see
@@ -156,6 +157,7 @@ def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[],
           max_seconds: float | None, start: float) -> LoopResult:
     history: list[dict] = []
     best_state, best_epoch, best_metric, stale = None, 0, -np.inf, 0
+    cut = False
     hook = _VALIDATION_HOOK.get()
     bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False, unit="epoch")
     for epoch in bar:
@@ -183,8 +185,10 @@ def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[],
         if max_seconds is not None and epoch < epochs and _past(start + max_seconds):
             log.info("%s: stopped after epoch %d: max_seconds=%g reached (best epoch %d)", desc, epoch,
                      max_seconds, best_epoch)
+            cut = True
             break
-    return LoopResult(best_state, best_epoch, history, time.perf_counter() - start)
+    cut = cut or (max_seconds is not None and _past(start + max_seconds))  # the last pass ended at the deadline
+    return LoopResult(best_state, best_epoch, history, time.perf_counter() - start, cut)
 
 
 def stale_limit(patience: int, best_epoch: int) -> int:
