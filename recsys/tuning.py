@@ -110,7 +110,7 @@ EMBEDDING_MODELS = ("ials", "mf", "two_tower")
 # Closed-form models: fitted in seconds, with no epochs. `tune_auto` measures them on every log, by trial count.
 CLOSED_FORM = ("popularity", "spectral", "ease")
 AUTO_MODELS = (*CLOSED_FORM, *EMBEDDING_MODELS)  # what `recsys train --model auto` chooses among
-CLOSED_FORM_TRIALS = {"spectral": (6, 24), "ease": (4, 10)}  # (without a budget, with one)
+CLOSED_FORM_TRIALS = {"spectral": (4, 24), "ease": (4, 10)}  # (without a budget, with one)
 CLOSED_FORM_MAX_FLOPS = 2e12  # EASE's inverse: ~1 minute per trial on 2 cores at this size
 # Without a budget, each iterative model is measured at its defaults for at most PROBE_EPOCHS epochs and at
 # most PROBE_WORK multiply-adds (`epoch_work` per epoch; early stopping may stop it sooner): a bound on work, not
@@ -118,6 +118,12 @@ CLOSED_FORM_MAX_FLOPS = 2e12  # EASE's inverse: ~1 minute per trial on 2 cores a
 # (4e9 multiply-adds/s measured on ml-latest-small); at 30k users x 40k items it leaves MF one epoch, iALS 17.
 PROBE_EPOCHS = {"ials": 128, "mf": 60, "two_tower": 30}
 PROBE_WORK = 3e11
+MIN_PROBE_EPOCHS = 3  # a model the work bound leaves fewer epochs is not measured without a budget (it could not
+#                       learn enough to win, and one epoch of MF at 30k x 40k costs minutes)
+# A trial's value is measured on at most this many validation users (a seeded sample, the same for every trial):
+# full ranking of 30k users over 40k items costs 20 s per trial on 2 cores, and the sample's standard error is
+# a few per cent of NDCG@10, while trials are compared on the same users
+VALUE_USERS = 10_000
 WEIGHT_PARAMETERS = {"ials": ("confidence", "alpha")}  # inert on a log whose weights are all equal
 # Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
 # (with a small unobserved weight ALS climbs slowly: its best epoch was 57-138 on the 50k-item suite log, with
@@ -298,7 +304,7 @@ class Search:
                 if not self.done:  # the first trial (the defaults) failing means the model refuses this data
                     raise _Refused(str(err)) from err
                 raise
-            value = evaluate(fitted, self.valid, self.k)[self.metric]
+            value = evaluate(fitted, self.valid, self.k, max_users=VALUE_USERS, seed=self.seed)[self.metric]
             if self.early_stopping:
                 trial.set_user_attr("epochs", int(fitted.exported_.extra["best_epoch"]))
                 if fitted.exported_.extra.get("cut_by_time"):
@@ -487,7 +493,13 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
         left = None if budget is None else budget - (time.perf_counter() - start)
         try:
             if left is None:
-                s = search(name, **probe_bound(name, fit_part, fixed(name)))
+                bound = probe_bound(name, fit_part, fixed(name))
+                if bound is None:
+                    log.info("tune auto: %s skipped: fewer than %d epochs fit in %.0e multiply-adds here "
+                             "(recsys.tuning.PROBE_WORK); --tune or --model %s measures it", name,
+                             MIN_PROBE_EPOCHS, PROBE_WORK, name)
+                    continue
+                s = search(name, **bound)
                 s.run(n_trials=1)
             elif i == 0:
                 s = search(name)
@@ -511,6 +523,10 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
             left = budget - (time.perf_counter() - start)
             if left > 0:
                 run_widening(s, left / (len(alive) - i), widen_rounds if s.model != iterative[0] else 0)
+    if "spectral" in searches:
+        from .models import spectral
+
+        spectral.forget()
     if not searches:
         raise DataValidationError(f"No model among {list(models)} could be fitted on this data.")
     return [s.result() for s in searches.values()]
@@ -528,19 +544,20 @@ def epoch_work(model: str, params: Mapping[str, Any], data: Interactions) -> flo
         return float(data.nnz + data.n_users + data.n_items) * k * k
     if model == "mf":
         return float(data.n_users) * data.n_items * k
-    if model == "two_tower":
-        return float(data.nnz) * p["batch_size"] * k
+    if model == "two_tower":  # x 2.5: its multiply-adds ran 2.5 x slower than MF's on ml-latest-small
+        return 2.5 * float(data.nnz) * p["batch_size"] * k
     return 0.0
 
 
-def probe_bound(model: str, data: Interactions, params: Mapping[str, Any]) -> dict[str, int]:
+def probe_bound(model: str, data: Interactions, params: Mapping[str, Any]) -> dict[str, int] | None:
     """{'epochs': n} bounding a fit of `model` without a budget: PROBE_EPOCHS, lowered so that the fit's work
-    (`epoch_work`) stays within PROBE_WORK; at least 1. {} for a model not in PROBE_EPOCHS (or that fixes its
-    own epochs)."""
+    (`epoch_work`) stays within PROBE_WORK; None when that leaves fewer than MIN_PROBE_EPOCHS (the model is not
+    measured). {} for a model not in PROBE_EPOCHS (or that fixes its own epochs)."""
     if model not in PROBE_EPOCHS or "epochs" in params:
         return {}
     work = epoch_work(model, params, data)
-    return {"epochs": int(max(1, min(PROBE_EPOCHS[model], PROBE_WORK // work if work else math.inf)))}
+    epochs = int(min(PROBE_EPOCHS[model], PROBE_WORK // work if work else math.inf))
+    return {"epochs": epochs} if epochs >= MIN_PROBE_EPOCHS else None
 
 
 def closed_form_trials(model: str, budget: float | None) -> int:

@@ -100,3 +100,23 @@ def test_bad_parameters_are_named():
         SpectralCF(normalization=2.0).fit(inter)
     with pytest.raises(DataValidationError, match="'factors' parameter of SpectralCF must be an int >= 1. Got 0"):
         SpectralCF(factors=0).fit(inter)
+
+
+def test_one_decomposition_serves_trials_that_need_no_more_vectors(monkeypatch):
+    """A tuner's trials differ in alpha, power and how many vectors they use: the SVD of the same matrix is
+    reused when it holds enough vectors, and the answer is the one a fresh fit gives."""
+    _, inter = random_log(seed=5)
+    calls = []
+    real = spectral.top_singular
+    monkeypatch.setattr(spectral, "top_singular", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    spectral.forget()
+    wide = SpectralCF(factors=12, low_pass=4).fit(inter)
+    narrow = SpectralCF(factors=6, low_pass=4, alpha=1.0).fit(inter)
+    assert calls == [12], "the second fit reused the first decomposition"
+    SpectralCF(factors=16, low_pass=4).fit(inter)
+    assert calls == [12, 16], "more vectors than kept: decomposed again"
+    spectral.forget()
+    fresh = SpectralCF(factors=6, low_pass=4, alpha=1.0).fit(inter)
+    np.testing.assert_allclose(narrow.user_vectors_ @ narrow.item_vectors_.T,
+                               fresh.user_vectors_ @ fresh.item_vectors_.T, rtol=1e-5, atol=1e-6)
+    assert wide.item_vectors_.shape[1] == 16

@@ -295,7 +295,7 @@ def test_without_a_budget_probes_are_bounded_by_work_not_seconds(synthetic):
     from types import SimpleNamespace
 
     wide = SimpleNamespace(nnz=1_000_000, n_users=30_000, n_items=40_000)  # the 1M x 40k log's shape
-    assert tuning.probe_bound("mf", wide, {}) == {"epochs": 1}, "3e11 per epoch of full softmax"
+    assert tuning.probe_bound("mf", wide, {}) is None, "3e11 per epoch of full softmax: not measured"
     assert tuning.probe_bound("ials", wide, {}) == {"epochs": 17}
     assert tuning.probe_bound("mf", synthetic, {}) == {"epochs": tuning.PROBE_EPOCHS["mf"]}
     assert tuning.probe_bound("mf", synthetic, {"epochs": 5}) == {}, "a caller's epochs are kept"

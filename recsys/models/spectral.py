@@ -25,8 +25,9 @@ the exported item vectors and projection are 2 x n_items x (factors + low_pass) 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +38,9 @@ from .base import Exported, Interval, Recommender
 
 log = logging.getLogger("recsys")
 EXACT_SIDE = 4096  # an eigendecomposition of an m x m Gram matrix up to this m: a few seconds on 2 cores
+# The last decomposition, reused by a fit of the same matrix that needs no more vectors (a tuner's trials differ
+# mostly in alpha, power and how many vectors they use: one SVD serves them all). One entry: V is n_cols x rank.
+_last: dict[str, Any] = {}
 
 
 def normalised_matrix(x: sp.csr_matrix, exponent: float = 0.5) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -48,7 +52,26 @@ def normalised_matrix(x: sp.csr_matrix, exponent: float = 0.5) -> tuple[sp.csr_m
     return sp.csr_matrix(sp.diags(du) @ x @ sp.diags(di)), items
 
 
-def top_singular(matrix: sp.csr_matrix, rank: int, seed: int = 0, n_iter: int = 6
+def cached_top_singular(matrix: sp.csr_matrix, rank: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`top_singular`, reusing the last result when `matrix` is the same (shape, structure and values) and it
+    holds at least `rank` vectors. Exact either way: the leading vectors of a larger basis are the same vectors
+    (the randomized path oversamples, so its leading vectors are at least as accurate)."""
+    key = (matrix.shape, matrix.nnz, seed, hashlib.sha1(matrix.indptr.tobytes() + matrix.indices.tobytes()
+                                                         + matrix.data.tobytes()).hexdigest())
+    if _last.get("key") == key and _last["rank"] >= rank:
+        return _last["sigma"][:rank], _last["vectors"][:, :rank]
+    sigma, vectors = top_singular(matrix, rank, seed)
+    _last.clear()
+    _last.update(key=key, rank=rank, sigma=sigma, vectors=vectors)
+    return sigma, vectors
+
+
+def forget() -> None:
+    """Drop the kept decomposition (`cached_top_singular`): the tuner calls this when its search is over."""
+    _last.clear()
+
+
+def top_singular(matrix: sp.csr_matrix, rank: int, seed: int = 0, n_iter: int = 4
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The top `rank` singular values (descending, float64) and right singular vectors (n_cols, rank) of
     `matrix`: exact from the smaller Gram matrix when a side has at most EXACT_SIDE rows, else a seeded
@@ -99,7 +122,7 @@ class SpectralCF(Recommender):
     def _fit(self, train: Interactions, validation: Interactions | None) -> Exported:
         x = train.matrix(binary=True).astype(np.float64)
         norm, degrees = normalised_matrix(x, self.normalization)
-        sigma, v = top_singular(norm, max(self.factors, self.low_pass), self.seed)
+        sigma, v = cached_top_singular(norm, max(self.factors, self.low_pass), self.seed)
         linear = min(self.factors, len(sigma))
         ideal = min(self.low_pass, len(sigma))
         d = np.sqrt(np.maximum(degrees, 1e-12))[:, None]
