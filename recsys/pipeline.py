@@ -28,6 +28,7 @@ from .data import TIE_BREAK, Interactions, holdout, tie_share
 from .evaluation import evaluate
 from .exceptions import DataValidationError
 from .models import MODEL_NAMES, Popularity, make_model, model_params
+from .tuning import choose
 
 __all__ = ["TrainReport", "split_facts", "train_and_bundle",
            "tune_candidates"]
@@ -139,14 +140,16 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
         with phase("choosing the model" if tune_budget is None else f"tuning ({tune_budget:.0f} s budget)"):
             results = tune_candidates(train, model, budget=tune_budget, n_trials=None if tune_budget else 1,
                                       params=params, common=common, validation_fraction=test_fraction, seed=seed)
-        best = max(results, key=lambda r: r.best_value)
+        best = choose(results)
         model, params = best.model, dict(best.best_params)
         tuning = {**{k: v for k, v in best.to_dict().items() if k != "trials"},
                   "searched": tune_budget is not None, "budget_s": tune_budget,
                   # what a wall-clock bound cut (only with --tune): per model, the trials whose fit it ended
-                  "candidates": {r.model: {"value": r.best_value, "n_trials": r.n_trials,
-                                           "params": r.best_params, "cut_by_time": r.cut} for r in results}}
-        log.info("Chose %s (validation %s %.4f)", model, best.metric, best.best_value)
+                  "candidates": {r.model: {"value": r.best_value, "confirmation": r.confirmation,
+                                           "n_trials": r.n_trials, "params": r.best_params, "cut_by_time": r.cut}
+                                 for r in results}}
+        log.info("Chose %s (validation %s %.4f, confirmed %s)", model, best.metric, best.best_value,
+                 "-" if best.confirmation is None else f"{best.confirmation:.4f}")
         if model == "popularity" and len(results) > 1:
             log.warning("No personalised model beat Popularity on the validation split (%s %.4f; the best other: "
                         "%s %.4f): bundling Popularity. This log may be too sparse or too popularity-driven "

@@ -124,6 +124,7 @@ MIN_PROBE_EPOCHS = 3  # a model the work bound leaves fewer epochs is not measur
 # full ranking of 30k users over 40k items costs 20 s per trial on 2 cores, and the sample's standard error is
 # a few per cent of NDCG@10, while trials are compared on the same users
 VALUE_USERS = 10_000
+SELECT_GAP = 0.1  # models within 10% of the leader's validation score are scored again on a second split
 WEIGHT_PARAMETERS = {"ials": ("confidence", "alpha")}  # inert on a log whose weights are all equal
 # Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
 # (with a small unobserved weight ALS climbs slowly: its best epoch was 57-138 on the 50k-item suite log, with
@@ -193,6 +194,12 @@ class TuneResult:
     widened: dict[str, str] = field(default_factory=dict)  # parameter -> its range after widening
     n_pruned: int = 0  # trials stopped early: their curve fell below the median of earlier trials
     cut: list[dict] = field(default_factory=list)  # trials a time bound ended: {trial, seconds, epochs_run}
+    confirmation: float | None = None  # the best parameters' score on a second, independent split (tune_auto)
+
+    @property
+    def selection_value(self) -> float:
+        """What `choose` ranks by: the mean of the search's best score and its confirmation, when confirmed."""
+        return self.best_value if self.confirmation is None else (self.best_value + self.confirmation) / 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -529,7 +536,53 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
         spectral.forget()
     if not searches:
         raise DataValidationError(f"No model among {list(models)} could be fitted on this data.")
-    return [s.result() for s in searches.values()]
+    results = [s.result() for s in searches.values()]
+    confirm(results, train, fit_part, validation_fraction, metric, seed)
+    return results
+
+
+def confirmation_split(train: Interactions, fit_part: Interactions, fraction: float, seed: int
+                       ) -> tuple[Interactions, Interactions]:
+    """A second split, independent of the validation split the search maximised: for a timed log, the latest
+    `fraction` of the part before validation (the period before it); untimed, another seeded random holdout."""
+    from .data import holdout
+
+    return holdout(train, fraction, seed + 1) if train.timestamp is None else holdout(fit_part, fraction, seed)
+
+
+def confirm(results: list[TuneResult], train: Interactions, fit_part: Interactions, fraction: float,
+            metric: str = "ndcg@10", seed: int = 0) -> None:
+    """Score each model within `SELECT_GAP` of the leader again, at its best parameters, on
+    `confirmation_split` (sets `TuneResult.confirmation`). A search keeps the luckiest of its trials, and the
+    more trials the luckier (the winner's curse, strongest on small logs): `choose` ranks the confirmed models
+    by the mean of both scores."""
+    from .models import make_model
+
+    leader = max(r.best_value for r in results)
+    close = [r for r in results if r.best_value >= (1 - SELECT_GAP) * leader]
+    if len(close) < 2:
+        return
+    conf_fit, conf_valid = confirmation_split(train, fit_part, fraction, seed)
+    if conf_valid.nnz == 0:
+        return
+    k = int(metric.split("@")[1]) if "@" in metric else 10
+    for r in close:
+        params = {n: v for n, v in r.best_params.items() if n not in ("max_seconds",)}
+        try:
+            fitted = make_model(r.model, **params).fit(conf_fit)
+        except RecsysError as err:
+            log.warning("tune auto: %s not confirmed: %s", r.model, err)
+            continue
+        r.confirmation = float(evaluate(fitted, conf_valid, k, max_users=VALUE_USERS, seed=seed)[metric])
+        log.info("tune auto: %s confirmed on a second split: %s %.4f (search %.4f)", r.model, metric,
+                 r.confirmation, r.best_value)
+
+
+def choose(results: list[TuneResult]) -> TuneResult:
+    """The model `recsys train` bundles: of the confirmed results (`confirm`), the best `selection_value`;
+    with none confirmed, the best search score."""
+    pool = [r for r in results if r.confirmation is not None] or results
+    return max(pool, key=lambda r: r.selection_value)
 
 
 def epoch_work(model: str, params: Mapping[str, Any], data: Interactions) -> float:
