@@ -73,7 +73,7 @@ def test_tied_and_constant_timestamps_score_like_the_untimed_log(tmp_path):
 def popularity_driven_log():
     """Every user has the one item everybody has, plus 12 drawn from a steep popularity curve and nothing
     else: no taste to learn (the retail shape on which iALS at its defaults scored 0.14 against popularity's
-    0.39 on validation)."""
+    0.39 on validation; at its best start point it ties popularity, which wins on the confirmation split)."""
     import numpy as np
 
     from recsys.data import from_arrays
@@ -96,7 +96,7 @@ def test_a_log_where_popularity_wins_gets_popularity_and_says_so(tmp_path, monke
         report = train_and_bundle(popularity_driven_log(), model="auto", out=tmp_path, index=False,
                                   common={"progress": False, "device": "cpu"})
     candidates = report.tuning["candidates"]
-    assert candidates["popularity"]["value"] > candidates["ials"]["value"]
+    assert selection(candidates["popularity"]) > selection(candidates["ials"])
     assert report.model == "popularity" and verify(report.bundle).model_class == "popularity"
     assert "No personalised model beat Popularity on the validation split" in caplog.text
 

@@ -162,9 +162,9 @@ def test_auto_search_leads_with_ials_and_stops_models_that_cannot_win(synthetic_
         fixed=lambda name: fixed if name == "ials" else {})}
     assert results["popularity"].n_trials == 1, "measured once, far behind: no more budget"
     assert results["ials"].n_trials > 3 and results["ials"].best_value > 1.1 * results["popularity"].best_value
-    defaults_only = tuning.tune_auto(train, budget=None, models=("ials", "popularity"),
-                                   fixed=lambda name: fixed if name == "ials" else {})
-    assert [r.n_trials for r in defaults_only] == [1, 1]
+    no_budget = tuning.tune_auto(train, budget=None, models=("ials", "popularity"),
+                                 fixed=lambda name: fixed if name == "ials" else {})
+    assert {r.model: r.n_trials for r in no_budget} == {"popularity": 1, "ials": 6}, "iALS: its start points"
 
 
 def test_default_budget_grows_with_the_log_within_bounds(synthetic):
@@ -228,17 +228,20 @@ def test_start_points_run_whole_even_where_the_pruner_would_stop_them(synthetic_
     assert states == ["COMPLETE"] * len(search.starts) + ["PRUNED"] * 2
 
 
-def test_ials_starts_from_its_defaults_then_a_sweep_of_the_unobserved_weight(synthetic_split):
+def test_ials_starts_from_its_defaults_then_the_cheap_regimes_then_a_sweep_of_the_unobserved_weight(
+        synthetic_split):
     from recsys.models import IALS
 
     train, _ = synthetic_split
     fixed = {"factors": 8, "epochs": 3, "progress": False, "device": "cpu"}
     result = tuning.tune(train, "ials", n_trials=6, budget=None, fixed=fixed)
-    weights = [t["unobserved_weight"] for t in result.trials[:3]]
-    assert weights == [IALS().unobserved_weight, 0.01, 0.001]
-    assert result.trials[3]["reg_exponent"] == 0.0 and result.trials[3]["reg"] == 1.0, "Hu et al.'s regime"
-    assert [(t["unobserved_weight"], t["reg"], t["confidence"]) for t in result.trials[4:6]] == \
-        [(0.03, 10.0, "power"), (3.0, 30.0, "power")], "the regime with weights as confidences, small and large alpha"
+    assert result.trials[0]["unobserved_weight"] == IALS().unobserved_weight
+    assert [(t["unobserved_weight"], t["reg"], t["confidence"]) for t in result.trials[1:4]] == \
+        [(3.0, 30.0, "power"), (0.03, 1.0, "binary"), (0.03, 10.0, "power")], \
+        "the regime with weights as confidences and a large unobserved weight, Hu et al.'s, small alpha"
+    assert all(t["reg_exponent"] == 0.0 for t in result.trials[1:4])
+    assert [t["unobserved_weight"] for t in result.trials[4:6]] == [0.01, 0.001]
+    result.trials = [result.trials[0], *result.trials[4:6]]
     assert all(t["reg"] == IALS().reg for t in result.trials[:3]), "only the swept parameter differs"
     fixed_weight = tuning.tune(train, "ials", n_trials=2, budget=None, fixed={**fixed, "unobserved_weight": 0.5})
     assert fixed_weight.trials[1]["reg"] != IALS().reg, "nothing to sweep: the sampler's own second trial"
@@ -342,3 +345,21 @@ def test_close_models_are_confirmed_on_a_second_split_and_chosen_by_both(synthet
     assert tuning.choose([tuning.TuneResult("a", {}, 0.3, "ndcg@10", 1, 0, 0.2, confirmation=0.1),
                           tuning.TuneResult("b", {}, 0.25, "ndcg@10", 1, 0, 0.2, confirmation=0.2),
                           tuning.TuneResult("c", {}, 0.5, "ndcg@10", 1, 0, 0.2)]).model == "b"
+
+
+def test_without_a_budget_ials_runs_the_start_points_its_work_bound_affords(synthetic_split):
+    from types import SimpleNamespace
+
+    train, _ = synthetic_split
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    search = tuning.Search("ials", fit_part, valid, fixed={"progress": False, "device": "cpu"})
+    assert len(search.starts) == 6
+    assert tuning.affordable_starts(search, fit_part, {"epochs": 128}) == 6, "a small log: every start point"
+    wide = SimpleNamespace(nnz=1_000_000, n_users=30_000, n_items=40_000)
+    bound = tuning.probe_bound("ials", wide, {})
+    assert tuning.affordable_starts(search, wide, bound) == 4, "the defaults, three 32-factor regimes"
+    huge = SimpleNamespace(nnz=50_000_000, n_users=10**6, n_items=10**5)
+    assert tuning.affordable_starts(search, huge, {"epochs": 3}) == 1, "at least the defaults"
+    results = tuning.tune_auto(train, budget=None, models=("popularity", "ials"),
+                               fixed=lambda name: {"progress": False, "device": "cpu"} if name == "ials" else {})
+    assert [r.n_trials for r in results] == [1, 6]
