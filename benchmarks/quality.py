@@ -486,7 +486,12 @@ def best_peer(peers_: dict[str, dict]) -> str | None:
 
 def _ours_cell(row: dict[str, Any]) -> dict[str, Any]:
     keep = ("model", "ndcg@10", "recall@10", "seconds", "wall_s", "params", "failed")
-    return {k: row[k] for k in keep if k in row}
+    cell = {k: row[k] for k in keep if k in row}
+    candidates = (row.get("tuning") or {}).get("candidates", {})
+    # what the auto path measured on validation (and on its confirmation split), model by model
+    cell["candidates"] = {m: {"value": c["value"], "confirmation": c.get("confirmation"), "trials": c["n_trials"]}
+                          for m, c in candidates.items()}
+    return cell
 
 
 def _geomean(values: list[float]) -> float | None:
