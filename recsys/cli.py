@@ -403,8 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "hyper-parameters on it within --budget seconds.")
     data_args(u)
     u.add_argument("--model", default="auto", choices=["auto", *MODEL_NAMES],
-                   help="model to tune; auto (default): iALS first, the other embedding models while they "
-                        "can still win")
+                   help="model to tune; auto (default): the closed-form models (popularity, spectral, "
+                        "EASE) by a fixed number of trials, then iALS first, the other embedding models while "
+                        "they can still win")
     u.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="seconds of search (default: as recsys train --tune, by the size of the log); a running "
                         "trial finishes")
