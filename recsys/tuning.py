@@ -503,6 +503,7 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
             continue
         log.info("tune auto: %s: %s %.4f", name, metric, searches[name].best_value)
     iterative = [m for m in models if m not in CLOSED_FORM]
+    lead_default = 0.0  # seconds of the first iterative model's default fit: other probes get at least as long
     for i, name in enumerate(iterative):
         left = None if budget is None else budget - (time.perf_counter() - start)
         try:
@@ -528,6 +529,8 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
         searches[name] = s
         log.info("tune auto: %s: %s %.4f (leader so far %.4f)", name, metric, s.best_value,
                  max(x.best_value for x in searches.values()))
+    if not searches:
+        raise DataValidationError(f"No model among {list(models)} could be fitted on this data.")
     if budget is not None:
         leader = max(s.best_value for s in searches.values())
         alive = [s for name, s in searches.items() if name not in CLOSED_FORM
@@ -541,8 +544,6 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
         from .models import spectral
 
         spectral.forget()
-    if not searches:
-        raise DataValidationError(f"No model among {list(models)} could be fitted on this data.")
     results = [s.result() for s in searches.values()]
     confirm(results, train, fit_part, validation_fraction, metric, seed)
     return results
