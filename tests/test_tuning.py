@@ -363,3 +363,10 @@ def test_without_a_budget_ials_runs_the_start_points_its_work_bound_affords(synt
     results = tuning.tune_auto(train, budget=None, models=("popularity", "ials"),
                                fixed=lambda name: {"progress": False, "device": "cpu"} if name == "ials" else {})
     assert [r.n_trials for r in results] == [1, 6]
+
+
+@pytest.mark.parametrize("budget", [None, 2.0])
+def test_auto_with_no_model_that_takes_the_data_says_so(synthetic_split, budget):
+    train, _ = synthetic_split
+    with pytest.raises(DataValidationError, match=r"No model among \['ials', 'mf'\] could be fitted"):
+        tuning.tune_auto(train, budget=budget, models=("ials", "mf"), fixed=lambda name: {"factors": 0})
