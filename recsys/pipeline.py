@@ -72,7 +72,8 @@ def tune_candidates(train: Interactions, model: str, *, budget: float | None, n_
                     params: dict[str, Any] | None = None, common: dict[str, Any] | None = None,
                     validation_fraction: float = 0.2, seed: int = 0) -> list[TuneResult]:
     """recsys.tune for `model`; for 'auto', `tune_auto` (the closed-form models by trial count, then iALS
-    first of the iterative ones, the others while they can still win; budget None: bounded by epochs). `params` are fixed for a named model; `common` (seed, progress,
+    first of the iterative ones, the others while they can still win; budget None: bounded by epochs).
+    `params` are fixed for a named model; `common` (seed, progress,
     device) goes to whichever model accepts it."""
     from .tuning import AUTO_MODELS, tune, tune_auto
 

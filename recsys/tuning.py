@@ -477,7 +477,8 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
     4. Then the iterative models within `CONTENDER_GAP` of the leader share the rest of it, the
        range widening of `run_widening` included.
     fixed(model): the parameters set in every trial of that model. Returns one result per model measured;
-    the caller picks the best (popularity included: nothing that scores below it on validation is chosen).
+    the models close to the leader carry a `confirmation` on a second split, and `choose` picks among them
+    (popularity included: nothing that scores below it is chosen).
     """
     from .data import holdout
 
@@ -575,9 +576,8 @@ def confirm(results: list[TuneResult], train: Interactions, fit_part: Interactio
         return
     k = int(metric.split("@")[1]) if "@" in metric else 10
     for r in close:
-        params = {n: v for n, v in r.best_params.items() if n not in ("max_seconds",)}
         try:
-            fitted = make_model(r.model, **params).fit(conf_fit)
+            fitted = make_model(r.model, **r.best_params).fit(conf_fit)
         except RecsysError as err:
             log.warning("tune auto: %s not confirmed: %s", r.model, err)
             continue

@@ -157,7 +157,6 @@ def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[],
           max_seconds: float | None, start: float) -> LoopResult:
     history: list[dict] = []
     best_state, best_epoch, best_metric, stale = None, 0, -np.inf, 0
-    cut = False
     hook = _VALIDATION_HOOK.get()
     bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False, unit="epoch")
     for epoch in bar:
@@ -185,9 +184,9 @@ def _loop(epochs: int, run_epoch: Callable[[int], float], snapshot: Callable[[],
         if max_seconds is not None and epoch < epochs and _past(start + max_seconds):
             log.info("%s: stopped after epoch %d: max_seconds=%g reached (best epoch %d)", desc, epoch,
                      max_seconds, best_epoch)
-            cut = True
             break
-    cut = cut or (max_seconds is not None and _past(start + max_seconds))  # the last pass ended at the deadline
+    # past the deadline: the loop stopped for it, or its last pass was ended by it (`optimise`)
+    cut = max_seconds is not None and _past(start + max_seconds)
     return LoopResult(best_state, best_epoch, history, time.perf_counter() - start, cut)
 
 

@@ -15,8 +15,8 @@ vectors: with V truncated to its top `factors` singular vectors (exact when `fac
 
 and the dot product is s_u (the linear filter is scaled so its top eigenvalue is 1, as it is for b = 1/2, so
 that `alpha` means the same at every normalisation). `power` p = 1 is GF-CF's linear filter; p > 1 damps the
-high frequencies further (the sharper low-pass that BSPM's blurring and ChebyCF's polynomial filters reach on the same spectrum), p < 1 lets
-more through. A user vector is a fixed linear map of the binary history, so an unseen user folds in exactly
+high frequencies further (the sharper low-pass that BSPM's blurring and ChebyCF's polynomial filters reach on
+the same spectrum), p < 1 lets more through. A user vector is a fixed linear map of the binary history, so an unseen user folds in exactly
 (fold-in 'linear': the sum of the history items' rows of the exported projection).
 
 The singular vectors come from an eigendecomposition of the smaller Gram matrix when one side has at most
