@@ -60,10 +60,10 @@ from recsys.index import (
     AnnIndex,
     CellIndex,
     IndexStats,
-    _time_per_query,
     exact_topk,
     measure_exact,
     recall_at_k,
+    time_per_query,
     tune_index,
 )
 
@@ -175,7 +175,7 @@ def compare(index: AnnIndex, queries: np.ndarray, vectors: np.ndarray, truth: np
     # what exact one-query scoring costs with every BLAS thread (informational: the service runs one per
     # request thread, so `exact_ms` above, with one, is the figure the index has to beat)
     exact_topk(queries[:1], vectors, k)
-    res["exact_ms_all_threads"] = _time_per_query(lambda: [exact_topk(q[None, :], vectors, k) for q in queries],
+    res["exact_ms_all_threads"] = time_per_query(lambda: [exact_topk(q[None, :], vectors, k) for q in queries],
                                              len(queries))
     return res
 
@@ -209,7 +209,7 @@ def faiss_hnsw(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int
             index.hnsw.efSearch = ef
             index.search(queries[:1], k)
             found = np.empty((len(queries), k), np.int64)
-            ms = _time_per_query(functools.partial(_faiss_one_by_one, index, queries, k, found), len(queries))
+            ms = time_per_query(functools.partial(_faiss_one_by_one, index, queries, k, found), len(queries))
             rows.append({"ef_search": ef, "recall": recall_at_k(found, truth), "ms": ms, "speedup": exact_ms / ms})
             log.info("faiss HNSW efSearch=%d: recall@%d=%.3f %.3f ms/query (%.1fx exact)", ef, k, rows[-1]["recall"],
                      ms, exact_ms / ms)

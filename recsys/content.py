@@ -28,8 +28,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 from threadpoolctl import threadpool_limits
 
-from .data import IdMap, Interactions, _ids_as_str, holdout
-from .engine import Engine, _normalise
+from .data import IdMap, Interactions, holdout, ids_as_str
+from .engine import Engine, normalise
 from .evaluation import evaluate
 from .exceptions import DataValidationError
 from .foldin import FoldIn
@@ -97,7 +97,7 @@ def content_vectors(item_metadata: pd.DataFrame, columns: Sequence[str] = ("titl
         reduced = np.pad(reduced, ((0, 0), (0, dim - reduced.shape[1])))
     else:
         reduced = _svd(tfidf, dim, seed)
-    return _normalise(reduced)
+    return normalise(reduced)
 
 
 def _svd(matrix, n_components: int, seed: int) -> np.ndarray:
@@ -187,7 +187,7 @@ def read_item_vectors(source: pd.DataFrame | str | Path, items: IdMap, *, item_c
         if column not in frame.columns:
             raise DataValidationError(f"Column {column!r} ({role}) not found in {where}. Available columns: "
                                       f"{list(frame.columns)}. Pass {role}=<column name>.")
-    ids = _check_ids(_ids_as_str(frame[item_col]).to_numpy(dtype=object), item_col, where)
+    ids = _check_ids(ids_as_str(frame[item_col]).to_numpy(dtype=object), item_col, where)
     matrix = _stack_vectors(frame[vector_col].to_numpy(dtype=object), ids, vector_col, dim)
     rows = items.to_index(ids, missing="ignore")
     if (rows < 0).any():

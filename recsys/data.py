@@ -163,7 +163,7 @@ def _read_source(source: Source, columns: Sequence[str], id_cols: Sequence[str])
     return frame, repr(path.name)
 
 
-def _ids_as_str(col: pd.Series) -> pd.Series:
+def ids_as_str(col: pd.Series) -> pd.Series:
     """Ids as pandas strings, missing values kept missing. With pandas 3 the column stays Arrow-backed (no
     Python object per row: at 20M rows the object path held gigabytes and took seconds per column)."""
     if isinstance(col.dtype, pd.StringDtype):
@@ -260,8 +260,8 @@ def read_interactions(
                 raise _bad_rows_error(name, role, mask, frame, what, fix, where, file_lines)
             bad |= mask
 
-    users = _ids_as_str(frame[user_col])
-    items = _ids_as_str(frame[item_col])
+    users = ids_as_str(frame[user_col])
+    items = ids_as_str(frame[item_col])
     for name, role, col in ((user_col, "user_col", users), (item_col, "item_col", items)):
         null = col.isna().to_numpy() | (col.astype(str).str.strip() == "").to_numpy()
         check(null, name, role, "a null or empty id", "Every row needs a user id and an item id.")
@@ -326,7 +326,7 @@ def from_arrays(users: np.ndarray | pd.Series, items: np.ndarray | pd.Series, we
     user_codes, user_ids = _id_codes(users)
     item_codes, item_ids = _id_codes(items)
     if catalog == "metadata":
-        extra = _ids_as_str(item_metadata["item"]).dropna().astype(str).to_numpy(dtype=object)
+        extra = ids_as_str(item_metadata["item"]).dropna().astype(str).to_numpy(dtype=object)
         all_ids = np.unique(np.concatenate([np.asarray(item_ids, dtype=object), extra]))
         if len(all_ids) > len(item_ids):
             log.info("catalog='metadata': %d item(s) of item_metadata have no interactions.",
@@ -402,7 +402,7 @@ def align_item_metadata(metadata: pd.DataFrame | None, items: IdMap) -> pd.DataF
     if metadata is None:
         return None
     _require_item_column(metadata)
-    meta = metadata.assign(item=_ids_as_str(metadata["item"])).drop_duplicates("item").set_index("item")
+    meta = metadata.assign(item=ids_as_str(metadata["item"])).drop_duplicates("item").set_index("item")
     return meta.reindex(pd.Index(items.ids, name="item")).reset_index()
 
 

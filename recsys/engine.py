@@ -19,7 +19,7 @@ from .bundle import Bundle, read_bundle
 from .data import IdMap
 from .exceptions import DataValidationError
 from .foldin import FoldIn
-from .index import EXACT_BLOCK, AnnIndex, CellIndex, _time_per_query, load_index
+from .index import EXACT_BLOCK, AnnIndex, CellIndex, load_index, time_per_query
 from .quantized import Int8Items
 
 SIMILARITIES = ("cosine", "dot")
@@ -130,7 +130,7 @@ def _topk_by_partition(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndar
     return idx, val
 
 
-def _normalise(vectors: np.ndarray) -> np.ndarray:
+def normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
 
@@ -200,7 +200,7 @@ class Engine:
         self.batch_size = batch_size
         # similarity_dims: leading dimensions compared by similar_items/users (leaves out e.g. a bias column)
         dims = slice(0, similarity_dims)
-        prep = _normalise if similarity == "cosine" else np.ascontiguousarray
+        prep = normalise if similarity == "cosine" else np.ascontiguousarray
         self._item_sim = prep(self.item_vectors[:, dims])
         self._user_sim = prep(self.user_vectors[:, dims])
         # indexes: {"ip": index over item_vectors, "angular": index over the similarity vectors}; either kind
@@ -683,7 +683,7 @@ def _ms_per_query(ask, rows: np.ndarray, engine: Engine, mode: str) -> float:
     previous, engine.mode = engine.mode, mode
     try:
         ask(rows[:1])
-        return _time_per_query(lambda: [ask(rows[r:r + 1]) for r in range(len(rows))], len(rows))
+        return time_per_query(lambda: [ask(rows[r:r + 1]) for r in range(len(rows))], len(rows))
     finally:
         engine.mode = previous
 

@@ -437,7 +437,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
-def _time_per_query(fn: Callable[[], object], n: int) -> float:
+def time_per_query(fn: Callable[[], object], n: int) -> float:
     start = time.perf_counter()
     fn()
     return (time.perf_counter() - start) / n * 1000
@@ -458,9 +458,9 @@ def measure_exact(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int =
 
     exact_topk(queries[:1], vectors, k)  # warm: the first product pages the vectors in
     with threadpool_limits(limits=1, user_api="blas"):
-        single = _time_per_query(lambda: [one(q) for q in queries], len(queries))
+        single = time_per_query(lambda: [one(q) for q in queries], len(queries))
     reps = np.resize(queries, (max(batch, len(queries)), queries.shape[1]))
-    batched = _time_per_query(lambda: [exact_topk(reps[s:s + batch], vectors, k)
+    batched = time_per_query(lambda: [exact_topk(reps[s:s + batch], vectors, k)
                                        for s in range(0, len(reps), batch)], len(reps))
     return single, batched
 
@@ -531,7 +531,7 @@ class _Tuning:
             nonlocal found
             found = index.search(self.queries, self.vectors, self.k)
 
-        ms = min(_time_per_query(run, len(self.queries)) for _ in range(TIMING_REPEATS))
+        ms = min(time_per_query(run, len(self.queries)) for _ in range(TIMING_REPEATS))
         recall = recall_at_k(found, self.truth)
         cells = isinstance(index, CellIndex)
         stats = IndexStats(self.metric, 0 if cells else index.n_trees, 0 if cells else index.search_k, self.k,
