@@ -644,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-cache", type=Path, default=None,
                    help="with --real: the peers' tuned results (default results/quality_real_peers.json, "
                         "with --smoke results/quality_real_smoke_peers.json)")
+    p.add_argument("--peers-only", action="store_true",
+                   help="with --real: search and cache the peers of each log, nothing else (untimed; fills the "
+                        "peer cache so that the timed run can follow on an idle machine)")
     p.add_argument("--retune", action="store_true", help="with --real: search the peers again, ignoring the cache")
     p.add_argument("--refine", type=int, default=None,
                    help="with --real: half-step refinement rounds of the peers' grids (default 1, smoke 0)")
@@ -693,6 +696,13 @@ def main_real(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     cache = args.peer_cache or ROOT / "results" / f"{stem}_peers.json"
     opts = RealOptions(seed=args.seed, smoke=args.smoke, retune=args.retune, refine=args.refine, budget=args.budget,
                        ease_max_bytes=None if args.ease_max_gib is None else int(args.ease_max_gib * 2**30))
+    if args.peers_only:
+        for key in keys:
+            _, inter, _ = real_log(key, args.datasets, opts.smoke)
+            train, test = holdout(inter, 0.2, opts.seed)
+            found = {p: tune_peer(p, key, train, test, PeerCache(cache), opts) for p in REAL_PEERS}
+            print(key, {p: r.get("ndcg@10", r.get("declined")) for p, r in found.items()}, flush=True)
+        return 0
     result = run_real(keys, args.datasets, cache, opts, out)
     text = real_report(result)
     print(text)

@@ -34,7 +34,8 @@ _EXPORTS: dict[str, str] = {
     "load_movielens": "datasets", "make_synthetic": "datasets",
     # models (torch is imported with IALS, MF and TwoTower)
     "IALS": "models", "MF": "models", "TwoTower": "models", "EASE": "models", "ItemKNN": "models",
-    "Popularity": "models", "SpectralCF": "models", "MODEL_NAMES": "models", "make_model": "models", "load": "models",
+    "Popularity": "models", "SpectralCF": "models", "Blend": "models", "MODEL_NAMES": "models",
+    "make_model": "models", "load": "models",
     # evaluating and tuning
     "evaluate": "evaluation", "compare": "evaluation", "ranking_metrics": "metrics", "per_user_metrics": "metrics",
     "tune": "tuning", "tune_auto": "tuning",
@@ -51,6 +52,7 @@ __all__ = [
     "IALS",
     "MF",
     "MODEL_NAMES",
+    "Blend",
     "Engine",
     "FeedbackStore",
     "IdMap",
@@ -106,6 +108,7 @@ if TYPE_CHECKING:
         IALS,
         MF,
         MODEL_NAMES,
+        Blend,
         ItemKNN,
         Popularity,
         SpectralCF,

@@ -196,7 +196,7 @@ class Engine:
         self.similarity = similarity
         self.item_metadata = item_metadata
         self._titles: np.ndarray | None = None
-        self._gram: np.ndarray | None = None  # item_vectors.T @ item_vectors, for iALS fold-in
+        self._gram: dict[tuple, np.ndarray] = {}  # item_vectors.T @ item_vectors (by columns), for iALS fold-in
         self.batch_size = batch_size
         # similarity_dims: leading dimensions compared by similar_items/users (leaves out e.g. a bias column)
         dims = slice(0, similarity_dims)
@@ -392,10 +392,14 @@ class Engine:
         return self.foldin.user_vector(self.item_vectors, item_index, weights, self._gramian, self.user_vectors,
                                        self.projection)
 
-    def _gramian(self) -> np.ndarray:
-        if self._gram is None:
-            self._gram = self.item_vectors.T @ self.item_vectors
-        return self._gram
+    def _gramian(self, columns: slice | None = None) -> np.ndarray:
+        """item_vectors[:, columns].T @ item_vectors[:, columns], made on first use and kept (a blend's parts
+        each ask for their own columns' block, never the whole blend's)."""
+        key = (None, None) if columns is None else (columns.start, columns.stop)
+        if key not in self._gram:
+            vectors = self.item_vectors if columns is None else self.item_vectors[:, columns]
+            self._gram[key] = vectors.T @ vectors
+        return self._gram[key]
 
     def similar_item_indices(self, item_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         item_index = np.asarray(item_index, dtype=np.int64)

@@ -24,7 +24,7 @@ from scipy.linalg import lapack
 
 from .exceptions import DataValidationError
 
-FOLDIN_METHODS = ("ridge", "mean", "indicator", "constant", "linear")
+FOLDIN_METHODS = ("ridge", "mean", "indicator", "constant", "linear", "blend")
 CONFIDENCES = ("binary", "weight", "log", "power")
 
 
@@ -68,7 +68,8 @@ class FoldIn:
     history itself as the user vector (item-item models, whose item vectors are item-item weights);
     'constant' uses the mean training user vector (models without personalisation); 'linear' sums the rows of
     the model's exported projection matrix over the distinct history items (spectral filters, whose user
-    vector is a fixed linear map of the binary history row, as in training).
+    vector is a fixed linear map of the binary history row, as in training); 'blend' concatenates the fold-ins
+    of its `parts` (`recsys.models.blend`), each on its own columns of the item vectors.
     confidence (iALS only; None elsewhere): repeated items' weights are summed and mapped through `confidence`
     with `alpha` and `epsilon`, and the penalty scales with `reg_exponent` (see `penalty`).
     """
@@ -81,6 +82,7 @@ class FoldIn:
     alpha: float = 1.0
     epsilon: float = 1.0
     target: float = 1.0
+    parts: tuple[BlendPart, ...] = ()  # 'blend' only
 
     def __post_init__(self) -> None:
         if self.method not in FOLDIN_METHODS:
@@ -93,6 +95,10 @@ class FoldIn:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                 raise DataValidationError(f"The fold-in {name!r} must be a finite number. Got {value!r}.")
             object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "parts", tuple(BlendPart.from_dict(p) for p in self.parts))
+        if (self.method == "blend") != bool(self.parts):
+            raise DataValidationError("The 'blend' fold-in needs its 'parts', and only it takes parts. "
+                                      f"Got method {self.method!r} with {len(self.parts)} part(s).")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,15 +120,17 @@ class FoldIn:
                     projection: np.ndarray | None = None) -> np.ndarray:
         """The user vector for a history of item indices (with optional weights).
 
-        gramian(): item_vectors.T @ item_vectors (callers cache it; computed here when None). user_vectors: the
-        training users' vectors, whose mean the 'constant' method (and an empty history) returns. projection:
-        (n_items, d), what the 'linear' method sums.
+        gramian(columns=None): item_vectors[:, columns].T @ item_vectors[:, columns] (callers cache it; computed
+        here when None). user_vectors: the training users' vectors, whose mean the 'constant' method (and an empty
+        history) returns. projection: (n_items, d), what the 'linear' method sums.
         """
         item_index = np.asarray(item_index, dtype=np.int64)
         if self.method == "constant" or len(item_index) == 0:
             if user_vectors is not None and len(user_vectors):
                 return user_vectors.mean(axis=0)
             return np.zeros(item_vectors.shape[1], np.float32)
+        if self.method == "blend":
+            return _blend_user_vector(self, item_vectors, item_index, weights, gramian, user_vectors, projection)
         w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
         hist = item_vectors[item_index]
         if self.method == "mean":
@@ -145,6 +153,69 @@ class FoldIn:
         if self.unobserved_weight:  # every item not in the history pulls its score towards 0 with this weight
             gram += self.unobserved_weight * (gramian() if gramian is not None else item_vectors.T @ item_vectors)
         return solve_spd(gram, hist.T @ (w * self.target)).astype(np.float32)
+
+
+def _part_gramian(gramian: Callable[..., np.ndarray] | None, columns: slice, scale: float
+                  ) -> Callable[[], np.ndarray] | None:
+    return None if gramian is None else (lambda: gramian(columns) / scale ** 2)
+
+
+@dataclass(frozen=True)
+class BlendPart:
+    """One model inside a blend: its fold-in, how many columns of the blend's vectors are its own, and the
+    scales the blend put on them (its item columns hold item_scale x its item vectors, its user columns
+    user_scale x its user vectors, so the blend's score is the sum of user_scale x item_scale x its scores)."""
+
+    foldin: FoldIn
+    dims: int
+    user_scale: float = 1.0
+    item_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "foldin", FoldIn.from_dict(self.foldin))
+        if self.foldin.method == "blend":
+            raise DataValidationError("A blend's part cannot itself be a blend.")
+        if isinstance(self.dims, bool) or not isinstance(self.dims, (int, np.integer)) or self.dims < 1:
+            raise DataValidationError(f"A blend part's 'dims' must be an int >= 1. Got {self.dims!r}.")
+        for name in ("user_scale", "item_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or \
+                    (name == "item_scale" and value <= 0):
+                raise DataValidationError(f"A blend part's {name!r} must be a finite number"
+                                          f"{' > 0' if name == 'item_scale' else ''}. Got {value!r}.")
+            object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "dims", int(self.dims))
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | BlendPart) -> BlendPart:
+        if isinstance(config, BlendPart):
+            return config
+        config = dict(config)
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise DataValidationError(f"Unknown blend part setting(s) {unknown}; known: "
+                                      f"{[f.name for f in dataclasses.fields(cls)]}.")
+        return cls(**config)
+
+
+def _blend_user_vector(foldin: FoldIn, item_vectors: np.ndarray, item_index: np.ndarray,
+                       weights: np.ndarray | None, gramian: Callable[..., np.ndarray] | None,
+                       user_vectors: np.ndarray | None, projection: np.ndarray | None) -> np.ndarray:
+    """Each part's own fold-in on its own (unscaled) columns, scaled as the blend scaled its user vectors."""
+    if sum(p.dims for p in foldin.parts) != item_vectors.shape[1]:
+        raise DataValidationError(f"The blend's parts cover {sum(p.dims for p in foldin.parts)} columns; the item "
+                                  f"vectors have {item_vectors.shape[1]}.")
+    out, start = [], 0
+    for part in foldin.parts:
+        cols = slice(start, start + part.dims)
+        start += part.dims
+        vector = part.foldin.user_vector(
+            item_vectors[:, cols] / part.item_scale, item_index, weights,
+            _part_gramian(gramian, cols, part.item_scale),
+            None if user_vectors is None else user_vectors[:, cols] / (part.user_scale or 1.0),
+            None if projection is None else projection[:, cols])
+        out.append(np.asarray(vector, np.float32) * part.user_scale)
+    return np.concatenate(out).astype(np.float32)
 
 
 def solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -14,17 +14,33 @@ from .registry import MODEL_NAMES, MODEL_REGISTRY, make_model, model_class, mode
 
 if TYPE_CHECKING:
     from .baselines import EASE, ItemKNN
+    from .blend import Blend
     from .ials import IALS
     from .mf import MF
     from .popularity import Popularity
     from .spectral import SpectralCF
     from .two_tower import TwoTower
 
-_CLASSES = {"IALS": "ials", "MF": "mf", "TwoTower": "two_tower", "EASE": "baselines", "ItemKNN": "baselines",
+_CLASSES = {"Blend": "blend", "IALS": "ials", "MF": "mf", "TwoTower": "two_tower", "EASE": "baselines", "ItemKNN": "baselines",
             "Popularity": "popularity", "SpectralCF": "spectral"}
 
-__all__ = ["EASE", "IALS", "MF", "MODEL_NAMES", "MODEL_REGISTRY", "ItemKNN", "Popularity", "Recommender",
-           "SpectralCF", "TwoTower", "load", "make_model", "model_class", "model_params"]
+__all__ = [
+    "EASE",
+    "IALS",
+    "MF",
+    "MODEL_NAMES",
+    "MODEL_REGISTRY",
+    "Blend",
+    "ItemKNN",
+    "Popularity",
+    "Recommender",
+    "SpectralCF",
+    "TwoTower",
+    "load",
+    "make_model",
+    "model_class",
+    "model_params",
+]
 
 
 def load(path: str | Path) -> Recommender:

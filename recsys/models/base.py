@@ -253,7 +253,10 @@ def model_from_bundle(engine: Engine, bundle: Bundle, expected: type[Recommender
     if expected is not None and model_cls is not expected:
         raise BundleError(f"Bundle {str(bundle.path)!r} holds a {model_cls.__name__}, not a {expected.__name__}. "
                           "Use recsys.models.load(path) to load any model.")
-    params = {k: v for k, v in manifest.params.items() if k in model_cls._param_names()}
+    defaults = {p.name: p.default for p in inspect.signature(model_cls.__init__).parameters.values()}
+    # JSON has no tuples: a parameter whose default is a tuple comes back as one (a Blend's components)
+    params = {k: _as_tuples(v) if isinstance(defaults[k], tuple) else v
+              for k, v in manifest.params.items() if k in model_cls._param_names()}
     model = model_cls(**params)
     model.exported_ = Exported(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"],
                                foldin=manifest.foldin, similarity=manifest.similarity,
@@ -262,6 +265,10 @@ def model_from_bundle(engine: Engine, bundle: Bundle, expected: type[Recommender
     model.users_, model.items_, model.engine_ = bundle.users, bundle.items, engine
     model.manifest_ = manifest
     return model
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _same(a: object, b: object) -> bool:
