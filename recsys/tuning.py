@@ -130,6 +130,9 @@ MIN_PROBE_EPOCHS = 3  # a model the work bound leaves fewer epochs is not measur
 # a few per cent of NDCG@10, while trials are compared on the same users
 VALUE_USERS = 10_000
 SELECT_GAP = 0.1  # models within 10% of the leader's validation score are scored again on a second split
+BLEND_SHARES = (0.3, 0.5, 0.7)  # the leader's weight in the blends of the two best confirmed models
+BLEND_TOLERANCE = 0.01  # a blend is chosen unless a single model's selection value beats it by more (`choose`)
+BLEND_WORK = 1e12  # multiply-adds: the blend's four extra fits (two models, two splits) are skipped above this
 WEIGHT_PARAMETERS = {"ials": ("confidence", "alpha")}  # inert on a log whose weights are all equal
 # Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
 # (with a small unobserved weight ALS climbs slowly: its best epoch was 57-138 on the 50k-item suite log, with
@@ -547,7 +550,8 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
         spectral.forget()
     results = [s.result() for s in searches.values()]
     confirm(results, train, fit_part, validation_fraction, metric, seed)
-    return results
+    blended = blend_leaders(results, train, fit_part, valid, validation_fraction, fixed, metric, seed)
+    return results + ([blended] if blended else [])
 
 
 def confirmation_split(train: Interactions, fit_part: Interactions, fraction: float, seed: int
@@ -586,11 +590,81 @@ def confirm(results: list[TuneResult], train: Interactions, fit_part: Interactio
                  r.confirmation, r.best_value)
 
 
+def blend_leaders(results: list[TuneResult], train: Interactions, fit_part: Interactions, valid: Interactions,
+                  fraction: float, fixed: Callable[[str], Mapping[str, Any]], metric: str = "ndcg@10",
+                  seed: int = 0) -> TuneResult | None:
+    """The two best confirmed models (`confirm`; popularity aside) blended (`recsys.models.Blend`): the
+    leader's weight among `BLEND_SHARES` chosen on the validation split, then confirmed on the second split
+    like the others, so `choose` takes the blend only where it scores above both. Two close models of different
+    families make different errors; which of them the test favours, a validation split often cannot tell, and
+    their blend is usually at least as good as the better one. None when fewer than two are confirmed or the
+    extra fits' work is over `BLEND_WORK`."""
+    from .models import make_model
+    from .models.blend import Blend
+
+    pool = sorted((r for r in results if r.confirmation is not None and r.model != "popularity"),
+                  key=lambda r: r.selection_value, reverse=True)[:2]
+    if len(pool) < 2:
+        return None
+    params = [{**fixed(r.model), **r.best_params} for r in pool]
+    work = 2 * sum(fit_work(r.model, p, fit_part) for r, p in zip(pool, params))
+    if work > BLEND_WORK:
+        log.info("tune auto: no blend of %s: its fits' ~%.1e multiply-adds are over recsys.tuning.BLEND_WORK",
+                 [r.model for r in pool], work)
+        return None
+    k = int(metric.split("@")[1]) if "@" in metric else 10
+    start = time.perf_counter()
+
+    def value(models: list, weights: tuple[float, float], fitted_on: Interactions, on: Interactions) -> float:
+        blend = Blend.from_fitted(models, weights, fitted_on, seed)
+        return float(evaluate(blend, on, k, max_users=VALUE_USERS, seed=seed)[metric])
+
+    try:
+        models = [make_model(r.model, **p).fit(fit_part) for r, p in zip(pool, params)]
+        values = {share: value(models, (share, 1 - share), fit_part, valid) for share in BLEND_SHARES}
+        share = max(values, key=values.get)
+        conf_fit, conf_valid = confirmation_split(train, fit_part, fraction, seed)
+        models = [make_model(r.model, **p).fit(conf_fit) for r, p in zip(pool, params)]
+        confirmation = value(models, (share, 1 - share), conf_fit, conf_valid)
+    except RecsysError as err:
+        log.warning("tune auto: no blend of %s: %s", [r.model for r in pool], err)
+        return None
+    components = [[r.model, p] for r, p in zip(pool, params)]
+    log.info("tune auto: blend of %s (weights %.1f / %.1f): %s %.4f, confirmed %.4f", [r.model for r in pool],
+             share, 1 - share, metric, values[share], confirmation)
+    return TuneResult("blend", {"components": components, "weights": [share, 1 - share]}, values[share], metric,
+                      len(values), time.perf_counter() - start, fraction,
+                      trials=[{"params": {"weights": [s, 1 - s]}, "value": v} for s, v in values.items()],
+                      confirmation=confirmation)
+
+
+def fit_work(model: str, params: Mapping[str, Any], data: Interactions) -> float:
+    """Multiply-adds of one fit of `model` with `params` on `data`, to the leading term: epochs x `epoch_work`
+    for the iterative models, min(users, items)^3 for EASE's inverse, (users + items) x q^2 for the spectral
+    filter's decomposition (q its vectors), 0 for popularity."""
+    from .models import make_model
+
+    p = {**make_model(model).get_params(), **params}
+    if model in PROBE_EPOCHS:
+        return p["epochs"] * epoch_work(model, p, data)
+    if model == "ease":
+        return float(min(data.n_users, data.n_items)) ** 3
+    if model == "spectral":
+        return float(data.n_users + data.n_items) * max(p["factors"], p["low_pass"]) ** 2
+    return 0.0
+
+
 def choose(results: list[TuneResult]) -> TuneResult:
     """The model `recsys train` bundles: of the confirmed results (`confirm`), the best `selection_value`;
-    with none confirmed, the best search score."""
+    with none confirmed, the best search score. A blend (`blend_leaders`) is preferred unless the best single
+    model beats it by more than `BLEND_TOLERANCE`: on logs of a few thousand users the two scores' noise is
+    larger than that, and a blend of two close models is the safer bet (it is rarely below the better of them)."""
     pool = [r for r in results if r.confirmation is not None] or results
-    return max(pool, key=lambda r: r.selection_value)
+    best = max(pool, key=lambda r: r.selection_value)
+    blends = [r for r in pool if r.model == "blend"]
+    if blends and best.model != "blend" and blends[0].selection_value >= (1 - BLEND_TOLERANCE) * best.selection_value:
+        return blends[0]
+    return best
 
 
 def epoch_work(model: str, params: Mapping[str, Any], data: Interactions) -> float:

@@ -6,7 +6,7 @@ import pytest
 from recsys import pipeline, tuning
 from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
-from recsys.models import EASE
+from recsys.models import EASE, make_model
 from recsys.tuning import Choice, Float, Int, Range
 
 
@@ -121,10 +121,11 @@ def test_auto_picks_the_best_model_on_validation(synthetic, tmp_path):
     report = pipeline.train_and_bundle(synthetic, model="auto", out=tmp_path, index=False,
                                        common={"progress": False, "device": "cpu"})
     candidates = report.tuning["candidates"]
-    assert report.model in tuning.AUTO_MODELS and report.model in candidates
-    assert selection(candidates[report.model]) == max(selection(c) for c in candidates.values()
-                                                      if c["confirmation"] is not None or not any(
-                                                          d["confirmation"] is not None for d in candidates.values()))
+    assert report.model in (*tuning.AUTO_MODELS, "blend") and report.model in candidates
+    best = max(selection(c) for c in candidates.values() if c["confirmation"] is not None or not any(
+        d["confirmation"] is not None for d in candidates.values()))
+    slack = tuning.BLEND_TOLERANCE if report.model == "blend" else 0.0
+    assert selection(candidates[report.model]) >= (1 - slack) * best
     assert not report.tuning["searched"]
 
 
@@ -332,13 +333,14 @@ def test_close_models_are_confirmed_on_a_second_split_and_chosen_by_both(synthet
     at their best parameters on an independent split, and the mean decides."""
     train, _ = synthetic_split
     results = tuning.tune_auto(train, budget=None, models=("popularity", "spectral", "ease"))
-    leader = max(r.best_value for r in results)
-    for r in results:
+    singles = [r for r in results if r.model != "blend"]
+    leader = max(r.best_value for r in singles)
+    for r in singles:
         close = r.best_value >= (1 - tuning.SELECT_GAP) * leader
         assert (r.confirmation is not None) == close, r
-    chosen = tuning.choose(results)
+    chosen = tuning.choose(singles)
     assert chosen.confirmation is not None
-    assert chosen.selection_value == max(r.selection_value for r in results if r.confirmation is not None)
+    assert chosen.selection_value == max(r.selection_value for r in singles if r.confirmation is not None)
     fit_part, _ = pipeline.holdout(train, 0.2)
     conf_fit, conf_valid = tuning.confirmation_split(train, fit_part, 0.2, 0)
     assert conf_fit.nnz + conf_valid.nnz == fit_part.nnz, "timed log: the period before validation"
@@ -370,3 +372,44 @@ def test_auto_with_no_model_that_takes_the_data_says_so(synthetic_split, budget)
     train, _ = synthetic_split
     with pytest.raises(DataValidationError, match=r"No model among \['ials', 'mf'\] could be fitted"):
         tuning.tune_auto(train, budget=budget, models=("ials", "mf"), fixed=lambda name: {"factors": 0})
+
+
+def result(model: str, value: float, confirmation: float | None = None) -> tuning.TuneResult:
+    return tuning.TuneResult(model, {}, value, "ndcg@10", 1, 0, 0.2, confirmation=confirmation)
+
+
+def test_the_two_best_confirmed_models_are_blended_weighted_on_validation_and_confirmed(synthetic_split):
+    train, test = synthetic_split
+    results = tuning.tune_auto(train, budget=None, models=("popularity", "spectral", "ease"))
+    confirmed = sorted((r for r in results if r.confirmation is not None and r.model != "blend"),
+                       key=lambda r: r.selection_value, reverse=True)
+    assert len(confirmed) == 2, "both closed-form models are close on this log"
+    blend = results[-1]
+    assert blend.model == "blend" and blend.confirmation is not None
+    assert [c[0] for c in blend.best_params["components"]] == [r.model for r in confirmed], "the leader first"
+    assert blend.best_params["weights"][0] in tuning.BLEND_SHARES
+    assert blend.best_value == max(t["value"] for t in blend.trials) and len(blend.trials) == 3
+    fitted = make_model("blend", **blend.best_params).fit(train)
+    assert evaluate(fitted, test, 10)["ndcg@10"] > 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tuning, "BLEND_WORK", 0.0)
+        assert all(r.model != "blend" for r in tuning.tune_auto(train, budget=None,
+                                                                 models=("popularity", "spectral", "ease")))
+
+
+def test_choose_prefers_a_blend_within_its_tolerance_of_the_best_single_model():
+    near = 1 - tuning.BLEND_TOLERANCE / 2
+    assert tuning.choose([result("a", 0.30, 0.30), result("blend", 0.30 * near, 0.30 * near)]).model == "blend"
+    far = 1 - 2 * tuning.BLEND_TOLERANCE
+    assert tuning.choose([result("a", 0.30, 0.30), result("blend", 0.30 * far, 0.30 * far)]).model == "a"
+    assert tuning.choose([result("a", 0.30, 0.30), result("blend", 0.31, 0.31)]).model == "blend"
+
+
+def test_fit_work_counts_each_models_leading_term():
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(nnz=1000, n_users=100, n_items=50)
+    assert tuning.fit_work("ials", {"factors": 8, "epochs": 3}, data) == 3 * (1000 + 150) * 64
+    assert tuning.fit_work("ease", {}, data) == 50 ** 3
+    assert tuning.fit_work("spectral", {"factors": 16, "low_pass": 4}, data) == 150 * 16 ** 2
+    assert tuning.fit_work("popularity", {}, data) == 0.0

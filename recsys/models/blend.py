@@ -80,6 +80,17 @@ class Blend(Recommender):
         return blend_exported(exports, self.weights, train, self.seed,
                               names=[name for name, _ in self.components])
 
+    @classmethod
+    def from_fitted(cls, models: Sequence[Recommender], weights: Sequence[float], train: Interactions,
+                    seed: int = 0) -> Blend:
+        """The blend of models already fitted on `train` (no refit): what `fit` would give for their
+        parameters."""
+        blend = cls(components=tuple((m.name, m.get_params()) for m in models), weights=tuple(weights), seed=seed)
+        blend._validate_params()
+        exported = blend_exported([m.exported_ for m in models], weights, train, seed, names=[m.name for m in models])
+        blend._set_state(exported, train.users, train.items, train.matrix(), train.item_metadata)
+        return blend
+
 
 def score_spread(exported: Exported, users: np.ndarray) -> float:
     """The mean over `users` of the standard deviation of their scores over the catalogue."""
