@@ -132,7 +132,8 @@ VALUE_USERS = 10_000
 SELECT_GAP = 0.1  # models within 10% of the leader's validation score are scored again on a second split
 BLEND_SHARES = (0.3, 0.5, 0.7)  # the leader's weight in the blends of the two best confirmed models
 BLEND_TOLERANCE = 0.01  # a blend is chosen unless a single model's selection value beats it by more (`choose`)
-BLEND_WORK = 1e12  # multiply-adds: the blend's four extra fits (two models, two splits) are skipped above this
+BLEND_WORK = 3e11  # multiply-adds: without a budget, a blend whose four extra fits (two models, two splits) need more
+BLEND_BUDGET_SHARE = 0.25  # with a budget, a blend whose fits would take longer than this share of it is skipped
 WEIGHT_PARAMETERS = {"ials": ("confidence", "alpha")}  # inert on a log whose weights are all equal
 # Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
 # (with a small unobserved weight ALS climbs slowly: its best epoch was 57-138 on the 50k-item suite log, with
@@ -550,7 +551,7 @@ def tune_auto(train: Interactions, *, budget: float | None, fixed: Callable[[str
         spectral.forget()
     results = [s.result() for s in searches.values()]
     confirm(results, train, fit_part, validation_fraction, metric, seed)
-    blended = blend_leaders(results, train, fit_part, valid, validation_fraction, fixed, metric, seed)
+    blended = blend_leaders(results, train, fit_part, valid, validation_fraction, fixed, metric, seed, budget)
     return results + ([blended] if blended else [])
 
 
@@ -592,13 +593,14 @@ def confirm(results: list[TuneResult], train: Interactions, fit_part: Interactio
 
 def blend_leaders(results: list[TuneResult], train: Interactions, fit_part: Interactions, valid: Interactions,
                   fraction: float, fixed: Callable[[str], Mapping[str, Any]], metric: str = "ndcg@10",
-                  seed: int = 0) -> TuneResult | None:
+                  seed: int = 0, budget: float | None = None) -> TuneResult | None:
     """The two best confirmed models (`confirm`; popularity aside) blended (`recsys.models.Blend`): the
     leader's weight among `BLEND_SHARES` chosen on the validation split, then confirmed on the second split
     like the others, so `choose` takes the blend only where it scores above both. Two close models of different
     families make different errors; which of them the test favours, a validation split often cannot tell, and
-    their blend is usually at least as good as the better one. None when fewer than two are confirmed or the
-    extra fits' work is over `BLEND_WORK`."""
+    their blend is usually at least as good as the better one. None when fewer than two are confirmed, or when
+    the four extra fits cost too much: without a budget, work over `BLEND_WORK` (`fit_work`: the same decision on
+    any load); with one, more than `BLEND_BUDGET_SHARE` of it by the best trials' measured seconds."""
     from .models import make_model
     from .models.blend import Blend
 
@@ -607,11 +609,19 @@ def blend_leaders(results: list[TuneResult], train: Interactions, fit_part: Inte
     if len(pool) < 2:
         return None
     params = [{**fixed(r.model), **r.best_params} for r in pool]
-    work = 2 * sum(fit_work(r.model, p, fit_part) for r, p in zip(pool, params))
-    if work > BLEND_WORK:
-        log.info("tune auto: no blend of %s: its fits' ~%.1e multiply-adds are over recsys.tuning.BLEND_WORK",
-                 [r.model for r in pool], work)
-        return None
+    if budget is None:
+        work = 2 * sum(fit_work(r.model, p, fit_part) for r, p in zip(pool, params))
+        if work > BLEND_WORK:
+            log.info("tune auto: no blend of %s: its fits' ~%.1e multiply-adds are over recsys.tuning.BLEND_WORK",
+                     [r.model for r in pool], work)
+            return None
+    else:
+        seconds = 2 * sum(next((t.get("seconds", 0.0) for t in r.trials if t.get("value") == r.best_value),
+                               r.seconds) for r in pool)
+        if seconds > BLEND_BUDGET_SHARE * budget:
+            log.info("tune auto: no blend of %s: its fits would take ~%.0f s, over %.0f%% of the budget",
+                     [r.model for r in pool], seconds, 100 * BLEND_BUDGET_SHARE)
+            return None
     k = int(metric.split("@")[1]) if "@" in metric else 10
     start = time.perf_counter()
 

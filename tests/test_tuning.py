@@ -391,10 +391,15 @@ def test_the_two_best_confirmed_models_are_blended_weighted_on_validation_and_co
     assert blend.best_value == max(t["value"] for t in blend.trials) and len(blend.trials) == 3
     fitted = make_model("blend", **blend.best_params).fit(train)
     assert evaluate(fitted, test, 10)["ndcg@10"] > 0
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    singles = results[:-1]
+    again = tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {})
+    assert again.best_params == blend.best_params and again.confirmation == blend.confirmation
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tuning, "BLEND_WORK", 0.0)
-        assert all(r.model != "blend" for r in tuning.tune_auto(train, budget=None,
-                                                                 models=("popularity", "spectral", "ease")))
+        assert tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {}) is None
+    assert tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {}, budget=1e-6) is None
+    assert tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {}, budget=1e6) is not None
 
 
 def test_choose_prefers_a_blend_within_its_tolerance_of_the_best_single_model():
