@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -343,7 +344,9 @@ class RealOptions:
 
 class PeerCache:
     """The peers' tuned results, one JSON object keyed by `peer_cache_key`, rewritten (atomically) after every
-    fit: an interrupted search resumes from its points, a finished one is reused without searching."""
+    fit: an interrupted search resumes from its points, a finished one is reused without searching. A write
+    re-reads the file under a lock and changes only its own key, so two runs (a --peers-only search beside a
+    timed run) can share one cache."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -353,11 +356,15 @@ class PeerCache:
         return self.entries.get(key)
 
     def put(self, key: str, entry: dict) -> None:
-        self.entries[key] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, default=str))
-        os.replace(tmp, self.path)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                self.entries = {**json.loads(self.path.read_text()), key: entry}
+            self.entries[key] = entry
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries, indent=1, default=str))
+            os.replace(tmp, self.path)
 
 
 def split_signature(train: Interactions, test: Interactions, seed: int) -> str:

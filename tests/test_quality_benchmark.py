@@ -325,3 +325,16 @@ def test_real_peer_search_resumes_from_the_cache(tmp_path):
     assert again["cached"] and again["fits"] == 0
     retuned = quality.tune_peer("ease", "tiny", train, test, cache, quality.RealOptions(smoke=True, retune=True))
     assert not retuned["cached"] and retuned["fits"] == full["points"]
+
+
+def test_two_runs_share_one_peer_cache(tmp_path):
+    """A --peers-only search and a timed run write one cache: each write keeps the other's entries."""
+    import quality
+
+    path = tmp_path / "peers.json"
+    first, second = quality.PeerCache(path), quality.PeerCache(path)
+    first.put("a", {"points": [1]})
+    second.put("b", {"points": [2]})
+    first.put("a", {"points": [1, 3]})
+    assert json.loads(path.read_text()) == {"a": {"points": [1, 3]}, "b": {"points": [2]}}
+    assert quality.PeerCache(path).get("b") == {"points": [2]}
