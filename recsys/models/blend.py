@@ -92,10 +92,13 @@ class Blend(Recommender):
         return blend
 
 
-def score_spread(exported: Exported, users: np.ndarray) -> float:
-    """The mean over `users` of the standard deviation of their scores over the catalogue."""
-    scores = exported.user_vectors[users].astype(np.float64) @ exported.item_vectors.T.astype(np.float64)
-    spread = float(scores.std(axis=1).mean()) if len(users) else 0.0
+def score_spread(exported: Exported, users: np.ndarray, block: int = 100) -> float:
+    """The mean over `users` of the standard deviation of their scores over the catalogue (a block of users at
+    a time: a wide catalogue's full score matrix need not fit)."""
+    items = exported.item_vectors.T
+    stds = [np.std(exported.user_vectors[users[i:i + block]] @ items, axis=1, dtype=np.float64)
+            for i in range(0, len(users), block)]
+    spread = float(np.concatenate(stds).mean()) if len(users) else 0.0
     return spread if spread > 0 and np.isfinite(spread) else 1.0
 
 
