@@ -594,34 +594,30 @@ def confirm(results: list[TuneResult], train: Interactions, fit_part: Interactio
 def blend_leaders(results: list[TuneResult], train: Interactions, fit_part: Interactions, valid: Interactions,
                   fraction: float, fixed: Callable[[str], Mapping[str, Any]], metric: str = "ndcg@10",
                   seed: int = 0, budget: float | None = None) -> TuneResult | None:
-    """The two best confirmed models (`confirm`; popularity aside) blended (`recsys.models.Blend`): the
-    leader's weight among `BLEND_SHARES` chosen on the validation split, then confirmed on the second split
-    like the others, so `choose` takes the blend only where it scores above both. Two close models of different
-    families make different errors; which of them the test favours, a validation split often cannot tell, and
-    their blend is usually at least as good as the better one. None when fewer than two are confirmed, or when
-    the four extra fits cost too much: without a budget, work over `BLEND_WORK` (`fit_work`: the same decision on
-    any load); with one, more than `BLEND_BUDGET_SHARE` of it by the best trials' measured seconds."""
+    """The best confirmed model (`confirm`; popularity aside) blended with the next best one whose fits are
+    affordable (`recsys.models.Blend`): the leader's weight among `BLEND_SHARES` chosen on the validation split,
+    then confirmed on the second split like the others, so `choose` can compare it with them. Two close models
+    of different families make different errors; which of them the test favours, a validation split often cannot
+    tell, and their blend is usually at least as good as the better one. Affordable: the four extra fits
+    (`blend_cost`) within `BLEND_WORK` multiply-adds without a budget (`fit_work`: the same decision on any
+    load), within `BLEND_BUDGET_SHARE` of the budget by the best trials' measured seconds with one. None when
+    no pair is confirmed and affordable."""
     from .models import make_model
     from .models.blend import Blend
 
-    pool = sorted((r for r in results if r.confirmation is not None and r.model != "popularity"),
-                  key=lambda r: r.selection_value, reverse=True)[:2]
-    if len(pool) < 2:
+    ranked = sorted((r for r in results if r.confirmation is not None and r.model != "popularity"),
+                    key=lambda r: r.selection_value, reverse=True)
+    if len(ranked) < 2:
         return None
+    limit = BLEND_WORK if budget is None else BLEND_BUDGET_SHARE * budget
+    costs = {r.model: blend_cost(r, {**fixed(r.model), **r.best_params}, fit_part, budget) for r in ranked}
+    partner = next((r for r in ranked[1:] if costs[ranked[0].model] + costs[r.model] <= limit), None)
+    if partner is None:
+        log.info("tune auto: no blend with %s: every partner's fits cost over %.3g (%s)", ranked[0].model, limit,
+                 "recsys.tuning.BLEND_WORK multiply-adds" if budget is None else "seconds of the budget")
+        return None
+    pool = [ranked[0], partner]
     params = [{**fixed(r.model), **r.best_params} for r in pool]
-    if budget is None:
-        work = 2 * sum(fit_work(r.model, p, fit_part) for r, p in zip(pool, params))
-        if work > BLEND_WORK:
-            log.info("tune auto: no blend of %s: its fits' ~%.1e multiply-adds are over recsys.tuning.BLEND_WORK",
-                     [r.model for r in pool], work)
-            return None
-    else:
-        seconds = 2 * sum(next((t.get("seconds", 0.0) for t in r.trials if t.get("value") == r.best_value),
-                               r.seconds) for r in pool)
-        if seconds > BLEND_BUDGET_SHARE * budget:
-            log.info("tune auto: no blend of %s: its fits would take ~%.0f s, over %.0f%% of the budget",
-                     [r.model for r in pool], seconds, 100 * BLEND_BUDGET_SHARE)
-            return None
     k = int(metric.split("@")[1]) if "@" in metric else 10
     start = time.perf_counter()
 
@@ -646,6 +642,16 @@ def blend_leaders(results: list[TuneResult], train: Interactions, fit_part: Inte
                       len(values), time.perf_counter() - start, fraction,
                       trials=[{"params": {"weights": [s, 1 - s]}, "value": v} for s, v in values.items()],
                       confirmation=confirmation)
+
+
+def blend_cost(result: TuneResult, params: Mapping[str, Any], fit_part: Interactions, budget: float | None
+               ) -> float:
+    """What refitting `result`'s model twice (on the fit part and the confirmation split) costs a blend: without a
+    budget its `fit_work`, with one the seconds of its best trial."""
+    if budget is None:
+        return 2 * fit_work(result.model, params, fit_part)
+    return 2 * next((t.get("seconds", 0.0) for t in result.trials if t.get("value") == result.best_value),
+                    result.seconds)
 
 
 def fit_work(model: str, params: Mapping[str, Any], data: Interactions) -> float:
