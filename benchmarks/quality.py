@@ -533,17 +533,23 @@ def real_one(key: str, root: Path, cache: PeerCache, opts: RealOptions) -> dict[
             "default_vs_als": _ratio(default, peers_["implicit_als"])}
 
 
-def run_real(keys: list[str], root: Path, cache_path: Path, opts: RealOptions, out: Path) -> dict[str, Any]:
-    """Every log in `keys` in turn; the JSON at `out` is rewritten after each, so a crash keeps what ran."""
+def run_real(keys: list[str], root: Path, cache_path: Path, opts: RealOptions, out: Path,
+             append: bool = False) -> dict[str, Any]:
+    """Every log in `keys` in turn; the JSON at `out` is rewritten after each, so a crash keeps what ran.
+    append: keep the rows of the other logs already in `out` (each row names the run that measured it)."""
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    earlier = json.loads(out.read_text()) if append and out.exists() else {}
     result: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "smoke": opts.smoke,
-        "seed": opts.seed, "datasets": str(root), "peer_cache": str(cache_path), "search_version": SEARCH_VERSION,
-        "options": dataclasses.asdict(opts),
-        "machine": f"{platform.machine()}, {platform.python_version()}", "logs": [], "skipped": []}
+        "date": date, "runs": [*earlier.get("runs", [earlier["date"]] if earlier else []), date],
+        "smoke": opts.smoke, "seed": opts.seed, "datasets": str(root), "peer_cache": str(cache_path),
+        "search_version": SEARCH_VERSION, "options": dataclasses.asdict(opts),
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "logs": [{"run_date": earlier["date"], **r} for r in earlier.get("logs", []) if r["key"] not in keys],
+        "skipped": []}
     cache = PeerCache(cache_path)
     for key in keys:
         try:
-            row = real_one(key, root, cache, opts)
+            row = {"run_date": date, **real_one(key, root, cache, opts)}
         except real_logs.MissingLog as exc:
             log.warning("log %s skipped: %s", key, exc)
             result["skipped"].append({"key": key, "reason": str(exc)})
@@ -555,7 +561,8 @@ def run_real(keys: list[str], root: Path, cache_path: Path, opts: RealOptions, o
 
 
 def real_report(result: dict[str, Any]) -> str:
-    lines = [(f"Quality on real and generated logs ({result['date']}{', smoke' if result['smoke'] else ''}): per "
+    runs = ", ".join(result.get("runs", [result["date"]]))
+    lines = [(f"Quality on real and generated logs (runs {runs}{', smoke' if result['smoke'] else ''}): per "
               "log, its own holdout split (each user's latest 20%, a random 20% where untimed); ours = `recsys "
               "train --tune` (model auto, the default budget) and the default path without --tune; implicit ALS "
               "and EASE tuned to convergence by a neighbourhood grid search on a validation split of the training "
@@ -654,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers-only", action="store_true",
                    help="with --real: search and cache the peers of each log, nothing else (untimed; fills the "
                         "peer cache so that the timed run can follow on an idle machine)")
+    p.add_argument("--append", action="store_true",
+                   help="with --real: keep the other logs' rows already in the output JSON (each row names its run)")
     p.add_argument("--retune", action="store_true", help="with --real: search the peers again, ignoring the cache")
     p.add_argument("--refine", type=int, default=None,
                    help="with --real: half-step refinement rounds of the peers' grids (default 1, smoke 0)")
@@ -710,7 +719,7 @@ def main_real(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             found = {p: tune_peer(p, key, train, test, PeerCache(cache), opts) for p in REAL_PEERS}
             print(key, {p: r.get("ndcg@10", r.get("declined")) for p, r in found.items()}, flush=True)
         return 0
-    result = run_real(keys, args.datasets, cache, opts, out)
+    result = run_real(keys, args.datasets, cache, opts, out, append=args.append)
     text = real_report(result)
     print(text)
     out.with_suffix(".md").write_text(text + "\n")

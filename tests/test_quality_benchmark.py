@@ -338,3 +338,20 @@ def test_two_runs_share_one_peer_cache(tmp_path):
     first.put("a", {"points": [1, 3]})
     assert json.loads(path.read_text()) == {"a": {"points": [1, 3]}, "b": {"points": [2]}}
     assert quality.PeerCache(path).get("b") == {"points": [2]}
+
+
+def test_an_appended_run_keeps_the_other_logs_rows(tmp_path, monkeypatch):
+    """--append: a second run over some logs replaces their rows, keeps the others, and each row names its run."""
+    import quality
+
+    def fake(key, root, cache, opts):
+        return {"key": key, "ours": {}, "default": {}, "ours_vs_best_peer": 1.0, "default_vs_als": 1.0}
+
+    monkeypatch.setattr(quality, "real_one", fake)
+    monkeypatch.setattr(quality, "real_summary", lambda logs: {"n": len(logs)})
+    out, opts = tmp_path / "real.json", quality.RealOptions(smoke=True)
+    first = quality.run_real(["a", "b"], tmp_path, tmp_path / "peers.json", opts, out)
+    second = quality.run_real(["b", "c"], tmp_path, tmp_path / "peers.json", opts, out, append=True)
+    assert [r["key"] for r in second["logs"]] == ["a", "b", "c"] and second["summary"] == {"n": 3}
+    assert second["logs"][0]["run_date"] == first["date"] and second["runs"] == [first["date"], second["date"]]
+    assert [r["key"] for r in quality.run_real(["c"], tmp_path, tmp_path / "p.json", opts, out)["logs"]] == ["c"]
