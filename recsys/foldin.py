@@ -101,7 +101,11 @@ class FoldIn:
                                       f"Got method {self.method!r} with {len(self.parts)} part(s).")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The manifest's JSON form: `parts` (a list) only for a blend, so other models' manifests are unchanged."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "parts"}
+        if self.parts:
+            out["parts"] = [{**dataclasses.asdict(p), "foldin": p.foldin.to_dict()} for p in self.parts]
+        return out
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | FoldIn | None) -> FoldIn:

@@ -627,20 +627,20 @@ def blend_leaders(results: list[TuneResult], train: Interactions, fit_part: Inte
 
     try:
         models = [make_model(r.model, **p).fit(fit_part) for r, p in zip(pool, params)]
-        values = {share: value(models, (share, 1 - share), fit_part, valid) for share in BLEND_SHARES}
+        values = {share: value(models, (share, round(1 - share, 6)), fit_part, valid) for share in BLEND_SHARES}
         share = max(values, key=values.get)
         conf_fit, conf_valid = confirmation_split(train, fit_part, fraction, seed)
         models = [make_model(r.model, **p).fit(conf_fit) for r, p in zip(pool, params)]
-        confirmation = value(models, (share, 1 - share), conf_fit, conf_valid)
+        confirmation = value(models, (share, round(1 - share, 6)), conf_fit, conf_valid)
     except RecsysError as err:
         log.warning("tune auto: no blend of %s: %s", [r.model for r in pool], err)
         return None
     components = [[r.model, p] for r, p in zip(pool, params)]
     log.info("tune auto: blend of %s (weights %.1f / %.1f): %s %.4f, confirmed %.4f", [r.model for r in pool],
              share, 1 - share, metric, values[share], confirmation)
-    return TuneResult("blend", {"components": components, "weights": [share, 1 - share]}, values[share], metric,
-                      len(values), time.perf_counter() - start, fraction,
-                      trials=[{"params": {"weights": [s, 1 - s]}, "value": v} for s, v in values.items()],
+    return TuneResult("blend", {"components": components, "weights": [share, round(1 - share, 6)]}, values[share],
+                      metric, len(values), time.perf_counter() - start, fraction,
+                      trials=[{"params": {"weights": [s, round(1 - s, 6)]}, "value": v} for s, v in values.items()],
                       confirmation=confirmation)
 
 

@@ -109,3 +109,14 @@ def test_blend_fold_in_config_round_trips_and_is_checked():
         BlendPart(FoldIn("mean"), 2, 1.0, 0)
     with pytest.raises(DataValidationError, match="cover 6 columns; the item vectors have 5"):
         config.user_vector(np.ones((3, 5), np.float32), np.array([1]))
+
+
+def test_a_blend_manifest_is_read_back_key_for_key(synthetic_split, tmp_path):
+    """The manifest's fold-in is JSON on both sides: a blend's parts as a list, no 'parts' key for other models."""
+    from recsys.bundle import verify
+
+    train, _ = synthetic_split
+    path = Blend(components=EASE_SPECTRAL, weights=(0.5, 0.5)).fit(train).save(tmp_path / "b")
+    raw = json.loads((path / "manifest.json").read_text())
+    assert verify(path).to_dict() == raw and len(raw["foldin"]["parts"]) == 2
+    assert "parts" not in FoldIn("ridge").to_dict()
