@@ -577,8 +577,8 @@ def real_report(result: dict[str, Any]) -> str:
         notes += _real_notes(r)
         lines.append(
             f"| {r['name']} | {r['source']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | "
-            f"{'yes' if r['timed'] else 'no'} | {r['ours'].get('model', 'failed')} | {_cell(r['ours'])} | "
-            f"{r['default'].get('model', 'failed')} | {_cell(r['default'])} | {_peer_cell(als)} | "
+            f"{'yes' if r['timed'] else 'no'} | {model_text(r['ours'])} | {_cell(r['ours'])} | "
+            f"{model_text(r['default'])} | {_cell(r['default'])} | {_peer_cell(als)} | "
             f"{_params_text(als.get('params', {}), skip=('seed', 'iterations'))} | {_peer_cell(r['peers']['ease'])} | "
             f"{_num(r['ours_vs_best_peer'], '.3f')} | {_num(r['default_vs_als'], '.3f')} |")
     s = result["summary"]
@@ -590,6 +590,16 @@ def real_report(result: dict[str, Any]) -> str:
         lines.append(f"{words} over {f['compared']} of {s['logs']} logs: min {_num(f['min'], '.3f')}, geometric "
                      f"mean {_num(f['geomean'], '.3f')}: {'PASS' if f['pass'] else 'FAIL'} (>= 1.0 on every log)")
     return "\n".join(lines)
+
+
+def model_text(cell: dict[str, Any]) -> str:
+    """The model ours bundled; a blend with its components and weights: 'blend (ials 0.7 + spectral 0.3)'."""
+    model = cell.get("model", "failed")
+    params = cell.get("params") or {}
+    if model != "blend" or "components" not in params:
+        return model
+    parts = [f"{c[0]} {w:g}" for c, w in zip(params["components"], params["weights"])]
+    return f"blend ({' + '.join(parts)})"
 
 
 def _peer_cell(row: dict[str, Any]) -> str:
@@ -661,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers-only", action="store_true",
                    help="with --real: search and cache the peers of each log, nothing else (untimed; fills the "
                         "peer cache so that the timed run can follow on an idle machine)")
+    p.add_argument("--report", action="store_true",
+                   help="with --real: print and write the table of the output JSON as it is, running nothing")
     p.add_argument("--append", action="store_true",
                    help="with --real: keep the other logs' rows already in the output JSON (each row names its run)")
     p.add_argument("--retune", action="store_true", help="with --real: search the peers again, ignoring the cache")
@@ -719,7 +731,8 @@ def main_real(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             found = {p: tune_peer(p, key, train, test, PeerCache(cache), opts) for p in REAL_PEERS}
             print(key, {p: r.get("ndcg@10", r.get("declined")) for p, r in found.items()}, flush=True)
         return 0
-    result = run_real(keys, args.datasets, cache, opts, out, append=args.append)
+    result = json.loads(out.read_text()) if args.report else run_real(keys, args.datasets, cache, opts, out,
+                                                                       append=args.append)
     text = real_report(result)
     print(text)
     out.with_suffix(".md").write_text(text + "\n")

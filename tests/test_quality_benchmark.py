@@ -355,3 +355,16 @@ def test_an_appended_run_keeps_the_other_logs_rows(tmp_path, monkeypatch):
     assert [r["key"] for r in second["logs"]] == ["a", "b", "c"] and second["summary"] == {"n": 3}
     assert second["logs"][0]["run_date"] == first["date"] and second["runs"] == [first["date"], second["date"]]
     assert [r["key"] for r in quality.run_real(["c"], tmp_path, tmp_path / "p.json", opts, out)["logs"]] == ["c"]
+
+
+def test_report_rewrites_the_table_of_a_saved_run_and_names_a_blends_parts(tmp_path):
+    import quality
+
+    row = {"model": "blend", "params": {"components": [["ials", {}], ["ease", {"l2": 5.0}]], "weights": [0.7, 0.3]}}
+    assert quality.model_text(row) == "blend (ials 0.7 + ease 0.3)"
+    assert quality.model_text({"model": "ease", "params": {}}) == "ease"
+    out = tmp_path / "real.json"
+    out.write_text((ROOT / "benchmarks" / "results" / "quality_real.json").read_text())
+    assert quality.main(["--real", "--report", "--out", str(out)]) == 0
+    table = out.with_suffix(".md").read_text()
+    assert table.startswith("Quality on real and generated logs") and table.count("\n| ") >= 2
