@@ -15,6 +15,7 @@ array([0. , 0.5, 0. ], dtype=float32)
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -159,21 +160,15 @@ class FoldIn:
         return solve_spd(gram, hist.T @ (w * self.target)).astype(np.float32)
 
 
-def _part_gramian(gramian: Callable[..., np.ndarray] | None, columns: slice, scale: float
-                  ) -> Callable[[], np.ndarray] | None:
-    return None if gramian is None else (lambda: gramian(columns) / scale ** 2)
-
-
 @dataclass(frozen=True)
 class BlendPart:
     """One model inside a blend: its fold-in, how many columns of the blend's vectors are its own, and the
-    scales the blend put on them (its item columns hold item_scale x its item vectors, its user columns
-    user_scale x its user vectors, so the blend's score is the sum of user_scale x item_scale x its scores)."""
+    scale the blend put on its user columns (its item columns are its own item vectors as they are, so the
+    blend's score is the sum of user_scale x its scores)."""
 
     foldin: FoldIn
     dims: int
     user_scale: float = 1.0
-    item_scale: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "foldin", FoldIn.from_dict(self.foldin))
@@ -181,13 +176,10 @@ class BlendPart:
             raise DataValidationError("A blend's part cannot itself be a blend.")
         if isinstance(self.dims, bool) or not isinstance(self.dims, (int, np.integer)) or self.dims < 1:
             raise DataValidationError(f"A blend part's 'dims' must be an int >= 1. Got {self.dims!r}.")
-        for name in ("user_scale", "item_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or \
-                    (name == "item_scale" and value <= 0):
-                raise DataValidationError(f"A blend part's {name!r} must be a finite number"
-                                          f"{' > 0' if name == 'item_scale' else ''}. Got {value!r}.")
-            object.__setattr__(self, name, float(value))
+        value = self.user_scale
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise DataValidationError(f"A blend part's 'user_scale' must be a finite number. Got {value!r}.")
+        object.__setattr__(self, "user_scale", float(value))
         object.__setattr__(self, "dims", int(self.dims))
 
     @classmethod
@@ -205,7 +197,8 @@ class BlendPart:
 def _blend_user_vector(foldin: FoldIn, item_vectors: np.ndarray, item_index: np.ndarray,
                        weights: np.ndarray | None, gramian: Callable[..., np.ndarray] | None,
                        user_vectors: np.ndarray | None, projection: np.ndarray | None) -> np.ndarray:
-    """Each part's own fold-in on its own (unscaled) columns, scaled as the blend scaled its user vectors."""
+    """Each part's own fold-in on its own columns (views, never copies: this runs per request), scaled as the
+    blend scaled its user vectors."""
     if sum(p.dims for p in foldin.parts) != item_vectors.shape[1]:
         raise DataValidationError(f"The blend's parts cover {sum(p.dims for p in foldin.parts)} columns; the item "
                                   f"vectors have {item_vectors.shape[1]}.")
@@ -214,8 +207,7 @@ def _blend_user_vector(foldin: FoldIn, item_vectors: np.ndarray, item_index: np.
         cols = slice(start, start + part.dims)
         start += part.dims
         vector = part.foldin.user_vector(
-            item_vectors[:, cols] / part.item_scale, item_index, weights,
-            _part_gramian(gramian, cols, part.item_scale),
+            item_vectors[:, cols], item_index, weights, None if gramian is None else functools.partial(gramian, cols),
             None if user_vectors is None else user_vectors[:, cols] / (part.user_scale or 1.0),
             None if projection is None else projection[:, cols])
         out.append(np.asarray(vector, np.float32) * part.user_scale)

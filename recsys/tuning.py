@@ -263,7 +263,7 @@ class Search:
         inert = _inert(model, fit_part) if space is None else set()
         self.space = {name: dim for name, dim in _space(model, space).items()
                       if name not in self.fixed and name not in inert}
-        self.k = int(metric.split("@")[1]) if "@" in metric else 10
+        self.k = metric_k(metric)
         self.early_stopping = "epochs" in model_class(model)._param_names()
         self.trials: list[dict] = []
         self.n_pruned = 0
@@ -579,7 +579,7 @@ def confirm(results: list[TuneResult], train: Interactions, fit_part: Interactio
     conf_fit, conf_valid = confirmation_split(train, fit_part, fraction, seed)
     if conf_valid.nnz == 0:
         return
-    k = int(metric.split("@")[1]) if "@" in metric else 10
+    k = metric_k(metric)
     for r in close:
         try:
             fitted = make_model(r.model, **r.best_params).fit(conf_fit)
@@ -610,15 +610,16 @@ def blend_leaders(results: list[TuneResult], train: Interactions, fit_part: Inte
     if len(ranked) < 2:
         return None
     limit = BLEND_WORK if budget is None else BLEND_BUDGET_SHARE * budget
-    costs = {r.model: blend_cost(r, {**fixed(r.model), **r.best_params}, fit_part, budget) for r in ranked}
+    params_of = {r.model: {**fixed(r.model), **r.best_params} for r in ranked}
+    costs = {r.model: blend_cost(r, params_of[r.model], fit_part, budget) for r in ranked}
     partner = next((r for r in ranked[1:] if costs[ranked[0].model] + costs[r.model] <= limit), None)
     if partner is None:
         log.info("tune auto: no blend with %s: every partner's fits cost over %.3g (%s)", ranked[0].model, limit,
                  "recsys.tuning.BLEND_WORK multiply-adds" if budget is None else "seconds of the budget")
         return None
     pool = [ranked[0], partner]
-    params = [{**fixed(r.model), **r.best_params} for r in pool]
-    k = int(metric.split("@")[1]) if "@" in metric else 10
+    params = [params_of[r.model] for r in pool]
+    k = metric_k(metric)
     start = time.perf_counter()
 
     def value(models: list, weights: tuple[float, float], fitted_on: Interactions, on: Interactions) -> float:
@@ -668,6 +669,11 @@ def fit_work(model: str, params: Mapping[str, Any], data: Interactions) -> float
     if model == "spectral":
         return float(data.n_users + data.n_items) * max(p["factors"], p["low_pass"]) ** 2
     return 0.0
+
+
+def metric_k(metric: str) -> int:
+    """The cut-off of a ranking metric's name: 10 for 'ndcg@10' (and for a name without one)."""
+    return int(metric.split("@")[1]) if "@" in metric else 10
 
 
 def choose(results: list[TuneResult]) -> TuneResult:

@@ -98,15 +98,15 @@ def test_an_unknown_component_parameter_is_an_error(synthetic_split):
 
 
 def test_blend_fold_in_config_round_trips_and_is_checked():
-    config = FoldIn("blend", parts=(BlendPart(FoldIn("ridge", reg=0.5), 4, 0.2, 3.0),
+    config = FoldIn("blend", parts=(BlendPart(FoldIn("ridge", reg=0.5), 4, 0.2),
                                     BlendPart(FoldIn("linear"), 2)))
     assert FoldIn.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(DataValidationError, match="needs its 'parts'"):
         FoldIn("blend")
     with pytest.raises(DataValidationError, match="cannot itself be a blend"):
         BlendPart(config, 6)
-    with pytest.raises(DataValidationError, match="'item_scale' must be a finite number > 0. Got 0"):
-        BlendPart(FoldIn("mean"), 2, 1.0, 0)
+    with pytest.raises(DataValidationError, match="'user_scale' must be a finite number. Got nan"):
+        BlendPart(FoldIn("mean"), 2, float("nan"))
     with pytest.raises(DataValidationError, match="cover 6 columns; the item vectors have 5"):
         config.user_vector(np.ones((3, 5), np.float32), np.array([1]))
 

@@ -6,12 +6,12 @@ engine stays at least as good as the better of two close candidates when a valid
 the test will favour. Every model here scores by a dot product, so the sum needs no new machinery: the blend's
 vectors are the components' vectors side by side,
 
-    user = [u_1 * s_1, ..., u_m * s_m],   item = [v_1 * r_1, ..., v_m * r_m],   user . item = sum_j s_j r_j u_j . v_j,
+    user = [u_1 * s_1, ..., u_m * s_m],   item = [v_1, ..., v_m],   user . item = sum_j s_j u_j . v_j,
 
-with r_j = 1 / rms(v_j) (each part's item columns on one scale, so int8 codes and ANN indexes treat them alike) and
-s_j = weight_j / (r_j * spread_j), where spread_j is the mean per-user standard deviation of component j's scores
-on a seeded sample of training users (scores of different models live on different scales; the weights apply to
-standardised scores). Fold-in concatenates each component's own fold-in (`recsys.foldin.BlendPart`), so an unseen
+with s_j = weight_j / spread_j, where spread_j is the mean per-user standard deviation of component j's scores on a
+seeded sample of training users (scores of different models live on different scales; the weights apply to
+standardised scores). The item columns stay as each model made them: the int8 codes already scale each column by
+its own peak, and a fold-in reads them without a copy. Fold-in concatenates each component's own fold-in (`recsys.foldin.BlendPart`), so an unseen
 user is answered as training would have answered them. Similar items and users compare the first component's
 vectors.
 """
@@ -117,13 +117,11 @@ def blend_exported(exports: Sequence[Exported], weights: Sequence[float], train:
     parts, items, user_cols, projections = [], [], [], []
     info = []
     for j, (exported, weight) in enumerate(zip(exports, weights, strict=True)):
-        rms = float(np.sqrt(np.mean(np.square(exported.item_vectors, dtype=np.float64))))
-        item_scale = 1.0 / rms if rms > 0 and np.isfinite(rms) else 1.0
         spread = score_spread(exported, users)
-        user_scale = float(weight) / (item_scale * spread)
+        user_scale = float(weight) / spread
         dims = exported.item_vectors.shape[1]
-        parts.append(BlendPart(exported.foldin, dims, user_scale, item_scale))
-        items.append(exported.item_vectors * np.float32(item_scale))
+        parts.append(BlendPart(exported.foldin, dims, user_scale))
+        items.append(exported.item_vectors)
         user_cols.append(exported.user_vectors * np.float32(user_scale))
         projections.append(exported.projection)
         info.append({"model": None if names is None else names[j], "weight": float(weight), "dims": dims,
