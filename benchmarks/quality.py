@@ -340,6 +340,7 @@ class RealOptions:
     refine: int | None = None          # refinement rounds of the peers' grids (None: the space's own)
     budget: float | None = None        # ours' tuning budget (None: what `recsys train --tune` spends)
     ease_max_bytes: int | None = None  # EASE's memory bound (None: the library's default)
+    default_only: bool = False         # measure only the default path; keep ours (--tune) from the saved row
 
 
 class PeerCache:
@@ -516,19 +517,27 @@ def real_summary(logs: list[dict]) -> dict[str, Any]:
     return out
 
 
-def real_one(key: str, root: Path, cache: PeerCache, opts: RealOptions) -> dict[str, Any]:
+def real_one(key: str, root: Path, cache: PeerCache, opts: RealOptions, kept: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """One log's row. With `opts.default_only`, ours (--tune) is `kept`'s (the saved row of this log, which
+    names its run in `ours_run_date`) and only the default path runs."""
     name, inter, facts = real_log(key, root, opts.smoke)
     train, test = holdout(inter, 0.2, opts.seed)  # the split train_and_bundle makes for ours
     # what `recsys train --tune` spends on this log (the CLI's default_budget of the whole log)
     budget = opts.budget or (SMOKE_BUDGET if opts.smoke else default_budget(inter))
     log.info("real log %s: %d users x %d items, %d interactions; ours' budget %.0f s", name, inter.n_users,
              inter.n_items, inter.nnz, budget)
-    ours, default = suite_ours(inter, budget, opts.seed), suite_ours(inter, None, opts.seed)
+    if opts.default_only and not kept:
+        raise ValueError(f"--default-only: no saved row for log {key!r} to keep ours (--tune) from")
+    ours = kept["ours"] if opts.default_only else suite_ours(inter, budget, opts.seed)
+    default = suite_ours(inter, None, opts.seed)
     peers_ = {p: tune_peer(p, key, train, test, cache, opts) for p in REAL_PEERS}
     top = best_peer(peers_)
     return {"key": key, "name": name, "users": inter.n_users, "items": inter.n_items, "interactions": inter.nnz,
             "train": train.nnz, "test": test.nnz, **facts, "budget_s": budget,
-            "ours": _ours_cell(ours), "default": _ours_cell(default), "peers": peers_, "best_peer": top,
+            **({"ours_run_date": kept.get("ours_run_date", kept["run_date"])} if opts.default_only else {}),
+            "ours": ours if opts.default_only else _ours_cell(ours), "default": _ours_cell(default),
+            "peers": peers_, "best_peer": top,
             "ours_vs_best_peer": _ratio(ours, peers_[top]) if top else None,
             "default_vs_als": _ratio(default, peers_["implicit_als"])}
 
@@ -547,9 +556,10 @@ def run_real(keys: list[str], root: Path, cache_path: Path, opts: RealOptions, o
         "logs": [{"run_date": earlier["date"], **r} for r in earlier.get("logs", []) if r["key"] not in keys],
         "skipped": []}
     cache = PeerCache(cache_path)
+    saved = {r["key"]: {"run_date": earlier["date"], **r} for r in earlier.get("logs", [])}
     for key in keys:
         try:
-            row = {"run_date": date, **real_one(key, root, cache, opts)}
+            row = {"run_date": date, **real_one(key, root, cache, opts, saved.get(key))}
         except real_logs.MissingLog as exc:
             log.warning("log %s skipped: %s", key, exc)
             result["skipped"].append({"key": key, "reason": str(exc)})
@@ -575,6 +585,9 @@ def real_report(result: dict[str, Any]) -> str:
     for r in result["logs"]:
         als = r["peers"]["implicit_als"]
         notes += _real_notes(r)
+        if "ours_run_date" in r:
+            notes.append(f"* {r['name']}: ours (--tune) measured in the run of {r['ours_run_date']}, the default "
+                         f"path in the run of {r['run_date']}")
         lines.append(
             f"| {r['name']} | {r['source']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | "
             f"{'yes' if r['timed'] else 'no'} | {model_text(r['ours'])} | {_cell(r['ours'])} | "
@@ -675,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --real: print and write the table of the output JSON as it is, running nothing")
     p.add_argument("--append", action="store_true",
                    help="with --real: keep the other logs' rows already in the output JSON (each row names its run)")
+    p.add_argument("--default-only", action="store_true",
+                   help="with --real --append: run only the default path (no --tune) of each log, keeping ours "
+                        "(--tune) from the saved row (for a change that only the default path sees)")
     p.add_argument("--retune", action="store_true", help="with --real: search the peers again, ignoring the cache")
     p.add_argument("--refine", type=int, default=None,
                    help="with --real: half-step refinement rounds of the peers' grids (default 1, smoke 0)")
@@ -722,7 +738,10 @@ def main_real(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     stem = "quality_real_smoke" if args.smoke else "quality_real"
     out = Path(args.out or ROOT / "results" / f"{stem}.json")
     cache = args.peer_cache or ROOT / "results" / f"{stem}_peers.json"
+    if args.default_only and not args.append:
+        p.error("--default-only needs --append (it keeps ours from the saved rows)")
     opts = RealOptions(seed=args.seed, smoke=args.smoke, retune=args.retune, refine=args.refine, budget=args.budget,
+                       default_only=args.default_only,
                        ease_max_bytes=None if args.ease_max_gib is None else int(args.ease_max_gib * 2**30))
     if args.peers_only:
         for key in keys:

@@ -344,7 +344,7 @@ def test_an_appended_run_keeps_the_other_logs_rows(tmp_path, monkeypatch):
     """--append: a second run over some logs replaces their rows, keeps the others, and each row names its run."""
     import quality
 
-    def fake(key, root, cache, opts):
+    def fake(key, root, cache, opts, kept=None):
         return {"key": key, "ours": {}, "default": {}, "ours_vs_best_peer": 1.0, "default_vs_als": 1.0}
 
     monkeypatch.setattr(quality, "real_one", fake)
@@ -355,6 +355,38 @@ def test_an_appended_run_keeps_the_other_logs_rows(tmp_path, monkeypatch):
     assert [r["key"] for r in second["logs"]] == ["a", "b", "c"] and second["summary"] == {"n": 3}
     assert second["logs"][0]["run_date"] == first["date"] and second["runs"] == [first["date"], second["date"]]
     assert [r["key"] for r in quality.run_real(["c"], tmp_path, tmp_path / "p.json", opts, out)["logs"]] == ["c"]
+
+
+def test_default_only_keeps_ours_from_the_saved_row_and_names_both_runs(tmp_path, monkeypatch, synthetic):
+    """--default-only: the default path is measured again, ours (--tune) is the saved row's, and the ratio to the
+    best peer is computed from it; a log without a saved row is an error, not a silent rerun."""
+    import quality
+
+    runs = []
+
+    def ours(inter, budget, seed):
+        runs.append(budget)
+        return {"model": "ials", "ndcg@10": 0.2 if budget else 0.1, "params": {}}
+
+    monkeypatch.setattr(quality, "real_log", lambda key, root, smoke: (key, synthetic, {"source": "generated", "timed": True}))
+    monkeypatch.setattr(quality, "suite_ours", ours)
+    monkeypatch.setattr(quality, "tune_peer", lambda p, *a: {"ndcg@10": 0.16 if p == "implicit_als" else 0.08})
+    out, opts = tmp_path / "real.json", quality.RealOptions(smoke=True, budget=5.0)
+    first = quality.run_real(["a"], tmp_path, tmp_path / "peers.json", opts, out)
+    assert runs == [5.0, None]
+    monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed: runs.append(budget) or
+                        {"model": "blend", "ndcg@10": 0.12, "params": {}})
+    again = quality.run_real(["a"], tmp_path, tmp_path / "peers.json",
+                             quality.RealOptions(smoke=True, default_only=True), out, append=True)
+    row = again["logs"][0]
+    assert runs == [5.0, None, None], "only the default path ran"
+    assert row["ours"]["ndcg@10"] == 0.2 and row["ours_run_date"] == first["date"]
+    assert row["default"]["model"] == "blend" and row["run_date"] == again["date"]
+    assert row["ours_vs_best_peer"] == pytest.approx(0.2 / 0.16) and row["default_vs_als"] == pytest.approx(0.75)
+    assert f"ours (--tune) measured in the run of {first['date']}" in quality.real_report(again)
+    with pytest.raises(ValueError, match="no saved row for log 'b'"):
+        quality.run_real(["b"], tmp_path, tmp_path / "peers.json",
+                         quality.RealOptions(smoke=True, default_only=True), out, append=True)
 
 
 def test_report_rewrites_the_table_of_a_saved_run_and_names_a_blends_parts(tmp_path):

@@ -364,7 +364,34 @@ def test_without_a_budget_ials_runs_the_start_points_its_work_bound_affords(synt
     assert tuning.affordable_starts(search, huge, {"epochs": 3}) == 1, "at least the defaults"
     results = tuning.tune_auto(train, budget=None, models=("popularity", "ials"),
                                fixed=lambda name: {"progress": False, "device": "cpu"} if name == "ials" else {})
-    assert [r.n_trials for r in results] == [1, 6]
+    assert [r.n_trials for r in results] == [1, 7], "popularity; the six starts and the best of them wider"
+
+
+def test_without_a_budget_the_best_start_is_measured_again_as_wide_as_its_work_bound_affords(synthetic_split):
+    from types import SimpleNamespace
+
+    train, _ = synthetic_split
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    search = tuning.Search("ials", fit_part, valid, fixed={"progress": False, "device": "cpu", "epochs": 3})
+    search.run(n_trials=2)  # the defaults (128 factors) and the first 32-factor regime; four starts still queued
+    best = search.study.best_trial.params
+    wider = tuning.scale_up(search, fit_part, {"epochs": 3})
+    expected = best["factors"]
+    while 2 * expected <= 512 and 3 * tuning.epoch_work("ials", {"factors": 2 * expected}, fit_part) \
+            <= tuning.SCALE_WORK:
+        expected *= 2
+    assert expected > best["factors"], "a small log affords a wider fit"
+    assert wider == {**best, "factors": expected}, "the best point, only its factors multiplied by a power of two"
+    wide = SimpleNamespace(nnz=1_000_000, n_users=30_000, n_items=40_000)
+    assert tuning.scale_up(search, wide, tuning.probe_bound("ials", wide, {}))["factors"] == 2 * best["factors"]
+    huge = SimpleNamespace(nnz=50_000_000, n_users=10**6, n_items=10**5)
+    assert tuning.scale_up(search, huge, {"epochs": 3}) is None, "not even a doubling fits"
+    search.try_point(wider)
+    assert [t["factors"] for t in search.trials][-1] == expected, "it runs now, ahead of the queued starts"
+    assert len(search.done) == 3
+    fixed = tuning.Search("ials", fit_part, valid, fixed={"progress": False, "device": "cpu", "epochs": 3,
+                                                          "factors": 16}).run(n_trials=1)
+    assert tuning.scale_up(fixed, fit_part, {"epochs": 3}) is None, "factors set by the user stay as set"
 
 
 @pytest.mark.parametrize("budget", [None, 2.0])
