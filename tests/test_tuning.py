@@ -445,3 +445,18 @@ def test_fit_work_counts_each_models_leading_term():
     assert tuning.fit_work("ease", {}, data) == 50 ** 3
     assert tuning.fit_work("spectral", {"factors": 16, "low_pass": 4}, data) == 150 * 16 ** 2
     assert tuning.fit_work("popularity", {}, data) == 0.0
+
+
+def test_with_a_budget_the_closed_form_searches_go_past_their_counts_only_within_their_share(synthetic_split):
+    """A wide catalogue's spectral trials cost a minute each: with a budget the closed-form searches take their
+    longer count only while they stay within CLOSED_FORM_SHARE of it, and never fewer trials than without one."""
+    train, _ = synthetic_split
+    models = ("spectral", "ease")
+
+    def trials(budget: float | None) -> list[int]:
+        return [r.n_trials for r in tuning.tune_auto(train, budget=budget, models=models) if r.model in models]
+
+    base = [tuning.closed_form_trials(m, None) for m in models]
+    assert trials(None) == base == [4, 4]
+    assert trials(1e-3) == base, "a share of a millisecond: the counts without a budget, nothing more"
+    assert trials(3600.0) == [tuning.closed_form_trials(m, 3600.0) for m in models] == [24, 10]
