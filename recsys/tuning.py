@@ -430,8 +430,10 @@ class Search:
         old = self.done
         self.study = self._new_study()
         dists = {n: _distribution(dim) for n, dim in self.space.items()}
+        # each trial's curve comes along: the median pruner compares a new trial's epochs with these
         self.study.add_trials([optuna.trial.create_trial(params=t.params, distributions=dists, value=t.value,
-                                                         user_attrs=t.user_attrs) for t in old])
+                                                         user_attrs=t.user_attrs,
+                                                         intermediate_values=t.intermediate_values) for t in old])
 
     def result(self) -> TuneResult:
         if not self.done:

@@ -214,6 +214,23 @@ def test_trials_whose_curve_falls_below_the_median_are_pruned(synthetic_split):
     assert len(result.trials) == result.n_trials, "only complete trials are listed"
 
 
+def test_a_restarted_study_keeps_each_trials_curve_for_the_pruner(synthetic_split):
+    """Regression: widening (and `try_point`) restarts the study; without the earlier trials' epoch values the
+    median pruner judged each new trial against the first one run after the restart alone, and on a log where
+    that trial climbed fast (Diginetica) every later trial was pruned at its fourth epoch."""
+    from recsys.data import holdout
+
+    fit_part, valid = holdout(synthetic_split[0], 0.2)
+    search = tuning.Search("ials", fit_part, valid, fixed={"factors": 8, "epochs": 6, "progress": False,
+                                                           "device": "cpu"})
+    search.run(n_trials=2)
+    curves = [t.intermediate_values for t in search.done]
+    assert all(len(c) >= 1 for c in curves)
+    best = search.study.best_trial.params
+    search.try_point({**best, "reg": best["reg"] * 2})
+    assert [t.intermediate_values for t in search.done][:2] == curves
+
+
 def test_start_points_run_whole_even_where_the_pruner_would_stop_them(synthetic_split, monkeypatch):
     import optuna
 
