@@ -6,7 +6,7 @@ import pytest
 from recsys import pipeline, tuning
 from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
-from recsys.models import EASE, make_model
+from recsys.models import EASE, IALS, make_model
 from recsys.tuning import Choice, Float, Int, Range
 
 
@@ -165,7 +165,34 @@ def test_auto_search_leads_with_ials_and_stops_models_that_cannot_win(synthetic_
     assert results["ials"].n_trials > 3 and results["ials"].best_value > 1.1 * results["popularity"].best_value
     no_budget = tuning.tune_auto(train, budget=None, models=("ials", "popularity"),
                                  fixed=lambda name: fixed if name == "ials" else {})
-    assert {r.model: r.n_trials for r in no_budget} == {"popularity": 1, "ials": 6}, "iALS: its start points"
+    ials = next(r for r in no_budget if r.model == "ials")
+    assert [t["unobserved_weight"] for t in ials.trials[:6]] == [
+        p.get("unobserved_weight", IALS().unobserved_weight) for p in ({}, *tuning.START_POINTS["ials"])], \
+        "iALS: its defaults and start points first"
+    assert 6 < len(ials.trials) + ials.n_pruned <= 6 + tuning.CONTINUE_TRIALS, "then the sampler's trials"
+
+
+def test_the_continued_search_stops_at_its_work_bound_and_skips_points_it_cannot_afford(synthetic_split,
+                                                                                       monkeypatch):
+    from recsys.data import holdout
+
+    fit_part, valid = holdout(synthetic_split[0], 0.2, 0)
+    fixed = {"epochs": 5, "progress": False, "device": "cpu"}
+
+    def started() -> tuning.Search:
+        return tuning.Search("ials", fit_part, valid, fixed=fixed).run(n_trials=2)
+
+    def finished(search: tuning.Search) -> int:
+        return sum(t.state.is_finished() for t in search.study.trials)
+
+    monkeypatch.setattr(tuning, "CONTINUE_WORK", 0.0)
+    assert finished(tuning.continue_search(started(), fit_part)) == 3, "one trial spends the bound"
+    monkeypatch.setattr(tuning, "CONTINUE_WORK", 1e30)
+    assert finished(tuning.continue_search(started(), fit_part)) == 2 + tuning.CONTINUE_TRIALS
+    monkeypatch.setattr(tuning, "SCALE_WORK", 1.0)  # no point is affordable: none is fitted
+    search = tuning.continue_search(started(), fit_part)
+    assert len(search.trials) == 2 and finished(search) == 2 + tuning.CONTINUE_TRIALS
+    assert search.max_fit_work is None, "the bound holds only while continuing"
 
 
 def test_default_budget_grows_with_the_log_within_bounds(synthetic):
@@ -381,7 +408,10 @@ def test_without_a_budget_ials_runs_the_start_points_its_work_bound_affords(synt
     assert tuning.affordable_starts(search, huge, {"epochs": 3}) == 1, "at least the defaults"
     results = tuning.tune_auto(train, budget=None, models=("popularity", "ials"),
                                fixed=lambda name: {"progress": False, "device": "cpu"} if name == "ials" else {})
-    assert [r.n_trials for r in results] == [1, 7], "popularity; the six starts and the best of them wider"
+    popularity, ials = results
+    assert popularity.n_trials == 1 and 7 < ials.n_trials + ials.n_pruned <= 7 + tuning.CONTINUE_TRIALS, \
+        "popularity; the six starts, the best of them wider, then the sampler's trials"
+    assert ials.trials[6]["factors"] > ials.trials[0]["factors"], "the seventh trial: the best start, wider"
 
 
 def test_without_a_budget_the_best_start_is_measured_again_as_wide_as_its_work_bound_affords(synthetic_split):
