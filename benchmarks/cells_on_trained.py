@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.retrieval import PROFILE_LOG, PROFILE_PARAMS, make_centres, make_items, make_queries
 from recsys.data import read_interactions
 from recsys.datasets import load_movielens, make_synthetic
-from recsys.index import CellIndex, exact_topk, recall_at_k
 from recsys.models import make_model
+from recsys.retrieval import CellIndex, exact_topk, recall_at_k
 
 K, N_QUERIES = 10, 300
 

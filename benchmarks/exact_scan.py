@@ -2,7 +2,7 @@
 
 Unit vectors (d dims) scaled by log-normal norms with the spread of the project's MF bundles (σ 0.064) and
 of its iALS bundles (σ 0.55), as benchmarks/retrieval.py draws them; random Gaussian queries; one BLAS thread.
-Prints ms per query for `recsys.index.exact_topk` (float32) and `recsys.quantized.Int8Items.topk`, their
+Prints ms per query for `recsys.retrieval.exact_topk` (float32) and `recsys.retrieval.Int8Items.topk`, their
 ratio, and whether every answer is the same.
 
     .venv/bin/python benchmarks/exact_scan.py                 # 1M items x 128 dims (about 2 minutes)
@@ -21,8 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as served: one BLAS thread
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from recsys.index import exact_topk
-from recsys.quantized import Int8Items
+from recsys.retrieval import Int8Items, exact_topk
 
 PROFILES = {"MF-like": 0.064, "iALS-like": 0.55}
 

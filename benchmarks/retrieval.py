@@ -2,7 +2,7 @@
 
 One run, for each catalogue size:
   * generates MF-like item vectors (clustered, log-normal norms) and user-like queries, seeded;
-  * tunes an 'ip' index with `recsys.index.tune_index` (recall@k target; n_trees and the search_k multiple) on one
+  * tunes an 'ip' index with `recsys.retrieval.tune_index` (recall@k target; n_trees and the search_k multiple) on one
     set of queries; the index is one Annoy forest per norm range;
   * saves it with `AnnIndex.file_writers` (one .ann per range + the range layout) and measures it on a second,
     held-out set of queries from the same distribution: recall@k, ms/query, beside exact single-query and
@@ -53,10 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from recsys.index import (
-    N_PROBE_GRID,
-    N_TREES_GRID,
-    SEARCH_K_MULTIPLIERS,
+from recsys.retrieval import (
     AnnIndex,
     CellIndex,
     IndexStats,
@@ -66,12 +63,13 @@ from recsys.index import (
     time_per_query,
     tune_index,
 )
+from recsys.retrieval.calibrate import N_PROBE_GRID, N_TREES_GRID, SEARCH_K_MULTIPLIERS
 
 log = logging.getLogger("benchmarks.retrieval")
 
 DEFAULT_SIZES = "10000,100000,1000000"
 QUICK_SIZES = "10000,100000"
-# tune_index()'s own grids (recsys.index); above LARGE items the n_trees grid drops its largest value so the
+# tune_index()'s own grids (recsys.retrieval); above LARGE items the n_trees grid drops its largest value so the
 # default run stays under ~10 minutes on 2 cores (see README.md). The effort sweep uses the same multipliers.
 LARGE = 500_000
 N_TREES_GRID_LARGE = N_TREES_GRID[:-1]
@@ -355,7 +353,7 @@ def picked(annoy: IndexStats, cells: dict | None, target: float) -> str:
 CHILD = r"""
 import ctypes, json, os, sys
 import numpy as np
-from recsys.index import AnnIndex
+from recsys.retrieval import AnnIndex
 directory, prefix, config, items_path, queries_path = sys.argv[1:6]
 index = AnnIndex.load(directory, prefix, **json.loads(config))
 items = np.load(items_path, mmap_mode="r")
@@ -575,7 +573,7 @@ def table(header: list[str], rows: list[list]) -> str:
 def report(out: dict) -> str:
     k = out["args"]["k"]
     lines = [
-        "# Retrieval benchmark (recsys.index 'ip': norm-ranged Annoy forests and k-means cells)",
+        "# Retrieval benchmark (recsys.retrieval 'ip': norm-ranged Annoy forests and k-means cells)",
         "",
         f"command:   {out['command']}",
         f"date:      {out['date']}",

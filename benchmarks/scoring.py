@@ -11,8 +11,8 @@ times, interleaved round by round (the machine's speed moves within minutes):
   * the fold-in's ridge solve (a d x d system from 50 of the bundle's items plus its Gramian): LU
     (`np.linalg.solve`, before 2026-12-04) and Cholesky (`recsys.foldin.solve_spd`);
   * one query's whole exact top-k, 165 seen items excluded: float32 (column product, then the engine's top-k)
-    against the int8 first pass (`recsys.quantized.Int8Items.topk`, the engine's path since 2026-12-04), on
-    the bundle's items and on its first n items for each n of --sizes (where recsys.quantized's MIN_CELLS
+    against the int8 first pass (`recsys.retrieval.Int8Items.topk`, the engine's path since 2026-12-04), on
+    the bundle's items and on its first n items for each n of --sizes (where recsys.retrieval.int8's MIN_CELLS
     switch from float32 to int8 comes from).
 Each call is preceded by --filler-us of pure-Python work, so the item matrix is as cold as between two
 requests rather than hot from the previous call.
@@ -32,9 +32,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as served: one BLAS thread
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from recsys.engine import _topk_by_partition, _topk_by_threshold, load_engine, topk
+from recsys.engine import load_engine
 from recsys.foldin import solve_spd
-from recsys.quantized import Int8Items
+from recsys.retrieval import Int8Items, topk
+from recsys.retrieval.topk import topk_by_partition, topk_by_threshold
 
 
 def busy(us: float) -> None:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from recsys.bundle import resolve
     engine, _ = load_engine(resolve(str(args.bundle)))
-    items, users, columns = engine.item_vectors, engine.user_vectors, engine.item_columns
+    items, users, columns = engine.item_vectors, engine.user_vectors, engine.retriever.item_columns
     rng = np.random.default_rng(0)
     queries = users[rng.choice(len(users), min(len(users), 1024), replace=False)]
     queries = np.resize(queries, (max(len(queries), 64), queries.shape[1]))  # (a small bundle: users repeat)
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     kernels.update({
         "top-k of one row: engine (grouped maxima)": (lambda i: topk(rows[i % 64][None, :], args.k), 1),
         "top-k of one row: argpartition + sort": (lambda i: partition_row(rows[i % 64], args.k), 1),
-        "top-k of one row: batched threshold path": (lambda i: _topk_by_threshold(rows[i % 64][None, :], args.k), 1),
-        "top-k of one row: batched partition path": (lambda i: _topk_by_partition(rows[i % 64][None, :], args.k), 1),
+        "top-k of one row: batched threshold path": (lambda i: topk_by_threshold(rows[i % 64][None, :], args.k), 1),
+        "top-k of one row: batched partition path": (lambda i: topk_by_partition(rows[i % 64][None, :], args.k), 1),
         "fold-in solve: np.linalg.solve (LU)": (lambda i: np.linalg.solve(system, rhs), 1),
         "fold-in solve: solve_spd (Cholesky, float64)": (lambda i: solve_spd(system, rhs), 1),
     })

@@ -17,8 +17,8 @@ import pandas as pd
 from . import __version__
 from .bundle import CURRENT, resolve, verify
 from .exceptions import DataValidationError, RecsysError
-from .index import describe
 from .models import MODEL_NAMES, model_class
+from .retrieval import describe
 from .tuning import MAX_BUDGET, default_budget
 
 log = logging.getLogger("recsys")
@@ -216,10 +216,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                 filters={args.genre_col: args.genre} if args.genre else None,
                                 include_seen=args.include_seen, history=history)
     if args.json:
-        print(json.dumps({"user": args.user, "items": engine.scored_items(rec.item_ids, rec.scores),
+        print(json.dumps({"user": args.user, "items": engine.catalogue.scored_items(rec.item_ids, rec.scores),
                           "fallback": rec.fallback, "model_version": bundle.path.name}, indent=2))
         return 0
-    titles = engine.titles(rec.item_ids)
+    titles = engine.catalogue.titles(rec.item_ids)
     print(_recommendation_header(args, rec.fallback, history))
     for rank, (item, score) in enumerate(zip(rec.item_ids, rec.scores), args.offset + 1):
         title = None if titles is None else titles[rank - args.offset - 1]
@@ -248,10 +248,10 @@ def _stored_feedback(url: str, user: str) -> list[tuple[str, float]]:
 def cmd_similar(args: argparse.Namespace) -> int:
     engine = _engine(args.bundle)
     ids, scores = engine.similar_items([args.item], args.k)
-    titles = engine.titles(np.array([args.item], dtype=object))
+    titles = engine.catalogue.titles(np.array([args.item], dtype=object))
     name = f" ({titles[0]})" if titles is not None and titles[0] is not None else ""
     print(f"Items similar to {args.item}{name}:")
-    _print_ranked(ids[0], scores[0], engine.titles(ids[0]))
+    _print_ranked(ids[0], scores[0], engine.catalogue.titles(ids[0]))
     return 0
 
 

@@ -29,10 +29,11 @@ from sklearn.linear_model import Ridge
 from threadpoolctl import threadpool_limits
 
 from .data import IdMap, Interactions, holdout, ids_as_str
-from .engine import Engine, normalise
+from .engine import Engine
 from .evaluation import evaluate
 from .exceptions import DataValidationError
 from .foldin import FoldIn
+from .retrieval import normalise
 
 __all__ = ["DEFAULT_FOLDIN", "cold_item_split", "cold_start_table", "content_vectors", "evaluate_item_vectors", "fold_in_users",
            "hybrid_vectors", "map_to_learned", "read_item_vectors", "warm_items", "write_item_vectors"]

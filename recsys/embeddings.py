@@ -44,8 +44,8 @@ def tsne_map(vectors: np.ndarray, *, perplexity: float = 30.0, seed: int = 0, me
 def item_table(engine: Engine, columns: Sequence[str] = ("title", "genres")) -> pd.DataFrame:
     """One row per item: id, the norm of its vector, its training popularity (users) and metadata columns."""
     frame = pd.DataFrame({"item": engine.items.ids, "norm": np.linalg.norm(engine.item_vectors, axis=1),
-                          "popularity": engine.popularity})
-    meta = engine.item_metadata
+                          "popularity": engine.catalogue.popularity})
+    meta = engine.catalogue.metadata
     for col in columns:
         if meta is not None and col in meta.columns:
             frame[col] = meta[col].to_numpy()
@@ -66,7 +66,7 @@ def neighbours(engine: Engine, item_ids: Sequence[object], k: int = 5) -> pd.Dat
     ids, scores = engine.similar_items(list(item_ids), k)
     rows = []
     for query, found, sims in zip(item_ids, ids, scores):
-        titles = engine.titles(np.asarray([query, *found], dtype=object))
+        titles = engine.catalogue.titles(np.asarray([query, *found], dtype=object))
         for rank, (item, sim) in enumerate(zip(found, sims), start=1):
             rows.append({"query": titles[0] if titles is not None else query, "rank": rank, "item": item,
                          "title": titles[rank] if titles is not None else None, "similarity": float(sim)})

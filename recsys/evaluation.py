@@ -58,7 +58,7 @@ def evaluate(model: Any, test: Interactions, k: int | Sequence[int] = 10, *, tra
     if max_users is not None and len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     ks = [k] if isinstance(k, (int, np.integer)) else list(k)
-    top, _ = engine.search(engine.user_vectors[users], max(ks), exclude=seen[users])
+    top, _ = engine.retriever.search(engine.user_vectors[users], max(ks), exclude=seen[users])
     popularity = np.asarray((seen > 0).sum(axis=0), np.float64).ravel()
     return {**ranking_metrics(top, relevant[users], ks, n_items=engine.n_items),
             **beyond_accuracy(top, popularity, ks, item_vectors=engine.similarity_vectors, n_users=seen.shape[0])}

@@ -98,7 +98,7 @@ def phase(name: str) -> Iterator[None]:
     progress.info("%s: done in %.1f s", name, time.perf_counter() - start)
 
 
-def _join_torchrun(model: str, tune_budget: float | None, inter: Interactions | None = None) -> bool:
+def join_torchrun(model: str, tune_budget: float | None, inter: Interactions | None = None) -> bool:
     """Under torchrun (WORLD_SIZE > 1) join the process group (`recsys.distributed`); whether this process
     writes the bundle (rank 0, or a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -132,7 +132,7 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
     """
     start = time.perf_counter()
     common = dict(common or {})
-    main = _join_torchrun(model, tune_budget, inter)
+    main = join_torchrun(model, tune_budget, inter)
     with phase("splitting"):
         split = split_facts(inter, test_fraction, seed)
         train, test = holdout(inter, test_fraction, seed)

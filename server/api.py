@@ -58,7 +58,7 @@ def _recommend(m: Loaded, q: Query, history: History) -> Recommendation:
 def recommendations(m: Loaded, q: Query, history: History) -> dict:
     """One user's Recommendations document; history: the user's stored feedback events."""
     rec = _recommend(m, q, history)
-    return {"user": q.user, "items": m.engine.scored_items(rec.item_ids, rec.scores, rec.item_index),
+    return {"user": q.user, "items": m.engine.catalogue.scored_items(rec.item_ids, rec.scores, rec.item_index),
             "fallback": rec.fallback, "model_version": m.version}
 
 
@@ -67,7 +67,7 @@ def recommendations_body(m: Loaded, q: Query, history: History) -> str:
     if not fastpath.writes_as_flask_does(current_app):
         return current_app.json.dumps(recommendations(m, q, history))
     rec = _recommend(m, q, history)
-    return fastpath.recommendations_json(q.user, *m.engine.scored_item_fields(rec.item_ids, rec.scores,
+    return fastpath.recommendations_json(q.user, *m.engine.catalogue.scored_item_fields(rec.item_ids, rec.scores,
                                                                               rec.item_index),
                                          rec.fallback, m.version)
 
@@ -136,7 +136,7 @@ def recommend_session(body):
     m = _model()
     _check_limit(len(body["items"]), "MAX_HISTORY_ITEMS", "history items")
     rec = m.engine.recommend_user(None, body["k"], history=[(item, 1.0) for item in body["items"]])
-    return {"items": m.engine.scored_items(rec.item_ids, rec.scores), "fallback": rec.fallback,
+    return {"items": m.engine.catalogue.scored_items(rec.item_ids, rec.scores), "fallback": rec.fallback,
             "model_version": m.version}
 
 
@@ -147,7 +147,7 @@ def similar_items(args, item_id):
     """The items nearest to an item."""
     m = _model()
     ids, scores = m.engine.similar_items([item_id], args["k"])
-    return {"item": item_id, "items": m.engine.scored_items(ids[0], scores[0]), "model_version": m.version}
+    return {"item": item_id, "items": m.engine.catalogue.scored_items(ids[0], scores[0]), "model_version": m.version}
 
 
 @blp.route("/users/<string:user_id>/similar")
@@ -168,7 +168,7 @@ def popular(args):
     """The most interacted items (optionally of some genres); scores are interaction counts."""
     m = _model()
     ids, counts = m.engine.popular_items(args["k"], filters=_filters(args["genre"]))
-    return {"items": m.engine.scored_items(ids, counts), "fallback": False, "model_version": m.version}
+    return {"items": m.engine.catalogue.scored_items(ids, counts), "fallback": False, "model_version": m.version}
 
 
 ITEM_FIELDS = ("title", "genres", "tags", "year")  # the Item schema's metadata fields
@@ -178,7 +178,7 @@ ITEM_FIELDS = ("title", "genres", "tags", "year")  # the Item schema's metadata 
 @blp.response(200, s.Item)
 def item(item_id):
     """Item metadata (title, genres, tags, year) when the bundle has it."""
-    record = _model().engine.item_record(item_id)
+    record = _model().engine.catalogue.record(item_id)
     out: dict = {"id": item_id}
     for key in ITEM_FIELDS:
         if key in record:

@@ -53,7 +53,7 @@ class ModelState:
             path = resolve(self.bundle)
             engine, bundle = load_engine(path, mode=self.mode)
             engine.prepare_serving()  # here, before gunicorn forks the workers, which then share what it builds
-            if self.mode == "auto" and engine.indexes:  # index or exact: decided by figures taken here
+            if self.mode == "auto" and engine.retriever.indexes:  # index or exact: decided by figures taken here
                 for metric, stats in engine.calibrate().items():
                     log.info("%s search measured here: index %.3f ms, exact %.3f ms per query", metric,
                              stats["ann_ms"], stats["exact_ms"])

@@ -102,12 +102,12 @@ def test_an_empty_block_solves_to_nothing():
 
 
 def test_tuning_under_torchrun_is_refused_with_the_way_out(monkeypatch):
-    from recsys.pipeline import _join_torchrun
+    from recsys.pipeline import join_torchrun
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(DataValidationError, match="--model ials or mf"):
-        _join_torchrun("auto", None)
+        join_torchrun("auto", None)
     with pytest.raises(DataValidationError, match="with --tune"):
-        _join_torchrun("ials", 60.0)
+        join_torchrun("ials", 60.0)
     with pytest.raises(DataValidationError, match="--model ials or mf"):
-        _join_torchrun("two_tower", None)
+        join_torchrun("two_tower", None)

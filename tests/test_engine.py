@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsys.data import IdMap
-from recsys.engine import Engine, topk
+from recsys.engine import Engine
 from recsys.exceptions import DataValidationError, UnknownIdError
+from recsys.retrieval import topk
 
 N_USERS, N_ITEMS, DIM = 12, 30, 5
 
@@ -158,7 +159,7 @@ def test_topk_matches_argsort_on_random_scores() -> None:
 
 # ------------------------------------------------------------------------------------------- search
 def check_search(engine: Engine, queries: np.ndarray, k: int, exclude=None, allow=None) -> None:
-    idx, val = engine.search(queries, k, exclude=exclude, allow=allow)
+    idx, val = engine.retriever.search(queries, k, exclude=exclude, allow=allow)
     assert idx.shape == val.shape == (len(queries), k)
     ex = excluded_sets(exclude, len(queries))
     allowed = set(range(engine.n_items)) if allow is None else set(np.asarray(allow).tolist())
@@ -195,13 +196,13 @@ def test_search_exact_k_when_enough_pass() -> None:
     engine = make_engine()
     query = np.ones((1, DIM), np.float32)
     exclude = [np.arange(0, N_ITEMS, 2)]  # 15 items pass
-    idx, val = engine.search(query, 15, exclude=exclude)
+    idx, val = engine.retriever.search(query, 15, exclude=exclude)
     assert np.all(idx >= 0) and np.all(np.isfinite(val)) and set(idx[0].tolist()) == set(range(1, N_ITEMS, 2))
-    idx, val = engine.search(query, 16, exclude=exclude)
+    idx, val = engine.retriever.search(query, 16, exclude=exclude)
     assert idx[0, -1] == -1 and val[0, -1] == -np.inf and np.all(idx[0, :15] >= 0)
-    idx, _ = engine.search(query, 3, allow=np.array([], dtype=np.int64))
+    idx, _ = engine.retriever.search(query, 3, allow=np.array([], dtype=np.int64))
     assert np.all(idx == -1)
-    idx, _ = engine.search(query, 3, exclude=[np.array([4, 5])], allow=np.array([4, 5, 6]))
+    idx, _ = engine.retriever.search(query, 3, exclude=[np.array([4, 5])], allow=np.array([4, 5, 6]))
     assert idx[0].tolist() == [6, -1, -1]
 
 
@@ -215,15 +216,15 @@ def test_search_batches_equal_single_queries() -> None:
     small, big = make_engine(batch_size=4), make_engine(batch_size=1024)
     for kwargs in ({}, {"exclude": exclude}, {"exclude": exclude_csr}, {"allow": allow},
                    {"exclude": exclude_csr, "allow": allow}):
-        idx_small, val_small = small.search(queries, 7, **kwargs)
-        idx_big, val_big = big.search(queries, 7, **kwargs)
+        idx_small, val_small = small.retriever.search(queries, 7, **kwargs)
+        idx_big, val_big = big.retriever.search(queries, 7, **kwargs)
         np.testing.assert_array_equal(idx_small, idx_big)
         np.testing.assert_array_equal(val_small, val_big)
         for q in (0, 3, 4, 22):
             single_kwargs = dict(kwargs)
             if "exclude" in kwargs:
                 single_kwargs["exclude"] = [exclude[q]]
-            idx_one, val_one = big.search(queries[q], 7, **single_kwargs)
+            idx_one, val_one = big.retriever.search(queries[q], 7, **single_kwargs)
             np.testing.assert_array_equal(idx_one[0], idx_big[q])
             np.testing.assert_allclose(val_one[0], val_big[q], rtol=1e-5, atol=1e-6)
 
@@ -232,7 +233,7 @@ def test_search_custom_candidates() -> None:
     engine = make_engine()
     candidates = np.random.default_rng(3).standard_normal((7, DIM)).astype(np.float32)
     query = np.random.default_rng(4).standard_normal(DIM).astype(np.float32)
-    idx, val = engine.search(query, 3, candidates=candidates)
+    idx, val = engine.retriever.search(query, 3, candidates=candidates)
     ref_idx, ref_val = brute_force(query, candidates, 3, np.arange(7))
     assert_matches(idx[0], val[0], ref_idx, ref_val)
 
@@ -475,15 +476,15 @@ def test_titles() -> None:
     meta = pd.DataFrame({"item": [f"i{i:02d}" for i in range(N_ITEMS)],
                          "title": [f"Title {i}" for i in range(N_ITEMS)]})
     engine = make_engine(item_metadata=meta)
-    titles = engine.titles(np.array(["i02", "missing", "i29"], dtype=object))
+    titles = engine.catalogue.titles(np.array(["i02", "missing", "i29"], dtype=object))
     assert titles.tolist() == ["Title 2", None, "Title 29"]
     ids, _ = engine.recommend(["u0"], k=N_ITEMS)  # 2-D with None padding
-    titles = engine.titles(ids)
+    titles = engine.catalogue.titles(ids)
     assert titles.shape == ids.shape
     for i, t in zip(ids[0], titles[0]):
         assert t == (None if i is None else f"Title {int(i[1:])}")
-    assert make_engine().titles(np.array(["i01"])) is None
-    assert make_engine(item_metadata=meta.drop(columns="title")).titles(np.array(["i01"])) is None
+    assert make_engine().catalogue.titles(np.array(["i01"])) is None
+    assert make_engine(item_metadata=meta.drop(columns="title")).catalogue.titles(np.array(["i01"])) is None
 
 
 # ------------------------------------------------------------------------------------------ property
@@ -539,18 +540,18 @@ def test_titles_are_none_for_items_without_metadata():
     meta = pd.DataFrame({"item": ["a", "b"], "title": ["A", np.nan]})
     engine = Engine(np.ones((2, 1), np.float32), np.ones((1, 1), np.float32), IdMap(["u"]), items,
                     item_metadata=meta)
-    assert list(engine.titles(np.array(["a", "b", "zzz"], dtype=object))) == ["A", None, None]
+    assert list(engine.catalogue.titles(np.array(["a", "b", "zzz"], dtype=object))) == ["A", None, None]
 
 
 def test_exact_scoring_blocks_bound_memory_and_give_the_same_answer(monkeypatch):
     """Rows per block shrink with the catalogue so the score matrix stays within EXACT_BLOCK floats."""
-    from recsys import engine as engine_module
+    from recsys.retrieval import retriever as retriever_module
 
     rng = np.random.default_rng(0)
     items, users = rng.normal(size=(500, 4)).astype(np.float32), rng.normal(size=(37, 4)).astype(np.float32)
     engine = Engine(items, users, IdMap([f"u{i}" for i in range(37)]), IdMap([f"i{j}" for j in range(500)]))
     whole = engine.recommend_indices(np.arange(37), 5)
-    monkeypatch.setattr(engine_module, "EXACT_BLOCK", 1000)  # two rows per block
+    monkeypatch.setattr(retriever_module, "EXACT_BLOCK", 1000)  # two rows per block
     blocked = engine.recommend_indices(np.arange(37), 5)
     np.testing.assert_array_equal(whole[0], blocked[0])
 
@@ -598,8 +599,8 @@ def test_recommend_user_unknown_user_falls_back_to_popularity_order() -> None:
     engine = make_engine()
     counts = np.asarray((engine.seen != 0).sum(axis=0)).ravel()
     order = sorted(range(N_ITEMS), key=lambda i: (-counts[i], i))  # most users first, ties by index
-    np.testing.assert_array_equal(engine.popularity, counts)
-    assert engine.popular_order.tolist() == order
+    np.testing.assert_array_equal(engine.catalogue.popularity, counts)
+    assert engine.catalogue.popular_order.tolist() == order
     rec = engine.recommend_user("stranger", k=5)
     assert rec.fallback is True and rec.item_ids.tolist() == engine.items.ids[order[:5]].tolist()
     np.testing.assert_array_equal(rec.scores, counts[order[:5]])
@@ -666,16 +667,16 @@ def test_recommend_user_bad_offset(offset: object) -> None:
 
 def test_item_record() -> None:
     engine = genre_engine()
-    assert engine.item_record("i07") == {"item": "i07", "title": "Title 7", "genres": ["comedy"], "year": 1997.0}
-    assert "year" not in engine.item_record("i05"), "missing values are left out"
-    assert make_engine().item_record("i01") == {"item": "i01"}
+    assert engine.catalogue.record("i07") == {"item": "i07", "title": "Title 7", "genres": ["comedy"], "year": 1997.0}
+    assert "year" not in engine.catalogue.record("i05"), "missing values are left out"
+    assert make_engine().catalogue.record("i01") == {"item": "i01"}
     with pytest.raises(UnknownIdError, match="Unknown item 'nope'"):
-        engine.item_record("nope")
+        engine.catalogue.record("nope")
 
 
 def test_scored_items_leave_out_padding_and_carry_titles():
     meta = pd.DataFrame({"item": ["a", "b"], "title": ["A film", None]})
     engine = Engine(np.eye(2, dtype=np.float32), np.ones((1, 2), np.float32), IdMap(["u"]), IdMap(["a", "b"]),
                     item_metadata=meta)
-    items = engine.scored_items(np.array(["b", "a", None], dtype=object), np.array([2.0, 1.0, -np.inf]))
+    items = engine.catalogue.scored_items(np.array(["b", "a", None], dtype=object), np.array([2.0, 1.0, -np.inf]))
     assert items == [{"id": "b", "score": 2.0, "title": None}, {"id": "a", "score": 1.0, "title": "A film"}]

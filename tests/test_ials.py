@@ -14,8 +14,8 @@ from recsys.data import Interactions, from_arrays, temporal_split
 from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
 from recsys.models import Popularity
-from recsys.models._loop import stale_limit
 from recsys.models.ials import IALS, confidence, objective, solve_rows
+from recsys.models.loop import stale_limit
 
 
 def fast_ials(**overrides) -> IALS:
@@ -196,14 +196,14 @@ def test_sparse_and_batched_cg_take_the_same_steps():
 
 def test_chunks_pad_no_row_to_more_than_pad_growth_times_its_length():
     """A long-tailed catalogue: thousands of short rows and a few long ones never share a padded chunk."""
-    from recsys.models.ials import PAD_GROWTH, _chunks
+    from recsys.models.ials import PAD_GROWTH, padded_chunks
 
     lengths = np.concatenate([np.full(3000, 2), np.arange(3, 400)])
     indptr = np.concatenate([[0], np.cumsum(lengths)])
     indices = np.zeros(indptr[-1], np.int64)
     rows = np.argsort(lengths, kind="stable")
     seen = []
-    for chunk, idx, _ in _chunks(indptr, indices, np.ones(indptr[-1], np.float32), rows, 8, 8 * 2**20,
+    for chunk, idx, _ in padded_chunks(indptr, indices, np.ones(indptr[-1], np.float32), rows, 8, 8 * 2**20,
                                  k_by_k=False):
         assert idx.shape[1] <= PAD_GROWTH * lengths[chunk].min()
         seen.append(chunk)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from recsys.data import IdMap
 from recsys.engine import Engine
 from recsys.exceptions import BundleError, DataValidationError
-from recsys.index import (
-    KINDS,
+from recsys.models import MF, Popularity, load
+from recsys.retrieval import (
     AnnIndex,
     CellIndex,
     build_indexes,
@@ -23,7 +23,7 @@ from recsys.index import (
     recall_at_k,
     tune_index,
 )
-from recsys.models import MF, Popularity, load
+from recsys.retrieval.calibrate import KINDS
 
 
 def mf_like(n_items: int, dim: int = 16, n_queries: int = 50, seed: int = 0):
@@ -124,7 +124,7 @@ def test_bad_metric_is_named():
 
 
 def test_norm_ranges_are_top_heavy_and_cover_everything():
-    from recsys.index import norm_ranges
+    from recsys.retrieval import norm_ranges
 
     bounds = norm_ranges(np.arange(100_000, dtype=float))
     assert bounds[0] == 0 and bounds[-1] == 100_000 and np.all(np.diff(bounds) >= 1000)
@@ -227,13 +227,13 @@ def test_auto_mode_follows_the_measurements(vectors, fast_index):
     items, queries = vectors
     engine = engine_with(items, queries, fast_index, mode="auto")
     stats = {"recall": 0.97, "target_recall": 0.95, "ann_ms": 0.1, "exact_ms": 1.0, "exact_batch_ms": 0.05}
-    engine.index_stats = {"ip": stats}
-    assert engine._use_index("ip", 1, len(items), None), "one query: the index is 10x faster"
-    assert not engine._use_index("ip", 512, len(items), None), "a batch: exact is cheaper per query"
-    assert not engine._use_index("ip", 1, 50, None), "a small allow-list: scanning it is cheaper"
-    assert not engine._use_index("ip", 1, len(items), "exact")
-    engine.index_stats = {"ip": {**stats, "recall": 0.5}}
-    assert not engine._use_index("ip", 1, len(items), None), "below the recall target: never"
+    engine.retriever.index_stats = {"ip": stats}
+    assert engine.retriever.use_index("ip", 1, len(items), None), "one query: the index is 10x faster"
+    assert not engine.retriever.use_index("ip", 512, len(items), None), "a batch: exact is cheaper per query"
+    assert not engine.retriever.use_index("ip", 1, 50, None), "a small allow-list: scanning it is cheaper"
+    assert not engine.retriever.use_index("ip", 1, len(items), "exact")
+    engine.retriever.index_stats = {"ip": {**stats, "recall": 0.5}}
+    assert not engine.retriever.use_index("ip", 1, len(items), None), "below the recall target: never"
 
 
 def test_calibration_replaces_the_bundles_timings_with_ones_taken_here(vectors, fast_index, monkeypatch):
@@ -241,7 +241,7 @@ def test_calibration_replaces_the_bundles_timings_with_ones_taken_here(vectors, 
     calibrate() measures both paths here, and auto mode then follows what it measured."""
     items, queries = vectors
     engine = engine_with(items, queries, fast_index, mode="auto")
-    engine.index_stats = {"ip": {"recall": 0.97, "target_recall": 0.95, "ann_ms": 0.001, "exact_ms": 1.0,
+    engine.retriever.index_stats = {"ip": {"recall": 0.97, "target_recall": 0.95, "ann_ms": 0.001, "exact_ms": 1.0,
                                  "exact_batch_ms": 0.05}}
     calls = []
     search_one = fast_index.search_one
@@ -249,14 +249,14 @@ def test_calibration_replaces_the_bundles_timings_with_ones_taken_here(vectors, 
     stats = engine.calibrate(n_queries=20)["ip"]
     assert stats["calibrated"] and len(calls) == 21, "20 timed index searches after one warm-up"
     assert stats["exact_ms"] != 1.0 and stats["ann_ms"] != 0.001 and min(stats["ann_ms"], stats["exact_ms"]) > 0
-    assert engine._use_index("ip", 1, len(items), None) is (stats["ann_ms"] < stats["exact_ms"])
+    assert engine.retriever.use_index("ip", 1, len(items), None) is (stats["ann_ms"] < stats["exact_ms"])
 
 
 def test_single_query_exact_timing_uses_one_blas_thread(vectors, monkeypatch):
     """Exact one-query scoring is timed as it is served (one BLAS thread per request thread)."""
     from threadpoolctl import threadpool_info
 
-    from recsys import index as index_module
+    from recsys.retrieval import calibrate as index_module
 
     items, queries = vectors
     threads = []
@@ -273,7 +273,7 @@ def test_attribute_filters_and_recommend_all(synthetic):
     engine = model.engine_
     user = synthetic.users.ids[0]
     ids, _ = engine.recommend([user], k=5, filters={"genres": "cluster1"})
-    genres = engine.item_metadata.set_index("item")["genres"]
+    genres = engine.catalogue.metadata.set_index("item")["genres"]
     assert all("cluster1" in genres[i] for i in ids[0])
     both, _ = engine.recommend([user], k=5, filters={"genres": ["cluster1", "cluster2"]})
     assert all({"cluster1", "cluster2"} & set(genres[i]) for i in both[0])
@@ -296,14 +296,14 @@ def test_indexes_travel_in_the_bundle_and_are_verified(synthetic, tmp_path):
     model = MF(factors=8, epochs=3, progress=False, device="cpu").fit(synthetic)
     stats = model.build_index(target_recall=0.5, n_queries=50)
     assert set(stats) == {"ip", "angular"}
-    model.engine_.indexes = {m: model.engine_.indexes.get(m) or AnnIndex(m, 5).build(
-        model.engine_.item_vectors if m == "ip" else model.engine_._item_sim) for m in ("ip", "angular")}
+    model.engine_.retriever.indexes = {m: model.engine_.retriever.indexes.get(m) or AnnIndex(m, 5).build(
+        model.engine_.item_vectors if m == "ip" else model.engine_.similarity_vectors) for m in ("ip", "angular")}
     path = model.save(tmp_path / "b")
     loaded = load(path)
-    assert set(loaded.engine_.indexes) == {"ip", "angular"}
+    assert set(loaded.engine_.retriever.indexes) == {"ip", "angular"}
     assert loaded.manifest_.index["ip"]["prefix"] == "index_ip"
     for mode in ("exact", "ann"):
-        loaded.engine_.mode = mode
+        loaded.engine_.retriever.mode = mode
         ids, _ = loaded.recommend(synthetic.users.ids[:5], k=5)
         assert all(i is not None for i in ids.ravel())
     data = bytearray((path / "index_ip.0.ann").read_bytes())
@@ -336,13 +336,13 @@ def test_forest_searches_count_the_ranges_the_norm_bound_did_not_cut():
 def test_a_cells_index_travels_in_the_bundle(synthetic, tmp_path):
     model = MF(factors=8, epochs=3, progress=False, device="cpu").fit(synthetic)
     engine = model.engine_
-    engine.indexes = {"ip": CellIndex("ip", n_cells=16, n_probe=16).build(engine.item_vectors)}
+    engine.retriever.indexes = {"ip": CellIndex("ip", n_cells=16, n_probe=16).build(engine.item_vectors)}
     path = model.save(tmp_path / "b")
     assert (path / "index_ip.cells.safetensors").exists()
     loaded = load(path)
-    assert isinstance(loaded.engine_.indexes["ip"], CellIndex) and loaded.manifest_.index["ip"]["config"]["kind"] == "cells"
+    assert isinstance(loaded.engine_.retriever.indexes["ip"], CellIndex) and loaded.manifest_.index["ip"]["config"]["kind"] == "cells"
     users = synthetic.users.ids[:20]
-    loaded.engine_.mode = "ann"
+    loaded.engine_.retriever.mode = "ann"
     by_index = loaded.recommend(users, k=5)[0]
-    loaded.engine_.mode = "exact"
+    loaded.engine_.retriever.mode = "exact"
     np.testing.assert_array_equal(by_index, loaded.recommend(users, k=5)[0])  # every cell probed: exact

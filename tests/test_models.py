@@ -11,7 +11,7 @@ from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
 from recsys.metrics import ranking_metrics
 from recsys.models import MF, Popularity
-from recsys.models._loop import stale_limit
+from recsys.models.loop import stale_limit
 
 
 def fast_mf(**overrides) -> MF:
@@ -88,7 +88,7 @@ def test_a_slow_climb_through_short_plateaus_is_not_stopped_on_a_plateau():
     """Patience grows to a quarter of the epochs to the best: a curve that rises 0.001 an epoch with three
     flat epochs every 20 (how ALS with a small unobserved weight climbs) runs to its peak at epoch 60
     with patience 3, then stops 15 epochs later."""
-    from recsys.models._loop import fit_loop
+    from recsys.models.loop import fit_loop
 
     curve = [0.001 * min(e - e % 20 + min(e % 20, 16), 60) for e in range(1, 101)]
     epoch_of = iter(range(1, 101))
@@ -102,7 +102,7 @@ def test_a_slow_climb_through_short_plateaus_is_not_stopped_on_a_plateau():
 def test_max_seconds_bounds_training_even_within_an_epoch(synthetic):
     model = fast_mf(epochs=50, max_seconds=1e-6, batch_size=8, loss="bpr").fit(synthetic)
     assert model.exported_.extra["epochs_run"] == 1, "no epoch starts after max_seconds"
-    from recsys.models._loop import fit_loop, optimise
+    from recsys.models.loop import fit_loop, optimise
 
     steps = []
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -125,8 +125,8 @@ def test_max_seconds_bounds_training_even_within_an_epoch(synthetic):
 def test_the_epoch_validator_scores_what_evaluate_scores(synthetic_split, max_users, monkeypatch):
     """fit_loop's per-epoch NDCG@10 (set up once, block-wise scoring) equals evaluate's on the same users."""
     from recsys.engine import Engine
-    from recsys.models._loop import ndcg_validator
     from recsys.models.base import Exported
+    from recsys.models.loop import ndcg_validator
 
     train, test = synthetic_split
     rng = np.random.default_rng(0)
@@ -136,7 +136,7 @@ def test_the_epoch_validator_scores_what_evaluate_scores(synthetic_split, max_us
                     seen=train.matrix(binary=True))
     expected = evaluate(engine, test, 10, max_users=max_users, seed=3)["ndcg@10"]
     assert ndcg_validator(train, test, max_users, 3)(state) == pytest.approx(expected, abs=1e-12)
-    monkeypatch.setattr("recsys.models._loop.VALIDATION_BLOCK", 3 * train.n_items)  # blocks of 3 users: seen pairs split
+    monkeypatch.setattr("recsys.models.loop.VALIDATION_BLOCK", 3 * train.n_items)  # blocks of 3 users: seen pairs split
     assert ndcg_validator(train, test, max_users, 3)(state) == pytest.approx(expected, abs=1e-12)
     assert ndcg_validator(train, None, max_users, 3) is None
 
@@ -165,7 +165,7 @@ def test_fold_in_of_a_users_history_approaches_their_learned_vector(synthetic_sp
     seen = train.matrix()
     engine = model.engine_
     folded = np.stack([engine.fold_in(seen[u].indices) for u in range(train.n_users)])
-    top, _ = engine.search(folded, 10, exclude=seen)
+    top, _ = engine.retriever.search(folded, 10, exclude=seen)
 
     folded_ndcg = ranking_metrics(top, test.matrix(), 10)["ndcg@10"]
     assert folded_ndcg > 0.8 * evaluate(model, test)["ndcg@10"]

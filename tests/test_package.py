@@ -150,3 +150,41 @@ def test_the_readme_tree_names_every_module():
     modules = [p for p in [*ROOT.rglob("*.py"), *(ROOT.parent / "server").glob("*.py")] if p.name != "__init__.py"]
     missing = sorted(str(p.relative_to(ROOT.parent)) for p in modules if p.stem not in section)
     assert not missing, f"add to README's tree: {missing}"
+
+
+# A compiled extension is private to its one Python wrapper, which is the only importer
+PRIVATE_IMPORT_ALLOWED = {("recsys/retrieval/int8.py", "_scan")}
+
+
+def private_imports(path: Path, root: Path) -> list[str]:
+    """Each `from m import _name`, `from m._private import x` and `import m._private` in the file at `path`
+    (relative to `root`), as 'path:line: name', except the PRIVATE_IMPORT_ALLOWED pairs."""
+    def private(name: str) -> bool:
+        return any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
+
+    found = []
+    rel = path.relative_to(root).as_posix()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            names = [a.name for a in node.names if private(a.name)] + ([node.module] if private(node.module or "")
+                                                                        else [])
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if private(a.name)]
+        found += [f"{rel}:{node.lineno}: {n}" for n in names if (rel, n) not in PRIVATE_IMPORT_ALLOWED]
+    return found
+
+
+def test_no_module_imports_another_modules_private_name():
+    repo = ROOT.parent
+    paths = [p for d in ("recsys", "server", "benchmarks", "tests") for p in (repo / d).rglob("*.py")]
+    assert len(paths) > 50
+    found = [hit for p in paths for hit in private_imports(p, repo)]
+    assert not found, "import a public name instead (make the helper public where it is shared):\n" + \
+        "\n".join(found)
+
+
+def test_the_private_import_check_sees_each_form(tmp_path):
+    code = "from a import _b\nfrom a._c import d\nimport a._e\nfrom . import f\nfrom g import __version__\n"
+    (tmp_path / "m.py").write_text(code)
+    assert private_imports(tmp_path / "m.py", tmp_path) == ["m.py:1: _b", "m.py:2: a._c", "m.py:3: a._e"]

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_support import require_service
 
-from recsys import quantized
 from recsys.data import IdMap
 from recsys.engine import Engine
-from recsys.quantized import MIN_CELLS, Int8Items
+from recsys.retrieval import int8 as quantized
+from recsys.retrieval.int8 import MIN_CELLS, Int8Items
 
 require_service(None if quantized._scan is not None else "recsys._scan is not built (no C compiler at install?)")
 
@@ -180,7 +180,7 @@ def engine_with(n: int, d: int, n_users: int = 30, seed: int = 0) -> Engine:
 
 def test_engine_single_queries_go_through_the_codes_and_equal_the_batch_answer(monkeypatch) -> None:
     engine = engine_with(MIN_CELLS // 64 + 10, 64)
-    assert isinstance(engine.item_codes, Int8Items)
+    assert isinstance(engine.retriever.item_codes, Int8Items)
     calls = []
     original = Int8Items.topk
     monkeypatch.setattr(Int8Items, "topk", lambda self, *a: calls.append(1) or original(self, *a))
@@ -192,12 +192,12 @@ def test_engine_single_queries_go_through_the_codes_and_equal_the_batch_answer(m
         np.testing.assert_allclose(val[0], batch_val[u], rtol=1e-5)
     assert len(calls) == 30
     engine.prepare_serving()
-    assert "item_columns" not in vars(engine)  # no float32 column copy where the codes answer
+    assert "item_columns" not in vars(engine.retriever)  # no float32 column copy where the codes answer
 
 
 def test_engine_without_the_extension_or_for_small_catalogues_scores_in_float32(monkeypatch) -> None:
     small = engine_with(100, 16)
-    assert small.item_codes is None
+    assert small.retriever.item_codes is None
     big = engine_with(MIN_CELLS // 64 + 10, 64)
     expected = big.recommend_indices(np.arange(5), k=10)
     monkeypatch.setattr(quantized, "_scan", None)
@@ -205,9 +205,9 @@ def test_engine_without_the_extension_or_for_small_catalogues_scores_in_float32(
     with pytest.raises(RuntimeError, match="not built"):
         Int8Items(big.item_vectors)
     plain = engine_with(MIN_CELLS // 64 + 10, 64)
-    assert plain.item_codes is None
+    assert plain.retriever.item_codes is None
     plain.prepare_serving()
-    assert "item_columns" in vars(plain)
+    assert "item_columns" in vars(plain.retriever)
     for u in range(5):
         idx, _ = plain.recommend_indices(np.array([u]), k=10)
         np.testing.assert_array_equal(idx[0], expected[0][u])

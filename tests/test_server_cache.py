@@ -163,7 +163,7 @@ def test_the_service_measures_index_against_exact_when_it_loads_a_model(models_r
 
     def with_index(path, mode):
         engine, bundle = real(path, mode=mode)
-        engine.indexes["ip"] = "an index"
+        engine.retriever.indexes["ip"] = "an index"
         return engine, bundle
 
     monkeypatch.setattr(state_module, "load_engine", with_index)
@@ -182,16 +182,16 @@ def test_loading_a_model_builds_what_requests_read_before_workers_fork(models_ro
     from server.state import ModelState
 
     loaded = ModelState(str(models_root)).current
-    built = vars(loaded.engine)
-    assert {"item_codes", "_popularity"} <= set(built)
+    built = vars(loaded.engine.retriever)
+    assert "item_codes" in built and "_popularity" in vars(loaded.engine.catalogue)
     if built["item_codes"] is None:
         np.testing.assert_array_equal(built["item_columns"], loaded.engine.item_vectors.T)
     else:
         assert "item_columns" not in built  # the codes answer single queries: no second float32 copy
     plain, _ = load_engine(loaded.path)
-    assert not {"item_codes", "item_columns"} & set(vars(plain))
+    assert not {"item_codes", "item_columns"} & set(vars(plain.retriever))
     plain.recommend_indices(np.array([0]), 3)
-    assert "item_codes" in vars(plain)
+    assert "item_codes" in vars(plain.retriever)
 
 
 _text = st.text(st.characters(codec="utf-8"), max_size=12)  # any unicode: quotes, controls, non-ASCII

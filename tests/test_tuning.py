@@ -213,7 +213,7 @@ def test_a_model_that_refuses_the_data_stops_the_search_with_its_reason(syntheti
 
 def test_validation_hook_sees_every_epoch_and_can_stop_a_fit(synthetic_split):
     from recsys.models import IALS
-    from recsys.models._loop import on_validation
+    from recsys.models.loop import on_validation
 
     train, _ = synthetic_split
     fit_part, valid = pipeline.holdout(train, 0.2)
@@ -474,6 +474,17 @@ def test_the_two_best_confirmed_models_are_blended_weighted_on_validation_and_co
         assert tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {}) is None
     assert tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {}, budget=1e-6) is None
     assert tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {}, budget=1e6) is not None
+
+
+def test_choose_keeps_popularity_unless_a_model_beats_it_by_its_margin():
+    def result(name: str, value: float) -> tuning.TuneResult:
+        return tuning.TuneResult(name, {}, value, "ndcg@10", 1, 0.0, 0.2, confirmation=value)
+
+    tie = 0.40 * (1 + tuning.POPULARITY_MARGIN / 2)
+    assert tuning.choose([result("popularity", 0.40), result("ials", tie)]).model == "popularity"
+    clear = 0.40 * (1 + 2 * tuning.POPULARITY_MARGIN)
+    assert tuning.choose([result("popularity", 0.40), result("ials", clear)]).model == "ials"
+    assert tuning.choose([result("ials", 0.40)]).model == "ials", "without popularity measured: the best"
 
 
 def test_choose_prefers_a_blend_within_its_tolerance_of_the_best_single_model():

@@ -180,7 +180,7 @@ def test_batch_logits_subtract_log_q(synthetic, monkeypatch):
 
 def mean_popularity_of_recommendations(model: TwoTower, train: Interactions) -> float:
     counts = np.bincount(train.item_index, minlength=train.n_items)
-    top, _ = model.engine_.search(model.user_vectors_, 10, exclude=train.matrix())
+    top, _ = model.engine_.retriever.search(model.user_vectors_, 10, exclude=train.matrix())
     return float(counts[top].mean())
 
 
@@ -248,7 +248,7 @@ def cold_start_hit_rate(model, test: Interactions, cold: np.ndarray, k: int = 10
     relevant = test.matrix(binary=True)[:, cold]
     users = np.flatnonzero(relevant.getnnz(axis=1) > 0)
     engine = model.engine_
-    top, _ = engine.search(engine.user_vectors[users], k, allow=cold)
+    top, _ = engine.retriever.search(engine.user_vectors[users], k, allow=cold)
     hits = [bool(set(row) & set(cold[relevant[u].indices])) for row, u in zip(top, users)]
     c = len(cold)
     random = [1 - math.comb(c - m, k) / math.comb(c, k) for m in relevant[users].getnnz(axis=1)]

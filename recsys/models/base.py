@@ -21,7 +21,7 @@ from ..data import Interactions
 from ..engine import Engine, load_engine
 from ..exceptions import BundleError, DataValidationError, NotFittedError
 from ..foldin import FoldIn
-from ..index import INDEX_PREFIX, build_indexes
+from ..retrieval import INDEX_PREFIX, build_indexes
 from .registry import MODEL_REGISTRY, model_class
 
 
@@ -206,10 +206,10 @@ class Recommender:
         Returns what tuning measured (recall, latency, speed-up over exact) per index.
         """
         engine = self._check_fitted()
-        similarity = engine._item_sim if engine.similarity == "cosine" else None
+        similarity = engine.similarity_vectors if engine.similarity == "cosine" else None
         indexes, stats = build_indexes(engine.item_vectors, engine.user_vectors, similarity, k=k,
                                        target_recall=target_recall, n_queries=n_queries, seed=seed)
-        engine.indexes, engine.index_stats = indexes, stats
+        engine.retriever.indexes, engine.retriever.index_stats = indexes, stats
         return stats
 
     def save(self, path: str | Path, *, metrics: dict | None = None, **sections: Any) -> Path:
@@ -222,7 +222,7 @@ class Recommender:
         if engine.projection is not None:
             arrays["foldin_projection"] = engine.projection
         files = {}
-        for metric, index in engine.indexes.items():
+        for metric, index in engine.retriever.indexes.items():
             files.update(index.file_writers(INDEX_PREFIX[metric]))
         manifest = Manifest(
             model_class=self.name, params=_jsonable(self.get_params()), factors=int(engine.item_vectors.shape[1]),
@@ -230,10 +230,10 @@ class Recommender:
             similarity_dims=self.exported_.similarity_dims, training=_jsonable(self.exported_.extra),
             metrics=metrics or {},
             index={metric: {"prefix": INDEX_PREFIX[metric], "config": index.config(),
-                            "stats": engine.index_stats.get(metric, {})} for metric, index in engine.indexes.items()},
-            index_measured=engine.index_stats, **sections)
+                            "stats": engine.retriever.index_stats.get(metric, {})} for metric, index in engine.retriever.indexes.items()},
+            index_measured=engine.retriever.index_stats, **sections)
         return write_bundle(path, arrays=arrays, users=self.users_, items=self.items_, manifest=manifest,
-                            item_metadata=engine.item_metadata, files=files)
+                            item_metadata=engine.catalogue.metadata, files=files)
 
     @classmethod
     def load(cls, path: str | Path) -> Recommender:

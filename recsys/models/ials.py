@@ -37,8 +37,8 @@ from .. import distributed
 from ..data import Interactions
 from ..exceptions import DataValidationError
 from ..foldin import CONFIDENCES, FoldIn, confidence, penalty
-from ._loop import fit_loop, ndcg_validator, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
+from .loop import fit_loop, ndcg_validator, resolve_device, seed_everything
 
 __all__ = ["CONFIDENCES", "IALS", "confidence", "objective", "solve_rows"]
 
@@ -48,7 +48,7 @@ log = logging.getLogger("recsys")
 # (batch, history, k) vectors. Small chunks stay in cache on a CPU (measured fastest at a few MiB); a GPU wants
 # big batches. 256 MiB of systems is 1,024 users at k=256.
 CPU_CHUNK_BYTES = 8 * 2**20
-PAD_GROWTH = 2  # a chunk's longest row is at most this many times its shortest (see _chunks)
+PAD_GROWTH = 2  # a chunk's longest row is at most this many times its shortest (see padded_chunks)
 GPU_CHUNK_BYTES = 256 * 2**20
 # The exported user solve with solver='cg': CG from the trained vectors until every row's relative residual is
 # at most EXPORT_TOL, capped at 2 x factors steps (exact arithmetic needs <= factors). Measured against the
@@ -99,7 +99,7 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
         eigenvalues, basis = torch.linalg.eigh(gram.cpu().double())  # k x k, once (MPS has no float64)
         eigenvalues, basis = eigenvalues.clamp_min(0).to(device, dtype), basis.to(device, dtype)
         rotated = fixed @ basis
-    for rows, idx, c in _chunks(indptr, indices, conf, short, k, chunk_bytes, k_by_k=False):
+    for rows, idx, c in padded_chunks(indptr, indices, conf, short, k, chunk_bytes, k_by_k=False):
         mask = torch.as_tensor(c, device=device) > 0
         c = torch.as_tensor(c, device=device, dtype=dtype)
         Y = rotated[torch.as_tensor(idx, device=device)] * mask[:, :, None]  # (batch, length, k), padding 0
@@ -108,7 +108,7 @@ def solve_rows(fixed: torch.Tensor, indptr: np.ndarray, indices: np.ndarray, con
         S.diagonal(dim1=1, dim2=2).add_(torch.where(mask, 1 / torch.where(mask, c, 1), 1))
         a = _cholesky_solve(S, torch.ones((len(rows), S.shape[1], 1), device=device, dtype=dtype))
         out[torch.as_tensor(rows, device=device)] = (a.mT @ Yd)[:, 0, :] @ basis.T
-    for rows, idx, c in _chunks(indptr, indices, conf, order[len(short):], k, chunk_bytes,
+    for rows, idx, c in padded_chunks(indptr, indices, conf, order[len(short):], k, chunk_bytes,
                                 k_by_k=solver == "cholesky"):
         step = max(1, chunk_bytes // (4 * k) // len(rows))
         slices = [(torch.as_tensor(idx[:, s:s + step], device=device),
@@ -152,7 +152,7 @@ class _RowBlock:
         return out if self.bounds is None else distributed.all_gather_rows(out, self.bounds)
 
 
-def _chunks(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, rows: np.ndarray, k: int,
+def padded_chunks(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, rows: np.ndarray, k: int,
             chunk_bytes: int, k_by_k: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Consecutive runs of `rows` (sorted by length) as (rows, column indices, confidences), the last two padded
     to (batch, longest) with index 0 and c = 0; at most chunk_bytes of batch x longest x k vectors and, with

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from .. import distributed
 from ..data import Interactions
 from ..foldin import FoldIn
-from ._loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
+from .loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 
 
 class MF(Recommender):

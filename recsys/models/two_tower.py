@@ -16,7 +16,7 @@ drawn in proportion to popularity, which a plain softmax would learn as a penalt
 correction of Yi et al. (2019, "Sampling-bias-corrected neural modeling for large corpus item
 recommendations") subtracts the log of each candidate's expected count in the candidate set,
 log(B p_j + M / N_warm) for batch size B, training frequency p_j, M uniform negatives over N_warm items.
-Early stopping on validation NDCG@10 via `recsys.models._loop.fit_loop`. Interactions count as binary (weights
+Early stopping on validation NDCG@10 via `recsys.models.loop.fit_loop`. Interactions count as binary (weights
 are ignored). Each batch computes every item's vector (for the users' histories), so a step costs
 O(catalogue x factors) on top of the batch: fine for catalogues up to about a million items on a GPU.
 """
@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from ..data import Interactions
 from ..exceptions import DataValidationError
 from ..foldin import FoldIn
-from ._loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 from .base import BOOL, Exported, Interval, Options, Recommender
+from .loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 
 log = logging.getLogger("recsys")
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from . import _scan
+    from .. import _scan
 except ImportError:  # built without a C compiler: every query is scored in float32
     _scan = None
 

@@ -106,8 +106,8 @@ def ndcg_validator(train: Interactions, validation: Interactions | None, max_use
     (this runs every epoch)."""
     if validation is None:
         return None
-    from ..engine import topk
     from ..metrics import ranking_metrics
+    from ..retrieval import topk
 
     relevant = validation.matrix(binary=True)
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
