@@ -18,16 +18,14 @@ from flask_smorest.utils import prepare_response
 
 from recsys.feedback import FeedbackStore
 
+from .schemas import LIMITS
 from .state import ModelState
 
 DEFAULTS: dict[str, Any] = {
     "BUNDLE": None,                   # bundle dir or models root; the service is not ready without one
     "SEARCH_MODE": "auto",            # auto | exact | ann
-    "MAX_K": 1000,
-    "MAX_BATCH_USERS": 1000,
-    "MAX_HISTORY_ITEMS": 1000,
+    **LIMITS,                         # MAX_K, MAX_BATCH_USERS, MAX_HISTORY_ITEMS, MAX_FEEDBACK_EVENTS
     "MAX_CONTENT_LENGTH": 1 << 20,    # bytes of request body
-    "MAX_FEEDBACK_EVENTS": 1000,
     "RESPONSE_CACHE_BYTES": 32 << 20,  # per worker: cached recommendation answers (users without feedback)
     "NO_FEEDBACK_CACHE_SIZE": 100_000,  # per worker: users known to have no stored events (SQLite only)
     "FEEDBACK_DB_URL": None,          # SQLAlchemy URL; default sqlite:///<instance folder>/feedback.db
@@ -81,7 +79,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     smorest = ProblemApi(app)
     smorest.spec.components.security_scheme("ApiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     errors.register(app)
-    smorest.register_blueprint(api.blp)
+    with app.app_context():  # the spec reads this app's limits (schemas.LIMITS) as the views are registered
+        smorest.register_blueprint(api.blp)
     fastpath.install(app, api.respond)
     app.register_blueprint(health.bp)
     metrics.register(app)

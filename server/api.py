@@ -33,12 +33,6 @@ def _model() -> Loaded:
     return loaded
 
 
-def _check_limit(n: int, key: str, what: str) -> None:
-    limit = current_app.config[key]
-    if n > limit:
-        abort(422, message=f"At most {limit} {what} per request (got {n}).")
-
-
 def _filters(genres: tuple[str, ...] | list[str]) -> dict | None:
     return {"genres": list(genres)} if genres else None
 
@@ -84,7 +78,6 @@ def respond(query: Query) -> Response:
 def feedback(body):
     """Store interaction events (committed before the 201); they change the user's recommendations at once."""
     require_key()
-    _check_limit(len(body["events"]), "MAX_FEEDBACK_EVENTS", "events")
     stored, duplicates = current_app.extensions["recsys_feedback"].add(
         Event(e["user"], e["item"], e["weight"], e["type"], e["timestamp"], e["event_id"]) for e in body["events"])
     return {"stored": stored, "duplicates": duplicates}
@@ -124,7 +117,6 @@ def recommend(args, user_id):
 def recommend_batch(body):
     """Top-k for many users in one call."""
     m = _model()
-    _check_limit(len(body["users"]), "MAX_BATCH_USERS", "users")
     return {"results": [recommendations(m, Query(u, body["k"]), _history(u)) for u in body["users"]]}
 
 
@@ -134,7 +126,6 @@ def recommend_batch(body):
 def recommend_session(body):
     """Top-k for an anonymous session from the item ids it touched (fold-in, no retraining)."""
     m = _model()
-    _check_limit(len(body["items"]), "MAX_HISTORY_ITEMS", "history items")
     rec = m.engine.recommend_user(None, body["k"], history=[(item, 1.0) for item in body["items"]])
     return {"items": m.engine.catalogue.scored_items(rec.item_ids, rec.scores), "fallback": rec.fallback,
             "model_version": m.version}

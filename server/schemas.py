@@ -1,17 +1,50 @@
-"""Request and response schemas (marshmallow): the OpenAPI spec is generated from these."""
+"""Request and response schemas (marshmallow): the OpenAPI spec is generated from these.
+
+Size limits are the app's config (`LIMITS` are their defaults; RECSYS_MAX_K=5000 raises one): the validators
+below read them when a request is validated and when the spec is built (`create_app` registers the views
+inside the app's context), so what is enforced and what the spec states are the same number.
+"""
 from __future__ import annotations
 
+from flask import current_app, has_app_context
 from marshmallow import Schema, fields, validate
 
-MAX_K = 1000
-K = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_K),
-                   metadata={"description": "how many items to return"})
+LIMITS = {"MAX_K": 1000, "MAX_BATCH_USERS": 1000, "MAX_HISTORY_ITEMS": 1000, "MAX_FEEDBACK_EVENTS": 1000}
+
+
+def limit(key: str) -> int:
+    """The app's configured limit `key` (its `LIMITS` default outside an app context)."""
+    return int(current_app.config[key]) if has_app_context() else LIMITS[key]
+
+
+class RangeUpTo(validate.Range):
+    """Range(min, the configured limit `key`)."""
+
+    def __init__(self, min: int, key: str):  # noqa: A002 - marshmallow's name
+        self.key = key
+        super().__init__(min=min)
+
+    max = property(lambda self: limit(self.key), lambda self, value: None)
+
+
+class LengthUpTo(validate.Length):
+    """Length(min, the configured limit `key`)."""
+
+    def __init__(self, min: int, key: str):  # noqa: A002 - marshmallow's name
+        self.key = key
+        super().__init__(min=min)
+
+    max = property(lambda self: limit(self.key), lambda self, value: None)
+
+
+K = fields.Integer(load_default=10, validate=RangeUpTo(1, "MAX_K"), metadata={"description": "how many items to return"})
 
 
 class RecommendQuery(Schema):
     k = K
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_K),
-                            metadata={"description": "skip this many of the best items (paging)"})
+    offset = fields.Integer(load_default=0, validate=RangeUpTo(0, "MAX_K"),
+                            metadata={"description": "skip this many of the best items (paging); k + offset "
+                                                     "must not exceed the maximum of k (422 otherwise)"})
     exclude = fields.List(fields.String(), load_default=list, metadata={"description": "item ids to leave out"})
     genre = fields.List(fields.String(), load_default=list,
                         metadata={"description": "only items with any of these genres"})
@@ -65,7 +98,7 @@ class ItemList(Schema):
 
 class BatchRequest(Schema):
     users = fields.List(fields.String(validate=validate.Length(min=1, max=256)), required=True,
-                        validate=validate.Length(min=1, max=1000))
+                        validate=LengthUpTo(1, "MAX_BATCH_USERS"))
     k = K
 
 
@@ -75,7 +108,7 @@ class BatchResponse(Schema):
 
 class SessionRequest(Schema):
     items = fields.List(fields.String(validate=validate.Length(min=1, max=256)), required=True,
-                        validate=validate.Length(min=1, max=1000),
+                        validate=LengthUpTo(1, "MAX_HISTORY_ITEMS"),
                         metadata={"description": "item ids the anonymous user interacted with"})
     k = K
 
@@ -114,7 +147,7 @@ class FeedbackEvent(Schema):
 
 
 class FeedbackRequest(Schema):
-    events = fields.List(fields.Nested(FeedbackEvent), required=True, validate=validate.Length(min=1, max=1000))
+    events = fields.List(fields.Nested(FeedbackEvent), required=True, validate=LengthUpTo(1, "MAX_FEEDBACK_EVENTS"))
 
 
 class FeedbackResponse(Schema):

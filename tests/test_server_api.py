@@ -142,7 +142,7 @@ def test_config_from_environment(models_root, monkeypatch):
     app = create_app()
     assert app.config["MAX_K"] == 5
     r = app.test_client().get("/v1/users/u0001/recommendations?k=6")
-    assert r.status_code == 422 and "k + offset must be <= 5" in r.get_json()["detail"]
+    assert r.status_code == 422 and "less than or equal to 5." in r.get_json()["detail"]
 
 
 def test_server_never_imports_torch_or_models(models_root):
@@ -198,8 +198,27 @@ def test_request_limits_come_from_config(models_root):
     client = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "MAX_BATCH_USERS": 2,
                          "MAX_HISTORY_ITEMS": 1, "API_KEYS": KEY, "MAX_FEEDBACK_EVENTS": 1}).test_client()
     r = client.post("/v1/recommendations/batch", json={"users": ["a", "b", "c"]})
-    assert r.status_code == 422 and "At most 2 users per request (got 3)" in r.get_json()["detail"]
+    assert r.status_code == 422 and r.get_json()["errors"]["json"]["users"] == ["Length must be between 1 and 2."]
     r = client.post("/v1/sessions/recommendations", json={"items": ["i0001", "i0002"]})
-    assert r.status_code == 422 and "history items" in r.get_json()["detail"]
+    assert r.status_code == 422 and r.get_json()["errors"]["json"]["items"] == ["Length must be between 1 and 1."]
     r = client.post("/v1/feedback", json=events(("u", "i"), ("u", "j")), headers=AUTH)
-    assert r.status_code == 422 and "events" in r.get_json()["detail"]
+    assert r.status_code == 422 and r.get_json()["errors"]["json"]["events"] == ["Length must be between 1 and 1."]
+    assert client.post("/v1/recommendations/batch", json={"users": ["a", "b"]}).status_code == 200
+
+
+def test_a_raised_max_k_is_accepted_and_stated_in_the_spec(models_root, monkeypatch):
+    monkeypatch.setenv("RECSYS_MAX_K", "5000")
+    client = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://"}).test_client()
+    assert client.get("/v1/users/u0001/recommendations?k=2000").status_code == 200, "the fast path"
+    assert client.get("/v1/users/u0001/recommendations?k=2000&genre=cluster1").status_code == 200, "the full path"
+    assert client.get("/v1/users/u0001/recommendations?k=5001").status_code == 422
+    r = client.get("/v1/users/u0001/recommendations?k=4000&offset=1001")
+    assert r.status_code == 422 and "k + offset must be <= 5000" in r.get_json()["detail"]
+    params = {p["name"]: p for p in client.get("/openapi.json").get_json()["paths"]
+              ["/v1/users/{user_id}/recommendations"]["get"]["parameters"]}
+    assert params["k"]["schema"]["maximum"] == params["offset"]["schema"]["maximum"] == 5000
+    assert "k + offset must not exceed the maximum of k" in params["offset"]["description"]
+    default = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "MAX_K": 1000}).test_client()
+    assert default.get("/v1/users/u0001/recommendations?k=2000").status_code == 422
+    spec = default.get("/openapi.json").get_json()["paths"]["/v1/users/{user_id}/recommendations"]["get"]
+    assert {p["name"]: p["schema"].get("maximum") for p in spec["parameters"]}["k"] == 1000
