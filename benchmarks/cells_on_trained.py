@@ -9,13 +9,9 @@ generator's user-like queries); recall@10 against exact inner-product top-10 as 
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
+from retrieval import PROFILE_LOG, PROFILE_PARAMS, make_centres, make_items, make_queries
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.retrieval import PROFILE_LOG, PROFILE_PARAMS, make_centres, make_items, make_queries
 from recsys.data import read_interactions
 from recsys.datasets import load_movielens, make_synthetic
 from recsys.models import make_model

@@ -15,12 +15,10 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as served: one BLAS thread per request thread
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsys.retrieval import Int8Items, exact_topk
 
 PROFILES = {"MF-like": 0.064, "iALS-like": 0.55}

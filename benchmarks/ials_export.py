@@ -17,10 +17,8 @@ import time
 from pathlib import Path
 
 import scipy.sparse as sp
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import suite_logs
+import torch
 
 from recsys.data import Interactions, read_interactions
 from recsys.foldin import confidence

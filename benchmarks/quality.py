@@ -58,7 +58,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
 
 import peers  # registers implicit_als / implicit_bpr
 import real_logs

@@ -86,7 +86,6 @@ def side(name: str, path: Path, factors: int, iterations: int) -> dict:
         phases["recommend_all_users_per_s"] = round(len(engine.users) / phases["recommend_all"])
         del rows
     else:
-        sys.path.insert(0, str(HERE))
         from peers import ImplicitALS
 
         model = timed("train", lambda: ImplicitALS(factors=factors, iterations=iterations).fit(train))

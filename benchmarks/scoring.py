@@ -31,7 +31,6 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as served: one BLAS thread per request thread
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsys.engine import load_engine
 from recsys.foldin import solve_spd
 from recsys.retrieval import Int8Items, topk

@@ -64,9 +64,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the process helpers the service's process tests use too
-import serving_process
-from serving_process import children, free_port, get
+from recsys import service as serving_process
+from recsys.service import children, free_port, get
 
 BIN = Path(sys.executable).parent
 CONF = "server/gunicorn.conf.py"

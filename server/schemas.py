@@ -20,7 +20,7 @@ def limit(key: str) -> int:
 class RangeUpTo(validate.Range):
     """Range(min, the configured limit `key`)."""
 
-    def __init__(self, min: int, key: str):  # noqa: A002 - marshmallow's name
+    def __init__(self, min: int, key: str):
         self.key = key
         super().__init__(min=min)
 
@@ -30,7 +30,7 @@ class RangeUpTo(validate.Range):
 class LengthUpTo(validate.Length):
     """Length(min, the configured limit `key`)."""
 
-    def __init__(self, min: int, key: str):  # noqa: A002 - marshmallow's name
+    def __init__(self, min: int, key: str):
         self.key = key
         super().__init__(min=min)
 

@@ -9,9 +9,9 @@ import urllib.error
 import urllib.request
 
 from server_support import AUTH, KEY, events
-from serving_process import BIN, environment, free_port, get_json, start, stop, wait_ready
 
 from recsys.feedback import Event, FeedbackStore
+from recsys.service import BIN, environment, free_port, get_json, start, stop, wait_ready
 
 
 def test_postgres_store_keeps_order_and_replays_once(postgres_url):

@@ -188,3 +188,12 @@ def test_the_private_import_check_sees_each_form(tmp_path):
     code = "from a import _b\nfrom a._c import d\nimport a._e\nfrom . import f\nfrom g import __version__\n"
     (tmp_path / "m.py").write_text(code)
     assert private_imports(tmp_path / "m.py", tmp_path) == ["m.py:1: _b", "m.py:2: a._c", "m.py:3: a._e"]
+
+
+def test_benchmarks_and_tests_do_not_edit_sys_path():
+    """They import the installed package; tests find the benchmark scripts through pytest's `pythonpath`."""
+    repo = ROOT.parent
+    edits = [f"{p.relative_to(repo)}:{node.lineno}" for d in ("benchmarks", "tests") for p in (repo / d).rglob("*.py")
+             for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Attribute)
+             and node.attr == "path" and isinstance(node.value, ast.Name) and node.value.id == "sys"]
+    assert not edits, edits

@@ -13,7 +13,6 @@ import pytest
 from recsys.models import MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # suite_logs, quality
 
 
 def test_quality_benchmark_smoke(tmp_path):

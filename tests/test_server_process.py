@@ -11,9 +11,9 @@ import urllib.request
 from pathlib import Path
 
 from server_support import AUTH, KEY, events
-from serving_process import BIN, environment, free_port, get_json, start, stop, wait_ready
 
 from recsys.bundle import new_version_path, publish
+from recsys.service import BIN, environment, free_port, get_json, start, stop, wait_ready
 from server import create_app
 
 
