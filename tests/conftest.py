@@ -2,6 +2,8 @@
 service on a small bundle (Flask app and test client)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from server_support import KEY
 
@@ -44,6 +46,16 @@ def models_root(synthetic, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------ the service (Flask)
+@pytest.fixture(autouse=True)
+def no_service_settings_from_the_caller(monkeypatch):
+    """The caller's RECSYS_* service settings (e.g. RECSYS_READ_REQUIRES_KEY=true in a shell) do not reach the
+    apps and processes the tests start: each test states the settings it needs."""
+    from server import DEFAULTS
+
+    for name in [n for n in os.environ if n.removeprefix("RECSYS_") in {*DEFAULTS, "WORKERS"}]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture()
 def app(models_root, tmp_path):
     """The service on `models_root`, with the test API key and a feedback database file of its own."""

@@ -680,3 +680,27 @@ def test_scored_items_leave_out_padding_and_carry_titles():
                     item_metadata=meta)
     items = engine.catalogue.scored_items(np.array(["b", "a", None], dtype=object), np.array([2.0, 1.0, -np.inf]))
     assert items == [{"id": "b", "score": 2.0, "title": None}, {"id": "a", "score": 1.0, "title": "A film"}]
+
+
+def test_recommend_batches_hold_one_batch_in_memory_whatever_the_number_of_users() -> None:
+    """recommend-all streams: the peak memory of ranking every user, batch by batch, stays that of one batch
+    (a score matrix of batch x items), so four times the users cost no more than about the same peak."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(2000, 16)).astype(np.float32)
+
+    def peak(n_users: int) -> int:
+        users = rng.normal(size=(n_users, 16)).astype(np.float32)
+        engine = Engine(items, users, IdMap([f"u{i}" for i in range(n_users)]),
+                        IdMap([f"i{j}" for j in range(2000)]))
+        tracemalloc.start()
+        try:
+            rows = sum(len(frame) for frame in engine.recommend_batches(10, batch_size=256))
+            return tracemalloc.get_traced_memory()[1] if rows == 10 * n_users else -1
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(1000), peak(4000)
+    assert 0 < large < 1.5 * small, (small, large)
+    assert large < 4000 * 2000 * 4 / 2, "under half of one score matrix of every user (float32)"

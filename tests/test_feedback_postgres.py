@@ -74,6 +74,7 @@ def test_two_instances_share_feedback_and_a_killed_one_loses_no_acknowledged_eve
         assert from_b["fallback"] is False and from_b["items"] == from_a["items"]
 
         acknowledged: list[str] = []
+        refused: list[int] = []  # HTTP error answers: A was alive and failed the write (never expected)
         stop_writing = threading.Event()
 
         def writer() -> None:
@@ -83,7 +84,10 @@ def test_two_instances_share_feedback_and_a_killed_one_loses_no_acknowledged_eve
                 try:
                     if _post(a, events(("streamer", f"i{n % 50:04d}"), event_id=f"s{n}")) == 201:
                         acknowledged.append(f"s{n}")
-                except (OSError, urllib.error.URLError):
+                except urllib.error.HTTPError as err:  # (before OSError: an HTTPError is one)
+                    refused.append(err.code)
+                    return
+                except OSError:
                     return  # A is gone: this request was never acknowledged
 
         thread = threading.Thread(target=writer)
@@ -95,7 +99,7 @@ def test_two_instances_share_feedback_and_a_killed_one_loses_no_acknowledged_eve
         stop_writing.set()
         thread.join(10)
         stored = {row.event_id for row in _rows(postgres_url)}
-        assert set(acknowledged) <= stored and len(acknowledged) >= 20
+        assert set(acknowledged) <= stored and len(acknowledged) >= 20 and not refused, refused
         assert get_json(b, "/v1/users/streamer/recommendations?k=5")[1]["fallback"] is False
     finally:
         for proc in procs:

@@ -346,3 +346,18 @@ def test_a_cells_index_travels_in_the_bundle(synthetic, tmp_path):
     by_index = loaded.recommend(users, k=5)[0]
     loaded.engine_.retriever.mode = "exact"
     np.testing.assert_array_equal(by_index, loaded.recommend(users, k=5)[0])  # every cell probed: exact
+
+
+@pytest.mark.parametrize("ann_ms, kept", [(2.0, False), (1.0, False), (0.5, True)])
+def test_an_index_no_faster_than_exact_is_not_kept(vectors, monkeypatch, ann_ms, kept):
+    """Recall met, but no faster than exact scanning: the bundle does not keep the index (it would only cost
+    disk and page cache); faster: kept."""
+    from recsys.retrieval import IndexStats
+    from recsys.retrieval import calibrate as calibrate_module
+
+    items, queries = vectors
+    index = CellIndex("ip", n_cells=16).build(items)
+    stats = IndexStats("ip", 0, 0, 10, 0.95, 0.99, ann_ms, 1.0, 0.1, 256, 0.1, 50, 1, "cells", 16, 8)
+    monkeypatch.setattr(calibrate_module, "tune_index", lambda *a, **kw: (index, stats))
+    indexes, measured = build_indexes(items, queries, None)
+    assert ("ip" in indexes) is kept and measured["ip"]["kept"] is kept

@@ -4,8 +4,10 @@ test_server_cache.py; real gunicorn processes: test_server_process.py.)"""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from server_support import AUTH, KEY, PROBLEM, events
@@ -121,6 +123,44 @@ def test_body_size_is_bounded(models_root):
                          "FEEDBACK_DB_URL": "sqlite://"}).test_client()
     r = client.post("/v1/recommendations/batch", json={"users": ["u"] * 100})
     assert r.status_code == 413 and r.content_type == PROBLEM
+
+
+def test_the_default_body_limit_is_one_mebibyte(client):
+    body = b'{"users": ["' + b"u" * ((1 << 20) - 14) + b'"]}'  # 1 MiB + 1 byte
+    assert len(body) == (1 << 20) + 1
+    r = client.post("/v1/recommendations/batch", data=body, content_type="application/json")
+    assert r.status_code == 413 and r.content_type == PROBLEM
+    at_limit = body[:12] + body[13:]
+    r = client.post("/v1/recommendations/batch", data=at_limit, content_type="application/json")
+    assert len(at_limit) == 1 << 20 and r.status_code == 422, "a body of exactly the limit is read (and validated)"
+
+
+def test_api_keys_are_compared_in_constant_time_against_every_key(models_root, monkeypatch):
+    """Each presented key is compared with hmac.compare_digest against every configured key (an `==`, or a
+    loop that stops at the first match, would fail this)."""
+    import hmac
+
+    from server import auth
+
+    calls, compare = [], hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or compare(a, b))
+    client = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://",
+                         "API_KEYS": ["first-key", KEY, "third-key"]}).test_client()
+    assert client.post("/v1/feedback", json=events(("u", "i0001")), headers=AUTH).status_code == 201
+    assert sorted(b for _, b in calls) == sorted(k.encode() for k in ["first-key", KEY, "third-key"])
+    calls.clear()
+    assert client.post("/v1/feedback", json=events(("u", "i0001")), headers={"X-API-Key": "wrong"}).status_code == 403
+    assert len(calls) == 3
+
+
+def test_the_callers_service_settings_do_not_reach_the_tests(tmp_path):
+    """With RECSYS_READ_REQUIRES_KEY=true in the environment, a test that reads without a key still passes
+    (conftest clears the service settings)."""
+    env = {**os.environ, "RECSYS_READ_REQUIRES_KEY": "true", "RECSYS_MAX_K": "3"}
+    test = "tests/test_server_api.py::test_unknown_user_falls_back_to_popularity"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env,
+                         capture_output=True, text=True, timeout=300, check=False, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stdout[-2000:]
 
 
 def test_openapi_and_offline_docs(client):
