@@ -52,7 +52,9 @@ def metrics_at_k(table: pd.DataFrame, metrics: Sequence[str] = ("recall", "ndcg"
 def embedding_map(coords: np.ndarray, labels: Sequence[str] | None = None,
                   annotate: Mapping[int, str] | None = None, top_labels: int = 8, ax: Any = None) -> Any:
     """A 2-D map (e.g. `recsys.embeddings.tsne_map`) coloured by label (the `top_labels` most common; the
-    rest grey), with some points annotated {row: text}."""
+    rest grey), with some points annotated {row: text}. The legend sits outside the map, beside it; the
+    annotations stand in a column inside each side edge, apart from each other, each linked to its point by a
+    line (`label_positions`), so none is cut off at the edge or covers another."""
     fig, ax = _axes(ax, (7.0, 6.0))
     coords = np.asarray(coords)
     if labels is None:
@@ -65,12 +67,39 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str] | None = None,
         for i, label in enumerate(common):
             mask = labels == label
             ax.scatter(coords[mask, 0], coords[mask, 1], s=4, color=f"C{i % 10}", label=str(label))
-        ax.legend(fontsize=7, markerscale=3, loc="best")
-    for row, text in (annotate or {}).items():
-        ax.annotate(text, coords[row], fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.legend(fontsize=7, markerscale=3, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    rows = list(annotate or {})
+    if rows:
+        for row, (x, y, ha) in zip(rows, label_positions(coords, rows)):
+            ax.annotate(annotate[row], coords[row], xytext=(x, y), textcoords="data", ha=ha, va="center",
+                        fontsize=7, arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4"})
     ax.set_xticks([])
     ax.set_yticks([])
     return fig
+
+
+def label_positions(coords: np.ndarray, rows: Sequence[int], gap: float = 0.04) -> list[tuple[float, float, str]]:
+    """(x, y, horizontal alignment) of the labels of `coords[rows]`: two columns inside the map's edges, the
+    points of the right half labelled at the right edge (text ending there), the left half's at the left
+    edge; in each column the labels keep their points' order by height, at least `gap` of the map's height
+    apart, within its vertical range."""
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    height = max(float(hi[1] - lo[1]), 1e-9)
+    right_half = coords[list(rows), 0] > (lo[0] + hi[0]) / 2
+    out: list[tuple[float, float, str]] = [(0.0, 0.0, "")] * len(rows)
+    for side, x in (("left", float(lo[0])), ("right", float(hi[0]))):
+        order = sorted((i for i in range(len(rows)) if right_half[i] == (side == "right")),
+                       key=lambda i: coords[rows[i], 1])
+        ys = [float(coords[rows[i], 1]) for i in order]
+        for j in range(1, len(ys)):  # upwards: each at least `gap` above the one below
+            ys[j] = max(ys[j], ys[j - 1] + gap * height)
+        if ys and ys[-1] > hi[1]:  # the stack left the map at the top: push it down from there
+            ys[-1] = float(hi[1])
+            for j in range(len(ys) - 2, -1, -1):
+                ys[j] = min(ys[j], ys[j + 1] - gap * height)
+        for i, y in zip(order, ys):
+            out[i] = (x, y, side)
+    return out
 
 
 def popularity_curve(popularity: np.ndarray, recommended: Mapping[str, np.ndarray], ax: Any = None) -> Any:

@@ -88,3 +88,27 @@ def test_every_plot_draws_and_saves(fitted, tmp_path):
     for name, fig in figures.items():
         fig.savefig(tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_the_maps_labels_stay_inside_apart_and_the_legend_outside():
+    """Sixteen labels, half of them on points at the right edge (where titles used to pile up and be cut
+    off): every label's box is inside the axes, no two overlap, and the legend does not cover the data."""
+    from recsys import plots
+
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(500, 2))
+    edge = np.argsort(-coords[:, 0])[:8]  # the eight right-most points
+    others = rng.choice(np.setdiff1d(np.arange(500), edge), 8, replace=False)
+    annotate = {int(r): f"A long movie title {i}" for i, r in enumerate([*edge, *others])}
+    fig = plots.embedding_map(coords, [f"g{i % 5}" for i in range(500)], annotate=annotate)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    frame = ax.get_window_extent(renderer)
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text alone, not its leader line
+    assert len(boxes) == 16
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    assert not [(i, j) for i in range(16) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert not ax.get_legend().get_window_extent(renderer).overlaps(frame), "the legend sits beside the map"
