@@ -526,7 +526,7 @@ def real_one(key: str, root: Path, cache: PeerCache, opts: RealOptions, kept: di
     budget = opts.budget or (SMOKE_BUDGET if opts.smoke else default_budget(inter))
     log.info("real log %s: %d users x %d items, %d interactions; ours' budget %.0f s", name, inter.n_users,
              inter.n_items, inter.nnz, budget)
-    if opts.default_only and not kept:
+    if opts.default_only and not kept:  # (run_real checks every log before it starts)
         raise ValueError(f"--default-only: no saved row for log {key!r} to keep ours (--tune) from")
     ours = kept["ours"] if opts.default_only else suite_ours(inter, budget, opts.seed)
     default = suite_ours(inter, None, opts.seed)
@@ -544,18 +544,23 @@ def real_one(key: str, root: Path, cache: PeerCache, opts: RealOptions, kept: di
 def run_real(keys: list[str], root: Path, cache_path: Path, opts: RealOptions, out: Path,
              append: bool = False) -> dict[str, Any]:
     """Every log in `keys` in turn; the JSON at `out` is rewritten after each, so a crash keeps what ran.
-    append: keep the rows of the other logs already in `out` (each row names the run that measured it)."""
+    append: keep the rows already in `out` (each row names the run that measured it), each replaced when its
+    log runs again (a crash leaves the saved row). With `opts.default_only` every log must have a saved row,
+    checked before anything runs."""
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     earlier = json.loads(out.read_text()) if append and out.exists() else {}
+    saved = {r["key"]: {"run_date": earlier["date"], **r} for r in earlier.get("logs", [])}
+    missing = [key for key in keys if key not in saved]
+    if opts.default_only and missing:
+        raise ValueError(f"--default-only: no saved row for log(s) {missing} to keep ours (--tune) from: run "
+                         "them without --default-only first, or leave them out of --logs")
     result: dict[str, Any] = {
         "date": date, "runs": [*earlier.get("runs", [earlier["date"]] if earlier else []), date],
         "smoke": opts.smoke, "seed": opts.seed, "datasets": str(root), "peer_cache": str(cache_path),
         "search_version": SEARCH_VERSION, "options": dataclasses.asdict(opts),
         "machine": f"{platform.machine()}, {platform.python_version()}",
-        "logs": [{"run_date": earlier["date"], **r} for r in earlier.get("logs", []) if r["key"] not in keys],
-        "skipped": []}
+        "logs": list(saved.values()), "skipped": []}
     cache = PeerCache(cache_path)
-    saved = {r["key"]: {"run_date": earlier["date"], **r} for r in earlier.get("logs", [])}
     for key in keys:
         try:
             row = {"run_date": date, **real_one(key, root, cache, opts, saved.get(key))}
@@ -563,7 +568,11 @@ def run_real(keys: list[str], root: Path, cache_path: Path, opts: RealOptions, o
             log.warning("log %s skipped: %s", key, exc)
             result["skipped"].append({"key": key, "reason": str(exc)})
         else:
-            result["logs"].append(row)
+            at = next((i for i, r in enumerate(result["logs"]) if r["key"] == key), None)
+            if at is None:
+                result["logs"].append(row)
+            else:
+                result["logs"][at] = row
         result["summary"] = real_summary(result["logs"])
         _write_json(out, result)
     return result

@@ -383,9 +383,32 @@ def test_default_only_keeps_ours_from_the_saved_row_and_names_both_runs(tmp_path
     assert row["default"]["model"] == "blend" and row["run_date"] == again["date"]
     assert row["ours_vs_best_peer"] == pytest.approx(0.2 / 0.16) and row["default_vs_als"] == pytest.approx(0.75)
     assert f"ours (--tune) measured in the run of {first['date']}" in quality.real_report(again)
-    with pytest.raises(ValueError, match="no saved row for log 'b'"):
-        quality.run_real(["b"], tmp_path, tmp_path / "peers.json",
+    with pytest.raises(ValueError, match=r"no saved row for log\(s\) \['b'\]"):  # before "a" runs again
+        quality.run_real(["a", "b"], tmp_path, tmp_path / "peers.json",
                          quality.RealOptions(smoke=True, default_only=True), out, append=True)
+    assert runs == [5.0, None, None], "nothing ran"
+
+
+def test_an_appended_run_that_crashes_keeps_the_saved_rows_of_the_logs_it_did_not_finish(tmp_path, monkeypatch):
+    import quality
+
+    calls = []
+
+    def fake(key, root, cache, opts, kept=None):
+        calls.append(key)
+        if key == "c":
+            raise RuntimeError("crash")
+        return {"key": key, "ours": {}, "default": {}, "ours_vs_best_peer": 1.0, "default_vs_als": 1.0,
+                "call": len(calls)}
+
+    monkeypatch.setattr(quality, "real_one", fake)
+    monkeypatch.setattr(quality, "real_summary", lambda logs: {"n": len(logs)})
+    out, opts = tmp_path / "real.json", quality.RealOptions(smoke=True)
+    quality.run_real(["a", "b"], tmp_path, tmp_path / "peers.json", opts, out)
+    with pytest.raises(RuntimeError):
+        quality.run_real(["b", "c", "a"], tmp_path, tmp_path / "peers.json", opts, out, append=True)
+    rows = json.loads(out.read_text())["logs"]
+    assert [(r["key"], r["call"]) for r in rows] == [("a", 1), ("b", 3)], "a: the saved row; b: the new one"
 
 
 def test_report_rewrites_the_table_of_a_saved_run_and_names_a_blends_parts(tmp_path):
