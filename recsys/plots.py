@@ -72,7 +72,8 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str] | None = None,
     if rows:
         for row, (x, y, ha) in zip(rows, label_positions(coords, rows)):
             ax.annotate(annotate[row], coords[row], xytext=(x, y), textcoords="data", ha=ha, va="center",
-                        fontsize=7, arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4"})
+                        fontsize=7, arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4"},
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
     ax.set_xticks([])
     ax.set_yticks([])
     return fig
