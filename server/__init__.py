@@ -19,7 +19,7 @@ from flask_smorest.utils import prepare_response
 from recsys.feedback import FeedbackStore
 
 from .schemas import LIMITS
-from .state import ModelState
+from .state import FEEDBACK, STATE, ModelState
 
 DEFAULTS: dict[str, Any] = {
     "BUNDLE": None,                   # bundle dir or models root; the service is not ready without one
@@ -69,13 +69,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from . import api, errors, fastpath, health, metrics
 
-    app.extensions["recsys_state"] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"],
+    app.extensions[STATE] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"],
                                                 cache_bytes=int(app.config["RESPONSE_CACHE_BYTES"]))
     url = app.config["FEEDBACK_DB_URL"]
     if not url:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{Path(app.instance_path) / 'feedback.db'}"
-    app.extensions["recsys_feedback"] = FeedbackStore(url, no_history_cache=int(app.config["NO_FEEDBACK_CACHE_SIZE"]))
+    app.extensions[FEEDBACK] = FeedbackStore(url, no_history_cache=int(app.config["NO_FEEDBACK_CACHE_SIZE"]))
     smorest = ProblemApi(app)
     smorest.spec.components.security_scheme("ApiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     errors.register(app)

@@ -15,7 +15,7 @@ from . import fastpath
 from . import schemas as s
 from .auth import require_key
 from .fastpath import History, Query
-from .state import Loaded
+from .state import Loaded, get_feedback, get_state
 
 blp = Blueprint("v1", __name__, url_prefix="/v1", description="Recommendations, similar items and users")
 
@@ -27,7 +27,7 @@ def _read_auth() -> None:
 
 
 def _model() -> Loaded:
-    loaded = current_app.extensions["recsys_state"].current
+    loaded = get_state().current
     if loaded is None:
         abort(503, message="No model loaded: the service is not ready (see /readyz).")
     return loaded
@@ -38,7 +38,7 @@ def _filters(genres: tuple[str, ...] | list[str]) -> dict | None:
 
 
 def _history(user: str) -> History:
-    return current_app.extensions["recsys_feedback"].history(user)
+    return get_feedback().history(user)
 
 
 def _recommend(m: Loaded, q: Query, history: History) -> Recommendation:
@@ -78,7 +78,7 @@ def respond(query: Query) -> Response:
 def feedback(body):
     """Store interaction events (committed before the 201); they change the user's recommendations at once."""
     require_key()
-    stored, duplicates = current_app.extensions["recsys_feedback"].add(
+    stored, duplicates = get_feedback().add(
         Event(e["user"], e["item"], e["weight"], e["type"], e["timestamp"], e["event_id"]) for e in body["events"])
     return {"stored": stored, "duplicates": duplicates}
 
@@ -90,7 +90,7 @@ def reload():
     """Load the bundle `current` points at (checksums verified) and swap it in; a corrupt one is refused
     and the old model keeps serving. Under gunicorn, every worker is then replaced gracefully (SIGHUP)."""
     require_key()
-    state = current_app.extensions["recsys_state"]
+    state = get_state()
     previous = state.current.version if state.current else None
     try:
         loaded = state.load()

@@ -1,8 +1,8 @@
-"""The recommendations endpoint's hot path: a response cache per loaded model, a reader for plain query
+"""The recommendations endpoint's hot path: answers through the loaded model's response cache, a reader for plain query
 strings that skips webargs, and a writer of the answer's JSON that skips building its dicts. All make answers
 cheaper, never different.
 
-    fastpath.respond(model, Query(user, k), answer)   # cached when the user has no stored feedback
+    fastpath.respond(model, Query(user, k), answer)   # cached (server/cache.py) when the user has no feedback
     fastpath.install(app, respond)                     # GET ...?k=5&offset=5 without webargs
     fastpath.recommendations_json(user, ids, scores, titles, fallback, version)
 """
@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from json import encoder as json_encoder
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from flask import Flask, Response, current_app, request
 from flask.json.provider import DefaultJSONProvider
@@ -23,51 +21,7 @@ from werkzeug.datastructures import MultiDict
 
 from . import schemas as s
 from .metrics import CACHE_RESULTS
-
-if TYPE_CHECKING:
-    from .state import Loaded
-
-
-class ResponseCache:
-    """Response bodies by request key, bounded by their total size in bytes (least recently used out first);
-    thread-safe. One belongs to each loaded model, so a reload starts empty and the old one goes with the
-    old model."""
-
-    ENTRY_OVERHEAD = 200  # bytes counted per entry besides its body: the key tuple and the dict slot
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._data: OrderedDict[tuple, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: tuple) -> bytes | None:
-        with self._lock:
-            body = self._data.get(key)
-            if body is None:
-                self.misses += 1
-            else:
-                self._data.move_to_end(key)
-                self.hits += 1
-            return body
-
-    def put(self, key: tuple, body: bytes) -> None:
-        size = len(body) + self.ENTRY_OVERHEAD
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            old = self._data.pop(key, None)
-            if old is not None:
-                self.bytes -= len(old) + self.ENTRY_OVERHEAD
-            self._data[key] = body
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, dropped = self._data.popitem(last=False)
-                self.bytes -= len(dropped) + self.ENTRY_OVERHEAD
-
-    def __len__(self) -> int:
-        return len(self._data)
+from .state import Loaded, get_feedback
 
 
 class Query(NamedTuple):
@@ -82,7 +36,7 @@ class Query(NamedTuple):
 
 
 History = list[tuple[str, float]]
-Answer = Callable[["Loaded", Query, History], str]  # the Recommendations document for a query, as JSON
+Answer = Callable[[Loaded, Query, History], str]  # the Recommendations document for a query, as JSON
 
 
 def respond(m: Loaded, query: Query, answer: Answer) -> Response:
@@ -91,7 +45,7 @@ def respond(m: Loaded, query: Query, answer: Answer) -> Response:
     cache; a user with stored feedback is always answered afresh (their first event sends their next request
     down the fold-in path, uncached). `answer` validates the query (e.g. k + offset) before anything is
     computed or cached."""
-    history = current_app.extensions["recsys_feedback"].history(query.user)
+    history = get_feedback().history(query.user)
     key = None if history else query
     body = None if key is None else m.responses.get(key)
     CACHE_RESULTS["bypass" if key is None else "miss" if body is None else "hit"].inc()

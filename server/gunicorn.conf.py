@@ -65,7 +65,9 @@ def on_reload(server):
     forks new workers; old workers finish their requests. A corrupt bundle is refused: the old one stays."""
     gc.unfreeze()  # the previous model may be collected once swapped out; pre_fork freezes the new one
     try:
-        state = server.app.wsgi().extensions["recsys_state"]
+        from server.state import get_state
+
+        state = get_state(server.app.wsgi())
         state.load()
     except Exception as e:  # noqa: BLE001 - the master must survive any bad bundle
         server.log.error("Reload refused, still serving the previous bundle: %s", e)

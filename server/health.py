@@ -1,10 +1,11 @@
 """Liveness and readiness (not part of the versioned API)."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, jsonify, send_from_directory
+from flask import Blueprint, abort, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from .errors import problem
+from .state import get_state
 
 bp = Blueprint("health", __name__)
 
@@ -16,7 +17,7 @@ def livez():
 
 @bp.get("/readyz")
 def readyz():
-    state = current_app.extensions["recsys_state"]
+    state = get_state()
     if state.current is None:
         return problem(503, "Not ready", state.error or "No bundle configured: set RECSYS_BUNDLE.")
     return jsonify(status="ready", model_version=state.current.version)

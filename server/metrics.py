@@ -21,6 +21,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from .state import get_state
+
 REQUESTS = Counter("recsys_requests_total", "HTTP requests", ["endpoint", "method", "status"])
 LATENCY = Histogram("recsys_request_seconds", "Request latency", ["endpoint"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
@@ -59,7 +61,7 @@ def register(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics():
-        state = app.extensions["recsys_state"]
+        state = get_state(app)
         if state.current is not None:
             MODEL.labels(state.current.version).set(1)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -1,4 +1,5 @@
-"""The model the service answers with: an Engine loaded from a verified bundle, and its response cache."""
+"""The model the service answers with: an Engine loaded from a verified bundle, and its response cache; and the
+accessors of what an app holds (`get_state`, `get_feedback`)."""
 from __future__ import annotations
 
 import logging
@@ -6,13 +7,27 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flask import Flask, current_app
+
 from recsys.bundle import Manifest, resolve
 from recsys.engine import Engine, load_engine
 from recsys.exceptions import RecsysError
+from recsys.feedback import FeedbackStore
 
-from .fastpath import ResponseCache
+from .cache import ResponseCache
 
 log = logging.getLogger("recsys")
+STATE, FEEDBACK = "recsys_state", "recsys_feedback"  # keys in app.extensions (set by create_app)
+
+
+def get_state(app: Flask | None = None) -> ModelState:
+    """The app's ModelState (the current app's by default)."""
+    return (app or current_app).extensions[STATE]
+
+
+def get_feedback(app: Flask | None = None) -> FeedbackStore:
+    """The app's feedback store (the current app's by default)."""
+    return (app or current_app).extensions[FEEDBACK]
 
 
 @dataclass(frozen=True)

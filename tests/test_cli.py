@@ -10,6 +10,7 @@ import pytest
 
 from recsys.cli import main
 from recsys.datasets import make_synthetic
+from server.state import get_feedback
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +246,7 @@ def test_cli_and_server_give_the_same_answers(app, client, synthetic, models_roo
     cluster = [i for i in synthetic.items.ids if "cluster2" in genres[i]][:6]
     assert client.post("/v1/feedback", json=events(*[("newcomer", i) for i in cluster], (with_feedback, cluster[0])),
                        headers=AUTH).status_code == 201
-    db = app.extensions["recsys_feedback"].url
+    db = get_feedback(app).url
     top = client.get(f"/v1/users/{known}/recommendations?k=2").get_json()["items"][0]["id"]
     cases = [  # (user, query string, CLI options)
         (known, "k=5", []),

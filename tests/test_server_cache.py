@@ -11,13 +11,14 @@ from server_support import AUTH, KEY, PROBLEM, count_calls, events
 
 from recsys.bundle import new_version_path, publish
 from server import create_app
+from server.state import get_state
 
 
 def test_answers_are_cached_per_model_and_bypassed_by_feedback(app, client, synthetic, monkeypatch):
     """A repeated request for a user without feedback is answered from the loaded model's response cache
     (the engine is not called again); other parameters are other entries; a feedback event sends the user
     down the fold-in path at once."""
-    engine = app.extensions["recsys_state"].current.engine
+    engine = get_state(app).current.engine
     calls = count_calls(monkeypatch, engine, "recommend_indices")
     user = synthetic.users.ids[2]
     first = client.get(f"/v1/users/{user}/recommendations?k=5")
@@ -36,12 +37,12 @@ def test_answers_are_cached_per_model_and_bypassed_by_feedback(app, client, synt
 
 def test_response_cache_can_be_turned_off(models_root, synthetic, monkeypatch):
     app = create_app({"BUNDLE": str(models_root), "FEEDBACK_DB_URL": "sqlite://", "RESPONSE_CACHE_BYTES": 0})
-    engine = app.extensions["recsys_state"].current.engine
+    engine = get_state(app).current.engine
     calls = count_calls(monkeypatch, engine, "recommend_indices")
     client = app.test_client()
     for _ in range(3):
         assert client.get(f"/v1/users/{synthetic.users.ids[0]}/recommendations?k=3").status_code == 200
-    assert len(calls) == 3 and len(app.extensions["recsys_state"].current.responses) == 0
+    assert len(calls) == 3 and len(get_state(app).current.responses) == 0
 
 
 def test_reload_starts_a_new_response_cache(own_root):
@@ -57,7 +58,7 @@ def test_reload_starts_a_new_response_cache(own_root):
 
 
 def test_response_cache_is_bounded_lru_by_bytes():
-    from server.fastpath import ResponseCache
+    from server.cache import ResponseCache
 
     entry = 100 + ResponseCache.ENTRY_OVERHEAD
     cache = ResponseCache(2 * entry)

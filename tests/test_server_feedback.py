@@ -10,6 +10,7 @@ import sys
 from server_support import AUTH, KEY, PROBLEM, events
 
 from server import create_app
+from server.state import get_feedback
 
 
 def test_writes_need_a_valid_key(client):
@@ -31,7 +32,7 @@ def test_replayed_event_id_is_stored_once(client, app):
     body = events(("u0001", "i0003"), event_id="evt-1")
     assert client.post("/v1/feedback", json=body, headers=AUTH).get_json() == {"stored": 1, "duplicates": 0}
     assert client.post("/v1/feedback", json=body, headers=AUTH).get_json() == {"stored": 0, "duplicates": 1}
-    assert app.extensions["recsys_feedback"].count() == 1
+    assert get_feedback(app).count() == 1
 
 
 def test_bad_events_are_named(client):
@@ -67,7 +68,7 @@ def test_train_from_db_adds_stored_events(client, app, tmp_path, capsys):
     log = tmp_path / "log.csv"
     log.write_text("user,item\nu1,a\nu1,b\nu2,b\nu2,c\nu3,a\n")
     client.post("/v1/feedback", json=events(("u9", "zz-new-item"), ("u1", "c")), headers=AUTH)
-    url = app.extensions["recsys_feedback"].url
+    url = get_feedback(app).url
     assert main(["train", "--data", str(log), "--from-db", url, "--model", "popularity", "--no-index",
                  "--out", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out

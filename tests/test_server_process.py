@@ -15,6 +15,7 @@ from server_support import AUTH, KEY, events
 from recsys.bundle import new_version_path, publish
 from recsys.service import BIN, environment, free_port, get_json, start, stop, wait_ready
 from server import create_app
+from server.state import get_state
 
 
 def _serve(bundle: Path, port: int, db_url: str, log: Path | None = None) -> subprocess.Popen:
@@ -155,9 +156,9 @@ def test_gunicorn_hooks_freeze_the_preloaded_app_and_reload_unfreezes(models_roo
     try:
         hooks["pre_fork"](server, None)
         assert gc.get_freeze_count() > 0
-        before = app.extensions["recsys_state"].current
+        before = get_state(app).current
         hooks["on_reload"](server)
-        assert gc.get_freeze_count() == 0 and app.extensions["recsys_state"].current is not before
+        assert gc.get_freeze_count() == 0 and get_state(app).current is not before
     finally:
         gc.unfreeze()
 
