@@ -67,7 +67,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.from_mapping(config)
     logging.getLogger("recsys").setLevel(logging.INFO)
 
-    from . import api, errors, fastpath, health, metrics
+    from . import api, errors, health, metrics
 
     app.extensions[STATE] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"],
                                                 cache_bytes=int(app.config["RESPONSE_CACHE_BYTES"]))
@@ -81,7 +81,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     errors.register(app)
     with app.app_context():  # the spec reads this app's limits (schemas.LIMITS) as the views are registered
         smorest.register_blueprint(api.blp)
-    fastpath.install(app, api.respond)
     app.register_blueprint(health.bp)
     metrics.register(app)
     return app

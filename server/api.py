@@ -18,6 +18,7 @@ from .fastpath import History, Query
 from .state import Loaded, get_feedback, get_state
 
 blp = Blueprint("v1", __name__, url_prefix="/v1", description="Recommendations, similar items and users")
+blp.ARGUMENTS_PARSER = fastpath.Parser()  # plain recommendation queries skip marshmallow (fastpath.Parser)
 
 
 @blp.before_request

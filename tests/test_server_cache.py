@@ -225,3 +225,17 @@ def test_an_app_with_other_json_settings_answers_through_its_own_provider(models
     assert not fastpath.writes_as_flask_does(app)
     body = app.test_client().get(f"/v1/users/{synthetic.users.ids[1]}/recommendations?k=3").get_data(as_text=True)
     assert body.startswith('{"user": ') and '"id": ' in body
+
+
+def test_a_plain_query_skips_marshmallow_and_any_other_is_loaded_by_the_schema(client, monkeypatch):
+    """One view serves both: the blueprint's parser (fastpath.Parser) reads a plain query string itself and
+    hands every other one to webargs, which loads it with RecommendQuery."""
+    from server import schemas
+
+    loads = []
+    load = schemas.RecommendQuery.load
+    monkeypatch.setattr(schemas.RecommendQuery, "load", lambda self, *a, **kw: loads.append(1) or load(self, *a, **kw))
+    assert client.get("/v1/users/u0001/recommendations?k=3&offset=1").status_code == 200
+    assert loads == [], "plain: no schema load"
+    assert client.get("/v1/users/u0001/recommendations?k=3&genre=cluster1").status_code == 200
+    assert loads == [1], "a filter: the schema loads it"
