@@ -519,15 +519,14 @@ def real_summary(logs: list[dict]) -> dict[str, Any]:
 def real_one(key: str, root: Path, cache: PeerCache, opts: RealOptions, kept: dict[str, Any] | None = None
              ) -> dict[str, Any]:
     """One log's row. With `opts.default_only`, ours (--tune) is `kept`'s (the saved row of this log, which
-    names its run in `ours_run_date`) and only the default path runs."""
+    `run_real` checks exists before it starts; it names its run in `ours_run_date`) and only the default path
+    runs."""
     name, inter, facts = real_log(key, root, opts.smoke)
     train, test = holdout(inter, 0.2, opts.seed)  # the split train_and_bundle makes for ours
     # what `recsys train --tune` spends on this log (the CLI's default_budget of the whole log)
     budget = opts.budget or (SMOKE_BUDGET if opts.smoke else default_budget(inter))
     log.info("real log %s: %d users x %d items, %d interactions; ours' budget %.0f s", name, inter.n_users,
              inter.n_items, inter.nnz, budget)
-    if opts.default_only and not kept:  # (run_real checks every log before it starts)
-        raise ValueError(f"--default-only: no saved row for log {key!r} to keep ours (--tune) from")
     ours = kept["ours"] if opts.default_only else suite_ours(inter, budget, opts.seed)
     default = suite_ours(inter, None, opts.seed)
     peers_ = {p: tune_peer(p, key, train, test, cache, opts) for p in REAL_PEERS}

@@ -302,7 +302,6 @@ class Search:
                 self.starts.append(point)
                 self.study.enqueue_trial(point)
         self.n_local = 0  # neighbour trials enqueued by `_refine`
-        self.max_fit_work: float | None = None  # a sampled point whose `fit_work` is over this is not fitted
 
     def _new_study(self) -> optuna.Study:
         import optuna
@@ -322,8 +321,9 @@ class Search:
         return float(self.study.best_value) if self.done else -math.inf
 
     def run(self, *, budget: float | None = None, n_trials: int | None = None,
-            trial_seconds: float | None = None) -> Search:
-        """Add trials until `budget` seconds or `n_trials` trials (a running trial finishes)."""
+            trial_seconds: float | None = None, max_fit_work: float | None = None) -> Search:
+        """Add trials until `budget` seconds or `n_trials` trials (a running trial finishes). max_fit_work: a
+        sampled point whose `fit_work` is over this is not fitted (the trial is pruned before it starts)."""
         import optuna
 
         from .models import make_model
@@ -336,9 +336,9 @@ class Search:
 
         def objective(trial: optuna.Trial) -> float:
             params = {**self.fixed, **{name: dim.suggest(trial, name) for name, dim in self.space.items()}}
-            if self.max_fit_work is not None and fit_work(self.model, params, self.fit_part) > self.max_fit_work:
+            if max_fit_work is not None and fit_work(self.model, params, self.fit_part) > max_fit_work:
                 log.info("tune %s: %s skipped: its fit would cost over %.3g multiply-adds", self.model,
-                         trial.params, self.max_fit_work)
+                         trial.params, max_fit_work)
                 raise optuna.TrialPruned()
             t0 = time.perf_counter()
             try:
@@ -807,24 +807,23 @@ def scale_up(search: Search, data: Interactions, bound: Mapping[str, int]) -> di
 
 
 def continue_search(search: Search, data: Interactions) -> Search:
-    """Run `search`'s next trials (start points still queued, then the sampler's), one at a time, until CONTINUE_TRIALS have run or their summed work passes
-    CONTINUE_WORK: each trial costs the epochs it validated (all of its bound when it did not validate any)
-    x `epoch_work` at its point. A point whose fit could cost more than SCALE_WORK (the widest fit the default
-    path affords) is not fitted: on a 1M-row log one 512-factor fit would cost over ten minutes."""
+    """Run `search`'s next trials (start points still queued, then the sampler's), one at a time, until
+    CONTINUE_TRIALS have run or their summed work passes CONTINUE_WORK: each trial costs the epochs it validated
+    (all of its bound when it did not validate any) x `epoch_work` at its point. A point whose fit could cost
+    more than SCALE_WORK (the widest fit the default path affords) is not fitted: on a 1M-row log one
+    512-factor fit would cost over ten minutes."""
     import optuna
 
     spent = 0.0
-    search.max_fit_work = SCALE_WORK
     for _ in range(CONTINUE_TRIALS):
         if spent > CONTINUE_WORK:
             break
-        search.run(n_trials=1)
+        search.run(n_trials=1, max_fit_work=SCALE_WORK)
         finished = [t for t in search.study.get_trials(deepcopy=False) if t.state.is_finished()]
         trial = max(finished, key=lambda t: t.datetime_complete)  # (a start point may have waited in the queue)
         epochs = max(trial.intermediate_values, default=search.fixed.get("epochs", 1))  # epochs count from 1
         if trial.state != optuna.trial.TrialState.PRUNED or trial.intermediate_values:
             spent += epochs * epoch_work(search.model, {**search.fixed, **trial.params}, data)
-    search.max_fit_work = None
     return search
 
 
