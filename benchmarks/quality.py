@@ -331,6 +331,9 @@ GENERATED_KEYS = tuple(k for k in suite_logs.KEYS if k != suite_logs.MOVIELENS)
 REAL_ALL_KEYS = (*real_logs.REAL_KEYS, *GENERATED_KEYS)
 
 
+PATH_NAMES = {"ours": "ours (--tune)", "default": "the default path"}  # the two paths a row measures
+
+
 @dataclasses.dataclass(frozen=True)
 class RealOptions:
     seed: int = 0
@@ -339,7 +342,7 @@ class RealOptions:
     refine: int | None = None          # refinement rounds of the peers' grids (None: the space's own)
     budget: float | None = None        # ours' tuning budget (None: what `recsys train --tune` spends)
     ease_max_bytes: int | None = None  # EASE's memory bound (None: the library's default)
-    default_only: bool = False         # measure only the default path; keep ours (--tune) from the saved row
+    keep: str | None = None            # "ours" (--tune) or "default": kept from the saved row, the other measured
 
 
 class PeerCache:
@@ -518,23 +521,23 @@ def real_summary(logs: list[dict]) -> dict[str, Any]:
 
 def real_one(key: str, root: Path, cache: PeerCache, opts: RealOptions, kept: dict[str, Any] | None = None
              ) -> dict[str, Any]:
-    """One log's row. With `opts.default_only`, ours (--tune) is `kept`'s (the saved row of this log, which
-    `run_real` checks exists before it starts; it names its run in `ours_run_date`) and only the default path
-    runs."""
+    """One log's row. With `opts.keep` ("ours" or "default"), that path's cell is `kept`'s (the saved row of this
+    log, which `run_real` checks exists before it starts; the row names its run in `ours_run_date` or
+    `default_run_date`) and only the other path runs."""
     name, inter, facts = real_log(key, root, opts.smoke)
     train, test = holdout(inter, 0.2, opts.seed)  # the split train_and_bundle makes for ours
     # what `recsys train --tune` spends on this log (the CLI's default_budget of the whole log)
     budget = opts.budget or (SMOKE_BUDGET if opts.smoke else default_budget(inter))
     log.info("real log %s: %d users x %d items, %d interactions; ours' budget %.0f s", name, inter.n_users,
              inter.n_items, inter.nnz, budget)
-    ours = kept["ours"] if opts.default_only else suite_ours(inter, budget, opts.seed)
-    default = suite_ours(inter, None, opts.seed)
+    ours, default = (kept[path] if opts.keep == path else _ours_cell(suite_ours(inter, b, opts.seed))
+                     for path, b in (("ours", budget), ("default", None)))
     peers_ = {p: tune_peer(p, key, train, test, cache, opts) for p in REAL_PEERS}
     top = best_peer(peers_)
     return {"key": key, "name": name, "users": inter.n_users, "items": inter.n_items, "interactions": inter.nnz,
             "train": train.nnz, "test": test.nnz, **facts, "budget_s": budget,
-            **({"ours_run_date": kept.get("ours_run_date", kept["run_date"])} if opts.default_only else {}),
-            "ours": ours if opts.default_only else _ours_cell(ours), "default": _ours_cell(default),
+            **({f"{opts.keep}_run_date": kept.get(f"{opts.keep}_run_date", kept["run_date"])} if opts.keep else {}),
+            "ours": ours, "default": default,
             "peers": peers_, "best_peer": top,
             "ours_vs_best_peer": _ratio(ours, peers_[top]) if top else None,
             "default_vs_als": _ratio(default, peers_["implicit_als"])}
@@ -544,15 +547,16 @@ def run_real(keys: list[str], root: Path, cache_path: Path, opts: RealOptions, o
              append: bool = False) -> dict[str, Any]:
     """Every log in `keys` in turn; the JSON at `out` is rewritten after each, so a crash keeps what ran.
     append: keep the rows already in `out` (each row names the run that measured it), each replaced when its
-    log runs again (a crash leaves the saved row). With `opts.default_only` every log must have a saved row,
-    checked before anything runs."""
+    log runs again (a crash leaves the saved row). With `opts.keep` every log must have a saved row, checked
+    before anything runs."""
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     earlier = json.loads(out.read_text()) if append and out.exists() else {}
     saved = {r["key"]: {"run_date": earlier["date"], **r} for r in earlier.get("logs", [])}
     missing = [key for key in keys if key not in saved]
-    if opts.default_only and missing:
-        raise ValueError(f"--default-only: no saved row for log(s) {missing} to keep ours (--tune) from: run "
-                         "them without --default-only first, or leave them out of --logs")
+    if opts.keep and missing:
+        flag = "--default-only" if opts.keep == "ours" else "--tune-only"
+        raise ValueError(f"{flag}: no saved row for log(s) {missing} to keep {PATH_NAMES[opts.keep]} from: run "
+                         f"them without {flag} first, or leave them out of --logs")
     result: dict[str, Any] = {
         "date": date, "runs": [*earlier.get("runs", [earlier["date"]] if earlier else []), date],
         "smoke": opts.smoke, "seed": opts.seed, "datasets": str(root), "peer_cache": str(cache_path),
@@ -592,9 +596,10 @@ def real_report(result: dict[str, Any]) -> str:
     for r in result["logs"]:
         als = r["peers"]["implicit_als"]
         notes += _real_notes(r)
-        if "ours_run_date" in r:
-            notes.append(f"* {r['name']}: ours (--tune) measured in the run of {r['ours_run_date']}, the default "
-                         f"path in the run of {r['run_date']}")
+        for kept, other in (("ours", "default"), ("default", "ours")):
+            if f"{kept}_run_date" in r:
+                notes.append(f"* {r['name']}: {PATH_NAMES[kept]} measured in the run of {r[f'{kept}_run_date']}, "
+                             f"{PATH_NAMES[other]} in the run of {r['run_date']}")
         lines.append(
             f"| {r['name']} | {r['source']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | "
             f"{'yes' if r['timed'] else 'no'} | {model_text(r['ours'])} | {_cell(r['ours'])} | "
@@ -698,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-only", action="store_true",
                    help="with --real --append: run only the default path (no --tune) of each log, keeping ours "
                         "(--tune) from the saved row (for a change that only the default path sees)")
+    p.add_argument("--tune-only", action="store_true",
+                   help="with --real --append: run only ours (--tune) of each log, keeping the default path from "
+                        "the saved row (for a change that only --tune sees)")
     p.add_argument("--retune", action="store_true", help="with --real: search the peers again, ignoring the cache")
     p.add_argument("--refine", type=int, default=None,
                    help="with --real: half-step refinement rounds of the peers' grids (default 1, smoke 0)")
@@ -745,10 +753,12 @@ def main_real(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     stem = "quality_real_smoke" if args.smoke else "quality_real"
     out = Path(args.out or ROOT / "results" / f"{stem}.json")
     cache = args.peer_cache or ROOT / "results" / f"{stem}_peers.json"
-    if args.default_only and not args.append:
-        p.error("--default-only needs --append (it keeps ours from the saved rows)")
+    if (args.default_only or args.tune_only) and not args.append:
+        p.error("--default-only and --tune-only need --append (they keep the other path from the saved rows)")
+    if args.default_only and args.tune_only:
+        p.error("--default-only and --tune-only exclude each other")
     opts = RealOptions(seed=args.seed, smoke=args.smoke, retune=args.retune, refine=args.refine, budget=args.budget,
-                       default_only=args.default_only,
+                       keep="ours" if args.default_only else "default" if args.tune_only else None,
                        ease_max_bytes=None if args.ease_max_gib is None else int(args.ease_max_gib * 2**30))
     if args.peers_only:
         for key in keys:

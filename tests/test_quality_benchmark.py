@@ -378,7 +378,7 @@ def test_default_only_keeps_ours_from_the_saved_row_and_names_both_runs(tmp_path
     monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed: runs.append(budget) or
                         {"model": "blend", "ndcg@10": 0.12, "params": {}})
     again = quality.run_real(["a"], tmp_path, tmp_path / "peers.json",
-                             quality.RealOptions(smoke=True, default_only=True), out, append=True)
+                             quality.RealOptions(smoke=True, keep="ours"), out, append=True)
     row = again["logs"][0]
     assert runs == [5.0, None, None], "only the default path ran"
     assert row["ours"]["ndcg@10"] == 0.2 and row["ours_run_date"] == first["date"]
@@ -387,8 +387,34 @@ def test_default_only_keeps_ours_from_the_saved_row_and_names_both_runs(tmp_path
     assert f"ours (--tune) measured in the run of {first['date']}" in quality.real_report(again)
     with pytest.raises(ValueError, match=r"no saved row for log\(s\) \['b'\]"):  # before "a" runs again
         quality.run_real(["a", "b"], tmp_path, tmp_path / "peers.json",
-                         quality.RealOptions(smoke=True, default_only=True), out, append=True)
+                         quality.RealOptions(smoke=True, keep="ours"), out, append=True)
     assert runs == [5.0, None, None], "nothing ran"
+
+
+def test_tune_only_keeps_the_default_path_from_the_saved_row(tmp_path, monkeypatch, synthetic):
+    """--tune-only, the mirror of --default-only: ours (--tune) is measured again, the default path is the saved
+    row's (from the run that measured it, even when that row kept ours from an earlier one)."""
+    import quality
+
+    runs = []
+    monkeypatch.setattr(quality, "real_log", lambda key, root, smoke: (key, synthetic, {"source": "generated", "timed": True}))
+    monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed: runs.append(budget) or
+                        {"model": "ials", "ndcg@10": 0.2 if budget else 0.1, "params": {}})
+    monkeypatch.setattr(quality, "tune_peer", lambda p, *a: {"ndcg@10": 0.16 if p == "implicit_als" else 0.08})
+    out = tmp_path / "real.json"
+    quality.run_real(["a"], tmp_path, tmp_path / "peers.json", quality.RealOptions(smoke=True, budget=5.0), out)
+    second = quality.run_real(["a"], tmp_path, tmp_path / "peers.json", quality.RealOptions(smoke=True, keep="ours"),
+                              out, append=True)
+    monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed: runs.append(budget) or
+                        {"model": "blend", "ndcg@10": 0.24, "params": {}})
+    third = quality.run_real(["a"], tmp_path, tmp_path / "peers.json",
+                             quality.RealOptions(smoke=True, budget=5.0, keep="default"), out, append=True)
+    row = third["logs"][0]
+    assert runs == [5.0, None, None, 5.0], "only ours ran the third time"
+    assert row["ours"]["model"] == "blend" and row["default"]["ndcg@10"] == 0.1
+    assert row["default_run_date"] == second["date"] and "ours_run_date" not in row
+    assert row["ours_vs_best_peer"] == pytest.approx(0.24 / 0.16) and row["default_vs_als"] == pytest.approx(0.625)
+    assert f"the default path measured in the run of {second['date']}" in quality.real_report(third)
 
 
 def test_an_appended_run_that_crashes_keeps_the_saved_rows_of_the_logs_it_did_not_finish(tmp_path, monkeypatch):

@@ -393,6 +393,33 @@ def test_close_models_are_confirmed_on_a_second_split_and_chosen_by_both(synthet
                           tuning.TuneResult("c", {}, 0.5, "ndcg@10", 1, 0, 0.2)]).model == "b"
 
 
+def test_after_a_budgeted_search_the_leaders_best_trials_are_confirmed_and_the_best_mean_wins(synthetic_split):
+    """The winner's curse: the best of many trials on one split is the luckiest; its runners-up are scored on
+    the confirmation split too, and the parameters with the best mean of both scores are kept."""
+    train, _ = synthetic_split
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    search = tuning.Search("ease", fit_part, valid).run(n_trials=6)
+    top = search.top(tuning.CONFIRM_TRIALS)
+    values = sorted((t.value for t in search.done), reverse=True)
+    assert [t["value"] for t in top] == values[:tuning.CONFIRM_TRIALS]
+    assert all(t["seconds"] > 0 and "l2" in t["params"] for t in top)
+
+    alone = search.result()
+    tuning.confirm([alone], train, fit_part, 0.2)
+    assert alone.confirmation is None and alone.confirmed == [], "no budget: a lone leader is not scored again"
+    assert tuning.runners_up(alone, budget=1e-6) == [], "fits over CONFIRM_BUDGET_SHARE of the budget"
+
+    result = search.result()
+    tuning.confirm([result], train, fit_part, 0.2, budget=1e6)
+    assert [c["params"] for c in result.confirmed] == [t["params"] for t in top]
+    best = max(result.confirmed, key=lambda c: (c["value"] + c["confirmation"]) / 2)
+    assert (result.best_params, result.best_value, result.confirmation) == \
+        (best["params"], best["value"], best["confirmation"])
+    conf_fit, conf_valid = tuning.confirmation_split(train, fit_part, 0.2, 0)
+    again = evaluate(make_model("ease", **best["params"]).fit(conf_fit), conf_valid, 10)["ndcg@10"]
+    assert again == pytest.approx(best["confirmation"])
+
+
 def test_without_a_budget_ials_runs_the_start_points_its_work_bound_affords(synthetic_split):
     from types import SimpleNamespace
 
