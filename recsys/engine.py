@@ -9,7 +9,7 @@ The engine turns ids into indices, filters and exclusions into index sets, and h
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,6 +280,22 @@ class Engine:
         valid = idx >= 0
         idx, val = idx[valid][offset:], val[valid][offset:]
         return Recommendation(user, self.items.ids[idx], val, fallback, idx)
+
+    def recommend_users(self, users: Sequence[object], k: int = 10,
+                        histories: Mapping[object, Sequence[tuple[object, float]]] | None = None
+                        ) -> list[Recommendation]:
+        """`recommend_user` for each of `users` (histories: each one's feedback events, as there): the known
+        users without feedback are ranked together in one batched search, the others one by one."""
+        _check_k(k)
+        histories = histories or {}
+        plain = [u for u in dict.fromkeys(users) if not histories.get(u) and u in self.users]
+        ranked = {}
+        if plain:
+            idx, val = self.recommend_indices(self.users.to_index(plain, kind="user"), k)
+            for user, i, v in zip(plain, idx, val):
+                valid = i >= 0
+                ranked[user] = Recommendation(user, self.items.ids[i[valid]], v[valid], False, i[valid])
+        return [ranked.get(u) or self.recommend_user(u, k, history=histories.get(u)) for u in users]
 
     def _folded_in(self, user: object | None, history: Sequence[tuple[object, float]], n: int, deny: np.ndarray,
                    allow: np.ndarray | None, include_seen: bool) -> tuple[np.ndarray, np.ndarray] | None:

@@ -141,6 +141,22 @@ class FeedbackStore:
             self._memory.remember(user, generation)
         return [(r[0], r[1]) for r in rows]
 
+    def histories(self, users: Iterable[str]) -> dict[str, list[tuple[str, float]]]:
+        """`history` of each of `users` in one query (those remembered to have none skip it)."""
+        found: dict[str, list[tuple[str, float]]] = {u: [] for u in users}
+        generations = {u: self._memory.lookup(u) for u in found} if self._memory is not None else {}
+        ask = [u for u in found if self._memory is None or generations[u] is not None]
+        if ask:
+            query = sa.select(events.c.user_id, events.c.item_id, events.c.weight).where(
+                events.c.user_id.in_(ask)).order_by(events.c.ts, events.c.id)
+            with self.engine.connect() as conn:
+                for user, item, weight in conn.execute(query):
+                    found[user].append((item, weight))
+        for user in ask:
+            if not found[user] and generations.get(user) is not None:
+                self._memory.remember(user, generations[user])
+        return found
+
     def to_frame(self) -> pd.DataFrame:
         """Every event as a frame with columns user, item, weight, timestamp (UTC) and type."""
         with self.engine.connect() as conn:

@@ -38,10 +38,6 @@ def _filters(genres: tuple[str, ...] | list[str]) -> dict | None:
     return {"genres": list(genres)} if genres else None
 
 
-def _history(user: str) -> History:
-    return get_feedback().history(user)
-
-
 def _recommend(m: Loaded, q: Query, history: History) -> Recommendation:
     limit = current_app.config["MAX_K"]
     if q.k + q.offset > limit:
@@ -52,8 +48,12 @@ def _recommend(m: Loaded, q: Query, history: History) -> Recommendation:
 
 def recommendations(m: Loaded, q: Query, history: History) -> dict:
     """One user's Recommendations document; history: the user's stored feedback events."""
-    rec = _recommend(m, q, history)
-    return {"user": q.user, "items": m.engine.catalogue.scored_items(rec.item_ids, rec.scores, rec.item_index),
+    return document(m, _recommend(m, q, history))
+
+
+def document(m: Loaded, rec: Recommendation) -> dict:
+    """A Recommendations document of one answer."""
+    return {"user": rec.user, "items": m.engine.catalogue.scored_items(rec.item_ids, rec.scores, rec.item_index),
             "fallback": rec.fallback, "model_version": m.version}
 
 
@@ -116,9 +116,10 @@ def recommend(args, user_id):
 @blp.arguments(s.BatchRequest())
 @blp.response(200, s.BatchResponse)
 def recommend_batch(body):
-    """Top-k for many users in one call."""
+    """Top-k for many users in one call (the known users without feedback ranked together)."""
     m = _model()
-    return {"results": [recommendations(m, Query(u, body["k"]), _history(u)) for u in body["users"]]}
+    recs = m.engine.recommend_users(body["users"], body["k"], histories=get_feedback().histories(body["users"]))
+    return {"results": [document(m, rec) for rec in recs]}
 
 
 @blp.route("/sessions/recommendations", methods=["POST"])

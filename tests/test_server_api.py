@@ -14,6 +14,7 @@ from server_support import AUTH, KEY, PROBLEM, events
 
 from recsys.bundle import new_version_path, publish, resolve
 from server import create_app
+from server.state import get_feedback, get_state
 
 
 def test_health(client):
@@ -87,6 +88,28 @@ def test_batch_session_similar_item_and_model(client, synthetic):
     assert item["id"] == "i0001" and item["title"] == "Item i0001" and item["genres"]
     info = client.get("/v1/model").get_json()
     assert info["model"] == "mf" and info["n_items"] == synthetic.n_items and "ndcg@10" not in info["metrics"]
+
+
+def test_a_batch_is_one_engine_call_and_one_feedback_read_with_each_users_own_answer(models_root, synthetic,
+                                                                                   tmp_path, monkeypatch):
+    """Known users without feedback are ranked in one batched search; a user with feedback is folded in and a
+    stranger falls back, as the single endpoint answers each of them."""
+    from server_support import count_calls
+
+    app = create_app({"BUNDLE": str(models_root), "API_KEYS": KEY,
+                      "FEEDBACK_DB_URL": f"sqlite:///{tmp_path / 'fb.db'}"})
+    client = app.test_client()
+    users = [*synthetic.users.ids[:3], "walk-in", "stranger", synthetic.users.ids[0]]
+    assert client.post("/v1/feedback", json=events(("walk-in", "i0001")), headers=AUTH).status_code == 201
+    with app.app_context():
+        engine, store = get_state().current.engine, get_feedback()
+    searches = count_calls(monkeypatch, engine, "recommend_indices")
+    reads, single_reads = count_calls(monkeypatch, store, "histories"), count_calls(monkeypatch, store, "history")
+    results = client.post("/v1/recommendations/batch", json={"users": users, "k": 4}).get_json()["results"]
+    assert len(searches) == 1 and len(reads) == 1 and single_reads == []
+    assert [r["fallback"] for r in results] == [False, False, False, False, True, False]
+    for user, result in zip(users, results):
+        assert result == client.get(f"/v1/users/{user}/recommendations?k=4").get_json()
 
 
 @pytest.mark.parametrize("method, url, body, status", [

@@ -119,6 +119,24 @@ def test_feedback_store_skips_the_database_for_users_without_events(tmp_path):
     assert len(queries) == n + 1
 
 
+def test_histories_of_many_users_are_one_query_and_match_each_history(tmp_path):
+    """The batch endpoint's read: one query for every user not remembered to have none, the same lists as
+    `history` (oldest first), and the users found empty are remembered."""
+    from recsys.feedback import Event, FeedbackStore
+
+    for url in (f"sqlite:///{tmp_path / 'fb.db'}", "sqlite://"):
+        store = FeedbackStore(url)
+        store.add([Event("a", "i2", 2.0, timestamp=20), Event("b", "i1", timestamp=5), Event("a", "i1", timestamp=10)])
+        queries = _count_queries(store)
+        found = store.histories(["a", "b", "c"])
+        assert found == {"a": [("i1", 1.0), ("i2", 2.0)], "b": [("i1", 1.0)], "c": []}
+        assert len(queries) == 1
+        assert found == {u: store.history(u) for u in "abc"}
+        if url != "sqlite://":
+            del queries[:]
+            assert store.histories(["c"]) == {"c": []} and queries == [], "c was remembered"
+
+
 def test_feedback_store_sees_commits_from_other_processes(tmp_path):
     """Two stores on one file stand for two gunicorn workers; a third writer is another process."""
     from recsys.feedback import Event, FeedbackStore
