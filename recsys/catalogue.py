@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import IdMap
+from .data import IdMap, is_missing
 from .exceptions import DataValidationError
 
 
@@ -135,6 +135,3 @@ class Catalogue:
         return [str(i) for i in item_ids.tolist()], np.asarray(scores, dtype=np.float64).tolist(), titles
 
 
-def is_missing(value: object) -> bool:
-    """None, NaN and pandas' missing markers (<NA>, nan as text)."""
-    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value) in ("<NA>", "nan")

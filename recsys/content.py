@@ -28,7 +28,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 from threadpoolctl import threadpool_limits
 
-from .data import IdMap, Interactions, holdout, ids_as_str
+from .data import IdMap, Interactions, holdout, ids_as_str, is_missing
 from .engine import Engine
 from .evaluation import evaluate
 from .exceptions import DataValidationError
@@ -114,15 +114,11 @@ def _tokens(columns: Sequence[str], values: Sequence[object]) -> list[str]:
     out = []
     for column, value in zip(columns, values):
         if isinstance(value, _LIST_TYPES):
-            words = (str(v).strip().lower() for v in value if not _is_missing(v))
+            words = (str(v).strip().lower() for v in value if not is_missing(v))
             out.extend(f"{column}:{w}" for w in words if w)
-        elif not _is_missing(value):
+        elif not is_missing(value):
             out.extend(f"{column}:{w}" for w in _WORD.findall(str(value).lower()))
     return out
-
-
-def _is_missing(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 def _check_dim(dim: object) -> None:
@@ -237,7 +233,7 @@ def _vector_frame(source: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, str]
 
 
 def _check_ids(ids: np.ndarray, item_col: str, where: str) -> np.ndarray:
-    null = np.array([_is_missing(x) or str(x).strip() == "" for x in ids], dtype=bool)
+    null = np.array([is_missing(x) or str(x).strip() == "" for x in ids], dtype=bool)
     if null.any():
         raise DataValidationError(f"Column {item_col!r} in {where} has a null or empty item id at row "
                                   f"{int(np.flatnonzero(null)[0])}; every vector needs the id of its item.")
@@ -257,7 +253,7 @@ def _stack_vectors(values: np.ndarray, ids: np.ndarray, column: str, dim: int | 
     lengths = np.array([_vector_length(v) for v in values])
     if (lengths < 0).any():
         row = int(np.flatnonzero(lengths < 0)[0])
-        what = "no vector (null)" if _is_missing(values[row]) else f"a {type(values[row]).__name__}"
+        what = "no vector (null)" if is_missing(values[row]) else f"a {type(values[row]).__name__}"
         raise DataValidationError(f"Item {ids[row]!r} in column {column!r} has {what}; every row needs a "
                                   "list or 1-d array of numbers.")
     expected = dim if dim is not None else int(np.bincount(lengths).argmax())

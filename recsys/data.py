@@ -508,3 +508,12 @@ def time_split(inter: Interactions, cutoff: str | pd.Timestamp | int | None = No
             else int(pd.Timestamp(cutoff).timestamp())
     is_test = inter.timestamp >= cutoff
     return inter.subset(~is_test), inter.subset(is_test)
+
+
+def is_missing(value: object) -> bool:
+    """None, NaN, NaT, pandas' <NA>, and the text a bundle's metadata stores for them ('nan', '<NA>')."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value in ("<NA>", "nan")
+    return bool(pd.api.types.is_scalar(value) and pd.isna(value))

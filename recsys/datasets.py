@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.exceptions import DataValidationError, DownloadError
+from recsys.retrieval.exact import normalise
 
 logger = logging.getLogger(__name__)  # "recsys.datasets", a child of the "recsys" logger
 
@@ -509,8 +510,8 @@ def make_synthetic(
     item_cluster = rng.permutation(np.arange(n_items) % n_factors)
     user_cluster = rng.integers(n_factors, size=n_users)
     noise = 0.5 / np.sqrt(n_factors)  # spread around a centre: norm about 0.5 in any dimension
-    item_vecs = _unit(centres[item_cluster] + noise * rng.standard_normal((n_items, n_factors)))
-    user_vecs = _unit(centres[user_cluster] + noise * rng.standard_normal((n_users, n_factors)))
+    item_vecs = normalise(centres[item_cluster] + noise * rng.standard_normal((n_items, n_factors)))
+    user_vecs = normalise(centres[user_cluster] + noise * rng.standard_normal((n_users, n_factors)))
     log_pop = -popularity_skew * np.log1p(rng.permutation(n_items))  # power law over a random rank
     counts = np.minimum(1 + rng.poisson(interactions_per_user - 1, size=n_users), n_items)
 
@@ -542,10 +543,6 @@ def make_synthetic(
 def _orthonormal_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     q, r = np.linalg.qr(rng.standard_normal((n, n)))
     return q * np.sign(np.diag(r))
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _ids(prefix: str, n: int) -> pd.api.extensions.ExtensionArray:

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from .retrieval.exact import normalise
+
 __all__ = ["PER_USER_METRICS", "beyond_accuracy", "per_user_metrics", "ranking_metrics"]
 
 #: Names of the per-user metrics, in the order they are reported for each k.
@@ -237,9 +239,7 @@ def beyond_accuracy(top_items: np.ndarray, popularity: np.ndarray, k: int | Sequ
     tail = _long_tail(popularity, head_share)
     unit = None
     if item_vectors is not None:
-        unit = np.asarray(item_vectors, np.float32)
-        norms = np.linalg.norm(unit, axis=1, keepdims=True)
-        unit = unit / np.where(norms > 0, norms, 1)
+        unit = normalise(np.asarray(item_vectors, np.float32))
     out: dict[str, float] = {}
     for kk in ks:
         idx = top[:, :kk]

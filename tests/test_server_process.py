@@ -13,7 +13,7 @@ from pathlib import Path
 from server_support import AUTH, KEY, events
 
 from recsys.bundle import new_version_path, publish
-from recsys.service import BIN, environment, free_port, get_json, start, stop, wait_ready
+from recsys.service import BIN, children, environment, free_port, get_json, start, stop, wait_ready
 from server import create_app
 from server.state import get_state
 
@@ -108,33 +108,87 @@ def test_sighup_reload_under_load_drops_nothing(own_root, tmp_path):
     assert second.name in versions and len(versions) == 2
 
 
+def _until_every_worker_answers(port: int, path: str, log: Path, workers: set[str], check) -> None:
+    """GET `path` (a new connection each time) until each pid of `workers` has answered it (by the access log
+    lines written since the call), asserting `check(body)` of every answer; 30 s at most."""
+    start, deadline, seen = len(log.read_text().splitlines()), time.monotonic() + 30, set()
+    while not workers <= seen:
+        status, body = get_json(port, path)
+        assert status == 200 and check(body), body
+        lines = [json.loads(line) for line in log.read_text().splitlines()[start:] if line.startswith("{")]
+        seen = {line["worker"].strip("<>") for line in lines if path in line["request"]}
+        assert time.monotonic() < deadline, f"only {seen} of {workers} answered in 30 s"
+
+
+def _new_workers(proc: subprocess.Popen, old: set[str]) -> set[str]:
+    """The master's workers once none of `old` is left and two new ones run (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while True:
+        now = {str(pid) for pid in children(proc.pid)}
+        if len(now) >= 2 and not now & old:
+            return now
+        assert time.monotonic() < deadline, f"workers {now} after 30 s, old ones {old}"
+        time.sleep(0.1)
+
+
 def test_feedback_reaches_every_gunicorn_worker_at_once(models_root, tmp_path):
     """Both workers of a real gunicorn have answered (and cached) a user's fallback recommendations; after one
     feedback event, every answer from either worker is folded in. The access log names the worker."""
     port, log = free_port(), tmp_path / "access.log"
     proc = _serve(models_root, port, f"sqlite:///{tmp_path / 'fb.db'}", log=log)
     path = "/v1/users/drifter/recommendations?k=5"
-
-    def answers_from_both_workers(expect_fallback: bool, start: int) -> None:
-        """Requests (each on a new connection) until both workers have answered since log line `start`."""
-        deadline = time.monotonic() + 30
-        while True:
-            assert get_json(port, path)[1]["fallback"] is expect_fallback
-            lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-            workers = {line["worker"] for line in lines[start:] if path in line["request"]}
-            if len(workers) >= 2:
-                return
-            assert time.monotonic() < deadline, f"only {workers} answered in 30 s"
-
     try:
-        wait_ready(proc, port)
-        answers_from_both_workers(True, 0)
+        wait_ready(proc, port, workers=2)
+        workers = {str(pid) for pid in children(proc.pid)}
+        _until_every_worker_answers(port, path, log, workers, lambda body: body["fallback"] is True)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/feedback", method="POST", headers={**AUTH, "Content-Type": "application/json"},
             data=json.dumps(events(("drifter", "i0001"))).encode())
         with urllib.request.urlopen(request, timeout=5) as r:
             assert r.status == 201
-        answers_from_both_workers(False, len(log.read_text().splitlines()))
+        _until_every_worker_answers(port, path, log, workers, lambda body: body["fallback"] is False)
+    finally:
+        stop(proc)
+
+
+def test_admin_reload_under_gunicorn_replaces_every_worker(own_root, tmp_path):
+    """POST /v1/admin/reload to one worker of a real gunicorn: the master reloads (SIGHUP), every old worker is
+    replaced, and each new worker serves the new version."""
+    root, model = own_root
+    port, log = free_port(), tmp_path / "access.log"
+    proc = _serve(root, port, f"sqlite:///{tmp_path / 'fb.db'}", log=log)
+    try:
+        wait_ready(proc, port, workers=2)
+        first, old = get_json(port, "/v1/model")[1]["version"], {str(pid) for pid in children(proc.pid)}
+        second = model.save(new_version_path(root, "second"))
+        publish(root, second)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/admin/reload", method="POST", headers=AUTH)
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert json.loads(r.read()) == {"version": second.name, "previous": first, "workers_restarting": True}
+        workers = _new_workers(proc, old)
+        _until_every_worker_answers(port, "/v1/users/u0001/recommendations?k=3", log, workers,
+                                    lambda body: body["model_version"] == second.name)
+    finally:
+        stop(proc)
+
+
+def test_sighup_with_a_corrupt_bundle_keeps_the_old_model_in_every_new_worker(own_root, tmp_path):
+    """`current` points at a bundle corrupted after publishing; SIGHUP: the master refuses it (checksums), the
+    workers are still replaced, and every new one serves the old version."""
+    root, model = own_root
+    port, log = free_port(), tmp_path / "access.log"
+    proc = _serve(root, port, f"sqlite:///{tmp_path / 'fb.db'}", log=log)
+    try:
+        wait_ready(proc, port, workers=2)
+        first, old = get_json(port, "/v1/model")[1]["version"], {str(pid) for pid in children(proc.pid)}
+        broken = model.save(new_version_path(root, "broken"))
+        publish(root, broken)
+        (broken / "items.json").write_text("[]")
+        os.kill(proc.pid, signal.SIGHUP)
+        workers = _new_workers(proc, old)
+        _until_every_worker_answers(port, "/v1/users/u0001/recommendations?k=3", log, workers,
+                                    lambda body: body["model_version"] == first and len(body["items"]) == 3)
+        assert proc.poll() is None, "the master survived"
     finally:
         stop(proc)
 
@@ -247,3 +301,60 @@ def test_the_worker_accepts_new_connections_only_while_a_thread_is_free():
     assert not registered(listener) and worker.in_pool == 0
     for s in (listener, ours, theirs):
         s.close()
+
+
+def test_a_request_in_flight_finishes_on_the_model_it_started_with(own_root, tmp_path, monkeypatch):
+    """A reload while a recommendation is being ranked: that answer comes from (and names) the model it started
+    with; the next request gets the new one."""
+    import threading
+
+    root, model = own_root
+    app = create_app({"BUNDLE": str(root), "API_KEYS": KEY, "FEEDBACK_DB_URL": f"sqlite:///{tmp_path / 'fb.db'}"})
+    client = app.test_client()
+    old = get_state(app).current
+    entered, release, answers = threading.Event(), threading.Event(), []
+    original = old.engine.recommend_user
+
+    def slow(*args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(old.engine, "recommend_user", slow)
+    flight = threading.Thread(target=lambda: answers.append(
+        client.get("/v1/users/u0001/recommendations?k=3").get_json()))
+    flight.start()
+    try:
+        assert entered.wait(30)
+        second = model.save(new_version_path(root, "second"))
+        publish(root, second)
+        assert client.post("/v1/admin/reload", headers=AUTH).get_json()["version"] == second.name
+        assert client.get("/v1/users/u0002/recommendations?k=3").get_json()["model_version"] == second.name
+    finally:
+        release.set()
+        flight.join(30)
+    expected = original("u0001", 3)
+    assert answers[0]["model_version"] == old.version != second.name
+    assert [i["id"] for i in answers[0]["items"]] == expected.item_ids.tolist()
+
+
+def test_a_feedback_event_is_committed_before_its_201_leaves_the_app(models_root, tmp_path):
+    """The SIGKILL test above kills after a full round trip; this one looks at the database the moment the app
+    starts its 201 (a WSGI wrapper, another connection): a commit moved after the response fails here."""
+    import sqlite3
+
+    db = tmp_path / "fb.db"
+    app = create_app({"BUNDLE": str(models_root), "API_KEYS": KEY, "FEEDBACK_DB_URL": f"sqlite:///{db}"})
+    inner, seen = app.wsgi_app, []
+
+    def wsgi(environ, start_response):
+        def start(status, headers, exc_info=None):
+            if status.startswith("201"):
+                with sqlite3.connect(db) as connection:
+                    seen.append(connection.execute("SELECT user_id, item_id FROM feedback_events").fetchall())
+            return start_response(status, headers, exc_info)
+        return inner(environ, start)
+
+    app.wsgi_app = wsgi
+    assert app.test_client().post("/v1/feedback", json=events(("walk-in", "i0001")), headers=AUTH).status_code == 201
+    assert seen == [[("walk-in", "i0001")]]

@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from ..data import Interactions
+from ..data import Interactions, is_missing
 from ..exceptions import DataValidationError
 from ..foldin import FoldIn
 from .base import BOOL, Exported, Interval, Options, Recommender
@@ -48,10 +48,6 @@ _WORD = re.compile(r"\w+")
 
 
 # -------------------------------------------------------------------------------------------- features
-def _missing(value: Any) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
-
 def _list_like(value: Any) -> bool:
     return isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Series))
 
@@ -68,7 +64,7 @@ def detect_kind(values: pd.Series, n_buckets: int = 10) -> str | None:
     lists (or strings with a '|' separator, e.g. "Comedy|Drama") are multi-valued; strings that average
     two words or more, or are mostly distinct, are text (e.g. titles); other strings are categorical.
     """
-    present = values[[not _missing(v) for v in values]] if values.dtype == object else values.dropna()
+    present = values[[not is_missing(v) for v in values]] if values.dtype == object else values.dropna()
     if len(present) == 0:
         return None
     if pd.api.types.is_bool_dtype(present):
@@ -222,10 +218,10 @@ class ItemFeaturizer:
         out = []
         for value in values.to_numpy(dtype=object):
             if _list_like(value):
-                items = [str(v).strip() for v in value if not _missing(v)]
+                items = [str(v).strip() for v in value if not is_missing(v)]
                 out.append([v for v in items if v] if kind != "text" else
                            [w for v in items for w in _WORD.findall(v.lower())])
-            elif _missing(value):
+            elif is_missing(value):
                 out.append([])
             elif kind == "multi":
                 out.append([v.strip() for v in str(value).split("|") if v.strip()])
