@@ -18,8 +18,8 @@ import numpy as np
 
 from recsys.data import Interactions
 from recsys.foldin import FoldIn
-from recsys.models.base import BOOL, Exported, Interval, Recommender
-from recsys.tuning import SEARCH_SPACES, Choice, Float, Int
+from recsys.models.base import Exported, Recommender
+from recsys.params import BOOL, Choice, Float, Int, Interval
 
 
 def _user_items(train: Interactions, use_weights: bool):
@@ -35,6 +35,9 @@ class ImplicitALS(Recommender):
     _parameter_constraints: ClassVar[dict] = {
         "factors": Interval(int, 1), "regularization": Interval(float, 0), "alpha": Interval(float, 0),
         "iterations": Interval(int, 1), "use_weights": BOOL, "seed": Interval(int, 0)}
+    search_space: ClassVar[dict] = {
+        "factors": Int(16, 512, log=True), "regularization": Float(1e-3, 1e3, log=True),
+        "alpha": Float(0.05, 100.0, log=True), "iterations": Int(5, 50, log=True), "use_weights": Choice((False, True))}
 
     def __init__(self, *, factors: int = 100, regularization: float = 0.01, alpha: float = 1.0,
                  iterations: int = 15, use_weights: bool = False, seed: int = 0):
@@ -63,6 +66,9 @@ class ImplicitBPR(Recommender):
     _parameter_constraints: ClassVar[dict] = {
         "factors": Interval(int, 1), "learning_rate": Interval(float, 0, closed_low=False),
         "regularization": Interval(float, 0), "iterations": Interval(int, 1), "seed": Interval(int, 0)}
+    search_space: ClassVar[dict] = {
+        "factors": Int(16, 512, log=True), "learning_rate": Float(1e-3, 0.3, log=True),
+        "regularization": Float(1e-5, 1.0, log=True), "iterations": Int(10, 1000, log=True)}
 
     def __init__(self, *, factors: int = 100, learning_rate: float = 0.01, regularization: float = 0.01,
                  iterations: int = 100, seed: int = 0):
@@ -81,14 +87,6 @@ class ImplicitBPR(Recommender):
         model.fit(_user_items(train, False), show_progress=False)
         return Exported(np.asarray(model.item_factors), np.asarray(model.user_factors),
                         foldin=FoldIn("ridge", reg=1.0))
-
-
-SEARCH_SPACES["implicit_als"] = {"factors": Int(16, 512, log=True), "regularization": Float(1e-3, 1e3, log=True),
-                                 "alpha": Float(0.05, 100.0, log=True), "iterations": Int(5, 50, log=True),
-                                 "use_weights": Choice((False, True))}
-SEARCH_SPACES["implicit_bpr"] = {"factors": Int(16, 512, log=True), "learning_rate": Float(1e-3, 0.3, log=True),
-                                 "regularization": Float(1e-5, 1.0, log=True),
-                                 "iterations": Int(10, 1000, log=True)}
 
 
 # ------------------------------------------------------------------------------------- convergent grid search

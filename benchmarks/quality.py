@@ -67,9 +67,9 @@ from recsys.data import Interactions, holdout, read_interactions, temporal_split
 from recsys.datasets import load_movielens, make_synthetic
 from recsys.evaluation import evaluate
 from recsys.exceptions import RecsysError
-from recsys.models import MODEL_NAMES, MODEL_REGISTRY, make_model, model_params
+from recsys.models import MODEL_NAMES, MODEL_REGISTRY, make_model, model_class, model_params
 from recsys.pipeline import train_and_bundle
-from recsys.tuning import EMBEDDING_MODELS, SEARCH_SPACES, TuneResult, default_budget, tune
+from recsys.tuning import EMBEDDING_MODELS, TuneResult, default_budget, search_space, tune
 
 log = logging.getLogger("benchmarks.quality")
 PEERS = ("implicit_als", "implicit_bpr", "ease", "itemknn", "popularity")
@@ -88,7 +88,7 @@ def tune_widening(train: Interactions, name: str, budget: float, n_trials: int |
     """recsys.tune with its range widening: `budget` seconds per round, `rounds` widening rounds."""
     best = tune(train, name, budget=budget * (rounds + 1), n_trials=n_trials, fixed=fixed, seed=seed,
                 widen_rounds=rounds)
-    space = {**{k: str(v) for k, v in SEARCH_SPACES[name].items()}, **best.widened}
+    space = {**{k: str(v) for k, v in search_space(name).items()}, **best.widened}
     return best, len(best.widened), space
 
 
@@ -732,9 +732,10 @@ def main(argv: list[str] | None = None) -> int:
         text = suite_report(result)
     else:
         models = [m for m in args.models.split(",") if m]
-        unknown = [m for m in models if m not in {*MODEL_NAMES, *MODEL_REGISTRY} or m not in SEARCH_SPACES]
+        tunable = sorted(m for m in {*MODEL_NAMES, *MODEL_REGISTRY} - {"base"} if model_class(m).search_space is not None)
+        unknown = [m for m in models if m not in tunable]
         if unknown:
-            p.error(f"unknown model(s) {unknown}; known: {sorted({*MODEL_NAMES, *MODEL_REGISTRY} & set(SEARCH_SPACES))}")
+            p.error(f"unknown model(s) {unknown}; known: {tunable}")
         budget = 150.0 if args.budget is None else args.budget
         result = run(models, budget, trials, rounds, args.smoke, args.seed)
         text = report(result)

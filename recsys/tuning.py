@@ -31,6 +31,7 @@ import numpy as np
 from .data import Interactions
 from .evaluation import evaluate
 from .exceptions import DataValidationError, RecsysError
+from .params import Choice, Range
 
 if TYPE_CHECKING:
     import optuna
@@ -38,74 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("recsys")
 
 
-@dataclass(frozen=True)
-class Range:
-    """A numeric search dimension: int or float in [low, high], sampled on a log scale when `log`."""
-
-    low: float
-    high: float
-    log: bool = False
-    kind: type = float
-    limits: tuple[str, ...] = ()  # edges that are the parameter's own limits ('low', 'high'): never widened
-
-    def __str__(self) -> str:
-        return f"[{self.low:g}, {self.high:g}]{' (log)' if self.log else ''}"
-
-    def suggest(self, trial: optuna.Trial, name: str) -> Any:
-        if self.kind is int:
-            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(name, self.low, self.high, log=self.log)
-
-    def at_edge(self, value: float, share: float = 0.05) -> str | None:
-        """'low' / 'high' when `value` lies in the outer `share` of the range (on its own scale)."""
-        scale = math.log if self.log else (lambda v: v)
-        lo, hi = scale(self.low), scale(self.high)
-        if hi == lo:
-            return None
-        pos = (scale(max(value, self.low)) - lo) / (hi - lo)
-        side = "low" if pos <= share else "high" if pos >= 1 - share else None
-        return None if side in self.limits else side
-
-
-@dataclass(frozen=True)
-class Choice:
-    values: tuple
-
-    def suggest(self, trial: optuna.Trial, name: str) -> Any:
-        return trial.suggest_categorical(name, list(self.values))
-
-
-def Int(low: int, high: int, log: bool = False, limits: tuple[str, ...] = ()) -> Range:
-    return Range(low, high, log, int, limits)
-
-
-def Float(low: float, high: float, log: bool = False, limits: tuple[str, ...] = ()) -> Range:
-    return Range(low, high, log, float, limits)
-
-
-# Per model: what the tuner searches. More than 512 factors is never widened into: such trials cost more than
-# a default budget buys. Ranges are wide on purpose (a new dataset is not MovieLens); the
-# quality benchmark checks that no best value sits on an edge.
-SEARCH_SPACES: dict[str, dict[str, Range | Choice]] = {
-    "mf": {"factors": Int(16, 512, log=True, limits=("high",)), "reg": Float(1e-4, 1.0, log=True),
-           "lr": Float(1e-3, 5e-2, log=True)},
-    "ials": {"factors": Int(16, 512, log=True, limits=("high",)), "reg": Float(1e-4, 100.0, log=True),
-             "unobserved_weight": Float(1e-3, 100.0, log=True),
-             "reg_exponent": Float(0.0, 1.0, limits=("low", "high")),
-             "confidence": Choice(("binary", "power")), "alpha": Float(0.1, 4.0, log=True)},
-    "two_tower": {"factors": Int(16, 256, log=True), "lr": Float(3e-4, 3e-2, log=True),
-                  "temperature": Float(0.02, 1.0, log=True), "id_dropout": Float(0.0, 0.8, limits=("low",)),
-                  "logq": Float(0.3, 1.0, limits=("high",))},
-    "ease": {"l2": Float(1.0, 1e5, log=True)},
-    # the spectral filter's basis: at most 1,024 + 512 dimensions (its vectors and projection are n_items wide
-    # each: 1.8 GiB at 296k items), so a wide basis is a limit, not an edge to widen
-    "spectral": {"factors": Int(16, 1024, log=True, limits=("high",)),
-                 "low_pass": Int(8, 512, log=True, limits=("high",)),
-                 "alpha": Float(0.0, 2.0, limits=("low",)), "power": Float(0.25, 4.0, log=True),
-                 "normalization": Float(0.0, 0.75, limits=("low",))},
-    "itemknn": {"neighbours": Int(5, 2000, log=True), "shrink": Float(0.0, 200.0, limits=("low",))},
-    "popularity": {},
-}
 EMBEDDING_MODELS = ("ials", "mf", "two_tower")
 # Closed-form models: fitted in seconds, with no epochs. `tune_auto` measures them on every log, by trial count.
 CLOSED_FORM = ("popularity", "spectral", "ease")
@@ -161,38 +94,6 @@ BLEND_TOLERANCE = 0.01  # a blend is chosen unless a single model's selection va
 POPULARITY_MARGIN = 0.01
 BLEND_WORK = 3e11  # multiply-adds: without a budget, a blend whose four extra fits (two models, two splits) need more
 BLEND_BUDGET_SHARE = 0.25  # with a budget, a blend whose fits would take longer than this share of it is skipped
-WEIGHT_PARAMETERS = {"ials": ("confidence", "alpha")}  # inert on a log whose weights are all equal
-# Set in every trial unless the caller fixes them. iALS: early stopping picks the epochs, so the cap is high
-# (with a small unobserved weight ALS climbs slowly: its best epoch was 57-138 on the 50k-item suite log, with
-# exact Cholesky sweeps as with conjugate gradients). Early stopping and pruning judge
-# each epoch on a fixed sample of 2,000 validation users (scoring them is most of a trial's time on a wide
-# catalogue); a trial's value is still measured on every validation user.
-TRIAL_DEFAULTS: dict[str, dict[str, Any]] = {"ials": {"epochs": 128, "max_val_users": 2000},
-                                             "mf": {"max_val_users": 2000}, "two_tower": {"max_val_users": 2000}}
-# Trials after the defaults, before the sampler's own: the defaults with another value of the parameter that
-# moves quality most. iALS: the unobserved weight alpha0 spans orders of magnitude across logs (Rendle et al.
-# 2022 tune it per dataset; sparse logs with short histories want it small), so a log-spaced sweep of it.
-# Then Hu et al.'s regime as implicit's ALS finds it when tuned on the suite's logs (alpha ~ 10-60 is an
-# unobserved weight of ~0.02-0.1; a plain L2 penalty; few factors: 16-56 on six of eight logs): no frequency
-# scaling, reg 1, 32 factors (also the cheapest trial). Last, that regime with the weights as confidences
-# (c = w, as implicit uses them) and a ten times stronger penalty: tuned implicit's penalty per unit of
-# confidence (regularization / alpha) is 5-34 on six of the eight suite logs. On a log whose weights are all
-# equal the confidence parameters are not searched and this is the same regime with reg 10. Last, the other
-# regime tuned implicit finds: a small alpha (0.08-2.2 on four of the eight logs, weights on), i.e. an unobserved
-# weight of 0.5-12 against c = w (their geometric mean ~3) and a penalty per unit of confidence of 33-65.
-START_POINTS: dict[str, tuple[dict[str, Any], ...]] = {
-    # EASE: a decade either side of the default l2; the spectral filter: GF-CF with less normalisation (denser
-    # logs want it), the linear filter alone, and a wide basis with a narrow ideal low-pass
-    "ease": ({"l2": 50.0}, {"l2": 5000.0}),
-    "spectral": ({"normalization": 0.25, "alpha": 0.0}, {"alpha": 0.0}, {"low_pass": 64}, {"factors": 128}),
-    # iALS: the cheap 32-factor regimes first (without --tune, the leading starts the work bound affords run)
-    "ials": ({"unobserved_weight": 3.0, "reg_exponent": 0.0, "reg": 30.0, "factors": 32, "confidence": "power",
-              "alpha": 1.0},
-             {"unobserved_weight": 0.03, "reg_exponent": 0.0, "reg": 1.0, "factors": 32},
-             {"unobserved_weight": 0.03, "reg_exponent": 0.0, "reg": 10.0, "factors": 32, "confidence": "power",
-              "alpha": 1.0},
-             {"unobserved_weight": 0.01}, {"unobserved_weight": 0.001}),
-}
 # tune_auto and the pruner (see tune_auto's docstring)
 LEAD_SHARE = 0.5          # of the budget, searched by the first model before any other is measured
 PROBE_SHARE = 0.1         # of the budget, at most, for measuring another model at its defaults
@@ -247,21 +148,24 @@ class TuneResult:
 def _inert(model: str, fit_part: Interactions) -> set[str]:
     """Parameters of the default space that cannot change a fit on this data (searching them only dilutes the
     sampler): how weights map to confidences, when every weight is the same."""
+    from .models import model_class
+
     weight = fit_part.weight  # one row per (user, item) pair, as the model sees it
-    if model in WEIGHT_PARAMETERS and len(weight) and np.all(weight == weight[0]):
-        log.info("tune %s: every weight is %g, so %s are not searched", model, weight[0],
-                 WEIGHT_PARAMETERS[model])
-        return set(WEIGHT_PARAMETERS[model])
+    inert = model_class(model).weight_parameters
+    if inert and len(weight) and np.all(weight == weight[0]):
+        log.info("tune %s: every weight is %g, so %s are not searched", model, weight[0], inert)
+        return set(inert)
     return set()
 
 
-def _space(model: str, space: Mapping[str, Range | Choice] | None) -> Mapping[str, Range | Choice]:
-    if space is not None:
-        return space
-    if model not in SEARCH_SPACES:
-        raise DataValidationError(f"No search space for model {model!r}: pass space={{...}} "
-                                  f"(known: {sorted(SEARCH_SPACES)}).")
-    return SEARCH_SPACES[model]
+def search_space(model: str) -> Mapping[str, Range | Choice]:
+    """What the tuner searches for `model` (`Recommender.search_space`)."""
+    from .models import model_class
+
+    space = model_class(model).search_space
+    if space is None:
+        raise DataValidationError(f"No search space for model {model!r}: pass space={{...}}.")
+    return space
 
 
 class _Refused(Exception):
@@ -288,9 +192,9 @@ class Search:
         self.model, self.fit_part, self.valid, self.metric, self.seed = model, fit_part, valid, metric, seed
         self.validation_fraction = validation_fraction
         self._defaults = make_model(model).get_params()  # (also names the model if unknown)
-        self.fixed = {**TRIAL_DEFAULTS.get(model, {}), **(fixed or {})}
+        self.fixed = {**model_class(model).trial_defaults, **(fixed or {})}
         inert = _inert(model, fit_part) if space is None else set()
-        self.space = {name: dim for name, dim in _space(model, space).items()
+        self.space = {name: dim for name, dim in (search_space(model) if space is None else space).items()
                       if name not in self.fixed and name not in inert}
         self.k = metric_k(metric)
         self.early_stopping = "epochs" in model_class(model)._param_names()
@@ -304,7 +208,7 @@ class Search:
         first = {n: self._defaults[n] for n in self.space
                  if n in self._defaults and _inside(self.space[n], self._defaults[n])}
         self.starts: list[dict[str, Any]] = []  # enqueued points: run whole, never pruned
-        for start in ({}, *START_POINTS.get(model, ())) if first else ():
+        for start in ({}, *model_class(model).start_points) if first else ():
             point = {**first, **{n: v for n, v in start.items() if n in self.space and _inside(self.space[n], v)}}
             if point not in self.starts:
                 self.starts.append(point)
@@ -873,7 +777,7 @@ def continue_search(search: Search, data: Interactions) -> Search:
 def closed_form_trials(model: str, budget: float | None) -> int:
     """How many trials a closed-form model gets in `tune_auto`: its defaults alone for popularity (nothing to
     search), a short fixed search without a budget, a longer one with (still a count, never a time)."""
-    if not SEARCH_SPACES.get(model):
+    if not search_space(model):
         return 1
     return CLOSED_FORM_TRIALS[model][0 if budget is None else 1]
 

@@ -7,7 +7,7 @@ from recsys import pipeline, tuning
 from recsys.evaluation import evaluate
 from recsys.exceptions import DataValidationError
 from recsys.models import EASE, IALS, make_model
-from recsys.tuning import Choice, Float, Int, Range
+from recsys.params import Choice, Float, Int, Range
 
 
 def test_first_trial_is_the_defaults_and_best_is_never_worse(synthetic_split):
@@ -167,7 +167,7 @@ def test_auto_search_leads_with_ials_and_stops_models_that_cannot_win(synthetic_
                                  fixed=lambda name: fixed if name == "ials" else {})
     ials = next(r for r in no_budget if r.model == "ials")
     assert [t["unobserved_weight"] for t in ials.trials[:6]] == [
-        p.get("unobserved_weight", IALS().unobserved_weight) for p in ({}, *tuning.START_POINTS["ials"])], \
+        p.get("unobserved_weight", IALS().unobserved_weight) for p in ({}, *IALS.start_points)], \
         "iALS: its defaults and start points first"
     assert 6 < len(ials.trials) + ials.n_pruned <= 6 + tuning.CONTINUE_TRIALS, "then the sampler's trials"
 
@@ -269,7 +269,7 @@ def test_start_points_run_whole_even_where_the_pruner_would_stop_them(synthetic_
                                                            "device": "cpu"})
     search.run(n_trials=len(search.starts) + 2)
     states = [t.state.name for t in search.study.trials if t.state.name != "WAITING"]  # (a queued neighbour)
-    assert len(search.starts) == 1 + len(tuning.START_POINTS["ials"])
+    assert len(search.starts) == 1 + len(IALS.start_points)
     assert states == ["COMPLETE"] * len(search.starts) + ["PRUNED"] * 2
 
 
@@ -304,13 +304,13 @@ def test_weight_parameters_are_not_searched_on_a_log_whose_weights_are_all_equal
     fit_part, valid = holdout(binary, 0.2)
     search = tuning.Search("ials", fit_part, valid)
     assert not {"confidence", "alpha"} & set(search.space) and "unobserved_weight" in search.space
-    assert "confidence" in tuning.Search("ials", fit_part, valid, space=tuning.SEARCH_SPACES["ials"]).space, \
+    assert "confidence" in tuning.Search("ials", fit_part, valid, space=IALS.search_space).space, \
         "an explicit space is searched as given"
 
 
 def test_neighbours_move_one_parameter_one_step_inside_its_range():
-    space = {"factors": tuning.Int(16, 512, log=True), "reg": tuning.Float(1e-4, 100.0, log=True),
-             "nu": tuning.Float(0.0, 1.0), "confidence": tuning.Choice(("binary", "power"))}
+    space = {"factors": Int(16, 512, log=True), "reg": Float(1e-4, 100.0, log=True),
+             "nu": Float(0.0, 1.0), "confidence": Choice(("binary", "power"))}
     point = {"factors": 512, "reg": 1.0, "nu": 0.1, "confidence": "binary"}
     moved = tuning.neighbours(space, point)
     assert all(sum(p[n] != point[n] for n in point) == 1 for p in moved), "one parameter at a time"
@@ -319,7 +319,7 @@ def test_neighbours_move_one_parameter_one_step_inside_its_range():
     assert {p["nu"] for p in moved} == {0.1, 0.35, 0.0}, "clipped to the range's low edge"
     assert {p["confidence"] for p in moved} == {"binary", "power"}
     assert len(moved) == 1 + 2 + 2 + 1
-    assert tuning.neighbours({"factors": tuning.Int(1, 64, log=True)}, {"factors": 1}) == [{"factors": 2}], \
+    assert tuning.neighbours({"factors": Int(1, 64, log=True)}, {"factors": 1}) == [{"factors": 2}], \
         "an int moves by at least 1"
 
 
@@ -545,3 +545,32 @@ def test_with_a_budget_the_closed_form_searches_go_past_their_counts_only_within
     assert trials(None) == base == [4, 4]
     assert trials(1e-3) == base, "a share of a millisecond: the counts without a budget, nothing more"
     assert trials(3600.0) == [tuning.closed_form_trials(m, 3600.0) for m in models] == [24, 10]
+
+
+@pytest.mark.parametrize("name", ["ials", "mf", "two_tower", "ease", "spectral", "itemknn", "popularity"])
+def test_what_a_model_searches_is_declared_on_its_class_and_allowed_by_its_constraints(name):
+    """One place per model: its search space, start points, trial defaults and weight parameters are class
+    attributes, every name is a parameter of the model, and every range end and start value passes the
+    model's own constraints (a typo or a range past a model's limit fails here, not in a trial)."""
+    from recsys.models import model_class
+
+    cls = model_class(name)
+    params = set(cls._param_names())
+    assert cls.search_space is not None and set(cls.search_space) <= params
+    for param, dim in cls.search_space.items():
+        constraint = cls._parameter_constraints[param]
+        ends = dim.values if isinstance(dim, Choice) else (dim.low, dim.high)
+        assert all(constraint.check(v) for v in ends), (param, dim, constraint.describe())
+    for point in cls.start_points:
+        assert set(point) <= set(cls.search_space), point
+        assert all(cls.search_space[p].check(v) and cls._parameter_constraints[p].check(v) for p, v in point.items())
+    assert set(cls.trial_defaults) <= params and set(cls.weight_parameters) <= set(cls.search_space)
+    assert tuning.search_space(name) is cls.search_space
+
+
+def test_a_search_dimension_is_a_constraint_with_the_same_messages():
+    assert Int(16, 512, log=True).check(32) and not Int(16, 512).check(8) and not Int(16, 512).check(32.0)
+    assert Int(16, 512, log=True).describe() == "an int >= 16 and <= 512 (log scale)"
+    assert Choice(("binary", "power")).check("power") and not Choice((False, True)).check(0)
+    with pytest.raises(DataValidationError, match="No search space for model 'blend'"):
+        tuning.search_space("blend")

@@ -21,54 +21,9 @@ from ..data import Interactions
 from ..engine import Engine, load_engine
 from ..exceptions import BundleError, DataValidationError, NotFittedError
 from ..foldin import FoldIn
+from ..params import Options, Range
 from ..retrieval import INDEX_PREFIX, build_indexes
 from .registry import MODEL_REGISTRY, model_class
-
-
-# ------------------------------------------------------------------------------------ parameter checks
-@dataclass(frozen=True)
-class Interval:
-    """An int or float parameter within [low, high] (None = unbounded); `closed_low=False` excludes low."""
-
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    closed_low: bool = True
-    none_ok: bool = False
-
-    def check(self, value: Any) -> bool:
-        if value is None:
-            return self.none_ok
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return False
-        if self.kind is int and not isinstance(value, numbers.Integral):
-            return False
-        if self.low is not None and (value < self.low or (not self.closed_low and value == self.low)):
-            return False
-        return self.high is None or value <= self.high
-
-    def describe(self) -> str:
-        name = "an int" if self.kind is int else "a float"
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>=' if self.closed_low else '>'} {self.low}")
-        if self.high is not None:
-            parts.append(f"<= {self.high}")
-        return f"{name} {' and '.join(parts)}".strip() + (" or None" if self.none_ok else "")
-
-
-@dataclass(frozen=True)
-class Options:
-    values: tuple
-
-    def check(self, value: Any) -> bool:
-        return any(type(value) is type(v) and value == v for v in self.values)
-
-    def describe(self) -> str:
-        return "one of " + ", ".join(repr(v) for v in self.values)
-
-
-BOOL = Options((True, False))
 
 
 # ---------------------------------------------------------------------------------------- exported state
@@ -90,6 +45,15 @@ class Recommender:
 
     _parameter_constraints: ClassVar[dict[str, Any]] = {}
     name: ClassVar[str] = "base"
+    # What `recsys.tuning` searches: the space (dimensions from `recsys.params`; None: the model is not tuned,
+    # {}: nothing to search, one trial at the defaults); the parameters every trial sets unless the caller fixes
+    # them; the points tried after the defaults, before the sampler's own (each the defaults with a few values
+    # changed); and the parameters that cannot change a fit on a log whose weights are all equal (not searched
+    # there)
+    search_space: ClassVar[dict[str, Range | Options] | None] = None
+    trial_defaults: ClassVar[dict[str, Any]] = {}
+    start_points: ClassVar[tuple[dict[str, Any], ...]] = ()
+    weight_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -19,7 +19,8 @@ from scipy.linalg import lapack
 from ..data import Interactions
 from ..exceptions import DataValidationError
 from ..foldin import FoldIn
-from .base import Exported, Interval, Options, Recommender
+from ..params import Float, Int, Interval, Options
+from .base import Exported, Recommender
 
 log = logging.getLogger("recsys")
 MAX_DENSE_BYTES = 6 * 2**30  # EASE's default memory bound (max_bytes=None) and item-KNN's limit
@@ -225,6 +226,8 @@ class EASE(Recommender):
     _parameter_constraints: ClassVar[dict] = {"l2": Interval(float, 0, closed_low=False),
                                               "max_bytes": Interval(int, 1, none_ok=True),
                                               "form": Options(FORM_CHOICES)}
+    search_space: ClassVar[dict] = {"l2": Float(1.0, 1e5, log=True)}
+    start_points: ClassVar[tuple] = ({"l2": 50.0}, {"l2": 5000.0})  # a decade either side of the default
 
     def __init__(self, *, l2: float = 500.0, max_bytes: int | None = None, form: str = "auto"):
         self.l2 = l2
@@ -322,6 +325,7 @@ class ItemKNN(Recommender):
 
     name: ClassVar[str] = "itemknn"
     _parameter_constraints: ClassVar[dict] = {"neighbours": Interval(int, 1), "shrink": Interval(float, 0)}
+    search_space: ClassVar[dict] = {"neighbours": Int(5, 2000, log=True), "shrink": Float(0.0, 200.0, limits=("low",))}
 
     def __init__(self, *, neighbours: int = 100, shrink: float = 0.0):
         self.neighbours = neighbours

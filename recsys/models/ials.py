@@ -37,7 +37,8 @@ from .. import distributed
 from ..data import Interactions
 from ..exceptions import DataValidationError
 from ..foldin import CONFIDENCES, FoldIn, confidence, penalty
-from .base import BOOL, Exported, Interval, Options, Recommender
+from ..params import BOOL, Choice, Float, Int, Interval, Options
+from .base import Exported, Recommender
 from .loop import fit_loop, ndcg_validator, resolve_device, seed_everything
 
 __all__ = ["CONFIDENCES", "IALS", "confidence", "objective", "solve_rows"]
@@ -362,6 +363,36 @@ class IALS(Recommender):
         "seed": Interval(int, 0), "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
         "max_val_users": Interval(int, 1, none_ok=True), "max_seconds": Interval(float, 0, none_ok=True),
     }
+    # More than 512 factors is never widened into: such trials cost more than a default budget buys. Ranges are
+    # wide on purpose (a new dataset is not MovieLens); the quality benchmark checks that no best sits on an edge.
+    search_space: ClassVar[dict] = {
+        "factors": Int(16, 512, log=True, limits=("high",)), "reg": Float(1e-4, 100.0, log=True),
+        "unobserved_weight": Float(1e-3, 100.0, log=True), "reg_exponent": Float(0.0, 1.0, limits=("low", "high")),
+        "confidence": Choice(("binary", "power")), "alpha": Float(0.1, 4.0, log=True)}
+    # Early stopping picks the epochs, so the cap is high (with a small unobserved weight ALS climbs slowly: its
+    # best epoch was 57-138 on the 50k-item suite log, with exact Cholesky sweeps as with conjugate gradients).
+    # Early stopping and pruning judge each epoch on a fixed sample of 2,000 validation users (scoring them is
+    # most of a trial's time on a wide catalogue); a trial's value is still measured on every validation user.
+    trial_defaults: ClassVar[dict] = {"epochs": 128, "max_val_users": 2000}
+    # The cheap 32-factor regimes first (without --tune, the leading starts the work bound affords run): Hu et
+    # al.'s regime as implicit's ALS finds it when tuned on the suite's logs (alpha ~ 10-60 is an unobserved
+    # weight of ~0.02-0.1; a plain L2 penalty; few factors: 16-56 on six of eight logs), here first with the
+    # weights as confidences and a strong penalty (the other regime tuned implicit finds: a small alpha, 0.08-2.2
+    # on four of the eight logs, weights on, i.e. an unobserved weight of 0.5-12 against c = w and a penalty per
+    # unit of confidence of 33-65); then without frequency scaling, reg 1, 32 factors (the cheapest trial); then
+    # that with c = w and a ten times stronger penalty (tuned implicit's penalty per unit of confidence,
+    # regularization / alpha, is 5-34 on six of the eight suite logs; on a log whose weights are all equal the
+    # confidence parameters are not searched and this is the same regime with reg 10). Last, the unobserved
+    # weight alpha0, which spans orders of magnitude across logs (Rendle et al. 2022 tune it per dataset; sparse
+    # logs with short histories want it small), swept on a log scale.
+    start_points: ClassVar[tuple] = (
+        {"unobserved_weight": 3.0, "reg_exponent": 0.0, "reg": 30.0, "factors": 32, "confidence": "power",
+         "alpha": 1.0},
+        {"unobserved_weight": 0.03, "reg_exponent": 0.0, "reg": 1.0, "factors": 32},
+        {"unobserved_weight": 0.03, "reg_exponent": 0.0, "reg": 10.0, "factors": 32, "confidence": "power",
+         "alpha": 1.0},
+        {"unobserved_weight": 0.01}, {"unobserved_weight": 0.001})
+    weight_parameters: ClassVar[tuple] = ("confidence", "alpha")
 
     def __init__(self, *, factors: int = 128, epochs: int = 16, reg: float = 0.003, reg_exponent: float = 1.0,
                  unobserved_weight: float = 0.1, confidence: str = "binary", alpha: float = 1.0,

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from .. import distributed
 from ..data import Interactions
 from ..foldin import FoldIn
-from .base import BOOL, Exported, Interval, Options, Recommender
+from ..params import BOOL, Float, Int, Interval, Options
+from .base import Exported, Recommender
 from .loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 
 
@@ -42,6 +43,11 @@ class MF(Recommender):
         "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
         "max_val_users": Interval(int, 1, none_ok=True), "max_seconds": Interval(float, 0, none_ok=True),
     }
+    search_space: ClassVar[dict] = {"factors": Int(16, 512, log=True, limits=("high",)),
+                                    "reg": Float(1e-4, 1.0, log=True), "lr": Float(1e-3, 5e-2, log=True)}
+    # early stopping and pruning judge each epoch on a fixed sample of 2,000 validation users (scoring them is
+    # most of a trial's time on a wide catalogue); a trial's value is still measured on every validation user
+    trial_defaults: ClassVar[dict] = {"max_val_users": 2000}
 
     def __init__(self, *, factors: int = 256, epochs: int = 300, loss: str = "softmax", lr: float = 0.005,
                  reg: float = 0.03, item_bias: bool = True, batch_size: int = 1024, user_batch_size: int = 64,

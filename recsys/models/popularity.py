@@ -7,7 +7,8 @@ import numpy as np
 
 from ..data import Interactions
 from ..foldin import FoldIn
-from .base import BOOL, Exported, Recommender
+from ..params import BOOL
+from .base import Exported, Recommender
 
 
 class Popularity(Recommender):
@@ -19,6 +20,7 @@ class Popularity(Recommender):
 
     name: ClassVar[str] = "popularity"
     _parameter_constraints: ClassVar[dict] = {"use_weights": BOOL}
+    search_space: ClassVar[dict] = {}  # nothing to search
 
     def __init__(self, *, use_weights: bool = False):
         self.use_weights = use_weights

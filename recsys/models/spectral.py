@@ -34,7 +34,8 @@ import scipy.sparse as sp
 
 from ..data import Interactions
 from ..foldin import FoldIn
-from .base import Exported, Interval, Recommender
+from ..params import Float, Int, Interval
+from .base import Exported, Recommender
 
 log = logging.getLogger("recsys")
 EXACT_SIDE = 4096  # an eigendecomposition of an m x m Gram matrix up to this m: a few seconds on 2 cores
@@ -111,6 +112,16 @@ class SpectralCF(Recommender):
     _parameter_constraints: ClassVar[dict] = {
         "factors": Interval(int, 1), "low_pass": Interval(int, 0), "alpha": Interval(float, 0),
         "power": Interval(float, 0), "normalization": Interval(float, 0, 1), "seed": Interval(int, 0)}
+    # The basis: at most 1,024 + 512 dimensions (its vectors and projection are n_items wide each: 1.8 GiB at
+    # 296k items), so a wide basis is a limit, not an edge to widen
+    search_space: ClassVar[dict] = {
+        "factors": Int(16, 1024, log=True, limits=("high",)), "low_pass": Int(8, 512, log=True, limits=("high",)),
+        "alpha": Float(0.0, 2.0, limits=("low",)), "power": Float(0.25, 4.0, log=True),
+        "normalization": Float(0.0, 0.75, limits=("low",))}
+    # GF-CF with less normalisation (denser logs want it), the linear filter alone, and a wide basis with a
+    # narrow ideal low-pass
+    start_points: ClassVar[tuple] = ({"normalization": 0.25, "alpha": 0.0}, {"alpha": 0.0}, {"low_pass": 64},
+                                     {"factors": 128})
 
     def __init__(self, *, factors: int = 512, low_pass: int = 256, alpha: float = 0.3, power: float = 1.0,
                  normalization: float = 0.5, seed: int = 0):

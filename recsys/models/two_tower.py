@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from ..data import Interactions, is_missing
 from ..exceptions import DataValidationError
 from ..foldin import FoldIn
-from .base import BOOL, Exported, Interval, Options, Recommender
+from ..params import BOOL, Float, Int, Interval, Options
+from .base import Exported, Recommender
 from .loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 
 log = logging.getLogger("recsys")
@@ -295,6 +296,13 @@ class TwoTower(Recommender):
         "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
         "max_val_users": Interval(int, 1, none_ok=True), "max_seconds": Interval(float, 0, none_ok=True),
     }
+    search_space: ClassVar[dict] = {
+        "factors": Int(16, 256, log=True), "lr": Float(3e-4, 3e-2, log=True),
+        "temperature": Float(0.02, 1.0, log=True), "id_dropout": Float(0.0, 0.8, limits=("low",)),
+        "logq": Float(0.3, 1.0, limits=("high",))}
+    # early stopping and pruning judge each epoch on a fixed sample of 2,000 validation users (scoring them is
+    # most of a trial's time on a wide catalogue); a trial's value is still measured on every validation user
+    trial_defaults: ClassVar[dict] = {"max_val_users": 2000}
 
     def __init__(self, *, factors: int = 64, epochs: int = 100, batch_size: int = 1024, lr: float = 0.005,
                  temperature: float = 0.1, logq: float = 1.0, negatives: int = 0, id_dropout: float = 0.5,
