@@ -96,18 +96,24 @@ class Parser(FlaskParser):
             plain = plain_query(request.args)
             if plain is not None:
                 k, offset, include_seen = plain
-                return {"k": k, "offset": offset, "include_seen": include_seen, "exclude": [], "genre": []}
+                return {**defaults(), "k": k, "offset": offset, "include_seen": include_seen}
         return super().parse(argmap, req, location=location, **kwargs)
 
 
-_K_FIELD, _OFFSET_FIELD = s.RecommendQuery().fields["k"], s.RecommendQuery().fields["offset"]
+_FIELDS = s.RecommendQuery().fields
+_K_FIELD, _OFFSET_FIELD = _FIELDS["k"], _FIELDS["offset"]
+
+
+def defaults() -> dict:
+    """RecommendQuery's defaults, as marshmallow fills them in (a callable default called afresh)."""
+    return {name: f.load_default() if callable(f.load_default) else f.load_default for name, f in _FIELDS.items()}
 
 
 def plain_query(args: MultiDict) -> tuple[int, int, bool] | None:
     """(k, offset, include_seen) when the query string is plainly valid, with the schema's defaults; else
     None. Same answers as RecommendQuery for the strings it accepts: digits parse as int() does, booleans
     use marshmallow's own truthy/falsy spellings, ranges come from the schema's own validators."""
-    k, offset, include_seen = _K_FIELD.load_default, _OFFSET_FIELD.load_default, False
+    k, offset, include_seen = _K_FIELD.load_default, _OFFSET_FIELD.load_default, _FIELDS["include_seen"].load_default
     for key, values in args.lists():
         if len(values) != 1:
             return None

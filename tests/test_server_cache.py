@@ -105,6 +105,20 @@ def test_plain_query_parsing_agrees_with_the_schema(query):
     assert plain_query(args) == PLAIN[query] == (loaded["k"], loaded["offset"], loaded["include_seen"])
 
 
+@pytest.mark.parametrize("query", list(PLAIN))
+def test_the_fast_parser_returns_what_the_schema_loads(app, query):
+    """The whole argument dict of a plain query (defaults of exclude, genre, ... included) is the schema's, so
+    a new field or default in RecommendQuery cannot drift from the fast path."""
+    from urllib.parse import parse_qsl
+
+    from server import schemas
+    from server.fastpath import Parser
+
+    with app.test_request_context(f"/v1/users/u0001/recommendations?{query}"):
+        parsed = Parser().parse(schemas.RecommendQuery(), location="query")
+    assert parsed == schemas.RecommendQuery().load(dict(parse_qsl(query, keep_blank_values=True)))
+
+
 def test_plain_queries_declined_still_fail_as_before(client):
     for query in ("k=0", "k=1001", "k=abc", "offset=-1", "include_seen=maybe"):
         r = client.get(f"/v1/users/u0001/recommendations?{query}")
