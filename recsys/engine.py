@@ -261,41 +261,42 @@ class Engine:
         >>> engine.recommend_user("stranger", k=2).fallback  # unknown, no feedback: the most popular items
         True
         """
+        return self.recommend_users([user], k, offset=offset, exclude=exclude, filters=filters,
+                                    include_seen=include_seen, histories={user: history} if history else None)[0]
+
+    def recommend_users(self, users: Sequence[object | None], k: int = 10, *, offset: int = 0,
+                        exclude: Iterable[object] = (), filters: dict[str, object] | None = None,
+                        include_seen: bool = False,
+                        histories: Mapping[object, Sequence[tuple[object, float]]] | None = None
+                        ) -> list[Recommendation]:
+        """`recommend_user` for each of `users` (histories: each one's feedback events), one answer per user in
+        order; the known users without feedback are ranked together in one batched search."""
         _check_k(k)
         _check_offset(offset)
         n = k + offset
         deny = self.items.to_index(exclude, missing="ignore") if exclude else np.empty(0, np.int64)
         deny = deny[deny >= 0]
         allow = self.catalogue.allowed(None, filters)
-        found = None
-        if history or user is None:
-            found = self._folded_in(user, history or (), n, deny, allow, include_seen)
-        elif user in self.users:
-            idx, val = self.recommend_indices(np.array([self.users.index(user, "user")]), n,
+        histories = histories or {}
+        plain = [u for u in dict.fromkeys(users) if u is not None and not histories.get(u) and u in self.users]
+        found: dict[object, tuple[np.ndarray, np.ndarray] | None] = {}
+        if plain:
+            idx, val = self.recommend_indices(self.users.to_index(plain, kind="user"), n,
                                               exclude_seen=not include_seen, allow=allow,
                                               deny=deny if len(deny) else None)
-            found = idx[0], val[0]
-        fallback = found is None
-        idx, val = self.catalogue.popular(n, deny, allow) if fallback else found
-        valid = idx >= 0
-        idx, val = idx[valid][offset:], val[valid][offset:]
-        return Recommendation(user, self.items.ids[idx], val, fallback, idx)
-
-    def recommend_users(self, users: Sequence[object], k: int = 10,
-                        histories: Mapping[object, Sequence[tuple[object, float]]] | None = None
-                        ) -> list[Recommendation]:
-        """`recommend_user` for each of `users` (histories: each one's feedback events, as there): the known
-        users without feedback are ranked together in one batched search, the others one by one."""
-        _check_k(k)
-        histories = histories or {}
-        plain = [u for u in dict.fromkeys(users) if not histories.get(u) and u in self.users]
-        ranked = {}
-        if plain:
-            idx, val = self.recommend_indices(self.users.to_index(plain, kind="user"), k)
-            for user, i, v in zip(plain, idx, val):
-                valid = i >= 0
-                ranked[user] = Recommendation(user, self.items.ids[i[valid]], v[valid], False, i[valid])
-        return [ranked.get(u) or self.recommend_user(u, k, history=histories.get(u)) for u in users]
+            found = {u: (i, v) for u, i, v in zip(plain, idx, val)}
+        answers = []
+        for user in users:
+            if user is None or user not in found:
+                history = histories.get(user)
+                found[user] = self._folded_in(user, history or (), n, deny, allow, include_seen) \
+                    if history or user is None else None
+            fallback = found[user] is None
+            idx, val = self.catalogue.popular(n, deny, allow) if fallback else found[user]
+            valid = idx >= 0
+            idx, val = idx[valid][offset:], val[valid][offset:]
+            answers.append(Recommendation(user, self.items.ids[idx], val, fallback, idx))
+        return answers
 
     def _folded_in(self, user: object | None, history: Sequence[tuple[object, float]], n: int, deny: np.ndarray,
                    allow: np.ndarray | None, include_seen: bool) -> tuple[np.ndarray, np.ndarray] | None:

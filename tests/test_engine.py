@@ -657,6 +657,26 @@ def test_recommend_user_anonymous_history_is_recommend_for_history() -> None:
     np.testing.assert_array_equal(rec.scores, scores)
 
 
+def test_recommend_users_ranks_the_known_users_in_one_search_and_answers_as_one_by_one(monkeypatch) -> None:
+    """The batch path (several users in one search: their seen items and the deny list combined per row) gives
+    each user the answer of the single-user path, with paging, filters, exclusions and fold-in alike."""
+    engine = genre_engine()
+    users = ["u1", "u2", "ghost", "stranger", None, "u3", "u1"]
+    histories = {"ghost": [("i04", 1.0)], None: [("i03", 1.0)]}
+    options = {"k": 4, "offset": 1, "exclude": ["i00", "i06"], "filters": {"genres": ["drama", "comedy"]}}
+    one_by_one = [engine.recommend_user(u, history=histories.get(u), **options) for u in users]
+    searches = []
+    original = engine.recommend_indices
+    monkeypatch.setattr(engine, "recommend_indices", lambda idx, *a, **kw: searches.append(len(idx)) or
+                        original(idx, *a, **kw))
+    together = engine.recommend_users(users, histories=histories, **options)
+    assert searches == [3], "u1, u2 and u3 in one search"
+    for a, b in zip(together, one_by_one, strict=True):
+        assert (a.user, a.item_ids.tolist(), a.fallback) == (b.user, b.item_ids.tolist(), b.fallback)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    assert [r.fallback for r in together] == [False, False, False, True, False, False, False]
+
+
 @pytest.mark.parametrize("offset", [-1, 1.5, True, "2", None])
 def test_recommend_user_bad_offset(offset: object) -> None:
     with pytest.raises(DataValidationError, match="'offset' parameter must be an int >= 0"):
