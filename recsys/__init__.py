@@ -29,7 +29,7 @@ logging.getLogger("recsys").addHandler(logging.NullHandler())
 # public name -> the module that defines it (imported on first access)
 _EXPORTS: dict[str, str] = {
     # reading and splitting logs
-    "Interactions": "data", "IdMap": "data", "read_interactions": "data", "from_arrays": "data",
+    "Interactions": "data", "IdMap": "data", "read_interactions": "data", "read_table": "data", "from_arrays": "data",
     "temporal_split": "data", "random_split": "data", "time_split": "data", "holdout": "data",
     "load_movielens": "datasets", "make_synthetic": "datasets",
     # models (torch is imported with IALS, MF and TwoTower)
@@ -79,6 +79,7 @@ __all__ = [
     "ranking_metrics",
     "read_interactions",
     "read_item_vectors",
+    "read_table",
     "temporal_split",
     "time_split",
     "train_and_bundle",
@@ -95,6 +96,7 @@ if TYPE_CHECKING:
         holdout,
         random_split,
         read_interactions,
+        read_table,
         temporal_split,
         time_split,
     )

@@ -26,7 +26,7 @@ log = logging.getLogger("recsys")
 
 # ------------------------------------------------------------------------------------------ commands
 def _load_interactions(args: argparse.Namespace):
-    from .data import read_interactions
+    from .data import read_interactions, read_table
     from .datasets import load_movielens
 
     on_error = "drop" if args.drop_bad_rows else "raise"
@@ -35,11 +35,11 @@ def _load_interactions(args: argparse.Namespace):
         return read_interactions(ds.interactions, user_col="user", item_col="item", weight_col="rating",
                                  time_col="timestamp", item_metadata=ds.items, on_error=on_error,
                                  catalog=args.catalog)
-    items = pd.read_csv(args.items, dtype={args.items_id_col: str}).rename(
+    items = read_table(args.items, sep=args.sep, id_cols=[args.items_id_col]).rename(
         columns={args.items_id_col: "item"}) if args.items else None
     return read_interactions(args.data, user_col=args.user_col, item_col=args.item_col,
                              weight_col=args.weight_col, time_col=args.time_col, duplicates=args.duplicates,
-                             on_error=on_error, item_metadata=items, catalog=args.catalog)
+                             on_error=on_error, item_metadata=items, catalog=args.catalog, sep=args.sep)
 
 
 def _with_feedback(inter, url: str):
@@ -347,6 +347,8 @@ def data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-col", default=None, help="weight or rating column (default: every row counts 1)")
     parser.add_argument("--items", default=None, help="optional CSV of item metadata (title, genres, ...)")
     parser.add_argument("--items-id-col", default="item", help="item id column in --items (default: item)")
+    parser.add_argument("--sep", default=None, help="the delimiter of --data and --items text files (default: "
+                                                    "detected among , ; tab |)")
     parser.add_argument("--duplicates", choices=["sum", "max", "last"], default="sum",
                         help="how repeated (user, item) rows combine (default: sum)")
     parser.add_argument("--drop-bad-rows", action="store_true", help="drop invalid rows instead of failing")

@@ -140,7 +140,39 @@ class Interactions:
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _read_source(source: Source, columns: Sequence[str], id_cols: Sequence[str]) -> tuple[pd.DataFrame, str]:
+DELIMITERS = (",", ";", "\t", "|")  # what `detect_delimiter` considers
+
+
+def detect_delimiter(path: str | Path, default: str = ",") -> str:
+    """The delimiter of a delimited text file (plain or .gz): of `DELIMITERS`, the one that splits the header
+    into the most fields (at least two) with the same number of fields on each of the next lines read (quotes
+    respected); `default` when none does. Spreadsheets in many locales write ';' (the decimal comma).
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "log.csv")
+    >>> _ = open(path, "w").write('user;item;title\\nu1;i1;"a, b"\\nu2;i2;c\\n')
+    >>> detect_delimiter(path)
+    ';'
+    """
+    import csv
+    import gzip
+    import itertools
+
+    path = Path(path)
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+        lines = list(itertools.islice(f, 50))
+    best, width = default, 1
+    for candidate in DELIMITERS:
+        rows = [r for r in csv.reader(lines, delimiter=candidate) if r]
+        if rows and len(rows[0]) > width and all(len(r) == len(rows[0]) for r in rows[1:-1]):
+            best, width = candidate, len(rows[0])
+    return best
+
+
+def _read_source(source: Source, id_cols: Sequence[str], sep: str | None) -> tuple[pd.DataFrame, str]:
+    """(frame, how to name it in errors) of a DataFrame or a CSV / TSV / Parquet file (delimiter `sep`, or
+    detected by `detect_delimiter`: the name then says which was used)."""
     if isinstance(source, pd.DataFrame):
         return source, "the DataFrame"
     path = Path(source)
@@ -149,18 +181,30 @@ def _read_source(source: Source, columns: Sequence[str], id_cols: Sequence[str])
                                 "Parquet file.")
     suffix = "".join(path.suffixes[-2:]).lower()
     if path.suffix.lower() in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    elif suffix.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")):
-        sep = "\t" if ".tsv" in suffix else ","
-        try:
-            header = pd.read_csv(path, sep=sep, nrows=0).columns
-        except pd.errors.EmptyDataError:
-            raise DataValidationError(f"Interaction log {str(path)!r} is empty (no header row and no data).")
-        frame = pd.read_csv(path, sep=sep, dtype={c: str for c in id_cols if c in header})
-    else:
+        return pd.read_parquet(path), repr(path.name)
+    if not suffix.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")):
         raise DataValidationError(f"Cannot read {str(path)!r}: unknown file type {path.suffix!r}. "
                                   "Use .csv, .tsv or .parquet (or pass a pandas DataFrame).")
-    return frame, repr(path.name)
+    how = "given"
+    if sep is None:
+        sep, how = detect_delimiter(path, "\t" if ".tsv" in suffix else ","), "detected"
+    try:
+        header = pd.read_csv(path, sep=sep, nrows=0).columns
+    except pd.errors.EmptyDataError:
+        raise DataValidationError(f"Interaction log {str(path)!r} is empty (no header row and no data).")
+    frame = pd.read_csv(path, sep=sep, dtype={c: str for c in id_cols if c in header})
+    return frame, f"{path.name!r} (delimiter {sep!r}, {how}; set it with sep= or --sep)"
+
+
+def read_table(source: Source, *, sep: str | None = None, id_cols: Sequence[str] = ()) -> pd.DataFrame:
+    """A DataFrame, or a CSV / TSV / Parquet file read as `read_interactions` reads logs (the delimiter `sep` or
+    detected), for item files (`recsys train --items`). id_cols: read as text, and required."""
+    frame, where = _read_source(source, id_cols, sep)
+    missing = [c for c in id_cols if c not in frame.columns]
+    if missing:
+        raise DataValidationError(f"Column {missing[0]!r} not found in {where}. Available columns: "
+                                  f"{list(frame.columns)}.")
+    return frame
 
 
 def ids_as_str(col: pd.Series) -> pd.Series:
@@ -217,10 +261,12 @@ def read_interactions(
     item_metadata: pd.DataFrame | None = None,
     catalog: Literal["interactions", "metadata"] = "interactions",
     seed: int = 0,
+    sep: str | None = None,
 ) -> Interactions:
     """Read, validate, deduplicate and id-map an interaction log.
 
-    source: a DataFrame or the path of a CSV/TSV/Parquet file. Ids are read as strings. Weights default to 1.
+    source: a DataFrame or the path of a CSV/TSV/Parquet file (sep: its delimiter; None detects it, see
+    `detect_delimiter`). Ids are read as strings. Weights default to 1.
     Numeric timestamps are read in `time_unit` since the epoch; strings are parsed as dates.
     duplicates: how repeated (user, item) rows combine: 'sum' or 'max' of weights (latest timestamp), or
     'last' (the row with the latest timestamp; rows at the same time in a random order seeded by `seed`;
@@ -241,7 +287,7 @@ def read_interactions(
     _check_catalog(catalog, item_metadata)
     roles = {"user_col": user_col, "item_col": item_col, "weight_col": weight_col, "time_col": time_col}
     wanted = {role: c for role, c in roles.items() if c is not None}
-    frame, where = _read_source(source, list(wanted.values()), [user_col, item_col])
+    frame, where = _read_source(source, [user_col, item_col], sep)
     # CSV/TSV rows have line numbers; Parquet files and DataFrames do not
     file_lines = not isinstance(source, pd.DataFrame) and Path(source).suffix.lower() not in (".parquet", ".pq")
     for role, name in wanted.items():

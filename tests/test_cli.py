@@ -144,6 +144,26 @@ def test_missing_column_names_the_flag(log_csv, tmp_path, capsys):
     assert "Column 'user' (user_col) not found" in err and "--user-col" in err
 
 
+def test_semicolon_files_train_and_a_missing_items_column_names_the_delimiter(log_csv, tmp_path, capsys):
+    """`recsys train` on a ';'-separated log and item file (as European spreadsheets write CSV): detected; an
+    item id column that is not there is an error naming the file's delimiter and --sep."""
+    import pandas as pd
+
+    log = tmp_path / "log.csv"
+    frame = pd.read_csv(log_csv, dtype={"uid": str, "iid": str})
+    frame.to_csv(log, index=False, sep=";")
+    items = tmp_path / "products.csv"
+    pd.DataFrame({"sku": frame["iid"].unique(), "name": "a product; blue"}).to_csv(items, index=False, sep=";")
+    common = ["train", "--data", str(log), "--user-col", "uid", "--item-col", "iid", "--model", "popularity",
+              "--items", str(items), "--out", str(tmp_path / "m")]
+    assert main([*common, "--items-id-col", "sku"]) == 0
+    assert main([*common, "--items-id-col", "item_id"]) == 2
+    err = capsys.readouterr().err
+    assert "Column 'item_id' not found in 'products.csv' (delimiter ';', detected; set it with sep= or --sep)" in err
+    assert main([*common, "--items-id-col", "sku", "--sep", ","]) == 2
+    assert "delimiter ',', given" in capsys.readouterr().err
+
+
 def test_corrupt_bundle_is_refused(models, tmp_path, capsys):
     import shutil
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from recsys.data import (
     IdMap,
     Interactions,
     align_item_metadata,
+    detect_delimiter,
     from_arrays,
     random_split,
     read_interactions,
@@ -111,6 +113,27 @@ def test_read_tsv(tmp_path: Path) -> None:
     path = tmp_path / "log.tsv"
     raw_log().to_csv(path, index=False, sep="\t")
     check_small_log(read_interactions(path, **COLS))
+
+
+@pytest.mark.parametrize("sep", [";", "|", "\t"])
+def test_the_delimiter_is_detected_and_named_when_a_column_is_missing(tmp_path: Path, sep: str) -> None:
+    """A ';'-separated export (as spreadsheets in decimal-comma locales write CSV) reads like a comma CSV; when a
+    column is missing, the error names the delimiter it read with and how to set it."""
+    path = tmp_path / "log.csv"
+    frame = raw_log().assign(extra=["a, b", "c", "d; e", "f", "g|h", "i\tj"])
+    frame.to_csv(path, index=False, sep=sep)
+    assert detect_delimiter(path) == sep
+    check_small_log(read_interactions(path, **COLS))
+    with pytest.raises(DataValidationError, match=rf"delimiter {re.escape(repr(sep))}, detected; set it with sep="):
+        read_interactions(path, user_col="session", item_col="movieId")
+    with pytest.raises(DataValidationError, match=r"delimiter ',', given.*Available columns: \['userId"):
+        read_interactions(path, user_col="session", item_col="movieId", sep=",")
+
+
+def test_a_file_without_a_second_column_keeps_the_default_delimiter(tmp_path: Path) -> None:
+    path = tmp_path / "ids.csv"
+    path.write_text("item\ni1\ni2\n")
+    assert detect_delimiter(path) == "," and detect_delimiter(path, "\t") == "\t"
 
 
 def test_read_parquet(tmp_path: Path) -> None:
