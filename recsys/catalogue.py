@@ -3,7 +3,8 @@ lists) and popularity (how many users interacted with each)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,70 @@ import scipy.sparse as sp
 
 from .data import IdMap, is_missing
 from .exceptions import DataValidationError
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One condition on an item attribute: the item's value (or any of its list values, e.g. genres) is one of
+    `values`; or, with `op` '<=' / '>=', its number is within `bound` (items without a number fail it).
+    Values compare as text (1995.0 and '1995' are equal), so a filter typed in a URL matches numbers too."""
+
+    column: str
+    values: tuple[str, ...] = ()
+    op: str = ":"
+    bound: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Filter:
+        """'category:shoes', 'brand:acme,zeta' (any of them), 'price<=100', 'price>=9.5'.
+
+        >>> Filter.parse("brand:acme, zeta"), Filter.parse("price<=100").bound
+        (Filter(column='brand', values=('acme', 'zeta'), op=':', bound=None), 100.0)
+        """
+        at = {op: text.find(op) for op in (":", "<=", ">=") if op in text}
+        op = min(at, key=at.get) if at else ":"  # the first operator: 'url:a<=b' is a value with '<=' in it
+        column, found, rest = text.partition(op)
+        if found and op != ":" and column.strip():
+            try:
+                return cls(column.strip(), op=op, bound=float(rest))
+            except ValueError:
+                raise DataValidationError(f"Filter {text!r}: {rest.strip()!r} is not a number. Write "
+                                          f"{column.strip()}{op}<number>, e.g. {column.strip()}{op}100.") from None
+        wanted = tuple(v.strip() for v in rest.split(",") if v.strip())
+        if not found or not column.strip() or not wanted:
+            raise DataValidationError(f"Filter {text!r} is not understood. Write attribute:value (or value,value "
+                                      "for any of several), attribute<=number or attribute>=number, e.g. "
+                                      "category:shoes or price<=100.")
+        return cls(column.strip(), wanted)
+
+
+Filters = Mapping[str, object] | Sequence[Filter | str]  # {column: value(s)}, Filter objects or their text
+
+
+def as_filters(filters: Filters | None) -> list[Filter]:
+    """Filters in any accepted form as Filter objects: a {column: value or values} mapping (any of the values),
+    Filter objects, or their text (`Filter.parse`)."""
+    if not filters:
+        return []
+    if isinstance(filters, Mapping):
+        return [Filter(column, tuple(_text(v) for v in (wanted if isinstance(wanted, (list, tuple, set, frozenset))
+                                                         else [wanted])))
+                for column, wanted in filters.items()]
+    return [f if isinstance(f, Filter) else Filter.parse(f) for f in filters]
+
+
+def _holds_numbers(column: pd.Series) -> bool:
+    try:
+        return bool(pd.to_numeric(column, errors="coerce").notna().any())
+    except (TypeError, ValueError):  # list values (genres, tags)
+        return False
+
+
+def _text(value: object) -> str:
+    """How an attribute value compares with a filter's: text, integral floats without '.0'."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 class Catalogue:
@@ -66,26 +131,42 @@ class Catalogue:
         out[idx < 0] = None
         return out.reshape(shape)
 
-    def mask(self, filters: dict[str, object]) -> np.ndarray:
-        """Boolean mask over items: for every column, the item's value (or any of its list values, e.g.
-        genres) is one of the wanted values."""
+    def mask(self, filters: Filters) -> np.ndarray:
+        """Boolean mask over items passing every filter (`as_filters`: a {column: values} mapping, `Filter`s
+        or their text such as 'category:shoes' or 'price<=100')."""
         meta = self.metadata
         if meta is None:
             raise DataValidationError("This model has no item metadata, so attribute filters cannot apply. "
                                       "Train with item metadata (CLI: --items) or drop the filter.")
         mask = np.ones(len(self.items), bool)
-        for column, wanted in filters.items():
-            if column not in meta.columns or column == "item":
-                raise DataValidationError(f"Unknown item attribute {column!r} in filters. Available: "
+        for f in as_filters(filters):
+            if f.column not in meta.columns or f.column == "item":
+                raise DataValidationError(f"Unknown item attribute {f.column!r} in filters. Available: "
                                           f"{[c for c in meta.columns if c != 'item']}.")
-            values = set(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else {wanted}
-            col = meta[column].to_numpy(dtype=object)
+            col = meta[f.column]
+            if f.bound is not None:
+                if f.column not in self.attributes[1]:
+                    raise DataValidationError(f"Item attribute {f.column!r} holds no numbers, so {f.op} cannot "
+                                              f"apply to it: filter it by value, e.g. {f.column}:<value>.")
+                numbers = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                mask &= numbers <= f.bound if f.op == "<=" else numbers >= f.bound  # (NaN fails both)
+                continue
+            values = set(f.values)
             mask &= np.fromiter(
-                ((not values.isdisjoint(v)) if isinstance(v, (list, tuple, np.ndarray)) else v in values
-                 for v in col), dtype=bool, count=len(col))
+                (any(_text(x) in values for x in v) if isinstance(v, (list, tuple, np.ndarray)) else
+                 not is_missing(v) and _text(v) in values for v in col.to_numpy(dtype=object)),
+                dtype=bool, count=len(col))
         return mask
 
-    def allowed(self, items: Iterable[object] | None = None, filters: dict[str, object] | None = None
+    @functools.cached_property
+    def attributes(self) -> tuple[list[str], list[str]]:
+        """(every attribute column, those holding numbers): what filters can name, and bound."""
+        if self.metadata is None:
+            return [], []
+        columns = [str(c) for c in self.metadata.columns if c != "item"]
+        return columns, [c for c in columns if _holds_numbers(self.metadata[c])]
+
+    def allowed(self, items: Iterable[object] | None = None, filters: Filters | None = None
                 ) -> np.ndarray | None:
         """Item indices passing an allow-list of ids and attribute filters (None: no restriction)."""
         allow = None if items is None else np.unique(self.items.to_index(items, kind="item"))

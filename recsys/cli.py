@@ -39,7 +39,8 @@ def _load_interactions(args: argparse.Namespace):
         columns={args.items_id_col: "item"}) if args.items else None
     return read_interactions(args.data, user_col=args.user_col, item_col=args.item_col,
                              weight_col=args.weight_col, time_col=args.time_col, duplicates=args.duplicates,
-                             on_error=on_error, item_metadata=items, catalog=args.catalog, sep=args.sep)
+                             on_error=on_error, item_metadata=items, catalog=args.catalog, sep=args.sep,
+                             title_col=args.title_col)
 
 
 def _with_feedback(inter, url: str):
@@ -201,8 +202,10 @@ def _print_ranked(ids: np.ndarray, scores: np.ndarray, titles: np.ndarray | None
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """A user's answer as the service gives it (`Engine.recommend_user`): their stored feedback folded in
-    (--feedback-db), the popularity fallback for an unknown user, paging, exclusions and genre filters."""
+    (--feedback-db), the popularity fallback for an unknown user, paging, exclusions and attribute filters."""
+    from .catalogue import Filter
     from .engine import load_engine
+    from .explain import annotate
 
     if args.history is not None and args.feedback_db:
         raise DataValidationError("--feedback-db reads a user's stored events: use it with --user, not --history.")
@@ -213,17 +216,26 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         history = [(item, 1.0) for item in args.history.split(",") if item]
     rec = engine.recommend_user(args.user, args.k, offset=args.offset,
                                 exclude=[i for part in args.exclude for i in part.split(",") if i],
-                                filters={args.genre_col: args.genre} if args.genre else None,
+                                filters=[*([Filter(args.genre_col, tuple(args.genre))] if args.genre else []),
+                                         *args.filter],
                                 include_seen=args.include_seen, history=history)
+    doc = {"user": args.user, "items": engine.catalogue.scored_items(rec.item_ids, rec.scores),
+           "fallback": rec.fallback, "model_version": bundle.path.name}
+    if args.explain:
+        doc["explanation"] = annotate(engine, args.user, doc["items"], history)
     if args.json:
-        print(json.dumps({"user": args.user, "items": engine.catalogue.scored_items(rec.item_ids, rec.scores),
-                          "fallback": rec.fallback, "model_version": bundle.path.name}, indent=2))
+        print(json.dumps(doc, indent=2))
         return 0
     titles = engine.catalogue.titles(rec.item_ids)
     print(_recommendation_header(args, rec.fallback, history))
     for rank, (item, score) in enumerate(zip(rec.item_ids, rec.scores), args.offset + 1):
         title = None if titles is None else titles[rank - args.offset - 1]
         print(f"{rank:>3}. {item:<12} {score:8.4f}" + (f"  {title}" if title is not None else ""))
+        if args.explain:
+            because = doc["items"][rank - args.offset - 1].get("because") or []
+            print("       because of " + (", ".join(f"{r['item']} ({r['share']:.0%})" if r["share"] is not None
+                                                 else r["item"] for r in because) or "nothing in the history")
+                  + f" [{doc['explanation']}]")
     return 0
 
 
@@ -347,6 +359,8 @@ def data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-col", default=None, help="weight or rating column (default: every row counts 1)")
     parser.add_argument("--items", default=None, help="optional CSV of item metadata (title, genres, ...)")
     parser.add_argument("--items-id-col", default="item", help="item id column in --items (default: item)")
+    parser.add_argument("--title-col", default=None, help="the --items column that names an item (default: title, "
+                                                          "else name, product_name, ... when present)")
     parser.add_argument("--sep", default=None, help="the delimiter of --data and --items text files (default: "
                                                     "detected among , ; tab |)")
     parser.add_argument("--duplicates", choices=["sum", "max", "last"], default="sum",
@@ -439,9 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--include-seen", action="store_true", help="do not exclude the user's known items")
     r.add_argument("--genre", action="append", help="only items with this genre (repeat for any of several)")
     r.add_argument("--genre-col", default="genres", help=argparse.SUPPRESS)
+    r.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                   help="an item attribute filter, all must hold (repeat): attribute:value (or value,value for "
+                        "any of several), attribute<=number or attribute>=number; e.g. category:shoes, price<=100")
     r.add_argument("--feedback-db", metavar="URL", default=None,
                    help="fold in the user's feedback events stored in this database (SQLAlchemy URL, as the "
                         "service's RECSYS_FEEDBACK_DB_URL, e.g. sqlite:///feedback.db)")
+    r.add_argument("--explain", action="store_true",
+                   help="add to each item the history items that contributed most to its score")
     r.add_argument("--json", action="store_true", help="print the answer as the service's JSON document")
     r.set_defaults(func=cmd_recommend)
 

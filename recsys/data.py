@@ -262,6 +262,7 @@ def read_interactions(
     catalog: Literal["interactions", "metadata"] = "interactions",
     seed: int = 0,
     sep: str | None = None,
+    title_col: str | None = None,
 ) -> Interactions:
     """Read, validate, deduplicate and id-map an interaction log.
 
@@ -278,6 +279,8 @@ def read_interactions(
     of other items are ignored). 'metadata': also every item of `item_metadata`, with or without
     interactions, so that models using item features can score cold-start items (other models simply
     leave those items uninformed).
+    title_col: the metadata column that names an item (shown as its title in answers); default 'title', else
+    guessed (`with_title`).
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise DataValidationError(f"The 'duplicates' parameter must be one of {DUPLICATE_POLICIES}. "
@@ -285,6 +288,7 @@ def read_interactions(
     if on_error not in ("raise", "drop"):
         raise DataValidationError(f"The 'on_error' parameter must be 'raise' or 'drop'. Got {on_error!r}.")
     _check_catalog(catalog, item_metadata)
+    item_metadata = with_title(item_metadata, title_col)
     roles = {"user_col": user_col, "item_col": item_col, "weight_col": weight_col, "time_col": time_col}
     wanted = {role: c for role, c in roles.items() if c is not None}
     frame, where = _read_source(source, [user_col, item_col], sep)
@@ -441,6 +445,34 @@ def _check_catalog(catalog: str, item_metadata: pd.DataFrame | None) -> None:
 def _require_item_column(metadata: pd.DataFrame) -> None:
     if "item" not in metadata.columns:
         raise DataValidationError(f"Item metadata needs an 'item' column. Got columns {list(metadata.columns)}.")
+
+
+TITLE_GUESSES = ("title", "name", "product_name", "item_name", "display_name", "product_title", "label")
+
+
+def with_title(metadata: pd.DataFrame | None, title_col: str | None = None) -> pd.DataFrame | None:
+    """`metadata` with a 'title' column, the one answers show for each item: a copy of `title_col`, or of the
+    first column whose name (any case) is in `TITLE_GUESSES`; unchanged when there is none (titles are then
+    null) or when 'title' is already there and no other column is asked for.
+
+    >>> with_title(pd.DataFrame({"item": ["a"], "Product_Name": ["Red shoe"]}))["title"].tolist()
+    ['Red shoe']
+    """
+    if metadata is None:
+        return None
+    if title_col is not None:
+        if title_col not in metadata.columns:
+            raise DataValidationError(f"Title column {title_col!r} (title_col, CLI --title-col) not found in the "
+                                      f"item metadata. Available columns: {list(metadata.columns)}.")
+        return metadata.assign(title=metadata[title_col])
+    if "title" in metadata.columns:
+        return metadata
+    lower = {str(c).lower(): c for c in metadata.columns}
+    guess = next((lower[g] for g in TITLE_GUESSES if g in lower), None)
+    if guess is None:
+        return metadata
+    log.info("Item titles: column %r (pass title_col / --title-col to choose another).", guess)
+    return metadata.assign(title=metadata[guess])
 
 
 def align_item_metadata(metadata: pd.DataFrame | None, items: IdMap) -> pd.DataFrame | None:

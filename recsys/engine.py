@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .bundle import Bundle, read_bundle
-from .catalogue import Catalogue
+from .catalogue import Catalogue, Filters
 from .data import IdMap
 from .exceptions import DataValidationError
 from .foldin import FoldIn
@@ -150,6 +150,13 @@ class Engine:
         return self.foldin.user_vector(self.item_vectors, item_index, weights, self._gramian, self.user_vectors,
                                        self.projection)
 
+    def contributions(self, item_index: np.ndarray, weights: np.ndarray | None, targets: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """`fold_in`'s score of each of `targets` split over the history's distinct items
+        (`recsys.foldin.FoldIn.contributions`): what `recsys.explain` reads."""
+        return self.foldin.contributions(self.item_vectors, item_index, targets, weights, self._gramian,
+                                         self.projection)
+
     def _gramian(self, columns: slice | None = None) -> np.ndarray:
         """item_vectors[:, columns].T @ item_vectors[:, columns], made on first use and kept (a blend's parts
         each ask for their own columns' block, never the whole blend's)."""
@@ -173,11 +180,12 @@ class Engine:
     # ---------------------------------------------------------------------------------- id-level API
     def recommend(self, user_ids: Iterable[object], k: int = 10, exclude_seen: bool = True,
                   items: Iterable[object] | None = None, exclude: Iterable[object] | None = None,
-                  filters: dict[str, object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), each (n_users, k), for known users.
 
         items: an allow-list of item ids; exclude: a deny-list; filters: item attributes, e.g.
-        {"genres": ["Comedy", "Drama"]} (any of these), combined with each other and the lists by AND.
+        {"genres": ["Comedy", "Drama"]} (any of these) or ["category:shoes", "price<=100"]
+        (`recsys.catalogue.Filter`), combined with each other and the lists by AND.
         """
         _check_k(k)
         user_index = self.users.to_index(user_ids, kind="user")
@@ -238,7 +246,7 @@ class Engine:
 
     # ------------------------------------------------------------------------ one user's answer (serving)
     def recommend_user(self, user: object | None, k: int = 10, *, offset: int = 0, exclude: Iterable[object] = (),
-                       filters: dict[str, object] | None = None, include_seen: bool = False,
+                       filters: Filters | None = None, include_seen: bool = False,
                        history: Sequence[tuple[object, float]] | None = None) -> Recommendation:
         """Top-k items for one user, as the service and the CLI answer: known, folded in, or popular.
 
@@ -265,7 +273,7 @@ class Engine:
                                     include_seen=include_seen, histories={user: history} if history else None)[0]
 
     def recommend_users(self, users: Sequence[object | None], k: int = 10, *, offset: int = 0,
-                        exclude: Iterable[object] = (), filters: dict[str, object] | None = None,
+                        exclude: Iterable[object] = (), filters: Filters | None = None,
                         include_seen: bool = False,
                         histories: Mapping[object, Sequence[tuple[object, float]]] | None = None
                         ) -> list[Recommendation]:
@@ -317,7 +325,7 @@ class Engine:
         return self.history_indices(items[positive], n, weights[positive], hide=hide, allow=allow)
 
     def popular_items(self, k: int = 10, *, exclude: Iterable[object] = (),
-                      filters: dict[str, object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), shape (at most k,), of the items most users interacted with in the bundle, best
         first (ties by index); scores are those user counts. exclude / filters as in `recommend_user`."""
         _check_k(k)

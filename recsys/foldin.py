@@ -159,6 +159,55 @@ class FoldIn:
             gram += self.unobserved_weight * (gramian() if gramian is not None else item_vectors.T @ item_vectors)
         return solve_spd(gram, hist.T @ (w * self.target)).astype(np.float32)
 
+    def contributions(self, item_vectors: np.ndarray, item_index: np.ndarray, targets: np.ndarray,
+                      weights: np.ndarray | None = None, gramian: Callable[[], np.ndarray] | None = None,
+                      projection: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Why the folded-in user scores `targets` (item indices) as they do: (history items, contributions),
+        the distinct history item indices and a (n_history, n_targets) matrix whose column t sums to the
+        user_vector's score of target t. Every method is linear in its history once the history is fixed:
+        'mean' weights each item's vector, 'linear' sums projection rows, 'indicator' reads item-item weights,
+        'ridge' (iALS) is (G^-1 sum_j c_j y_j) . y_t with G the history's own system, so item j contributes
+        c_j y_j . G^-1 y_t (implicit's `explain`). 'constant' has no contributions (all zeros)."""
+        item_index = np.asarray(item_index, dtype=np.int64)
+        w = np.ones(len(item_index), np.float64) if weights is None else np.asarray(weights, np.float64)
+        distinct, inverse = np.unique(item_index, return_inverse=True)
+        summed = np.bincount(inverse, weights=w, minlength=len(distinct))  # repeated items' weights add up
+        targets = np.asarray(targets, dtype=np.int64)
+        out = np.zeros((len(distinct), len(targets)))
+        if self.method == "constant" or not len(distinct):
+            return distinct, out
+        if self.method == "blend":
+            start = 0
+            for part in self.parts:
+                cols = slice(start, start + part.dims)
+                start += part.dims
+                _, c = part.foldin.contributions(
+                    item_vectors[:, cols], item_index, targets, weights,
+                    None if gramian is None else functools.partial(gramian, cols),
+                    None if projection is None else projection[:, cols])
+                out += part.user_scale * c
+            return distinct, out
+        y_t = np.asarray(item_vectors[targets], np.float64)
+        hist = np.asarray(item_vectors[distinct], np.float64)
+        if self.method == "mean":
+            return distinct, (summed / w.sum())[:, None] * (hist @ y_t.T)
+        if self.method == "linear":
+            return distinct, np.asarray(projection[distinct], np.float64) @ y_t.T
+        if self.method == "indicator":
+            return distinct, summed[:, None] * np.asarray(item_vectors[targets][:, distinct], np.float64).T
+        c = confidence(summed, self.confidence, self.alpha, self.epsilon).astype(np.float64) \
+            if self.confidence is not None else summed
+        hist_w = hist if self.confidence is not None else np.asarray(item_vectors[item_index], np.float64)
+        w_rows = c if self.confidence is not None else w
+        reg = penalty(self.reg, self.reg_exponent, self.unobserved_weight,
+                      len(distinct) if self.confidence is not None else len(item_index), len(item_vectors))
+        gram = hist_w.T @ (hist_w * w_rows[:, None]) + reg * np.eye(hist.shape[1])
+        if self.unobserved_weight:
+            gram += self.unobserved_weight * np.asarray(gramian() if gramian is not None else
+                                                        item_vectors.T @ item_vectors, np.float64)
+        solved = np.linalg.solve(gram, y_t.T)  # G^-1 y_t for every target at once
+        return distinct, (summed if self.confidence is None else c)[:, None] * self.target * (hist @ solved)
+
 
 @dataclass(frozen=True)
 class BlendPart:

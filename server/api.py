@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Sequence
 
+import numpy as np
 from flask import Response, current_app, request
 from flask_smorest import Blueprint, abort
 
+from recsys.catalogue import Filter
 from recsys.engine import Recommendation
 from recsys.exceptions import RecsysError
+from recsys.explain import annotate
 from recsys.feedback import Event
 
 from . import fastpath
@@ -34,15 +38,14 @@ def _model() -> Loaded:
     return loaded
 
 
-def _filters(genres: tuple[str, ...] | list[str]) -> dict | None:
-    return {"genres": list(genres)} if genres else None
+def _filters(genres: Sequence[str] = (), texts: Sequence[str] = ()) -> list[Filter]:
+    """The filters of a request: `genre=` values (an alias of filter=genres:...) and `filter=` expressions."""
+    return [*([Filter("genres", tuple(genres))] if genres else []), *(Filter.parse(t) for t in texts)]
 
 
 def _recommend(m: Loaded, q: Query, history: History) -> Recommendation:
-    limit = current_app.config["MAX_K"]
-    if q.k + q.offset > limit:
-        abort(422, message=f"k + offset must be <= {limit}. Got {q.k + q.offset}.")
-    return m.engine.recommend_user(q.user, q.k, offset=q.offset, exclude=q.exclude, filters=_filters(q.genres),
+    return m.engine.recommend_user(q.user, q.k, offset=q.offset, exclude=q.exclude,
+                                   filters=_filters(q.genres, q.filters),
                                    include_seen=q.include_seen, history=history)
 
 
@@ -107,9 +110,20 @@ def reload():
 @blp.arguments(s.RecommendQuery(), location="query")
 @blp.response(200, s.Recommendations)
 def recommend(args, user_id):
-    """Top-k items for a user (popularity when the user is unknown: `fallback` is true)."""
-    return respond(Query(user_id, args["k"], args["offset"], tuple(args["exclude"]), tuple(args["genre"]),
-                         args["include_seen"]))
+    """Top-k items for a user (popularity when the user is unknown: `fallback` is true); with explain=true, each
+    item says which of the user's history items contributed most to its score."""
+    query = Query(user_id, args["k"], args["offset"], tuple(args["exclude"]), tuple(args["genre"]),
+                  args["include_seen"], tuple(args["filter"]))
+    return explained(_model(), query) if args["explain"] else respond(query)
+
+
+def explained(m: Loaded, q: Query) -> dict:
+    """A Recommendations document with each item's reasons (`recsys.explain`), computed afresh (never cached)."""
+    history = get_feedback().history(q.user)
+    rec = _recommend(m, q, history)
+    doc = document(m, rec)
+    doc["explanation"] = annotate(m.engine, q.user, doc["items"], history)
+    return doc
 
 
 @blp.route("/recommendations/batch", methods=["POST"])
@@ -118,7 +132,8 @@ def recommend(args, user_id):
 def recommend_batch(body):
     """Top-k for many users in one call (the known users without feedback ranked together)."""
     m = _model()
-    recs = m.engine.recommend_users(body["users"], body["k"], histories=get_feedback().histories(body["users"]))
+    recs = m.engine.recommend_users(body["users"], body["k"], filters=_filters((), body["filters"]),
+                                    histories=get_feedback().histories(body["users"]))
     return {"results": [document(m, rec) for rec in recs]}
 
 
@@ -128,7 +143,8 @@ def recommend_batch(body):
 def recommend_session(body):
     """Top-k for an anonymous session from the item ids it touched (fold-in, no retraining)."""
     m = _model()
-    rec = m.engine.recommend_user(None, body["k"], history=[(item, 1.0) for item in body["items"]])
+    rec = m.engine.recommend_user(None, body["k"], history=[(item, 1.0) for item in body["items"]],
+                                  filters=_filters((), body["filters"]))
     return {"items": m.engine.catalogue.scored_items(rec.item_ids, rec.scores), "fallback": rec.fallback,
             "model_version": m.version}
 
@@ -160,7 +176,7 @@ def similar_users(args, user_id):
 def popular(args):
     """The most interacted items (optionally of some genres); scores are interaction counts."""
     m = _model()
-    ids, counts = m.engine.popular_items(args["k"], filters=_filters(args["genre"]))
+    ids, counts = m.engine.popular_items(args["k"], filters=_filters(args["genre"], args["filter"]))
     return {"items": m.engine.catalogue.scored_items(ids, counts), "fallback": False, "model_version": m.version}
 
 
@@ -170,14 +186,23 @@ ITEM_FIELDS = ("title", "genres", "tags", "year")  # the Item schema's metadata 
 @blp.route("/items/<string:item_id>")
 @blp.response(200, s.Item)
 def item(item_id):
-    """Item metadata (title, genres, tags, year) when the bundle has it."""
+    """An item's metadata: every column the bundle has for it in `attributes` (a retailer's category, brand,
+    price; MovieLens's genres), and title, genres, tags and year at the top level when it has them."""
     record = _model().engine.catalogue.record(item_id)
     out: dict = {"id": item_id}
     for key in ITEM_FIELDS:
         if key in record:
             value = record[key]
             out[key] = value if isinstance(value, list) else int(value) if key == "year" else str(value)
+    out["attributes"] = {key: _plain(value) for key, value in record.items() if key != "item"}
     return out
+
+
+def _plain(value: object) -> object:
+    """A metadata value as JSON has it: numpy scalars as Python numbers, lists as they are, the rest as text."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value if isinstance(value, (str, int, float, bool, list)) else str(value)
 
 
 @blp.route("/model")

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from flask import Flask, Response, current_app, request
 from flask.json.provider import DefaultJSONProvider
+from flask_smorest import abort
 from marshmallow import fields
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import MultiDict
@@ -33,6 +34,7 @@ class Query(NamedTuple):
     exclude: tuple[str, ...] = ()
     genres: tuple[str, ...] = ()
     include_seen: bool = False
+    filters: tuple[str, ...] = ()  # their text, as `recsys.catalogue.Filter.parse` reads it
 
 
 History = list[tuple[str, float]]
@@ -43,7 +45,7 @@ def respond(m: Loaded, query: Query, answer: Answer) -> Response:
     """`answer(m, query, history)` as a JSON response. An answer for a user without stored feedback depends on
     nothing but the loaded model and the request, so its serialised body is kept in the model's response
     cache; a user with stored feedback is always answered afresh (their first event sends their next request
-    down the fold-in path, uncached). `answer` validates the query (e.g. k + offset) before anything is
+    down the fold-in path, uncached). `answer` validates the query (e.g. its filters) before anything is
     computed or cached."""
     history = get_feedback().history(query.user)
     key = None if history else query
@@ -88,8 +90,9 @@ def writes_as_flask_does(app: Flask) -> bool:
 class Parser(FlaskParser):
     """webargs' Flask parser, with one shortcut: a plain query string of the recommendations endpoint
     (`plain_query`) is read without marshmallow (measured at about a third of the handler's CPU once answers
-    are cached). Anything else (exclude, genre, unknown or repeated keys, values webargs would reject or
-    coerce) is parsed, validated and reported by webargs as usual; the view and its documentation are one."""
+    are cached). Anything else (exclude, genre, filter, repeated keys, values webargs would reject or coerce)
+    is parsed, validated and reported by webargs as usual; the view and its documentation are one. A query
+    parameter the schema does not declare is a 422 naming the ones it does (never silently ignored)."""
 
     def parse(self, argmap, req=None, *, location=None, **kwargs):
         if location == "query" and isinstance(argmap, s.RecommendQuery):
@@ -97,6 +100,11 @@ class Parser(FlaskParser):
             if plain is not None:
                 k, offset, include_seen = plain
                 return {**defaults(), "k": k, "offset": offset, "include_seen": include_seen}
+        if location == "query" and hasattr(argmap, "fields"):
+            known = {f.data_key or name for name, f in argmap.fields.items()}
+            unknown = sorted(set(request.args) - known)
+            if unknown:
+                abort(422, message=f"Unknown query parameter(s) {unknown}. Available: {sorted(known)}.")
         return super().parse(argmap, req, location=location, **kwargs)
 
 

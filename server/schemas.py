@@ -6,6 +6,8 @@ inside the app's context), so what is enforced and what the spec states are the 
 """
 from __future__ import annotations
 
+import re
+
 from flask import current_app, has_app_context
 from marshmallow import Schema, fields, validate
 
@@ -37,18 +39,68 @@ class LengthUpTo(validate.Length):
     max = property(lambda self: limit(self.key), lambda self, value: None)
 
 
+NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+def bundle_attributes() -> tuple[list[str], list[str]]:
+    """(attribute columns, numeric ones) of the bundle the app serves; none outside an app or before a load."""
+    from .state import get_state
+
+    loaded = get_state().current if has_app_context() else None
+    return loaded.engine.catalogue.attributes if loaded is not None else ([], [])
+
+
+def filter_pattern() -> str:
+    """The filter expressions the served bundle accepts: attribute:value[,value...] on any of its columns,
+    attribute<=number / >=number on its numeric ones (a bundle without metadata accepts none)."""
+    columns, numeric = bundle_attributes()
+    if not columns:
+        return r"^[^\s\S]$"
+    any_column = "|".join(re.escape(c) for c in columns)
+    values = rf"(?:{any_column})\s*:.*[^,\s].*"
+    if not numeric:
+        return rf"^{values}$"
+    return rf"^(?:{values}|(?:{'|'.join(re.escape(c) for c in numeric)})\s*(?:<=|>=)\s*{NUMBER}\s*)$"
+
+
+class FilterExpression(validate.Regexp):
+    """A filter the served bundle can apply (`filter_pattern`, read at each request and when the spec is built,
+    like the size limits), so the spec states which attributes exist and which take bounds."""
+
+    def __init__(self):
+        super().__init__(".*")
+
+    regex = property(lambda self: re.compile(filter_pattern()), lambda self, value: None)
+
+    @property
+    def error(self) -> str:
+        columns, numeric = bundle_attributes()
+        return ("Filter {input!r} does not fit this bundle's item attributes: write attribute:value (or value,value "
+                f"for any of several) on one of {columns}, or attribute<=number / attribute>=number on one of "
+                f"{numeric}.")
+
+    @error.setter
+    def error(self, value: str) -> None:
+        pass
+
+
+FILTER_HELP = ("item attribute filters, all of which must hold: attribute:value (or value,value for any of "
+               "several), attribute<=number or attribute>=number; e.g. category:shoes, price<=100")
 K = fields.Integer(load_default=10, validate=RangeUpTo(1, "MAX_K"), metadata={"description": "how many items to return"})
 
 
 class RecommendQuery(Schema):
     k = K
     offset = fields.Integer(load_default=0, validate=RangeUpTo(0, "MAX_K"),
-                            metadata={"description": "skip this many of the best items (paging); k + offset "
-                                                     "must not exceed the maximum of k (422 otherwise)"})
+                            metadata={"description": "skip this many of the best items (paging); at most the "
+                                                     "maximum of k"})
     exclude = fields.List(fields.String(), load_default=list, metadata={"description": "item ids to leave out"})
     genre = fields.List(fields.String(), load_default=list,
-                        metadata={"description": "only items with any of these genres"})
+                        metadata={"description": "only items with any of these genres (filter=genres:...)"})
+    filter = fields.List(fields.String(validate=FilterExpression()), load_default=list, metadata={"description": FILTER_HELP})
     include_seen = fields.Boolean(load_default=False, metadata={"description": "allow items the user has seen"})
+    explain = fields.Boolean(load_default=False, metadata={"description": "add to each item the history items "
+                                                                          "that contributed most to its score"})
 
 
 class KQuery(Schema):
@@ -58,12 +110,21 @@ class KQuery(Schema):
 class PopularQuery(Schema):
     k = K
     genre = fields.List(fields.String(), load_default=list)
+    filter = fields.List(fields.String(validate=FilterExpression()), load_default=list, metadata={"description": FILTER_HELP})
+
+
+class Reason(Schema):
+    item = fields.String(required=True, metadata={"description": "an item of the user's history"})
+    share = fields.Float(allow_none=True, metadata={"description": "its contribution over the sum of the "
+                                                                   "history's contributions to the score"})
 
 
 class ScoredItem(Schema):
     id = fields.String(required=True)
     score = fields.Float(required=True)
     title = fields.String(allow_none=True)
+    because = fields.List(fields.Nested(Reason), metadata={"description": "with explain=true: the history "
+                                                                          "items that contributed most"})
 
 
 class ScoredUser(Schema):
@@ -76,6 +137,9 @@ class Recommendations(Schema):
     items = fields.List(fields.Nested(ScoredItem), required=True)
     fallback = fields.Boolean(required=True, metadata={"description": "true: popularity (user unknown)"})
     model_version = fields.String(required=True)
+    explanation = fields.String(metadata={"description": "with explain=true: 'exact' (the score split over the "
+                                                         "history), 'fold-in' (the split of the fold-in of the "
+                                                         "same history) or 'none' (no history)"})
 
 
 class SimilarItems(Schema):
@@ -100,6 +164,7 @@ class BatchRequest(Schema):
     users = fields.List(fields.String(validate=validate.Length(min=1, max=256)), required=True,
                         validate=LengthUpTo(1, "MAX_BATCH_USERS"))
     k = K
+    filters = fields.List(fields.String(validate=FilterExpression()), load_default=list, metadata={"description": FILTER_HELP})
 
 
 class BatchResponse(Schema):
@@ -111,6 +176,7 @@ class SessionRequest(Schema):
                         validate=LengthUpTo(1, "MAX_HISTORY_ITEMS"),
                         metadata={"description": "item ids the anonymous user interacted with"})
     k = K
+    filters = fields.List(fields.String(validate=FilterExpression()), load_default=list, metadata={"description": FILTER_HELP})
 
 
 class Item(Schema):
@@ -119,6 +185,8 @@ class Item(Schema):
     genres = fields.List(fields.String())
     tags = fields.List(fields.String())
     year = fields.Integer(allow_none=True)
+    attributes = fields.Dict(keys=fields.String(), required=True,
+                             metadata={"description": "every metadata column the bundle has for the item"})
 
 
 class ModelInfo(Schema):

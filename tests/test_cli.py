@@ -164,6 +164,18 @@ def test_semicolon_files_train_and_a_missing_items_column_names_the_delimiter(lo
     assert "delimiter ',', given" in capsys.readouterr().err
 
 
+def test_recommend_filters_on_item_attributes(models_root, capsys):
+    """--filter takes the service's filter expressions; --genre is the same filter on the genres column."""
+    assert main(["recommend", "--bundle", str(models_root), "--user", "u0001", "--k", "5", "--json",
+                 "--filter", "genres:cluster1,cluster2"]) == 0
+    by_filter = json.loads(capsys.readouterr().out)["items"]
+    assert main(["recommend", "--bundle", str(models_root), "--user", "u0001", "--k", "5", "--json",
+                 "--genre", "cluster1", "--genre", "cluster2"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == by_filter and len(by_filter) == 5
+    assert main(["recommend", "--bundle", str(models_root), "--user", "u0001", "--filter", "colour:red"]) == 2
+    assert "Unknown item attribute 'colour'" in capsys.readouterr().err
+
+
 def test_corrupt_bundle_is_refused(models, tmp_path, capsys):
     import shutil
 
@@ -276,6 +288,7 @@ def test_cli_and_server_give_the_same_answers(app, client, synthetic, models_roo
         (known, f"k=4&exclude={top}&exclude=no-such-item&genre=cluster1",
          ["--exclude", f"{top},no-such-item", "--genre", "cluster1"]),
         (known, "k=6&include_seen=true", ["--include-seen"]),
+        (known, "k=4&filter=genres:cluster1,cluster2", ["--filter", "genres:cluster1,cluster2"]),
         ("stranger", "k=4&offset=2", ["--offset", "2"]),
         ("stranger", "k=3&genre=cluster0&genre=cluster3", ["--genre", "cluster0", "--genre", "cluster3"]),
         ("newcomer", "k=5&offset=1", ["--offset", "1"]),
@@ -296,7 +309,7 @@ def test_cli_and_server_give_the_same_answers(app, client, synthetic, models_roo
         assert {key: printed[key] for key in ("user", "fallback", "model_version")} == \
             {key: served[key] for key in ("user", "fallback", "model_version")}
         fallbacks.append(served["fallback"])
-    assert fallbacks == [False] * 4 + [True, True] + [False] * 3
+    assert fallbacks == [False] * 5 + [True, True] + [False] * 3
     without = _cli_json(capsys, ["--bundle", str(models_root), "--user", "newcomer"])
     assert without["fallback"] is True, "without --feedback-db the CLI sees no stored events"
 

@@ -136,6 +136,16 @@ def test_a_file_without_a_second_column_keeps_the_default_delimiter(tmp_path: Pa
     assert detect_delimiter(path) == "," and detect_delimiter(path, "\t") == "\t"
 
 
+def test_item_titles_come_from_title_col_or_a_recognised_name_column() -> None:
+    log = pd.DataFrame({"user": ["u1", "u2"], "item": ["s1", "s2"]})
+    products = pd.DataFrame({"item": ["s1", "s2"], "Name": ["Red shoe", "Hat"], "brand": ["acme", "zeta"]})
+    assert read_interactions(log, item_metadata=products).item_titles().tolist() == ["Red shoe", "Hat"]
+    assert read_interactions(log, item_metadata=products, title_col="brand").item_titles().tolist() == ["acme", "zeta"]
+    assert read_interactions(log, item_metadata=products.drop(columns="Name")).item_titles() is None
+    with pytest.raises(DataValidationError, match=r"Title column 'label' \(title_col, CLI --title-col\) not found"):
+        read_interactions(log, item_metadata=products, title_col="label")
+
+
 def test_read_parquet(tmp_path: Path) -> None:
     path = tmp_path / "log.parquet"
     raw_log().to_parquet(path)
