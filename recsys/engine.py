@@ -87,12 +87,10 @@ class Engine:
         self.similarity = similarity
         self.catalogue = Catalogue(items, item_metadata, self.seen)
         self._gram: dict[tuple, np.ndarray] = {}  # item_vectors.T @ item_vectors (by columns), for iALS fold-in
-        # similarity_dims: leading dimensions compared by similar_items/users (leaves out e.g. a bias column)
         dims = slice(0, similarity_dims)
         prep = normalise if similarity == "cosine" else np.ascontiguousarray
         self.similarity_vectors = prep(self.item_vectors[:, dims])  # what item-to-item similarity compares
         self._user_sim = prep(self.user_vectors[:, dims])
-        # indexes: {"ip": over item_vectors, "angular": over the similarity vectors}; either kind
         self.retriever = Retriever(self.item_vectors, indexes, index_stats, mode, batch_size)
 
     @property
@@ -269,8 +267,17 @@ class Engine:
         >>> engine.recommend_user("stranger", k=2).fallback  # unknown, no feedback: the most popular items
         True
         """
-        return self.recommend_users([user], k, offset=offset, exclude=exclude, filters=filters,
-                                    include_seen=include_seen, histories={user: history} if history else None)[0]
+        _check_k(k, offset)
+        n, deny, allow = k + offset, self._deny(exclude), self.catalogue.allowed(None, filters)
+        found = None
+        if history or user is None:
+            found = self._folded_in(user, history or (), n, deny, allow, include_seen)
+        elif user in self.users:
+            idx, val = self.recommend_indices(np.array([self.users.index(user, "user")]), n,
+                                              exclude_seen=not include_seen, allow=allow,
+                                              deny=deny if len(deny) else None)
+            found = idx[0], val[0]
+        return self._answer(user, found, n, offset, deny, allow)
 
     def recommend_users(self, users: Sequence[object | None], k: int = 10, *, offset: int = 0,
                         exclude: Iterable[object] = (), filters: Filters | None = None,
@@ -279,32 +286,32 @@ class Engine:
                         ) -> list[Recommendation]:
         """`recommend_user` for each of `users` (histories: each one's feedback events), one answer per user in
         order; the known users without feedback are ranked together in one batched search."""
-        _check_k(k)
-        _check_offset(offset)
-        n = k + offset
-        deny = self.items.to_index(exclude, missing="ignore") if exclude else np.empty(0, np.int64)
-        deny = deny[deny >= 0]
-        allow = self.catalogue.allowed(None, filters)
+        _check_k(k, offset)
         histories = histories or {}
         plain = [u for u in dict.fromkeys(users) if u is not None and not histories.get(u) and u in self.users]
-        found: dict[object, tuple[np.ndarray, np.ndarray] | None] = {}
+        ranked = {}
         if plain:
+            n, deny, allow = k + offset, self._deny(exclude), self.catalogue.allowed(None, filters)
             idx, val = self.recommend_indices(self.users.to_index(plain, kind="user"), n,
                                               exclude_seen=not include_seen, allow=allow,
                                               deny=deny if len(deny) else None)
-            found = {u: (i, v) for u, i, v in zip(plain, idx, val)}
-        answers = []
-        for user in users:
-            if user is None or user not in found:
-                history = histories.get(user)
-                found[user] = self._folded_in(user, history or (), n, deny, allow, include_seen) \
-                    if history or user is None else None
-            fallback = found[user] is None
-            idx, val = self.catalogue.popular(n, deny, allow) if fallback else found[user]
-            valid = idx >= 0
-            idx, val = idx[valid][offset:], val[valid][offset:]
-            answers.append(Recommendation(user, self.items.ids[idx], val, fallback, idx))
-        return answers
+            ranked = {u: self._answer(u, (i, v), n, offset, deny, allow) for u, i, v in zip(plain, idx, val)}
+        return [ranked.get(u) or self.recommend_user(u, k, offset=offset, exclude=exclude, filters=filters,
+                                                     include_seen=include_seen, history=histories.get(u))
+                for u in users]
+
+    def _deny(self, exclude: Iterable[object]) -> np.ndarray:
+        deny = self.items.to_index(exclude, missing="ignore") if exclude else np.empty(0, np.int64)
+        return deny[deny >= 0]
+
+    def _answer(self, user: object | None, found: tuple[np.ndarray, np.ndarray] | None, n: int, offset: int,
+                deny: np.ndarray, allow: np.ndarray | None) -> Recommendation:
+        """The answer from the top-n `found` (None: the popular items, a fallback), paged by `offset`."""
+        fallback = found is None
+        idx, val = self.catalogue.popular(n, deny, allow) if fallback else found
+        valid = idx >= 0
+        idx, val = idx[valid][offset:], val[valid][offset:]
+        return Recommendation(user, self.items.ids[idx], val, fallback, idx)
 
     def _folded_in(self, user: object | None, history: Sequence[tuple[object, float]], n: int, deny: np.ndarray,
                    allow: np.ndarray | None, include_seen: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -334,12 +341,9 @@ class Engine:
         return self.items.ids[idx], counts
 
 
-def _check_k(k: int) -> None:
+def _check_k(k: int, offset: int = 0) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise DataValidationError(f"The 'k' parameter must be an int >= 1. Got {k!r}.")
-
-
-def _check_offset(offset: int) -> None:
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
         raise DataValidationError(f"The 'offset' parameter must be an int >= 0. Got {offset!r}.")
 
