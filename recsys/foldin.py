@@ -137,9 +137,8 @@ class FoldIn:
         if self.method == "blend":
             return _blend_user_vector(self, item_vectors, item_index, weights, gramian, user_vectors, projection)
         w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
-        hist = item_vectors[item_index]
         if self.method == "mean":
-            return (w @ hist) / w.sum()
+            return (w @ item_vectors[item_index]) / w.sum()
         if self.method == "linear":
             if projection is None:
                 raise DataValidationError("The 'linear' fold-in needs the model's projection matrix "
@@ -149,15 +148,22 @@ class FoldIn:
             vector = np.zeros(item_vectors.shape[1], np.float32)
             np.add.at(vector, item_index, w)
             return vector
+        _, w, hist, gram = self._ridge(item_vectors, item_index, w, gramian)
+        return solve_spd(gram, hist.T @ (w * self.target)).astype(np.float32)
+
+    def _ridge(self, item_vectors: np.ndarray, item_index: np.ndarray, w: np.ndarray,
+               gramian: Callable[[], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The 'ridge' solve's system for a history: (the item index of each row, its weight, its vector, G), the
+        user vector being G^-1 sum_r w_r target y_r. iALS rows are the distinct items, weighted by confidence."""
         if self.confidence is not None:  # iALS: one confidence per distinct item, as in training
             item_index, inverse = np.unique(item_index, return_inverse=True)
             w = confidence(np.bincount(inverse, weights=w), self.confidence, self.alpha, self.epsilon)
-            hist = item_vectors[item_index]
+        hist = item_vectors[item_index]
         reg = penalty(self.reg, self.reg_exponent, self.unobserved_weight, len(item_index), len(item_vectors))
         gram = hist.T @ (hist * w[:, None]) + reg * np.eye(hist.shape[1], dtype=np.float32)
         if self.unobserved_weight:  # every item not in the history pulls its score towards 0 with this weight
             gram += self.unobserved_weight * (gramian() if gramian is not None else item_vectors.T @ item_vectors)
-        return solve_spd(gram, hist.T @ (w * self.target)).astype(np.float32)
+        return item_index, w, hist, gram
 
     def contributions(self, item_vectors: np.ndarray, item_index: np.ndarray, targets: np.ndarray,
                       weights: np.ndarray | None = None, gramian: Callable[[], np.ndarray] | None = None,
@@ -169,7 +175,7 @@ class FoldIn:
         'ridge' (iALS) is (G^-1 sum_j c_j y_j) . y_t with G the history's own system, so item j contributes
         c_j y_j . G^-1 y_t (implicit's `explain`). 'constant' has no contributions (all zeros)."""
         item_index = np.asarray(item_index, dtype=np.int64)
-        w = np.ones(len(item_index), np.float64) if weights is None else np.asarray(weights, np.float64)
+        w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
         distinct, inverse = np.unique(item_index, return_inverse=True)
         summed = np.bincount(inverse, weights=w, minlength=len(distinct))  # repeated items' weights add up
         targets = np.asarray(targets, dtype=np.int64)
@@ -177,15 +183,9 @@ class FoldIn:
         if self.method == "constant" or not len(distinct):
             return distinct, out
         if self.method == "blend":
-            start = 0
-            for part in self.parts:
-                cols = slice(start, start + part.dims)
-                start += part.dims
-                _, c = part.foldin.contributions(
-                    item_vectors[:, cols], item_index, targets, weights,
-                    None if gramian is None else functools.partial(gramian, cols),
-                    None if projection is None else projection[:, cols])
-                out += part.user_scale * c
+            for part, _, vectors, part_gramian, part_projection in _parts(self, item_vectors, gramian, projection):
+                out += part.user_scale * part.foldin.contributions(vectors, item_index, targets, weights,
+                                                                   part_gramian, part_projection)[1]
             return distinct, out
         y_t = np.asarray(item_vectors[targets], np.float64)
         hist = np.asarray(item_vectors[distinct], np.float64)
@@ -195,18 +195,11 @@ class FoldIn:
             return distinct, np.asarray(projection[distinct], np.float64) @ y_t.T
         if self.method == "indicator":
             return distinct, summed[:, None] * np.asarray(item_vectors[targets][:, distinct], np.float64).T
-        c = confidence(summed, self.confidence, self.alpha, self.epsilon).astype(np.float64) \
-            if self.confidence is not None else summed
-        hist_w = hist if self.confidence is not None else np.asarray(item_vectors[item_index], np.float64)
-        w_rows = c if self.confidence is not None else w
-        reg = penalty(self.reg, self.reg_exponent, self.unobserved_weight,
-                      len(distinct) if self.confidence is not None else len(item_index), len(item_vectors))
-        gram = hist_w.T @ (hist_w * w_rows[:, None]) + reg * np.eye(hist.shape[1])
-        if self.unobserved_weight:
-            gram += self.unobserved_weight * np.asarray(gramian() if gramian is not None else
-                                                        item_vectors.T @ item_vectors, np.float64)
-        solved = np.linalg.solve(gram, y_t.T)  # G^-1 y_t for every target at once
-        return distinct, (summed if self.confidence is None else c)[:, None] * self.target * (hist @ solved)
+        rows, w_rows, hist_rows, gram = self._ridge(item_vectors, item_index, w, gramian)
+        solved = np.linalg.solve(np.asarray(gram, np.float64), y_t.T)  # G^-1 y_t for every target at once
+        np.add.at(out, np.searchsorted(distinct, rows),
+                  (np.asarray(w_rows, np.float64) * self.target)[:, None] * (hist_rows @ solved))
+        return distinct, out
 
 
 @dataclass(frozen=True)
@@ -251,16 +244,24 @@ def _blend_user_vector(foldin: FoldIn, item_vectors: np.ndarray, item_index: np.
     if sum(p.dims for p in foldin.parts) != item_vectors.shape[1]:
         raise DataValidationError(f"The blend's parts cover {sum(p.dims for p in foldin.parts)} columns; the item "
                                   f"vectors have {item_vectors.shape[1]}.")
-    out, start = [], 0
+    out = []
+    for part, cols, vectors, part_gramian, part_projection in _parts(foldin, item_vectors, gramian, projection):
+        vector = part.foldin.user_vector(
+            vectors, item_index, weights, part_gramian,
+            None if user_vectors is None else user_vectors[:, cols] / (part.user_scale or 1.0), part_projection)
+        out.append(np.asarray(vector, np.float32) * part.user_scale)
+    return np.concatenate(out).astype(np.float32)
+
+
+def _parts(foldin: FoldIn, item_vectors: np.ndarray, gramian: Callable[..., np.ndarray] | None,
+           projection: np.ndarray | None):
+    """Each part of a blend with its columns, its own item vectors (views), gramian and projection."""
+    start = 0
     for part in foldin.parts:
         cols = slice(start, start + part.dims)
         start += part.dims
-        vector = part.foldin.user_vector(
-            item_vectors[:, cols], item_index, weights, None if gramian is None else functools.partial(gramian, cols),
-            None if user_vectors is None else user_vectors[:, cols] / (part.user_scale or 1.0),
-            None if projection is None else projection[:, cols])
-        out.append(np.asarray(vector, np.float32) * part.user_scale)
-    return np.concatenate(out).astype(np.float32)
+        yield (part, cols, item_vectors[:, cols], None if gramian is None else functools.partial(gramian, cols),
+               None if projection is None else projection[:, cols])
 
 
 def solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
