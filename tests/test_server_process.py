@@ -2,6 +2,7 @@
 acknowledged feedback, SIGHUP reload under load, feedback seen by every worker, and the gunicorn hooks."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -120,11 +121,29 @@ def _until_every_worker_answers(port: int, path: str, log: Path, workers: set[st
         assert time.monotonic() < deadline, f"only {seen} of {workers} answered in 30 s"
 
 
+def _workers(proc: subprocess.Popen) -> set[str]:
+    """The master's worker pids, as the access log writes them."""
+    return {str(pid) for pid in children(proc.pid)}
+
+
+@contextlib.contextmanager
+def _serving(root: Path, tmp_path: Path):
+    """`recsys serve` on `root` with its access log, ready with both workers: (process, port, log, served
+    version, worker pids); stopped on the way out."""
+    port, log = free_port(), tmp_path / "access.log"
+    proc = _serve(root, port, f"sqlite:///{tmp_path / 'fb.db'}", log=log)
+    try:
+        wait_ready(proc, port, workers=2)
+        yield proc, port, log, get_json(port, "/v1/model")[1]["version"], _workers(proc)
+    finally:
+        stop(proc)
+
+
 def _new_workers(proc: subprocess.Popen, old: set[str]) -> set[str]:
     """The master's workers once none of `old` is left and two new ones run (30 s at most)."""
     deadline = time.monotonic() + 30
     while True:
-        now = {str(pid) for pid in children(proc.pid)}
+        now = _workers(proc)
         if len(now) >= 2 and not now & old:
             return now
         assert time.monotonic() < deadline, f"workers {now} after 30 s, old ones {old}"
@@ -134,12 +153,8 @@ def _new_workers(proc: subprocess.Popen, old: set[str]) -> set[str]:
 def test_feedback_reaches_every_gunicorn_worker_at_once(models_root, tmp_path):
     """Both workers of a real gunicorn have answered (and cached) a user's fallback recommendations; after one
     feedback event, every answer from either worker is folded in. The access log names the worker."""
-    port, log = free_port(), tmp_path / "access.log"
-    proc = _serve(models_root, port, f"sqlite:///{tmp_path / 'fb.db'}", log=log)
     path = "/v1/users/drifter/recommendations?k=5"
-    try:
-        wait_ready(proc, port, workers=2)
-        workers = {str(pid) for pid in children(proc.pid)}
+    with _serving(models_root, tmp_path) as (_, port, log, _, workers):
         _until_every_worker_answers(port, path, log, workers, lambda body: body["fallback"] is True)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/feedback", method="POST", headers={**AUTH, "Content-Type": "application/json"},
@@ -147,50 +162,34 @@ def test_feedback_reaches_every_gunicorn_worker_at_once(models_root, tmp_path):
         with urllib.request.urlopen(request, timeout=5) as r:
             assert r.status == 201
         _until_every_worker_answers(port, path, log, workers, lambda body: body["fallback"] is False)
-    finally:
-        stop(proc)
 
 
 def test_admin_reload_under_gunicorn_replaces_every_worker(own_root, tmp_path):
     """POST /v1/admin/reload to one worker of a real gunicorn: the master reloads (SIGHUP), every old worker is
     replaced, and each new worker serves the new version."""
     root, model = own_root
-    port, log = free_port(), tmp_path / "access.log"
-    proc = _serve(root, port, f"sqlite:///{tmp_path / 'fb.db'}", log=log)
-    try:
-        wait_ready(proc, port, workers=2)
-        first, old = get_json(port, "/v1/model")[1]["version"], {str(pid) for pid in children(proc.pid)}
+    with _serving(root, tmp_path) as (proc, port, log, first, old):
         second = model.save(new_version_path(root, "second"))
         publish(root, second)
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/admin/reload", method="POST", headers=AUTH)
         with urllib.request.urlopen(request, timeout=30) as r:
             assert json.loads(r.read()) == {"version": second.name, "previous": first, "workers_restarting": True}
-        workers = _new_workers(proc, old)
-        _until_every_worker_answers(port, "/v1/users/u0001/recommendations?k=3", log, workers,
+        _until_every_worker_answers(port, "/v1/users/u0001/recommendations?k=3", log, _new_workers(proc, old),
                                     lambda body: body["model_version"] == second.name)
-    finally:
-        stop(proc)
 
 
 def test_sighup_with_a_corrupt_bundle_keeps_the_old_model_in_every_new_worker(own_root, tmp_path):
     """`current` points at a bundle corrupted after publishing; SIGHUP: the master refuses it (checksums), the
     workers are still replaced, and every new one serves the old version."""
     root, model = own_root
-    port, log = free_port(), tmp_path / "access.log"
-    proc = _serve(root, port, f"sqlite:///{tmp_path / 'fb.db'}", log=log)
-    try:
-        wait_ready(proc, port, workers=2)
-        first, old = get_json(port, "/v1/model")[1]["version"], {str(pid) for pid in children(proc.pid)}
+    with _serving(root, tmp_path) as (proc, port, log, first, old):
         broken = model.save(new_version_path(root, "broken"))
         publish(root, broken)
         (broken / "items.json").write_text("[]")
         os.kill(proc.pid, signal.SIGHUP)
-        workers = _new_workers(proc, old)
-        _until_every_worker_answers(port, "/v1/users/u0001/recommendations?k=3", log, workers,
+        _until_every_worker_answers(port, "/v1/users/u0001/recommendations?k=3", log, _new_workers(proc, old),
                                     lambda body: body["model_version"] == first and len(body["items"]) == 3)
         assert proc.poll() is None, "the master survived"
-    finally:
-        stop(proc)
 
 
 def test_gunicorn_hooks_freeze_the_preloaded_app_and_reload_unfreezes(models_root, monkeypatch):
