@@ -142,7 +142,8 @@ def train_and_bundle(inter: Interactions, *, model: str = "mf", params: dict[str
             results = tune_candidates(train, model, budget=tune_budget, n_trials=None if tune_budget else 1,
                                       params=params, common=common, validation_fraction=test_fraction, seed=seed)
         best = choose(results)
-        model, params = best.model, dict(best.best_params)
+        model, params = best.estimator()
+        params = dict(params)
         tuning = {**{k: v for k, v in best.to_dict().items() if k != "trials"},
                   "searched": tune_budget is not None, "budget_s": tune_budget,
                   # what a wall-clock bound cut (only with --tune): per model, the trials whose fit it ended

@@ -135,11 +135,23 @@ class TuneResult:
     confirmation: float | None = None  # the best parameters' score on a second, independent split (tune_auto)
     top: list[dict] = field(default_factory=list)  # the best CONFIRM_TRIALS trials: {params, value, seconds}
     confirmed: list[dict] = field(default_factory=list)  # those scored again by `confirm` (+ confirmation)
+    members: list[dict] = field(default_factory=list)  # when not empty, the result is their average (`average`)
 
     @property
     def selection_value(self) -> float:
         """What `choose` ranks by: the mean of the search's best score and its confirmation, when confirmed."""
         return self.best_value if self.confirmation is None else (self.best_value + self.confirmation) / 2
+
+    def estimator(self) -> tuple[str, dict[str, Any]]:
+        """(model name, parameters) that `recsys train` fits for this result: its model at `best_params`, or the
+        equal-weight blend of its `members`."""
+        return ("blend", {"components": [list(c) for c in self.components()],
+                          "weights": [round(1 / len(self.members), 6)] * len(self.members)}) \
+            if self.members else (self.model, self.best_params)
+
+    def components(self) -> list[tuple[str, dict[str, Any]]]:
+        """(model, parameters) of each model this result fits: its members, or its best parameters."""
+        return [(self.model, p) for p in (self.members or [self.best_params])]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,6 +226,7 @@ class Search:
                 self.starts.append(point)
                 self.study.enqueue_trial(point)
         self.n_local = 0  # neighbour trials enqueued by `_refine`
+        self._fitted: dict[tuple, tuple[float, dict]] = {}  # (value, user attrs) by effective parameters (`_key`)
 
     def _new_study(self) -> optuna.Study:
         import optuna
@@ -248,6 +261,12 @@ class Search:
 
         def objective(trial: optuna.Trial) -> float:
             params = {**self.fixed, **{name: dim.suggest(trial, name) for name, dim in self.space.items()}}
+            key = self._key(params)
+            if key in self._fitted:  # the same model as a finished trial (an idle parameter moved): not refitted
+                value, attrs = self._fitted[key]
+                for name, attr in attrs.items():
+                    trial.set_user_attr(name, attr)
+                return value
             if max_fit_work is not None and fit_work(self.model, params, self.fit_part) > max_fit_work:
                 log.info("tune %s: %s skipped: its fit would cost over %.3g multiply-adds", self.model,
                          trial.params, max_fit_work)
@@ -268,6 +287,7 @@ class Search:
                     self.cut.append({"trial": len(self.trials), "seconds": trial_seconds,
                                      "epochs_run": int(fitted.exported_.extra["epochs_run"])})
             seconds = time.perf_counter() - t0
+            self._fitted[key] = value, dict(trial.user_attrs)
             self.trials.append({"number": len(self.trials), "value": value, "seconds": round(seconds, 2),
                                 **trial.params, **trial.user_attrs})
             log.info("tune %s trial %d: %s=%.4f in %.1f s %s", self.model, len(self.trials) - 1, self.metric,
@@ -283,6 +303,12 @@ class Search:
             raise DataValidationError(f"{self.model} cannot be tuned on this data: {err}") from err
         self.seconds += time.perf_counter() - start
         return self
+
+    def _key(self, params: Mapping[str, Any]) -> tuple:
+        from .models import model_class
+
+        space_params = {n: v for n, v in params.items() if n in self.space}
+        return tuple(sorted(model_class(self.model).effective_params(space_params).items()))
 
     def try_point(self, point: Mapping[str, Any]) -> Search:
         """Run one trial at `point` (parameters of the space), whole, like a start point; the points still
@@ -306,9 +332,9 @@ class Search:
             return
         if (len(trials) - len(self.starts)) % LOCAL_EVERY:
             return
-        tried = [t.params for t in trials]
+        tried = {self._key(t.params) for t in trials}
         for point in neighbours(self.space, study.best_trial.params):
-            if point not in tried:
+            if self._key(point) not in tried:  # (moving an idle parameter is no new point)
                 study.enqueue_trial(point)
                 self.n_local += 1
                 return
@@ -380,7 +406,11 @@ class Search:
 
     def top(self, n: int) -> list[dict]:
         """The `n` best finished trials, best first: {params (all the model is fitted with), value, seconds}."""
-        ranked = sorted(self.done, key=lambda t: t.value, reverse=True)[:n]
+        ranked, keys = [], set()
+        for t in sorted(self.done, key=lambda t: t.value, reverse=True):  # distinct models only
+            if len(ranked) < n and self._key(t.params) not in keys:
+                keys.add(self._key(t.params))
+                ranked.append(t)
 
         def seconds(t) -> float:  # (a restarted study's trials carry no times: the log of `run` has them)
             return next((r["seconds"] for r in self.trials if r["value"] == t.value
@@ -558,14 +588,14 @@ def confirm(results: list[TuneResult], train: Interactions, fit_part: Interactio
         return
     k = metric_k(metric)
     for r in close:
-        scored = []
+        scored, fitted = [], []
         for candidate in [{"params": r.best_params, "value": r.best_value}, *(extra if r is leader else [])]:
             try:
-                fitted = make_model(r.model, **candidate["params"]).fit(conf_fit)
+                fitted.append(make_model(r.model, **candidate["params"]).fit(conf_fit))
             except RecsysError as err:
                 log.warning("tune auto: %s at %s not confirmed: %s", r.model, candidate["params"], err)
                 continue
-            value = float(evaluate(fitted, conf_valid, k, max_users=VALUE_USERS, seed=seed)[metric])
+            value = float(evaluate(fitted[-1], conf_valid, k, max_users=VALUE_USERS, seed=seed)[metric])
             scored.append({**candidate, "confirmation": value})
             log.info("tune auto: %s confirmed on a second split: %s %.4f (search %.4f)", r.model, metric, value,
                      candidate["value"])
@@ -574,6 +604,28 @@ def confirm(results: list[TuneResult], train: Interactions, fit_part: Interactio
         best = max(scored, key=lambda c: (c["value"] + c["confirmation"]) / 2)
         r.best_params, r.best_value, r.confirmation = best["params"], best["value"], best["confirmation"]
         r.confirmed = scored if len(scored) > 1 else []
+        if len(scored) > 1:
+            average(r, scored, fitted, conf_fit, conf_valid, k, seed)
+
+
+def average(result: TuneResult, scored: list[dict], fitted: list, conf_fit: Interactions, conf_valid: Interactions,
+            k: int, seed: int) -> None:
+    """Make `result` the equal-weight blend of its confirmed trials (`scored`, fitted on `conf_fit` as `fitted`)
+    unless its best one alone beats that by more than `BLEND_TOLERANCE` (by the mean of validation and
+    confirmation; the blend's validation value is its members' mean, which understates it). A long search's best
+    trials lie on a plateau where validation cannot tell them apart (on a 400-user log the 12 best were within
+    0.001 of each other and uncorrelated with the test); their average has less variance than any one of them
+    (docs/decisions/averaging-the-plateau.md)."""
+    from .models.blend import Blend
+
+    blend = Blend.from_fitted(fitted, [1.0] * len(fitted), conf_fit, seed)
+    confirmation = float(evaluate(blend, conf_valid, k, max_users=VALUE_USERS, seed=seed)[result.metric])
+    value = float(np.mean([c["value"] for c in scored]))
+    log.info("tune auto: the average of %s's %d best trials: %s %.4f (confirmed), against %.4f", result.model,
+             len(scored), result.metric, confirmation, result.confirmation)
+    if (value + confirmation) / 2 >= (1 - BLEND_TOLERANCE) * result.selection_value:
+        result.members = [c["params"] for c in scored]
+        result.best_value, result.confirmation = value, confirmation
 
 
 def runners_up(result: TuneResult, budget: float | None) -> list[dict]:
@@ -610,38 +662,40 @@ def blend_leaders(results: list[TuneResult], train: Interactions, fit_part: Inte
     if len(ranked) < 2:
         return None
     limit = BLEND_WORK if budget is None else BLEND_BUDGET_SHARE * budget
-    params_of = {r.model: {**fixed(r.model), **r.best_params} for r in ranked}
-    costs = {r.model: blend_cost(r, params_of[r.model], fit_part, budget) for r in ranked}
+    parts = {r.model: [(m, {**fixed(m), **p}) for m, p in r.components()] for r in ranked}  # (an average: each member)
+    costs = {r.model: sum(blend_cost(r, p, fit_part, budget) for _, p in parts[r.model]) for r in ranked}
     partner = next((r for r in ranked[1:] if costs[ranked[0].model] + costs[r.model] <= limit), None)
     if partner is None:
         log.info("tune auto: no blend with %s: every partner's fits cost over %.3g (%s)", ranked[0].model, limit,
                  "recsys.tuning.BLEND_WORK multiply-adds" if budget is None else "seconds of the budget")
         return None
     pool = [ranked[0], partner]
-    params = [params_of[r.model] for r in pool]
+    components = [c for r in pool for c in parts[r.model]]
     k = metric_k(metric)
     start = time.perf_counter()
 
-    def value(models: list, weights: tuple[float, float], fitted_on: Interactions, on: Interactions) -> float:
-        blend = Blend.from_fitted(models, weights, fitted_on, seed)
+    def weights(share: float) -> list[float]:  # the leader's share split evenly over its members, the rest likewise
+        return [round(w / len(parts[r.model]), 6) for r, w in zip(pool, (share, 1 - share)) for _ in parts[r.model]]
+
+    def value(models: list, share: float, fitted_on: Interactions, on: Interactions) -> float:
+        blend = Blend.from_fitted(models, weights(share), fitted_on, seed)
         return float(evaluate(blend, on, k, max_users=VALUE_USERS, seed=seed)[metric])
 
     try:
-        models = [make_model(r.model, **p).fit(fit_part) for r, p in zip(pool, params)]
-        values = {share: value(models, (share, round(1 - share, 6)), fit_part, valid) for share in BLEND_SHARES}
+        models = [make_model(m, **p).fit(fit_part) for m, p in components]
+        values = {share: value(models, share, fit_part, valid) for share in BLEND_SHARES}
         share = max(values, key=values.get)
         conf_fit, conf_valid = confirmation_split(train, fit_part, fraction, seed)
-        models = [make_model(r.model, **p).fit(conf_fit) for r, p in zip(pool, params)]
-        confirmation = value(models, (share, round(1 - share, 6)), conf_fit, conf_valid)
+        models = [make_model(m, **p).fit(conf_fit) for m, p in components]
+        confirmation = value(models, share, conf_fit, conf_valid)
     except RecsysError as err:
         log.warning("tune auto: no blend of %s: %s", [r.model for r in pool], err)
         return None
-    components = [[r.model, p] for r, p in zip(pool, params)]
     log.info("tune auto: blend of %s (weights %.1f / %.1f): %s %.4f, confirmed %.4f", [r.model for r in pool],
              share, 1 - share, metric, values[share], confirmation)
-    return TuneResult("blend", {"components": components, "weights": [share, round(1 - share, 6)]}, values[share],
-                      metric, len(values), time.perf_counter() - start, fraction,
-                      trials=[{"params": {"weights": [s, round(1 - s, 6)]}, "value": v} for s, v in values.items()],
+    return TuneResult("blend", {"components": [[m, p] for m, p in components], "weights": weights(share)},
+                      values[share], metric, len(values), time.perf_counter() - start, fraction,
+                      trials=[{"params": {"weights": weights(s)}, "value": v} for s, v in values.items()],
                       confirmation=confirmation)
 
 

@@ -420,6 +420,52 @@ def test_after_a_budgeted_search_the_leaders_best_trials_are_confirmed_and_the_b
     assert again == pytest.approx(best["confirmation"])
 
 
+@pytest.mark.parametrize("tolerance, averaged", [(1.0, True), (-1.0, False)])
+def test_the_leaders_confirmed_trials_are_averaged_unless_the_best_alone_beats_the_average(
+        synthetic_split, monkeypatch, tolerance, averaged):
+    """A long search's best trials lie on a plateau validation cannot order; their equal-weight blend is kept
+    unless the best trial alone beats it by more than BLEND_TOLERANCE (here forced each way)."""
+    from recsys.models.blend import Blend
+
+    monkeypatch.setattr(tuning, "BLEND_TOLERANCE", tolerance)
+    train, _ = synthetic_split
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    result = tuning.Search("ease", fit_part, valid).run(n_trials=6).result()
+    tuning.confirm([result], train, fit_part, 0.2, budget=1e6)
+    members = [c["params"] for c in result.confirmed]
+    assert len(members) == tuning.CONFIRM_TRIALS
+    conf_fit, conf_valid = tuning.confirmation_split(train, fit_part, 0.2, 0)
+    blend = Blend.from_fitted([make_model("ease", **p).fit(conf_fit) for p in members], [1.0] * len(members),
+                              conf_fit)
+    if averaged:
+        assert result.members == members
+        assert result.confirmation == pytest.approx(evaluate(blend, conf_valid, 10)["ndcg@10"])
+        assert result.best_value == pytest.approx(sum(c["value"] for c in result.confirmed) / len(members))
+        name, params = result.estimator()
+        assert name == "blend" and params["components"] == [["ease", p] for p in members]
+        assert make_model(name, **params).fit(train).exported_.item_vectors.shape[0] == train.n_items
+    else:
+        assert result.members == [] and result.estimator() == ("ease", result.best_params)
+
+
+def test_a_point_that_differs_only_in_an_idle_parameter_is_not_fitted_again(synthetic_split):
+    """iALS ignores alpha under binary confidences: the second point is answered from the first trial, and the
+    best trials (`top`) list that model once."""
+    train, _ = synthetic_split
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    space = {"confidence": Choice(("binary", "power")), "alpha": Float(0.1, 4.0, log=True)}
+    search = tuning.Search("ials", fit_part, valid, space=space,
+                           fixed={"factors": 8, "epochs": 3, "progress": False, "device": "cpu"})
+    for alpha in (0.5, 2.0):
+        search.try_point({"confidence": "binary", "alpha": alpha})
+    search.try_point({"confidence": "power", "alpha": 2.0})
+    assert len(search.done) == 3 and len(search.trials) == 2, "two fits"
+    assert search.done[0].value == search.done[1].value
+    assert [t["params"]["confidence"] for t in search.top(3)].count("binary") == 1
+    assert IALS.effective_params({"confidence": "binary", "alpha": 2.0}) == {"confidence": "binary"}
+    assert IALS.effective_params({"confidence": "power", "alpha": 2.0}) == {"confidence": "power", "alpha": 2.0}
+
+
 def test_without_a_budget_ials_runs_the_start_points_its_work_bound_affords(synthetic_split):
     from types import SimpleNamespace
 
@@ -501,6 +547,22 @@ def test_the_two_best_confirmed_models_are_blended_weighted_on_validation_and_co
         assert tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {}) is None
     assert tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {}, budget=1e-6) is None
     assert tuning.blend_leaders(singles, train, fit_part, valid, 0.2, lambda name: {}, budget=1e6) is not None
+
+
+def test_an_averaged_leader_enters_a_blend_as_its_members_sharing_the_leaders_weight(synthetic_split):
+    train, _ = synthetic_split
+    fit_part, valid = pipeline.holdout(train, 0.2)
+    searches = {name: tuning.Search(name, fit_part, valid).run(n_trials=2) for name in ("ease", "spectral")}
+    results = [s.result() for s in searches.values()]
+    tuning.confirm(results, train, fit_part, 0.2)
+    leader = max(results, key=lambda r: r.selection_value)
+    other = next(r for r in results if r is not leader)
+    leader.members = [t["params"] for t in searches[leader.model].top(2)]
+    blend = tuning.blend_leaders(results, train, fit_part, valid, 0.2, lambda name: {})
+    components, weights = blend.best_params["components"], blend.best_params["weights"]
+    assert components == [[leader.model, p] for p in leader.members] + [[other.model, other.best_params]]
+    share = weights[0] * 2
+    assert share in tuning.BLEND_SHARES and weights == [share / 2, share / 2, pytest.approx(1 - share)]
 
 
 def test_choose_keeps_popularity_unless_a_model_beats_it_by_its_margin():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,11 +49,13 @@ class Recommender:
     # {}: nothing to search, one trial at the defaults); the parameters every trial sets unless the caller fixes
     # them; the points tried after the defaults, before the sampler's own (each the defaults with a few values
     # changed); and the parameters that cannot change a fit on a log whose weights are all equal (not searched
-    # there)
+    # there); and the parameters that change nothing while another has one of some values, {parameter: (other,
+    # values)} (a search fits such a point once, whatever the idle parameter's value)
     search_space: ClassVar[dict[str, Range | Options] | None] = None
     trial_defaults: ClassVar[dict[str, Any]] = {}
     start_points: ClassVar[tuple[dict[str, Any], ...]] = ()
     weight_parameters: ClassVar[tuple[str, ...]] = ()
+    inactive_when: ClassVar[dict[str, tuple[str, tuple]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -65,6 +67,13 @@ class Recommender:
         sig = inspect.signature(cls.__init__)
         return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind == p.KEYWORD_ONLY
                 or (p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD)]
+
+    @classmethod
+    def effective_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`params` without those that change nothing given the others (`inactive_when`): two points with equal
+        effective parameters fit the same model."""
+        return {name: value for name, value in params.items()
+                if name not in cls.inactive_when or params.get(cls.inactive_when[name][0]) not in cls.inactive_when[name][1]}
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's keyword arguments as set (`deep` is accepted for scikit-learn's `clone`; models hold

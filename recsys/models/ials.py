@@ -393,6 +393,7 @@ class IALS(Recommender):
          "alpha": 1.0},
         {"unobserved_weight": 0.01}, {"unobserved_weight": 0.001})
     weight_parameters: ClassVar[tuple] = ("confidence", "alpha")
+    inactive_when: ClassVar[dict] = {"alpha": ("confidence", ("binary",))}  # binary confidences ignore alpha
 
     def __init__(self, *, factors: int = 128, epochs: int = 16, reg: float = 0.003, reg_exponent: float = 1.0,
                  unobserved_weight: float = 0.1, confidence: str = "binary", alpha: float = 1.0,
