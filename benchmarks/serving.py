@@ -84,7 +84,16 @@ APPS = {
     "uncached": {"app": None, "what": "recsys app with RECSYS_RESPONSE_CACHE_BYTES=0 and "
                  "RECSYS_NO_FEEDBACK_CACHE_SIZE=0",
                  "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0"}},
+    # --explained: every recommendations request with explain=true (computed afresh, never cached)
+    "explained": {"app": None, "what": "recsys app, each recommendations request with &explain=true",
+                  "query": "&explain=true"},
 }
+
+
+def requests_for(args: argparse.Namespace, name: str) -> list[tuple[str, str, str]]:
+    """The run's requests as endpoint `name` is sent them (its APPS 'query' appended to every GET)."""
+    query = APPS[name].get("query", "")
+    return [(m, p + query if m == "GET" else p, b) for m, p, b in args.requests] if query else args.requests
 
 # Every wrk thread walks the same request sequence (one line per request of the traffic file: "GET path" or
 # "POST path body") from its own starting point; requests are formatted once, in init
@@ -313,10 +322,10 @@ class Server:
 
 
 # ----------------------------------------------------------------------------------- load generators
-def run_wrk(port: int, args: argparse.Namespace, duration: float, tmp: Path) -> dict:
-    script, traffic = tmp / "traffic.lua", tmp / "traffic.txt"
+def run_wrk(port: int, args: argparse.Namespace, duration: float, tmp: Path, name: str) -> dict:
+    script, traffic = tmp / "traffic.lua", tmp / f"traffic-{name}.txt"
     if not traffic.exists():
-        traffic.write_text("".join(" ".join(x for x in r if x) + "\n" for r in args.requests))
+        traffic.write_text("".join(" ".join(x for x in r if x) + "\n" for r in requests_for(args, name)))
     script.write_text(LUA.replace("TRAFFIC_FILE", str(traffic)).replace("API_KEY", API_KEY))
     cmd = ["wrk", f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{duration:g}s",
            f"--timeout={args.request_timeout:g}s", "-s", str(script), f"http://127.0.0.1:{port}"]
@@ -341,7 +350,7 @@ def run_wrk(port: int, args: argparse.Namespace, duration: float, tmp: Path) -> 
     }
 
 
-def run_python(port: int, args: argparse.Namespace, duration: float, tmp: Path) -> dict:
+def run_python(port: int, args: argparse.Namespace, duration: float, tmp: Path, name: str) -> dict:
     """Closed-loop keep-alive generator: one thread per connection (http.client). On a 2-core machine it
     competes with the server for CPU, and the GIL serialises the threads: prefer wrk."""
     lock = threading.Lock()
@@ -353,7 +362,7 @@ def run_python(port: int, args: argparse.Namespace, duration: float, tmp: Path) 
     def worker(n: int) -> None:
         lat, non2xx, errs, nbytes = [], 0, 0, 0
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=args.request_timeout)
-        requests = args.requests
+        requests = requests_for(args, name)
         i = n * len(requests) // max(args.connections, 1)
         while time.perf_counter() < start_at:
             time.sleep(0.01)
@@ -435,13 +444,13 @@ def busiest_worker_share(log_path: Path, offset: int) -> float | None:
 def measure(server: Server, args: argparse.Namespace, tmp: Path) -> dict:
     gen = run_wrk if args.loadgen == "wrk" else run_python
     if args.warmup > 0:
-        gen(server.port, args, args.warmup, tmp)
+        gen(server.port, args, args.warmup, tmp, server.name)
     pids = [server.proc.pid, *server.workers()]
     load0 = os.getloadavg()
     cache0 = cache_counts(server.port)
     log0 = server.log_path.stat().st_size
     cpu0, t0 = cpu_seconds(pids), time.perf_counter()
-    res = gen(server.port, args, args.duration, tmp)
+    res = gen(server.port, args, args.duration, tmp, server.name)
     cpu1, t1 = cpu_seconds(pids), time.perf_counter()
     res["busiest_worker_share"] = busiest_worker_share(server.log_path, log0)
     cache = {key: value - cache0.get(key, 0.0) for key, value in cache_counts(server.port).items()}
@@ -532,6 +541,13 @@ def report(out: dict) -> str:
                   (f"uncached p99 ratio {u['p99_ratio']:.3f}   target <= 2.0: {'PASS' if u['p99_pass'] else 'FAIL'}"
                    f"; server CPU per request ratio {u['cpu_ratio']:.2f} (each against bare), {u['errors']} "
                    f"errors")]
+    if "explained" in s:
+        e = s["explained"]
+        lines += ["", (f"explained (explain=true, computed afresh): throughput ratio {e['throughput_ratio']:.3f} "
+                       f"against bare, p99 {e['p99_ms']:.2f} ms, server CPU {e['cpu_ms_per_request']:.3f} ms per "
+                       f"request, {e['errors']} errors") + (
+            f"; against uncached: throughput {e['throughput_vs_uncached']:.3f}, CPU per request "
+            f"{e['cpu_vs_uncached']:.2f}" if "cpu_vs_uncached" in e else "")]
     for name in out["endpoints"]:
         c = {key: sum(r[name]["gunicorn_log"][key] for r in out["rounds"])
              for key in ("booted_workers", "worker_timeouts", "tracebacks")}
@@ -597,6 +613,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recommendations-app", metavar="MODULE:CALL",
                    help="serve this app instead of the config's wsgi_app (server:create_app()) as (a), e.g. "
                         "a patched variant to measure a change; it must serve the same route")
+    p.add_argument("--explained", action="store_true",
+                   help="also serve every recommendations request with explain=true (compare with --uncached)")
     p.add_argument("--uncached", action="store_true",
                    help="also measure the recommendations app with its response cache and feedback-store "
                         "memory off (every request computed: feedback query, scoring, serialisation)")
@@ -648,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "gunicorn": gunicorn_settings(),
         "loadgen": args.loadgen,
-        "endpoints": ["recommendations", "bare", *(["uncached"] if args.uncached else [])],
+        "endpoints": ["recommendations", "bare", *(["uncached"] if args.uncached else []),
+                      *(["explained"] if args.explained else [])],
         "rounds": [],
         "servers": {},
     }
@@ -727,6 +746,11 @@ def main(argv: list[str] | None = None) -> int:
                              "p99_ratio": p99["uncached"] / p99["bare"],
                              "cpu_ratio": cpu["uncached"] / cpu["bare"], "errors": errors["uncached"]}
         u["throughput_pass"], u["p99_pass"] = u["throughput_ratio"] >= 0.5, u["p99_ratio"] <= 2.0
+    if args.explained:
+        s["explained"] = {"throughput_ratio": rps["explained"] / rps["bare"], "p99_ms": p99["explained"],
+                          "cpu_ms_per_request": cpu["explained"], "errors": errors["explained"],
+                          **({"cpu_vs_uncached": cpu["explained"] / cpu["uncached"],
+                              "throughput_vs_uncached": rps["explained"] / rps["uncached"]} if args.uncached else {})}
     out["summary"] = s
     out["total_s"] = time.perf_counter() - started
     out["machine"]["loadavg_end"] = os.getloadavg()

@@ -3,6 +3,7 @@ lists) and popularity (how many users interacted with each)."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -87,6 +88,7 @@ class Catalogue:
         self.items, self.metadata = items, metadata
         self.seen = seen if seen is not None else sp.csr_matrix((0, len(items)), dtype=np.float32)
         self._titles: np.ndarray | None = None
+        self._attribute_cache: dict[int, tuple[dict[str, object], str]] = {}
 
     @property
     def popularity(self) -> np.ndarray:
@@ -176,43 +178,66 @@ class Catalogue:
         return allow
 
     def record(self, item_id: object) -> dict[str, object]:
-        """The item's metadata row as a plain dict: {"item": id, column: value, ...}. Values are as stored,
-        except list-likes (genres, tags), which become lists of str; missing values are left out. Just
-        {"item": id} when the bundle has no item metadata; an unknown id raises UnknownIdError."""
+        """The item's metadata row as a plain dict: {"item": id, column: value, ...} (`attributes_at`'s values).
+        Just {"item": id} when the bundle has no item metadata; an unknown id raises UnknownIdError."""
         i = self.items.index(item_id, kind="item")
-        record: dict[str, object] = {"item": str(self.items.ids[i])}
+        return {"item": str(self.items.ids[i]), **self.attributes_at([i])[0]}
+
+    def attributes_at(self, idx: Sequence[int]) -> list[dict[str, object]]:
+        """Each item's metadata columns as JSON holds them: numpy scalars as Python numbers, list-likes (genres,
+        tags) as lists of str, other values as stored (text); missing values left out; {} without metadata.
+        Made once per item and kept (every recommended item carries them)."""
         if self.metadata is None:
-            return record
-        for column, value in self.metadata.iloc[i].items():
-            if column == "item":
-                continue
-            if isinstance(value, (list, tuple, np.ndarray)):
-                record[column] = [str(v) for v in value]
-            elif not is_missing(value):
-                record[column] = value
-        return record
+            return [{} for _ in idx]
+        return [self._attributes(int(i))[0] if i >= 0 else {} for i in idx]
+
+    def attributes_json_at(self, idx: Sequence[int]) -> list[str]:
+        """`attributes_at` as JSON text, as Flask's default provider writes it (keys sorted, ASCII)."""
+        if self.metadata is None:
+            return ["{}" for _ in idx]
+        return [self._attributes(int(i))[1] if i >= 0 else "{}" for i in idx]
+
+    def _attributes(self, i: int) -> tuple[dict[str, object], str]:
+        found = self._attribute_cache.get(i)
+        if found is None:
+            row = {}
+            for column, value in self.metadata.iloc[i].items():
+                if column == "item":
+                    continue
+                if isinstance(value, (list, tuple, np.ndarray)):
+                    row[str(column)] = [str(v) for v in value]
+                elif not is_missing(value):
+                    value = value.item() if isinstance(value, np.generic) else value
+                    row[str(column)] = value if isinstance(value, (str, int, float, bool)) else str(value)
+            found = self._attribute_cache[i] = row, json.dumps(row, sort_keys=True)
+        return found
 
     def scored_items(self, item_ids: np.ndarray, scores: np.ndarray, item_index: np.ndarray | None = None
                      ) -> list[dict[str, object]]:
-        """[{"id", "score", "title"}, ...] for item ids best first and their scores, None ids (the padding of a
-        short answer) left out: the item list the service answers and `recsys recommend --json` prints.
-        item_index: the items' indices, when known (`Recommendation.item_index`): titles without a look-up."""
-        return [{"id": i, "score": sc, "title": t}
-                for i, sc, t in zip(*self.scored_item_fields(item_ids, scores, item_index))]
+        """[{"id", "score", "title", "attributes"}, ...] for item ids best first and their scores, None ids (the
+        padding of a short answer) left out: the item list the service answers and `recsys recommend --json`
+        prints ("attributes" only when the bundle has item metadata). item_index: the items' indices, when known
+        (`Recommendation.item_index`): titles without a look-up."""
+        ids, scores, titles, idx = self.scored_item_fields(item_ids, scores, item_index)
+        items = [{"id": i, "score": sc, "title": t} for i, sc, t in zip(ids, scores, titles)]
+        if self.metadata is not None:
+            for item, attributes in zip(items, self.attributes_at(idx)):
+                item["attributes"] = attributes
+        return items
 
     def scored_item_fields(self, item_ids: np.ndarray, scores: np.ndarray, item_index: np.ndarray | None = None
-                           ) -> tuple[list[str], list[float], list[str | None]]:
-        """What `scored_items` lists, as three lists (ids, scores, titles): for an encoder that writes the
-        item list without building its dicts (the service's recommendations answer)."""
+                           ) -> tuple[list[str], list[float], list[str | None], np.ndarray]:
+        """What `scored_items` lists, as lists (ids, scores, titles) and the items' indices: for an encoder that
+        writes the item list without building its dicts (the service's recommendations answer)."""
         item_ids = np.asarray(item_ids, dtype=object)
         if item_index is None:
             valid = np.not_equal(item_ids, None)
             item_ids, scores = item_ids[valid], np.asarray(scores)[valid]
-            titles = self.titles(item_ids)
+            item_index = self.items.to_index(item_ids, missing="ignore")
+            titles = self.titles_at(item_index, np.shape(item_ids))
         else:
             titles = self.titles_at(np.asarray(item_index), np.shape(item_ids))
         titles = [None] * len(item_ids) if titles is None else [
             None if t is None else str(t) for t in titles.tolist()]
-        return [str(i) for i in item_ids.tolist()], np.asarray(scores, dtype=np.float64).tolist(), titles
-
-
+        return ([str(i) for i in item_ids.tolist()], np.asarray(scores, dtype=np.float64).tolist(), titles,
+                np.asarray(item_index))

@@ -48,16 +48,22 @@ def _with_feedback(inter, url: str):
     from .data import read_interactions
     from .feedback import FeedbackStore
 
-    events = FeedbackStore(url).to_frame()
+    store = FeedbackStore(url)
+    events = store.to_frame()
     base = inter.to_frame()
     if inter.timestamp is None:
         events = events.drop(columns=["timestamp"])
     frame = pd.concat([base, events[base.columns]], ignore_index=True)
     print(f"Feedback: {len(events):,} events from the database added to {len(base):,} logged interactions")
+    metadata = inter.item_metadata
+    added = [{"item": item, **attributes} for item, attributes, _ in store.added()]
+    if metadata is not None and added:  # items added to the service (POST /v1/items) keep their attributes
+        added = pd.DataFrame(added)
+        added = added[[c for c in added.columns if c in metadata.columns]]
+        metadata = pd.concat([metadata, added[~added["item"].isin(metadata["item"])]], ignore_index=True)
     return read_interactions(frame, user_col="user", item_col="item", weight_col="weight",
                              time_col="timestamp" if inter.timestamp is not None else None,
-                             duplicates="sum",
-                             item_metadata=inter.item_metadata)
+                             duplicates="sum", item_metadata=metadata)
 
 
 class _Stderr(logging.Handler):
@@ -301,6 +307,25 @@ def cmd_recommend_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_items(args: argparse.Namespace) -> int:
+    from .additions import NewItem, save_with_items
+    from .data import read_table
+
+    items = read_table(args.items, sep=args.sep, id_cols=[args.items_id_col])
+    pairs: dict[str, list[tuple[str, float]]] = {}
+    if args.data:
+        columns = [args.user_col, args.item_col, *([args.weight_col] if args.weight_col else [])]
+        events = read_table(args.data, sep=args.sep, id_cols=columns)
+        weights = events[args.weight_col].astype(float) if args.weight_col else pd.Series(1.0, index=events.index)
+        for user, item, weight in zip(events[args.user_col], events[args.item_col], weights):
+            pairs.setdefault(str(item), []).append((str(user), float(weight)))
+    attributes = items.drop(columns=[args.items_id_col]).to_dict("records")
+    new = [NewItem(str(i), a, pairs.get(str(i), [])) for i, a in zip(items[args.items_id_col], attributes)]
+    out = save_with_items(args.bundle, new)
+    print(f"Added {len(new)} item(s) without retraining: wrote {out}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     manifest = verify(args.bundle)
     if args.json:
@@ -488,6 +513,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gunicorn worker processes (default: two per CPU, server/gunicorn.conf.py)")
     v.add_argument("--dev", action="store_true", help="Flask's development server (one process, reloads)")
     v.set_defaults(func=cmd_serve)
+
+    n = sub.add_parser("add-items", help="add items to a bundle without retraining (a new version, published)",
+                       description="Give each new item a vector by the model's own rule (from its interactions "
+                                   "in --data, else from its text columns) and write a new bundle version.")
+    n.add_argument("--bundle", default="models", help="a models root (its current bundle) or a bundle directory")
+    n.add_argument("--items", required=True, help="CSV/Parquet of the new items: an id column and attributes")
+    n.add_argument("--items-id-col", default="item", help="the id column of --items (default: item)")
+    n.add_argument("--data", default=None, help="CSV/Parquet of the new items' interactions")
+    n.add_argument("--user-col", default="user", help="the user column of --data (default: user)")
+    n.add_argument("--item-col", default="item", help="the item column of --data (default: item)")
+    n.add_argument("--weight-col", default=None, help="the weight column of --data (default: every row 1)")
+    n.add_argument("--sep", default=None, help="the files' delimiter (default: detected)")
+    n.set_defaults(func=cmd_add_items)
 
     i = sub.add_parser("info", help="verify a bundle and summarise its manifest")
     bundle_arg(i)

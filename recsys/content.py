@@ -1,6 +1,8 @@
-"""Item vectors from content, and how they meet learned ones (numpy, pandas, scikit-learn; no torch).
+"""Item vectors from content, and how they meet learned ones (numpy, pandas, scikit-learn; torch only behind
+`text_vectors(encoder="minilm")`).
 
-Content vectors come from an item's text and tags (`content_vectors`: TF-IDF, then TruncatedSVD) or from any
+Content vectors come from an item's text and tags (`content_vectors`: TF-IDF, then TruncatedSVD; `text_vectors`
+also offers a pretrained sentence encoder, all-MiniLM-L6-v2) or from any
 external encoder, e.g. a sentence encoder (`read_item_vectors`: a dense column of a DataFrame or Parquet file,
 or a `.npy` array; `write_item_vectors` writes that column). `cold_item_split` holds whole items out of
 training; `map_to_learned` and `hybrid_vectors` carry content vectors into a model's learned space for the
@@ -36,7 +38,8 @@ from .foldin import FoldIn
 from .retrieval import normalise
 
 __all__ = ["DEFAULT_FOLDIN", "cold_item_split", "cold_start_table", "content_vectors", "evaluate_item_vectors", "fold_in_users",
-           "hybrid_vectors", "map_to_learned", "read_item_vectors", "warm_items", "write_item_vectors"]
+           "hybrid_vectors", "map_to_learned", "read_item_vectors", "text_vectors", "warm_items",
+           "write_item_vectors"]
 
 log = logging.getLogger("recsys")
 
@@ -99,6 +102,41 @@ def content_vectors(item_metadata: pd.DataFrame, columns: Sequence[str] = ("titl
     else:
         reduced = _svd(tfidf, dim, seed)
     return normalise(reduced)
+
+
+ENCODERS = ("tfidf", "minilm")
+
+
+def text_vectors(item_metadata: pd.DataFrame, columns: Sequence[str] = ("title", "genres", "tags"),
+                 encoder: str = "tfidf", dim: int = 64, seed: int = 0) -> np.ndarray:
+    """Item vectors from their text columns, one row per row of `item_metadata`.
+
+    encoder 'tfidf' (the default, no extra needed): `content_vectors` (TF-IDF over the columns' tokens,
+    TruncatedSVD to `dim`). 'minilm': the pretrained sentence encoder all-MiniLM-L6-v2 (`recsys.encoders`, the
+    `text` extra; 384 dimensions, `dim` and `seed` unused) over each item's columns written as one text,
+    "title: Toy Story (1995). genres: Adventure, Animation. ...". Rows have unit length (no text: zero).
+    """
+    if encoder not in ENCODERS:
+        raise DataValidationError(f"The 'encoder' parameter must be one of {ENCODERS}. Got {encoder!r}.")
+    if encoder == "tfidf":
+        return content_vectors(item_metadata, columns, dim, seed)
+    from .encoders import encode
+
+    _check_columns(item_metadata, columns)
+    return encode([_sentence(columns, values) for values in zip(*(item_metadata[c] for c in columns))])
+
+
+def _sentence(columns: Sequence[str], values: Sequence[object]) -> str:
+    """One item's columns as text for a sentence encoder: 'column: value. column: a, b.' (missing left out)."""
+    parts = []
+    for column, value in zip(columns, values):
+        if isinstance(value, _LIST_TYPES):
+            text = ", ".join(str(v) for v in value if not is_missing(v))
+        else:
+            text = "" if is_missing(value) else str(value).strip()
+        if text:
+            parts.append(f"{column}: {text}.")
+    return " ".join(parts)
 
 
 def _svd(matrix, n_components: int, seed: int) -> np.ndarray:

@@ -267,17 +267,8 @@ class Engine:
         >>> engine.recommend_user("stranger", k=2).fallback  # unknown, no feedback: the most popular items
         True
         """
-        _check_k(k, offset)
-        n, deny, allow = k + offset, self._deny(exclude), self.catalogue.allowed(None, filters)
-        found = None
-        if history or user is None:
-            found = self._folded_in(user, history or (), n, deny, allow, include_seen)
-        elif user in self.users:
-            idx, val = self.recommend_indices(np.array([self.users.index(user, "user")]), n,
-                                              exclude_seen=not include_seen, allow=allow,
-                                              deny=deny if len(deny) else None)
-            found = idx[0], val[0]
-        return self._answer(user, found, n, offset, deny, allow)
+        return self.recommend_users([user], k, offset=offset, exclude=exclude, filters=filters,
+                                    include_seen=include_seen, histories={user: history} if history else None)[0]
 
     def recommend_users(self, users: Sequence[object | None], k: int = 10, *, offset: int = 0,
                         exclude: Iterable[object] = (), filters: Filters | None = None,
@@ -288,17 +279,18 @@ class Engine:
         order; the known users without feedback are ranked together in one batched search."""
         _check_k(k, offset)
         histories = histories or {}
+        n, deny, allow = k + offset, self._deny(exclude), self.catalogue.allowed(None, filters)
         plain = [u for u in dict.fromkeys(users) if u is not None and not histories.get(u) and u in self.users]
-        ranked = {}
+        found: dict = {}
         if plain:
-            n, deny, allow = k + offset, self._deny(exclude), self.catalogue.allowed(None, filters)
             idx, val = self.recommend_indices(self.users.to_index(plain, kind="user"), n,
                                               exclude_seen=not include_seen, allow=allow,
                                               deny=deny if len(deny) else None)
-            ranked = {u: self._answer(u, (i, v), n, offset, deny, allow) for u, i, v in zip(plain, idx, val)}
-        return [ranked.get(u) or self.recommend_user(u, k, offset=offset, exclude=exclude, filters=filters,
-                                                     include_seen=include_seen, history=histories.get(u))
-                for u in users]
+            found = {u: (i, v) for u, i, v in zip(plain, idx, val)}
+        for u in dict.fromkeys(users):  # folded in: a user with feedback, or an anonymous history
+            if u not in found and (histories.get(u) or u is None):
+                found[u] = self._folded_in(u, histories.get(u) or (), n, deny, allow, include_seen)
+        return [self._answer(u, found.get(u), n, offset, deny, allow) for u in users]
 
     def _deny(self, exclude: Iterable[object]) -> np.ndarray:
         deny = self.items.to_index(exclude, missing="ignore") if exclude else np.empty(0, np.int64)
@@ -313,20 +305,28 @@ class Engine:
         idx, val = idx[valid][offset:], val[valid][offset:]
         return Recommendation(user, self.items.ids[idx], val, fallback, idx)
 
-    def _folded_in(self, user: object | None, history: Sequence[tuple[object, float]], n: int, deny: np.ndarray,
-                   allow: np.ndarray | None, include_seen: bool) -> tuple[np.ndarray, np.ndarray] | None:
-        """Top-n for a user folded in from the bundle's items for them plus `history`; None for an anonymous
-        history without a known item (the caller falls back to popularity)."""
+    def folded_history(self, user: object | None, history: Sequence[tuple[object, float]]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(item indices, weights) of what `recommend_user` folds in for `user` with feedback `history`: a known
+        user's training items (weight 1 each), then the events on items the bundle knows (those with a positive
+        weight are folded in; the others are only hidden)."""
         items = self.items.to_index([i for i, _ in history], missing="ignore")
         weights = np.asarray([w for _, w in history], np.float32)[items >= 0]
         items = items[items >= 0]
-        if user is None and not len(items):
-            return None
-        if user is not None and user in self.users:  # what the bundle already knows about this user counts too
+        if user is not None and user in self.users:
             u = self.users.index(user, "user")
             known = self.seen.indices[self.seen.indptr[u]:self.seen.indptr[u + 1]]
             items = np.concatenate([known, items])
             weights = np.concatenate([np.ones(len(known), np.float32), weights])
+        return items, weights
+
+    def _folded_in(self, user: object | None, history: Sequence[tuple[object, float]], n: int, deny: np.ndarray,
+                   allow: np.ndarray | None, include_seen: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-n for a user folded in from `folded_history`; None for an anonymous history without a known item
+        (the caller falls back to popularity)."""
+        items, weights = self.folded_history(user, history)
+        if user is None and not len(items):
+            return None
         positive = weights > 0
         hide = deny if include_seen else np.concatenate([deny, items])
         return self.history_indices(items[positive], n, weights[positive], hide=hide, allow=allow)

@@ -51,21 +51,15 @@ def annotate(engine: Engine, user: object | None, items: list[dict],
 
 def _history(engine: Engine, user: object | None, history: Sequence[tuple[object, float]]
              ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(item indices, weights, how) of what the answer folded in: a known user's training items (weight 1 each
-    beside feedback, as `Engine.recommend_user` folds them in; their stored weights alone, whose fold-in is
-    checked against the served vector), then the feedback's positive events."""
-    items = engine.items.to_index([i for i, _ in history], missing="ignore")
-    weights = np.asarray([w for _, w in history], np.float32)
-    keep = (items >= 0) & (weights > 0)
-    items, weights = items[keep], weights[keep]
-    if user is None or user not in engine.users:
-        return items, weights, "exact"
+    """(item indices, weights, how) of what the answer folded in (`Engine.folded_history`, positive weights); for
+    a known user without feedback, their training items with their stored weights, whose fold-in is checked
+    against the served vector."""
+    if user is None or user not in engine.users or len(history):
+        items, weights = engine.folded_history(user, history)
+        return items[weights > 0], weights[weights > 0], "exact"
     u = engine.users.index(user, "user")
     row = slice(engine.seen.indptr[u], engine.seen.indptr[u + 1])
-    known = engine.seen.indices[row]
-    if len(history):
-        return np.concatenate([known, items]), np.concatenate([np.ones(len(known), np.float32), weights]), "exact"
-    stored = np.asarray(engine.seen.data[row], np.float32)
+    known, stored = engine.seen.indices[row], np.asarray(engine.seen.data[row], np.float32)
     vector, served = engine.fold_in(known, stored), engine.user_vectors[u]
     close = np.linalg.norm(vector - served) <= EXACT_TOL * max(np.linalg.norm(served), 1e-12)
     return known, stored, "exact" if close else "fold-in"

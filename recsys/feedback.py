@@ -16,12 +16,13 @@ connection per thread (SQLAlchemy's connection checkout and result objects cost 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -36,10 +37,18 @@ events = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("event_id", sa.String(128), unique=True, nullable=True),
     sa.Column("user_id", sa.String(256), nullable=False, index=True),
-    sa.Column("item_id", sa.String(256), nullable=False),
+    sa.Column("item_id", sa.String(256), nullable=False, index=True),
     sa.Column("type", sa.String(64), nullable=False, default="interaction"),
     sa.Column("weight", sa.Float, nullable=False, default=1.0),
     sa.Column("ts", sa.Float, nullable=False),  # Unix seconds (UTC)
+)
+
+added_items = sa.Table(  # items added to the served model without retraining (`recsys.additions`)
+    "added_items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("item_id", sa.String(256), unique=True, nullable=False),
+    sa.Column("attributes", sa.Text, nullable=False),  # a JSON object: the item's catalogue columns
+    sa.Column("ts", sa.Float, nullable=False),
 )
 
 
@@ -123,6 +132,37 @@ class FeedbackStore:
         if self._memory is not None:
             self._memory.forget({row["user_id"] for row in rows})
         return stored, len(rows) - stored
+
+    def add_items(self, items: Iterable[tuple[str, Mapping[str, object]]]) -> tuple[int, int]:
+        """Store (item id, attributes) of items added to the model, committed before returning; an id stored
+        before is left as it was. Returns (stored, duplicates). Their interactions are events (`add`)."""
+        now = dt.datetime.now(dt.timezone.utc).timestamp()
+        rows = [{"item_id": str(i), "attributes": json.dumps(dict(a), default=str), "ts": now} for i, a in items]
+        stored = 0
+        with self.engine.begin() as conn:
+            for row in rows:
+                if not conn.execute(sa.select(added_items.c.id).where(added_items.c.item_id == row["item_id"])).first():
+                    conn.execute(added_items.insert().values(**row))
+                    stored += 1
+        return stored, len(rows) - stored
+
+    def last_added(self) -> int:
+        """The id of the newest added item (0: none): what a service polls to see additions."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(added_items.c.id))).scalar_one() or 0)
+
+    def added(self) -> list[tuple[str, dict, list[tuple[str, float]]]]:
+        """Every added item, oldest first: (item id, attributes, its events' (user, weight) pairs)."""
+        with self.engine.connect() as conn:
+            items = conn.execute(sa.select(added_items.c.item_id, added_items.c.attributes)
+                                 .order_by(added_items.c.id)).all()
+            pairs: dict[str, list[tuple[str, float]]] = {item: [] for item, _ in items}
+            if pairs:
+                query = sa.select(events.c.item_id, events.c.user_id, events.c.weight).where(
+                    events.c.item_id.in_(list(pairs))).order_by(events.c.id)
+                for item, user, weight in conn.execute(query):
+                    pairs[item].append((user, weight))
+        return [(item, json.loads(attributes), pairs[item]) for item, attributes in items]
 
     def history(self, user: str) -> list[tuple[str, float]]:
         """(item, weight) of a user's events, oldest first. For a user remembered to have none, and nothing

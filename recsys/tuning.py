@@ -604,7 +604,7 @@ def confirm(results: list[TuneResult], train: Interactions, fit_part: Interactio
         best = max(scored, key=lambda c: (c["value"] + c["confirmation"]) / 2)
         r.best_params, r.best_value, r.confirmation = best["params"], best["value"], best["confirmation"]
         r.confirmed = scored if len(scored) > 1 else []
-        if len(scored) > 1:
+        if len(scored) > 1 and r.model in EMBEDDING_MODELS:
             average(r, scored, fitted, conf_fit, conf_valid, k, seed)
 
 
@@ -615,7 +615,9 @@ def average(result: TuneResult, scored: list[dict], fitted: list, conf_fit: Inte
     confirmation; the blend's validation value is its members' mean, which understates it). A long search's best
     trials lie on a plateau where validation cannot tell them apart (on a 400-user log the 12 best were within
     0.001 of each other and uncorrelated with the test); their average has less variance than any one of them
-    (docs/decisions/averaging-the-plateau.md)."""
+    (docs/decisions/averaging-the-plateau.md). Only iterative models are averaged (`EMBEDDING_MODELS`: their
+    trials differ in their random start and fit too); a closed-form model's neighbouring solutions are nearly one
+    model (Book-Crossing: three EASE penalties averaged only tripled its cost, which then blocked its blend)."""
     from .models.blend import Blend
 
     blend = Blend.from_fitted(fitted, [1.0] * len(fitted), conf_fit, seed)
@@ -665,6 +667,11 @@ def blend_leaders(results: list[TuneResult], train: Interactions, fit_part: Inte
     parts = {r.model: [(m, {**fixed(m), **p}) for m, p in r.components()] for r in ranked}  # (an average: each member)
     costs = {r.model: sum(blend_cost(r, p, fit_part, budget) for _, p in parts[r.model]) for r in ranked}
     partner = next((r for r in ranked[1:] if costs[ranked[0].model] + costs[r.model] <= limit), None)
+    lead = ranked[0]
+    if partner is None and lead.members:  # an averaged leader's members cost too much: its best trial alone
+        parts[lead.model] = [(lead.model, {**fixed(lead.model), **lead.best_params})]
+        costs[lead.model] = blend_cost(lead, parts[lead.model][0][1], fit_part, budget)
+        partner = next((r for r in ranked[1:] if costs[lead.model] + costs[r.model] <= limit), None)
     if partner is None:
         log.info("tune auto: no blend with %s: every partner's fits cost over %.3g (%s)", ranked[0].model, limit,
                  "recsys.tuning.BLEND_WORK multiply-adds" if budget is None else "seconds of the budget")

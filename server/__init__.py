@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "RESPONSE_CACHE_BYTES": 32 << 20,  # per worker: cached recommendation answers (users without feedback)
     "NO_FEEDBACK_CACHE_SIZE": 100_000,  # per worker: users known to have no stored events (SQLite only)
     "FEEDBACK_DB_URL": None,          # SQLAlchemy URL; default sqlite:///<instance folder>/feedback.db
+    "ADDITIONS_POLL_SECONDS": 1.0,    # per worker: how often to ask the database for items added (POST /v1/items)
     "API_KEYS": [],                   # list, or comma-separated in RECSYS_API_KEYS; needed for writes/admin
     "READ_REQUIRES_KEY": False,
     "API_TITLE": "recsys",

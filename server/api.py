@@ -5,10 +5,10 @@ import os
 import signal
 from collections.abc import Sequence
 
-import numpy as np
 from flask import Response, current_app, request
 from flask_smorest import Blueprint, abort
 
+from recsys.additions import NewItem, submit
 from recsys.catalogue import Filter
 from recsys.engine import Recommendation
 from recsys.exceptions import RecsysError
@@ -31,8 +31,11 @@ def _read_auth() -> None:
         require_key()
 
 
-def _model() -> Loaded:
-    loaded = get_state().current
+def _model(wait: float | None = None) -> Loaded:
+    """The model being served, with the items added so far (asking the database at most every `wait` seconds,
+    by default ADDITIONS_POLL_SECONDS)."""
+    poll = current_app.config["ADDITIONS_POLL_SECONDS"] if wait is None else wait
+    loaded = get_state().with_additions(get_feedback(), poll)
     if loaded is None:
         abort(503, message="No model loaded: the service is not ready (see /readyz).")
     return loaded
@@ -65,9 +68,10 @@ def recommendations_body(m: Loaded, q: Query, history: History) -> str:
     if not fastpath.writes_as_flask_does(current_app):
         return current_app.json.dumps(recommendations(m, q, history))
     rec = _recommend(m, q, history)
-    return fastpath.recommendations_json(q.user, *m.engine.catalogue.scored_item_fields(rec.item_ids, rec.scores,
-                                                                              rec.item_index),
-                                         rec.fallback, m.version)
+    catalogue = m.engine.catalogue
+    ids, scores, titles, idx = catalogue.scored_item_fields(rec.item_ids, rec.scores, rec.item_index)
+    attributes = None if catalogue.metadata is None else catalogue.attributes_json_at(idx)
+    return fastpath.recommendations_json(q.user, ids, scores, titles, rec.fallback, m.version, attributes)
 
 
 def respond(query: Query) -> Response:
@@ -85,6 +89,23 @@ def feedback(body):
     stored, duplicates = get_feedback().add(
         Event(e["user"], e["item"], e["weight"], e["type"], e["timestamp"], e["event_id"]) for e in body["events"])
     return {"stored": stored, "duplicates": duplicates}
+
+
+@blp.route("/items", methods=["POST"])
+@blp.arguments(s.NewItemsRequest())
+@blp.response(201, s.NewItemsResponse)
+@blp.doc(security=[{"ApiKey": []}])
+def add_items(body):
+    """Add items to the served model without retraining: each gets a vector from its interactions (stored as
+    feedback events) or, with none, from its text attributes; every worker and instance serves them within a
+    second or so (`recsys.additions`)."""
+    require_key()
+    state, store = get_state(), get_feedback()
+    m = _model(wait=0)
+    rules = submit(m.engine, store, [NewItem(i["id"], i["attributes"], [(e["user"], e["weight"])
+                                                                        for e in i["interactions"]])
+                                     for i in body["items"]])
+    return {"stored": len(rules), "rules": rules, "model_version": state.with_additions(store, wait=0).version}
 
 
 @blp.route("/admin/reload", methods=["POST"])
@@ -194,15 +215,8 @@ def item(item_id):
         if key in record:
             value = record[key]
             out[key] = value if isinstance(value, list) else int(value) if key == "year" else str(value)
-    out["attributes"] = {key: _plain(value) for key, value in record.items() if key != "item"}
+    out["attributes"] = {key: value for key, value in record.items() if key != "item"}
     return out
-
-
-def _plain(value: object) -> object:
-    """A metadata value as JSON has it: numpy scalars as Python numbers, lists as they are, the rest as text."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return value if isinstance(value, (str, int, float, bool, list)) else str(value)
 
 
 @blp.route("/model")

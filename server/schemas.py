@@ -123,6 +123,8 @@ class ScoredItem(Schema):
     id = fields.String(required=True)
     score = fields.Float(required=True)
     title = fields.String(allow_none=True)
+    attributes = fields.Dict(keys=fields.String(), metadata={"description": "the item's columns in the bundle "
+                                                                             "(when it has item metadata)"})
     because = fields.List(fields.Nested(Reason), metadata={"description": "with explain=true: the history "
                                                                           "items that contributed most"})
 
@@ -221,6 +223,31 @@ class FeedbackRequest(Schema):
 class FeedbackResponse(Schema):
     stored = fields.Integer(required=True)
     duplicates = fields.Integer(required=True)
+
+
+class NewItemInteraction(Schema):
+    user = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    weight = fields.Float(load_default=1.0, validate=validate.Range(min=-1e6, max=1e6), allow_nan=False)
+
+
+class NewItem(Schema):
+    id = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    attributes = fields.Dict(keys=fields.String(), load_default=dict,
+                             metadata={"description": "catalogue columns, e.g. name, category, brand, price"})
+    interactions = fields.List(fields.Nested(NewItemInteraction), load_default=list,
+                               validate=LengthUpTo(0, "MAX_FEEDBACK_EVENTS"),
+                               metadata={"description": "stored as feedback events of these users"})
+
+
+class NewItemsRequest(Schema):
+    items = fields.List(fields.Nested(NewItem), required=True, validate=LengthUpTo(1, "MAX_FEEDBACK_EVENTS"))
+
+
+class NewItemsResponse(Schema):
+    stored = fields.Integer(required=True)
+    rules = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
+                        metadata={"description": "per item, how it got its vector: fold-in, neighbours or content"})
+    model_version = fields.String(required=True)
 
 
 class ReloadResponse(Schema):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import Flask, current_app
 
+from recsys.additions import NewItem, add_items
 from recsys.bundle import Manifest, resolve
 from recsys.engine import Engine, load_engine
 from recsys.exceptions import RecsysError
@@ -37,6 +39,8 @@ class Loaded:
     path: Path
     # answers that depend on nothing but this model and the request (users without stored feedback)
     responses: ResponseCache = field(default_factory=lambda: ResponseCache(0))
+    bundle_engine: Engine | None = None  # the bundle's own engine, when `engine` also holds added items
+    added: int = 0  # the newest added item (`FeedbackStore.last_added`) that `engine` holds
 
     @property
     def version(self) -> str:
@@ -54,6 +58,7 @@ class ModelState:
         self.current: Loaded | None = None
         self.error: str | None = None
         self._lock = threading.Lock()
+        self._polled = 0.0  # when `with_additions` last asked the database
         if bundle:
             try:
                 self.load()
@@ -76,3 +81,28 @@ class ModelState:
             self.current, self.error = loaded, None  # requests in flight keep the object they already read
             log.info("Serving bundle %s", path)
             return loaded
+
+    def with_additions(self, store: FeedbackStore, wait: float = 1.0) -> Loaded | None:
+        """The current model with every item added through the feedback database (`recsys.additions`), asking
+        the database at most once per `wait` seconds (0: now). Every worker and instance computes the same
+        vectors from the same rows, so a new item is served everywhere within about `wait` seconds."""
+        loaded = self.current
+        now = time.monotonic()
+        if loaded is None or now - self._polled < wait:
+            return loaded
+        self._polled = now
+        last = store.last_added()
+        if last == loaded.added:
+            return loaded
+        base = loaded.bundle_engine or loaded.engine
+        try:  # (items a retrained bundle already holds are its own now)
+            engine = add_items(base, [NewItem(i, a, p) for i, a, p in store.added() if i not in base.items])
+        except RecsysError as e:  # e.g. a reloaded bundle without the catalogue columns an item was placed by
+            log.error("Added items not served: %s", e)
+            return loaded
+        engine.prepare_serving()
+        extended = Loaded(engine, loaded.manifest, loaded.path, ResponseCache(self.cache_bytes), base, last)
+        with self._lock:
+            if self.current is loaded:  # (a reload in between wins)
+                self.current = extended
+        return self.current

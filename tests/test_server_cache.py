@@ -212,21 +212,31 @@ def test_loading_a_model_builds_what_requests_read_before_workers_fork(models_ro
 _text = st.text(st.characters(codec="utf-8"), max_size=12)  # any unicode: quotes, controls, non-ASCII
 
 
+_attributes = st.dictionaries(_text, _text | st.integers() | st.floats(width=64) | st.lists(_text, max_size=3),
+                              max_size=4)
+
+
 @settings(max_examples=200, deadline=None)
-@given(user=_text, version=_text, fallback=st.booleans(),
-       items=st.lists(st.tuples(_text, st.floats(width=64), st.none() | _text), max_size=12))
-def test_recommendations_json_writes_what_flask_dumps_of_the_dict(user, version, fallback, items) -> None:
+@given(user=_text, version=_text, fallback=st.booleans(), with_attributes=st.booleans(),
+       items=st.lists(st.tuples(_text, st.floats(width=64), st.none() | _text, _attributes), max_size=12))
+def test_recommendations_json_writes_what_flask_dumps_of_the_dict(user, version, fallback, with_attributes,
+                                                                  items) -> None:
     """The answer's JSON is written without building its dicts: byte for byte what Flask's default provider
-    writes of the document (sorted keys, ASCII escapes, NaN and infinities as json writes them)."""
+    writes of the document (sorted keys, ASCII escapes, NaN and infinities as json writes them), with each item's
+    attributes as the catalogue writes them (`Catalogue.attributes_json_at`) or without any."""
+    import json
+
     from server import fastpath
 
     app = Flask(__name__)
-    ids, scores, titles = (list(column) for column in zip(*items)) if items else ([], [], [])
-    doc = {"user": user, "items": [{"id": i, "score": s, "title": t} for i, s, t in items], "fallback": fallback,
-           "model_version": version}
+    ids, scores, titles, attributes = (list(column) for column in zip(*items)) if items else ([], [], [], [])
+    doc = {"user": user, "items": [{"id": i, "score": s, "title": t, **({"attributes": a} if with_attributes else {})}
+                                   for i, s, t, a in items], "fallback": fallback, "model_version": version}
+    texts = [json.dumps(a, sort_keys=True) for a in attributes] if with_attributes else None
     with app.app_context():
         assert fastpath.writes_as_flask_does(app)
-        assert fastpath.recommendations_json(user, ids, scores, titles, fallback, version) == app.json.dumps(doc)
+        assert fastpath.recommendations_json(user, ids, scores, titles, fallback, version, texts) == \
+            app.json.dumps(doc)
 
 
 def test_an_app_with_other_json_settings_answers_through_its_own_provider(models_root, tmp_path, synthetic):

@@ -35,6 +35,14 @@ def test_cycle_traffic_is_every_movielens_user_in_turn():
     assert len(requests) == serving.N_USERS and {method for method, _, _ in requests} == {"GET"}
 
 
+def test_the_explained_endpoint_sends_the_same_gets_with_explain_and_the_posts_as_they_are():
+    args = argparse.Namespace(requests=[("GET", "/v1/users/1/recommendations?k=10", ""),
+                                        ("POST", "/v1/feedback", '{"events": []}')])
+    assert serving.requests_for(args, "recommendations") is args.requests
+    assert serving.requests_for(args, "explained") == [("GET", "/v1/users/1/recommendations?k=10&explain=true", ""),
+                                                       ("POST", "/v1/feedback", '{"events": []}')]
+
+
 def test_scoring_benchmark_times_every_kernel_on_a_bundle(models_root, capsys):
     """benchmarks/scoring.py on a small trained bundle: every kernel timed, ratios against the old ones."""
     import scoring

@@ -430,22 +430,26 @@ def test_the_leaders_confirmed_trials_are_averaged_unless_the_best_alone_beats_t
     monkeypatch.setattr(tuning, "BLEND_TOLERANCE", tolerance)
     train, _ = synthetic_split
     fit_part, valid = pipeline.holdout(train, 0.2)
-    result = tuning.Search("ease", fit_part, valid).run(n_trials=6).result()
+    fixed = {"factors": 8, "epochs": 4, "progress": False, "device": "cpu"}
+    result = tuning.Search("ials", fit_part, valid, fixed=fixed).run(n_trials=6).result()
     tuning.confirm([result], train, fit_part, 0.2, budget=1e6)
     members = [c["params"] for c in result.confirmed]
     assert len(members) == tuning.CONFIRM_TRIALS
     conf_fit, conf_valid = tuning.confirmation_split(train, fit_part, 0.2, 0)
-    blend = Blend.from_fitted([make_model("ease", **p).fit(conf_fit) for p in members], [1.0] * len(members),
+    blend = Blend.from_fitted([make_model("ials", **p).fit(conf_fit) for p in members], [1.0] * len(members),
                               conf_fit)
     if averaged:
         assert result.members == members
         assert result.confirmation == pytest.approx(evaluate(blend, conf_valid, 10)["ndcg@10"])
         assert result.best_value == pytest.approx(sum(c["value"] for c in result.confirmed) / len(members))
         name, params = result.estimator()
-        assert name == "blend" and params["components"] == [["ease", p] for p in members]
+        assert name == "blend" and params["components"] == [["ials", p] for p in members]
         assert make_model(name, **params).fit(train).exported_.item_vectors.shape[0] == train.n_items
     else:
-        assert result.members == [] and result.estimator() == ("ease", result.best_params)
+        assert result.members == [] and result.estimator() == ("ials", result.best_params)
+    closed = tuning.Search("ease", fit_part, valid).run(n_trials=6).result()
+    tuning.confirm([closed], train, fit_part, 0.2, budget=1e6)
+    assert len(closed.confirmed) == tuning.CONFIRM_TRIALS and closed.members == [], "closed-form: not averaged"
 
 
 def test_a_point_that_differs_only_in_an_idle_parameter_is_not_fitted_again(synthetic_split):
@@ -563,6 +567,10 @@ def test_an_averaged_leader_enters_a_blend_as_its_members_sharing_the_leaders_we
     assert components == [[leader.model, p] for p in leader.members] + [[other.model, other.best_params]]
     share = weights[0] * 2
     assert share in tuning.BLEND_SHARES and weights == [share / 2, share / 2, pytest.approx(1 - share)]
+    with pytest.MonkeyPatch.context() as mp:  # the members together cost too much, the best alone does not
+        mp.setattr(tuning, "blend_cost", lambda r, p, *_: 2.0 if r is leader else 1.0)
+        alone = tuning.blend_leaders(results, train, fit_part, valid, 0.2, lambda name: {}, budget=3.0 / 0.25)
+    assert alone.best_params["components"] == [[leader.model, leader.best_params], [other.model, other.best_params]]
 
 
 def test_choose_keeps_popularity_unless_a_model_beats_it_by_its_margin():
