@@ -2,6 +2,7 @@
 accessors of what an app holds (`get_state`, `get_feedback`)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -95,13 +96,14 @@ class ModelState:
         if last == loaded.added:
             return loaded
         base = loaded.bundle_engine or loaded.engine
-        try:  # (items a retrained bundle already holds are its own now)
-            engine = add_items(base, [NewItem(i, a, p) for i, a, p in store.added() if i not in base.items])
+        new = [NewItem(i, a, p) for i, a, p in store.added() if i not in base.items]  # (a retrained bundle's own)
+        try:
+            engine = add_items(base, new) if new else base
+            engine.prepare_serving()
+            extended = Loaded(engine, loaded.manifest, loaded.path, ResponseCache(self.cache_bytes), base, last)
         except RecsysError as e:  # e.g. a reloaded bundle without the catalogue columns an item was placed by
-            log.error("Added items not served: %s", e)
-            return loaded
-        engine.prepare_serving()
-        extended = Loaded(engine, loaded.manifest, loaded.path, ResponseCache(self.cache_bytes), base, last)
+            log.error("Added items not served (until the next addition or reload): %s", e)
+            extended = dataclasses.replace(loaded, added=last)
         with self._lock:
             if self.current is loaded:  # (a reload in between wins)
                 self.current = extended

@@ -164,3 +164,18 @@ def test_two_service_processes_serve_an_item_added_through_one_within_seconds(se
                 assert time.monotonic() - added < 30, "not served within 30 s"
                 time.sleep(0.2)
         assert time.monotonic() - added < 30
+
+
+def test_a_stored_item_the_model_cannot_place_is_left_out_and_reported_once(served, tmp_path, caplog):
+    """An item stored without interactions or text (as a retrained bundle without its columns would find it):
+    the service keeps answering without it and says so once, not on every poll."""
+    from recsys.feedback import FeedbackStore
+
+    _, first, _ = served
+    FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}").add_items([("ghost", {})])
+    with caplog.at_level("ERROR", logger="recsys"):
+        for _ in range(3):
+            answer = first.get("/v1/users/u100/recommendations?k=20")
+            assert answer.status_code == 200 and "ghost" not in [i["id"] for i in answer.json["items"]]
+    assert [r.message for r in caplog.records].count(next(
+        r.message for r in caplog.records if "Added items not served" in r.message)) == 1
