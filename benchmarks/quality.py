@@ -618,12 +618,19 @@ def real_report(result: dict[str, Any]) -> str:
 
 
 def model_text(cell: dict[str, Any]) -> str:
-    """The model ours bundled; a blend with its components and weights: 'blend (ials 0.7 + spectral 0.3)'."""
+    """The model ours bundled; a blend with its components and weights: 'blend (ials 0.7 + spectral 0.3)', the
+    members of an average counted: 'blend (3 ials 0.7 + spectral 0.3)', 'average of 3 ials'."""
     model = cell.get("model", "failed")
     params = cell.get("params") or {}
     if model != "blend" or "components" not in params:
         return model
-    parts = [f"{c[0]} {w:g}" for c, w in zip(params["components"], params["weights"])]
+    shares: dict[str, list[float]] = {}
+    for (name, _), weight in zip(params["components"], params["weights"]):
+        shares.setdefault(name, []).append(weight)
+    if len(shares) == 1:
+        (name, weights), = shares.items()
+        return f"average of {len(weights)} {name}"
+    parts = [f"{f'{len(w)} ' if len(w) > 1 else ''}{name} {round(sum(w), 3):g}" for name, w in shares.items()]
     return f"blend ({' + '.join(parts)})"
 
 

@@ -11,7 +11,7 @@ from flask_smorest import Blueprint, abort
 from recsys.additions import NewItem, submit
 from recsys.catalogue import Filter
 from recsys.engine import Recommendation
-from recsys.exceptions import RecsysError
+from recsys.exceptions import DataValidationError, RecsysError
 from recsys.explain import annotate
 from recsys.feedback import Event
 
@@ -98,13 +98,16 @@ def feedback(body):
 def add_items(body):
     """Add items to the served model without retraining: each gets a vector from its interactions (stored as
     feedback events) or, with none, from its text attributes; every worker and instance serves them within a
-    second or so (`recsys.additions`)."""
+    second or so (`recsys.additions`). Items this model cannot take (ids it has, attributes it lacks, nothing to
+    place them by) are a 409 naming them; nothing is stored then."""
     require_key()
     state, store = get_state(), get_feedback()
-    m = _model(wait=0)
-    rules = submit(m.engine, store, [NewItem(i["id"], i["attributes"], [(e["user"], e["weight"])
-                                                                        for e in i["interactions"]])
-                                     for i in body["items"]])
+    new = [NewItem(i["id"], i["attributes"], [(e["user"], e["weight"]) for e in i["interactions"]])
+           for i in body["items"]]
+    try:
+        rules = submit(_model(wait=0).engine, store, new)
+    except DataValidationError as e:  # well-formed, but not with this model (its ids, users, columns): 409
+        abort(409, message=str(e))
     return {"stored": len(rules), "rules": rules, "model_version": state.with_additions(store, wait=0).version}
 
 

@@ -111,9 +111,9 @@ def test_an_item_posted_to_one_instance_is_recommended_by_the_other_without_retr
         assert "a-new" in [i["id"] for i in client.get("/v1/users/u100/recommendations?k=5").json["items"]]
         assert client.get("/v1/items/b-text").json["attributes"]["category"] == "group beta"
     again = second.post("/v1/items", json=body, headers=AUTH)
-    assert again.status_code == 422 and "already in the model" in again.json["detail"]
+    assert again.status_code == 409 and "already in the model" in again.json["detail"]
     bare = first.post("/v1/items", json={"items": [{"id": "bare"}]}, headers=AUTH)
-    assert bare.status_code == 422 and "bare" in bare.json["detail"]
+    assert bare.status_code == 409 and "bare" in bare.json["detail"]
 
 
 def test_add_items_writes_and_publishes_a_new_version_and_leaves_the_old_one(served, tmp_path):

@@ -445,6 +445,11 @@ def test_report_rewrites_the_table_of_a_saved_run_and_names_a_blends_parts(tmp_p
     row = {"model": "blend", "params": {"components": [["ials", {}], ["ease", {"l2": 5.0}]], "weights": [0.7, 0.3]}}
     assert quality.model_text(row) == "blend (ials 0.7 + ease 0.3)"
     assert quality.model_text({"model": "ease", "params": {}}) == "ease"
+    three = {"model": "blend", "params": {"components": [["ials", {}]] * 3, "weights": [1 / 3] * 3}}
+    assert quality.model_text(three) == "average of 3 ials"
+    mixed = {"model": "blend", "params": {"components": [["ials", {}], ["ials", {}], ["ease", {}]],
+                                          "weights": [0.35, 0.35, 0.3]}}
+    assert quality.model_text(mixed) == "blend (2 ials 0.7 + ease 0.3)"
     out = tmp_path / "real.json"
     out.write_text((ROOT / "benchmarks" / "results" / "quality_real.json").read_text())
     assert quality.main(["--real", "--report", "--out", str(out)]) == 0
