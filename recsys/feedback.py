@@ -113,22 +113,7 @@ class FeedbackStore:
                 for e in batch]
         if not rows:
             return 0, 0
-        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(self.engine.dialect.name)
-        stored = 0
-        with self.engine.begin() as conn:  # commits on exit
-            for row in rows:
-                if insert is not None:
-                    stmt = insert(events).values(**row).on_conflict_do_nothing(index_elements=["event_id"])
-                    if self.engine.dialect.insert_returning:  # rowcount is -1 here under psycopg
-                        stored += len(conn.execute(stmt.returning(events.c.id)).all())
-                    else:  # SQLite before 3.35
-                        stored += conn.execute(stmt).rowcount
-                else:  # other databases: check first (the unique constraint still guards duplicates)
-                    dup = row["event_id"] is not None and conn.execute(
-                        sa.select(events.c.id).where(events.c.event_id == row["event_id"])).first()
-                    if not dup:
-                        conn.execute(events.insert().values(**row))
-                        stored += 1
+        stored = self._insert_new(events, "event_id", rows)
         if self._memory is not None:
             self._memory.forget({row["user_id"] for row in rows})
         return stored, len(rows) - stored
@@ -138,13 +123,29 @@ class FeedbackStore:
         before is left as it was. Returns (stored, duplicates). Their interactions are events (`add`)."""
         now = dt.datetime.now(dt.timezone.utc).timestamp()
         rows = [{"item_id": str(i), "attributes": json.dumps(dict(a), default=str), "ts": now} for i, a in items]
-        stored = 0
-        with self.engine.begin() as conn:
-            for row in rows:
-                if not conn.execute(sa.select(added_items.c.id).where(added_items.c.item_id == row["item_id"])).first():
-                    conn.execute(added_items.insert().values(**row))
-                    stored += 1
+        stored = self._insert_new(added_items, "item_id", rows)
         return stored, len(rows) - stored
+
+    def _insert_new(self, table: sa.Table, unique: str, rows: list[dict]) -> int:
+        """Insert `rows` into `table` in one transaction, committed on return, leaving out those whose `unique`
+        column value is stored already; returns how many were stored."""
+        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(self.engine.dialect.name)
+        stored = 0
+        with self.engine.begin() as conn:  # commits on exit
+            for row in rows:
+                if insert is not None:
+                    stmt = insert(table).values(**row).on_conflict_do_nothing(index_elements=[unique])
+                    if self.engine.dialect.insert_returning:  # rowcount is -1 here under psycopg
+                        stored += len(conn.execute(stmt.returning(table.c.id)).all())
+                    else:  # SQLite before 3.35
+                        stored += conn.execute(stmt).rowcount
+                else:  # other databases: check first (the unique constraint still guards duplicates)
+                    dup = row[unique] is not None and conn.execute(
+                        sa.select(table.c.id).where(table.c[unique] == row[unique])).first()
+                    if not dup:
+                        conn.execute(table.insert().values(**row))
+                        stored += 1
+        return stored
 
     def last_added(self) -> int:
         """The id of the newest added item (0: none): what a service polls to see additions."""

@@ -408,8 +408,9 @@ class Search:
         """The `n` best finished trials, best first: {params (all the model is fitted with), value, seconds}."""
         ranked, keys = [], set()
         for t in sorted(self.done, key=lambda t: t.value, reverse=True):  # distinct models only
-            if len(ranked) < n and self._key(t.params) not in keys:
-                keys.add(self._key(t.params))
+            key = self._key(t.params)
+            if len(ranked) < n and key not in keys:
+                keys.add(key)
                 ranked.append(t)
 
         def seconds(t) -> float:  # (a restarted study's trials carry no times: the log of `run` has them)

@@ -179,3 +179,13 @@ def test_a_stored_item_the_model_cannot_place_is_left_out_and_reported_once(serv
             assert answer.status_code == 200 and "ghost" not in [i["id"] for i in answer.json["items"]]
     assert [r.message for r in caplog.records].count(next(
         r.message for r in caplog.records if "Added items not served" in r.message)) == 1
+
+
+def test_the_store_keeps_an_added_item_once_with_its_first_attributes(tmp_path):
+    from recsys.feedback import FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
+    assert store.add_items([("x", {"category": "one"})]) == (1, 0)
+    assert store.add_items([("x", {"category": "two"}), ("y", {})]) == (1, 1)
+    assert [(i, a) for i, a, _ in store.added()] == [("x", {"category": "one"}), ("y", {})]
+    assert store.last_added() == 2
