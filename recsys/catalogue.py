@@ -89,6 +89,7 @@ class Catalogue:
         self.seen = seen if seen is not None else sp.csr_matrix((0, len(items)), dtype=np.float32)
         self._titles: np.ndarray | None = None
         self._attribute_cache: dict[int, tuple[dict[str, object], str]] = {}
+        self._attribute_columns: list[tuple[str, np.ndarray]] | None = None
 
     @property
     def popularity(self) -> np.ndarray:
@@ -200,15 +201,17 @@ class Catalogue:
     def _attributes(self, i: int) -> tuple[dict[str, object], str]:
         found = self._attribute_cache.get(i)
         if found is None:
+            if self._attribute_columns is None:  # column arrays, read once: a row through .iloc cost 0.2 ms
+                self._attribute_columns = [(str(c), self.metadata[c].to_numpy()) for c in self.metadata.columns
+                                           if c != "item"]
             row = {}
-            for column, value in self.metadata.iloc[i].items():
-                if column == "item":
-                    continue
+            for column, values in self._attribute_columns:
+                value = values[i]
                 if isinstance(value, (list, tuple, np.ndarray)):
-                    row[str(column)] = [str(v) for v in value]
+                    row[column] = [str(v) for v in value]
                 elif not is_missing(value):
                     value = value.item() if isinstance(value, np.generic) else value
-                    row[str(column)] = value if isinstance(value, (str, int, float, bool)) else str(value)
+                    row[column] = value if isinstance(value, (str, int, float, bool)) else str(value)
             found = self._attribute_cache[i] = row, json.dumps(row, sort_keys=True)
         return found
 
