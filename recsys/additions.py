@@ -8,9 +8,11 @@ A new item gets a vector by the model's own rule, from what arrives with it:
   for 'mean' fold-ins such as the two-tower's, the mean of its users' vectors). Models whose user vectors are not
   a small dense factor space (item-item and spectral models, blends) give the item the weighted mean of the
   vectors of the items its users interacted with (its co-consumed neighbours);
-- attributes only (a name, a description, a category): its content vector (`recsys.content.content_vectors` over
-  the catalogue's text columns) carried into the learned space by a ridge map fitted on the model's items
-  (`recsys.content.map_to_learned`).
+- attributes only (a name, a description, a category, a price): a two-tower's own item tower, which learned an
+  embedding for each feature token and places the item as it placed training items without interactions
+  (`recsys.features.ItemTower`: rule 'item tower'); for every other model its content vector
+  (`recsys.content.content_vectors` over the catalogue's text columns) carried into the learned space by a ridge
+  map fitted on the model's items (`recsys.content.map_to_learned`: rule 'content').
 
 `add_items` returns an Engine that answers with the new items at once (by exact scoring: the bundle's index does
 not hold them). The service stores added items in its feedback database (`submit`), so every worker and instance
@@ -57,8 +59,9 @@ class NewItem:
 
 
 def item_vectors(engine: Engine, new: Sequence[NewItem]) -> tuple[np.ndarray, list[str]]:
-    """(vectors (len(new), d) float32, the rule each one got: 'fold-in', 'neighbours' or 'content'). An item
-    without interactions from known users nor text attributes cannot be placed: DataValidationError."""
+    """(vectors (len(new), d) float32, the rule each one got: 'fold-in', 'neighbours', 'item tower' or 'content').
+    An item without interactions from known users nor attributes to place it by cannot be placed:
+    DataValidationError."""
     out = np.zeros((len(new), engine.item_vectors.shape[1]), np.float32)
     rules: list[str] = []
     gramian = functools.cache(lambda: engine.user_vectors.T @ engine.user_vectors)  # the item solve's, made once
@@ -78,9 +81,23 @@ def item_vectors(engine: Engine, new: Sequence[NewItem]) -> tuple[np.ndarray, li
             out[row] = neighbours_vector(engine, users[known], weights[known])
             rules.append("neighbours")
     by_content = [row for row, rule in enumerate(rules) if rule == "content"]
-    if by_content:
+    if by_content and engine.item_tower is not None:
+        out[by_content] = tower_vector(engine, [new[r] for r in by_content])
+        rules = ["item tower" if rule == "content" else rule for rule in rules]
+    elif by_content:
         out[by_content] = content_vector(engine, [new[r] for r in by_content])
     return out, rules
+
+
+def tower_vector(engine: Engine, new: Sequence[NewItem]) -> np.ndarray:
+    """The new items' vectors from the two-tower's item tower (their attributes' token embeddings)."""
+    columns = engine.item_tower.featurizer.columns
+    bare = [item.id for item in new if all(_blank(item.attributes.get(c)) for c in columns)]
+    if bare:
+        raise DataValidationError(f"Item(s) {bare[:5]} have no interactions from users the model knows and none of "
+                                  f"the attributes its item tower reads: send interactions, or attributes among "
+                                  f"{columns}.")
+    return engine.item_tower.vectors(pd.DataFrame([{"item": item.id, **item.attributes} for item in new]))
 
 
 def neighbours_vector(engine: Engine, users: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -159,7 +176,7 @@ def add_items(engine: Engine, new: Sequence[NewItem]) -> Engine:
     return Engine(np.vstack([engine.item_vectors, vectors]), engine.user_vectors, engine.users,
                   IdMap([*engine.items.ids, *ids]), seen, engine.foldin, engine.similarity, metadata,
                   batch_size=engine.retriever.batch_size, similarity_dims=engine.similarity_vectors.shape[1],
-                  mode=engine.retriever.mode, projection=projection)
+                  mode=engine.retriever.mode, projection=projection, item_tower=engine.item_tower)
 
 
 def submit(engine: Engine, store: FeedbackStore, new: Sequence[NewItem]) -> dict[str, str]:

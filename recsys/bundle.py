@@ -37,6 +37,7 @@ from .foldin import FoldIn
 log = logging.getLogger("recsys")
 
 FORMAT_VERSION = 1
+ITEM_TOWER_WEIGHTS = "item_tower_weights"  # the array of a two-tower's feature embeddings
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.safetensors"
 CURRENT = "current"
@@ -66,6 +67,7 @@ class Manifest:
     data: dict[str, Any] = field(default_factory=dict)          # interactions, users, items trained on
     training: dict[str, Any] = field(default_factory=dict)      # best epoch, history, device, ...
     tuning: dict[str, Any] | None = None                        # the search summary, when tuned
+    item_tower: dict[str, Any] | None = None                    # a two-tower's featurizer (`recsys.features`)
     index: dict[str, Any] = field(default_factory=dict)         # kept Annoy indexes: prefix, config, stats
     index_measured: dict[str, Any] = field(default_factory=dict)  # every index tuned, kept or not
     n_users: int = 0
@@ -84,8 +86,9 @@ class Manifest:
             if f.name not in out and f.name not in ("model_class", "params"):
                 out[f.name] = getattr(self, f.name)
         out["foldin"] = self.foldin.to_dict()
-        if self.tuning is None:
-            del out["tuning"]
+        for optional in ("tuning", "item_tower"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
     @classmethod

@@ -97,6 +97,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = _params_arg(args.params)
     params.update({k: v for k, v in {"epochs": args.epochs, "factors": args.factors, "loss": args.loss}.items()
                    if v is not None})
+    if args.item_text_cols:
+        if args.model != "two_tower" or not args.items:
+            raise DataValidationError("--item-text-cols embeds item text for the two-tower's item tower: add "
+                                      "--model two_tower and the --items file that holds the columns.")
+        params["text_columns"] = [c.strip() for c in args.item_text_cols.split(",") if c.strip()]
     if params and args.model == "auto":
         raise DataValidationError(f"Parameters {sorted(params)} need a model: add --model (one of {list(MODEL_NAMES)}).")
     if params:
@@ -428,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping picks fewer)")
     t.add_argument("--factors", type=int, default=None, help="embedding size")
     t.add_argument("--loss", choices=["softmax", "sampled", "bpr"], default=None, help="MF training loss")
+    t.add_argument("--item-text-cols", metavar="COLS", default=None,
+                   help="--items columns (e.g. name,description) read by the pretrained sentence encoder (the text "
+                        "extra) as one more two-tower feature; new items with text only are placed by it")
     t.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
     t.add_argument("--no-refit", action="store_true", help="bundle the evaluated model instead of refitting "
                                                           "on all interactions")

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .bundle import Bundle, read_bundle
+from .bundle import ITEM_TOWER_WEIGHTS, Bundle, read_bundle
 from .catalogue import Catalogue, Filters
 from .data import IdMap
 from .exceptions import DataValidationError
+from .features import ItemTower
 from .foldin import FoldIn
 from .retrieval import AnnIndex, CellIndex, Retriever, combine_exclusions, load_index, normalise
 
@@ -50,6 +51,7 @@ class Engine:
     similar_items / similar_users compare (None: all; a model with a bias column leaves it out).
     foldin: how a history becomes a user vector (`recsys.foldin.FoldIn`, or its dict form; default 'mean').
     projection: (n_items, d), the rows the 'linear' fold-in sums (None for every other method).
+    item_tower: a two-tower's feature embeddings (`recsys.features.ItemTower`), which place new items.
     indexes / index_stats / mode / batch_size: the `recsys.retrieval.Retriever`'s (`self.retriever`).
 
     >>> from recsys.data import IdMap
@@ -66,7 +68,7 @@ class Engine:
                  item_metadata: pd.DataFrame | None = None, batch_size: int = 1024,
                  similarity_dims: int | None = None, indexes: dict[str, AnnIndex | CellIndex] | None = None,
                  index_stats: dict[str, dict] | None = None, mode: str = "auto",
-                 projection: np.ndarray | None = None):
+                 projection: np.ndarray | None = None, item_tower: ItemTower | None = None):
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
         self.users, self.items = users, items
@@ -82,6 +84,7 @@ class Engine:
                                                 self.item_vectors.shape):
             raise DataValidationError(f"The 'linear' fold-in needs a projection of shape {self.item_vectors.shape} "
                                       f"(one row per item). Got {None if projection is None else projection.shape}.")
+        self.item_tower = item_tower
         if similarity not in SIMILARITIES:
             raise DataValidationError(f"similarity must be one of {SIMILARITIES}. Got {similarity!r}.")
         self.similarity = similarity
@@ -358,7 +361,9 @@ def load_engine(path: str | Path, mode: str = "auto") -> tuple[Engine, Bundle]:
     engine = Engine(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"], bundle.users, bundle.items,
                     seen=bundle.seen(), foldin=m.foldin, similarity=m.similarity,
                     item_metadata=bundle.item_metadata, similarity_dims=m.similarity_dims, mode=mode,
-                    projection=bundle.arrays.get("foldin_projection"))
+                    projection=bundle.arrays.get("foldin_projection"),
+                    item_tower=None if m.item_tower is None else
+                    ItemTower.from_state(m.item_tower, bundle.arrays[ITEM_TOWER_WEIGHTS]))
     for metric, info in m.index.items():
         engine.retriever.indexes[metric] = load_index(bundle.path, info["prefix"], **info["config"])
         engine.retriever.index_stats[metric] = info["stats"]

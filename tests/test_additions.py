@@ -11,6 +11,7 @@ from recsys.additions import NewItem, add_items, item_vectors
 from recsys.bundle import read_bundle, resolve
 from recsys.cli import main
 from recsys.data import from_arrays
+from recsys.engine import load_engine
 from recsys.exceptions import DataValidationError
 from recsys.models import make_model
 from server import create_app
@@ -65,12 +66,31 @@ def test_an_item_added_with_interactions_is_recommended_to_users_of_its_buyers_t
 def test_an_item_added_with_text_only_lands_among_the_items_its_text_describes(planted, name):
     engine = fitted(name, planted).engine_
     new = [NewItem("b-text", {"category": "group beta", "price": 3})]
-    assert item_vectors(engine, new)[1] == ["content"]
+    assert item_vectors(engine, new)[1] == ["item tower" if name == "two_tower" else "content"]
     extended = add_items(engine, new)
     unit = extended.similarity_vectors  # (cosine)
     to_new = unit[:engine.n_items] @ unit[-1]
     group = np.array([i[0] for i in engine.items.ids])
     assert to_new[group == "b"].mean() > to_new[group == "a"].mean() + 0.3, to_new.round(2)
+
+
+def test_the_item_tower_places_a_new_item_as_training_placed_one_without_interactions(planted, tmp_path):
+    """A catalogue item with no interactions got its vector from its features alone in training: the bundle's
+    item tower, loaded without torch, gives the same vector to a new item with the same attributes."""
+    meta = planted.item_metadata
+    cold = pd.DataFrame({"item": ["b-cold"], "category": ["group beta"], "price": [3]})
+    with_cold = from_arrays(np.array(planted.users.ids[planted.matrix().tocoo().row]),
+                            np.array(planted.items.ids[planted.matrix().tocoo().col]),
+                            item_metadata=pd.concat([meta, cold], ignore_index=True), catalog="metadata")
+    model = fitted("two_tower", with_cold)
+    trained = model.engine_.item_vectors[model.items_.to_index(["b-cold"])[0]]
+    loaded = load_engine(model.save(tmp_path / "bundle"))[0]
+    assert loaded.item_tower is not None and loaded.item_tower.weights.shape[1] == 4
+    placed, rules = item_vectors(loaded, [NewItem("b-new", {"category": "group beta", "price": 3})])
+    assert rules == ["item tower"]
+    np.testing.assert_allclose(placed[0], trained, atol=1e-5)
+    with pytest.raises(DataValidationError, match=r"none of the attributes its item tower reads: .*\['category'"):
+        item_vectors(loaded, [NewItem("bare", {})])
 
 
 def test_what_cannot_be_added_is_refused_by_name(planted):

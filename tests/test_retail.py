@@ -11,7 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.additions import NewItem, item_vectors
+from recsys.bundle import resolve
 from recsys.cli import main
+from recsys.engine import load_engine
+from recsys.features import SENTENCE
 from server import create_app
 
 BRANDS = ("acme", "zeta", "omni", "nord")
@@ -36,8 +40,8 @@ def shop(tmp_path_factory):
         brand = c % 4
         own = [i for i in range(60) if i % 4 == brand]
         for i in rng.choice(own, 8, replace=False).tolist() + rng.choice(60, 2, replace=False).tolist():
-            rows.append((f"cust{c}", skus[i], "purchase", f"2026-{1 + int(rng.integers(0, 11)):02d}-"
-                                                         f"{1 + int(rng.integers(0, 28)):02d}"))
+            day = f"2026-{1 + int(rng.integers(0, 11)):02d}-{1 + int(rng.integers(0, 28)):02d}"
+            rows.append((f"cust{c}", skus[i], "purchase", day))
     events = pd.DataFrame(rows, columns=["customer_id", "sku", "event", "day"]).drop_duplicates(["customer_id", "sku"])
     events.to_csv(root / "events.csv", sep=";", index=False)
     products.to_csv(root / "products.csv", sep=";", index=False)
@@ -96,3 +100,25 @@ def test_an_unknown_filter_is_named_with_the_attributes_there_are(shop, capsys, 
     assert client.get("/v1/users/cust1/recommendations?k=3&brand=acme").status_code == 422, "not silently ignored"
     code, _, err = _cli(capsys, ["recommend", "--bundle", str(bundle), "--user", "cust1", "--filter", "colour:red"])
     assert code == 2 and "colour" in err and "'brand'" in err and "'price'" in err
+
+
+def test_item_text_columns_feed_the_two_towers_item_tower_and_place_a_product_by_its_description(shop, capsys):
+    """`--item-text-cols name,description`: the pretrained encoder's vector of those columns is one more
+    two-tower feature; the bundle keeps the tower, so a product added with only a description is placed by it
+    among the products its text describes."""
+    bundle, products = shop
+    root = bundle.parent
+    common = ["train", "--data", str(root / "events.csv"), "--user-col", "customer_id", "--item-col", "sku",
+              "--items", str(root / "products.csv"), "--items-id-col", "sku", "--quiet"]
+    code, _, err = _cli(capsys, [*common, "--item-text-cols", "name,description", "--out", str(root / "x")])
+    assert code == 2 and "--model two_tower" in err
+    assert main([*common, "--model", "two_tower", "--item-text-cols", "name,description", "--epochs", "5",
+                 "--no-index", "--out", str(root / "tower")]) == 0
+    engine = load_engine(resolve(root / "tower"))[0]
+    assert engine.item_tower.featurizer.text_columns == ("name", "description")
+    assert engine.item_tower.featurizer.kinds_[SENTENCE] == "sentence"
+    vectors, rules = item_vectors(engine, [NewItem("SKU-new", {"description": "A shoe by zeta, new this week"})])
+    assert rules == ["item tower"]
+    nearest = engine.items.ids[np.argsort(-(engine.similarity_vectors @ vectors[0]))[:5]]
+    # customers here buy by brand, so the learned space groups products by brand: the description's brand decides
+    assert sum(products.loc[i, "brand"] == "zeta" for i in nearest) >= 4, products.loc[list(nearest), ["brand"]]

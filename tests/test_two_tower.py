@@ -12,16 +12,10 @@ from contract import RecommenderContract
 from recsys.data import Interactions, from_arrays, read_interactions, temporal_split
 from recsys.datasets import make_synthetic
 from recsys.exceptions import DataValidationError
+from recsys.features import UNKNOWN, ItemFeaturizer, detect_kind
 from recsys.foldin import FoldIn
 from recsys.models import MF, Popularity
-from recsys.models.two_tower import (
-    UNKNOWN,
-    ItemFeaturizer,
-    TwoTower,
-    detect_kind,
-    logq_correction,
-    sampled_softmax_loss,
-)
+from recsys.models.two_tower import TwoTower, logq_correction, sampled_softmax_loss
 
 
 @pytest.fixture(autouse=True, scope="module")

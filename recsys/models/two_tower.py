@@ -23,10 +23,7 @@ O(catalogue x factors) on top of the batch: fine for catalogues up to about a mi
 from __future__ import annotations
 
 import logging
-import re
-from collections import Counter
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -34,204 +31,15 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from ..data import Interactions, is_missing
+from ..data import Interactions
 from ..exceptions import DataValidationError
+from ..features import ColumnList, FeatureSpec, ItemFeaturizer, ItemTower
 from ..foldin import FoldIn
 from ..params import BOOL, Float, Int, Interval, Options
 from .base import Exported, Recommender
 from .loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_everything
 
 log = logging.getLogger("recsys")
-
-FEATURE_KINDS = ("categorical", "multi", "text", "numeric", "dense")
-UNKNOWN = "<unk>"  # token 0 of every column: missing values, or only values outside the vocabulary
-_WORD = re.compile(r"\w+")
-
-
-# -------------------------------------------------------------------------------------------- features
-def _list_like(value: Any) -> bool:
-    return isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Series))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def detect_kind(values: pd.Series, n_buckets: int = 10) -> str | None:
-    """Guess how to featurise a metadata column: 'categorical', 'multi', 'text', 'numeric', 'dense' or None.
-
-    Booleans and numbers with at most `n_buckets` distinct values are categorical, other numbers numeric;
-    lists of numbers are dense vectors (e.g. an encoder's output, `recsys.content.read_item_vectors`); other
-    lists (or strings with a '|' separator, e.g. "Comedy|Drama") are multi-valued; strings that average
-    two words or more, or are mostly distinct, are text (e.g. titles); other strings are categorical.
-    """
-    present = values[[not is_missing(v) for v in values]] if values.dtype == object else values.dropna()
-    if len(present) == 0:
-        return None
-    if pd.api.types.is_bool_dtype(present):
-        return "categorical"
-    if pd.api.types.is_numeric_dtype(present):
-        return "numeric" if present.nunique() > n_buckets else "categorical"
-    sample = present.to_numpy(dtype=object)
-    if all(_list_like(v) and len(v) and all(_is_number(x) for x in v) for v in sample):
-        return "dense"
-    if any(_list_like(v) for v in sample):
-        return "multi"
-    if not all(isinstance(v, str) for v in sample):
-        return None
-    text = pd.Series(sample, dtype=object)
-    if text.str.contains("|", regex=False).any():
-        return "multi"
-    words = text.map(lambda s: len(_WORD.findall(s))).mean()
-    return "text" if words >= 2 or text.nunique() > 0.5 * len(text) else "categorical"
-
-
-class ItemFeaturizer:
-    """Item metadata frame -> sparse (items x feature tokens) matrix whose row is a bag of weighted tokens.
-
-    Each column contributes the mean of its tokens (weights 1/n within the column), so an item's feature
-    vector is the sum over columns of the mean token embedding. Token 0 of every column stands for a
-    missing value or values all outside the vocabulary. Vocabularies (and numeric bucket edges) are learned
-    by `fit`, from the rows given (the items with training interactions), keeping tokens seen on at least
-    `min_count` items, the `max_vocab` most frequent per column.
-
-    features: None (auto-detect every column except `item`), a list of columns (auto-detected kinds) or a
-    dict {column: kind} with kind in FEATURE_KINDS.
-    """
-
-    def __init__(self, features: dict[str, str] | list[str] | None = None, *, max_vocab: int = 10_000,
-                 min_count: int = 2, n_buckets: int = 10):
-        self.features = features
-        self.max_vocab = max_vocab
-        self.min_count = min_count
-        self.n_buckets = n_buckets
-
-    def fit(self, metadata: pd.DataFrame, rows: np.ndarray | None = None) -> ItemFeaturizer:
-        """Choose columns and kinds, learn vocabularies from `metadata` rows `rows` (default: all)."""
-        fit_frame = metadata if rows is None else metadata.iloc[np.asarray(rows)]
-        self.kinds_: dict[str, str] = {}
-        for column, kind in self._requested(metadata).items():
-            kind = kind or detect_kind(fit_frame[column], self.n_buckets)
-            if kind is None:
-                log.info("TwoTower features: column %r skipped (no usable values).", column)
-                continue
-            self.kinds_[column] = kind
-        self.edges_: dict[str, np.ndarray] = {}
-        self.vocab_: dict[str, dict[str, int]] = {}
-        for column, kind in self.kinds_.items():
-            if kind == "dense":  # one feature per dimension: the token embeddings become a linear projection
-                dim = self._dense(metadata, column)[0].shape[1]
-                self.vocab_[column] = {UNKNOWN: 0} | {f"dim{j}": j + 1 for j in range(dim)}
-                continue
-            if kind == "numeric":
-                self.edges_[column] = self._edges(fit_frame[column])
-            counts = Counter(t for tokens in self._tokens(column, fit_frame[column]) for t in set(tokens))
-            kept = sorted((t for t, c in counts.items() if c >= self.min_count), key=lambda t: (-counts[t], t))
-            self.vocab_[column] = {UNKNOWN: 0} | {t: j + 1 for j, t in enumerate(kept[:self.max_vocab])}
-        self.offsets_: dict[str, int] = {}
-        total = 0
-        for column, vocab in self.vocab_.items():
-            self.offsets_[column] = total
-            total += len(vocab)
-        self.n_features_ = total
-        return self
-
-    def transform(self, metadata: pd.DataFrame) -> sp.csr_matrix:
-        """(len(metadata), n_features_) CSR matrix: per column, weight 1/n on each of the n known tokens."""
-        rows, cols, vals = [], [], []
-        for column, vocab in self.vocab_.items():
-            offset = self.offsets_[column]
-            if self.kinds_[column] == "dense":
-                vectors, present = self._dense(metadata, column, len(vocab) - 1)
-                for r in range(len(metadata)):  # unit length, so the column weighs like the others; missing: 0
-                    known = np.arange(1, len(vocab)) if present[r] else np.zeros(1, np.int64)
-                    rows += [r] * len(known)
-                    cols += list(offset + known)
-                    vals += list(vectors[r]) if present[r] else [1.0]
-                continue
-            for r, tokens in enumerate(self._tokens(column, metadata[column])):
-                known = sorted({vocab[t] for t in tokens if t in vocab}) or [0]
-                rows += [r] * len(known)
-                cols += [offset + j for j in known]
-                vals += [1.0 / len(known)] * len(known)
-        return sp.csr_matrix((np.asarray(vals, np.float32), (np.asarray(rows, np.int64), np.asarray(cols, np.int64))),
-                             shape=(len(metadata), self.n_features_))
-
-    def tokens(self, column: str, values: Iterable[Any]) -> list[list[str]]:
-        """The tokens of each value of a fitted column (before the vocabulary is applied)."""
-        return self._tokens(column, pd.Series(list(values), dtype=object))
-
-    def describe(self) -> dict[str, dict]:
-        """Per column: its kind and vocabulary size (unknown token included), JSON-able."""
-        return {c: {"kind": k, "vocabulary": len(self.vocab_[c])} for c, k in self.kinds_.items()}
-
-    # ------------------------------------------------------------------------------------------- helpers
-    def _requested(self, metadata: pd.DataFrame) -> dict[str, str | None]:
-        available = [c for c in metadata.columns if c != "item"]
-        if self.features is None:
-            return dict.fromkeys(available)
-        wanted = dict(self.features) if isinstance(self.features, dict) else dict.fromkeys(self.features)
-        bad = {c: k for c, k in wanted.items() if k is not None and k not in FEATURE_KINDS}
-        if bad:
-            raise DataValidationError(f"Unknown feature kind(s) {bad}: use one of {FEATURE_KINDS}.")
-        missing = [c for c in wanted if c not in available]
-        if missing:
-            raise DataValidationError(f"Feature column(s) {missing} not in item_metadata. "
-                                      f"Available columns: {available}.")
-        return wanted
-
-    def _dense(self, metadata: pd.DataFrame, column: str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(unit vectors (n, dim), present (n,)) of a dense column; a row of another length, or with a value
-        that is not a finite number, is an error naming the item and the column."""
-        values = metadata[column].to_numpy(dtype=object)
-        present = np.array([_list_like(v) and len(v) > 0 for v in values])
-        if not present.any():
-            raise DataValidationError(f"Dense feature column {column!r} holds no vector.")
-        if dim is None:
-            dim = len(values[np.flatnonzero(present)[0]])
-        ids = metadata["item"].to_numpy(dtype=object) if "item" in metadata.columns else np.arange(len(values))
-        out = np.zeros((len(values), dim), np.float32)
-        for r in np.flatnonzero(present):
-            row = np.asarray(values[r], dtype=object)
-            if len(row) != dim:
-                raise DataValidationError(f"Item {ids[r]!r} in column {column!r} has {len(row)} values; every "
-                                          f"vector needs {dim}. Fix or drop that row.")
-            if not all(_is_number(x) and np.isfinite(x) for x in row):
-                raise DataValidationError(f"Item {ids[r]!r} in column {column!r} holds a value that is not a "
-                                          "finite number. Fix or drop that row.")
-            out[r] = row.astype(np.float32)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms > 0, norms, 1), present
-
-    def _edges(self, values: pd.Series) -> np.ndarray:
-        finite = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        finite = finite[np.isfinite(finite)]
-        if len(finite) == 0:
-            return np.empty(0)
-        return np.unique(np.quantile(finite, np.linspace(0, 1, self.n_buckets + 1)[1:-1]))
-
-    def _tokens(self, column: str, values: pd.Series) -> list[list[str]]:
-        kind = self.kinds_[column]
-        if kind == "numeric":
-            numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-            bucket = np.searchsorted(self.edges_[column], numbers, side="right")
-            return [[] if not np.isfinite(x) else [f"bucket{b}"] for x, b in zip(numbers, bucket)]
-        out = []
-        for value in values.to_numpy(dtype=object):
-            if _list_like(value):
-                items = [str(v).strip() for v in value if not is_missing(v)]
-                out.append([v for v in items if v] if kind != "text" else
-                           [w for v in items for w in _WORD.findall(v.lower())])
-            elif is_missing(value):
-                out.append([])
-            elif kind == "multi":
-                out.append([v.strip() for v in str(value).split("|") if v.strip()])
-            elif kind == "text":
-                out.append(_WORD.findall(str(value).lower()))
-            else:
-                out.append([str(value)])
-        return out
-
 
 class _Bags:
     """A CSR matrix as `F.embedding_bag` inputs: row r of `matrix @ weight` is a weighted sum of rows of weight."""
@@ -254,24 +62,6 @@ class _Bags:
         return F.embedding_bag(indices, weight, offsets, mode="sum", per_sample_weights=weights)
 
 
-# ------------------------------------------------------------------------------------------ parameters
-class FeatureSpec:
-    """`features`: None (auto-detect), a list of column names, or a dict {column: kind}."""
-
-    def check(self, value: Any) -> bool:
-        if value is None:
-            return True
-        if isinstance(value, list):
-            return all(isinstance(c, str) for c in value)
-        if isinstance(value, dict):
-            return all(isinstance(c, str) and k in FEATURE_KINDS for c, k in value.items())
-        return False
-
-    def describe(self) -> str:
-        return ("None (auto-detect every column), a list of column names, or a dict {column: kind} with kind "
-                "one of " + ", ".join(repr(k) for k in FEATURE_KINDS))
-
-
 # --------------------------------------------------------------------------------------------- model
 class TwoTower(Recommender):
     """Two-tower retrieval with item features and cold-start items (see the module docstring).
@@ -280,8 +70,9 @@ class TwoTower(Recommender):
     the logQ correction (1 = Yi et al.; 0 = none). negatives: uniform negatives per batch on top of the
     in-batch ones. id_dropout: probability that an item's (per batch) or a user's (per pair) id embedding is
     left out in training, so that features and history carry the vectors. reg: L2 penalty on the id
-    embeddings used. features / max_vocab / min_count / n_buckets: see `ItemFeaturizer`; features=[]
-    trains without features. epochs / patience: early stopping on validation NDCG@10 when `fit` gets a
+    embeddings used. features / text_columns / max_vocab / min_count / n_buckets: see `ItemFeaturizer`;
+    features=[] trains without features; text_columns (e.g. ['name', 'description']) adds their pretrained
+    sentence-encoder vector as one more feature (the `text` extra). epochs / patience: early stopping on validation NDCG@10 when `fit` gets a
     validation set. max_seconds: a bound on training time, checked between batches (None: none).
     """
 
@@ -290,7 +81,7 @@ class TwoTower(Recommender):
         "factors": Interval(int, 1), "epochs": Interval(int, 1), "batch_size": Interval(int, 2),
         "lr": Interval(float, 0, closed_low=False), "temperature": Interval(float, 0, closed_low=False),
         "logq": Interval(float, 0, 1), "negatives": Interval(int, 0), "id_dropout": Interval(float, 0, 1),
-        "reg": Interval(float, 0), "features": FeatureSpec(), "max_vocab": Interval(int, 1),
+        "reg": Interval(float, 0), "features": FeatureSpec(), "text_columns": ColumnList(), "max_vocab": Interval(int, 1),
         "min_count": Interval(int, 1), "n_buckets": Interval(int, 1),
         "init_std": Interval(float, 0, closed_low=False), "patience": Interval(int, 1), "seed": Interval(int, 0),
         "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
@@ -306,7 +97,8 @@ class TwoTower(Recommender):
 
     def __init__(self, *, factors: int = 64, epochs: int = 100, batch_size: int = 1024, lr: float = 0.005,
                  temperature: float = 0.1, logq: float = 1.0, negatives: int = 0, id_dropout: float = 0.5,
-                 reg: float = 0.0, features: dict[str, str] | list[str] | None = None, max_vocab: int = 10_000,
+                 reg: float = 0.0, features: dict[str, str] | list[str] | None = None,
+                 text_columns: list[str] | None = None, max_vocab: int = 10_000,
                  min_count: int = 2, n_buckets: int = 10, init_std: float = 0.05, patience: int = 5, seed: int = 0,
                  device: str = "auto", progress: bool = True, max_val_users: int | None = 5000,
                  max_seconds: float | None = None):
@@ -320,6 +112,7 @@ class TwoTower(Recommender):
         self.id_dropout = id_dropout
         self.reg = reg
         self.features = features
+        self.text_columns = text_columns
         self.max_vocab = max_vocab
         self.min_count = min_count
         self.n_buckets = n_buckets
@@ -335,11 +128,12 @@ class TwoTower(Recommender):
     def _featurize(self, train: Interactions, warm: np.ndarray) -> sp.csr_matrix:
         """Fit the featuriser on the items with training interactions; the items' feature matrix."""
         meta = train.item_metadata
-        if meta is None and self.features:
+        if meta is None and (self.features or self.text_columns):
             raise DataValidationError("TwoTower features were requested but the Interactions have no "
                                       "item_metadata (pass item_metadata= to read_interactions).")
         featurizer = ItemFeaturizer(self.features if meta is not None else [], max_vocab=self.max_vocab,
-                                    min_count=self.min_count, n_buckets=self.n_buckets)
+                                    min_count=self.min_count, n_buckets=self.n_buckets,
+                                    text_columns=self.text_columns or ())
         meta = pd.DataFrame({"item": train.items.ids}) if meta is None else meta
         self.featurizer_ = featurizer.fit(meta, rows=np.flatnonzero(warm))
         log.info("TwoTower features: %s", self.featurizer_.describe() or "none (ids only)")
@@ -371,8 +165,10 @@ class TwoTower(Recommender):
                 items = towers.items(towers.warm)
                 history = towers.histories(items) / history_len.clamp(min=1)[:, None]
                 users = F.normalize(towers.user_id + history, dim=1)
+            # the feature half of the item tower travels with the vectors: a new item's vector without retraining
+            tower = ItemTower(self.featurizer_, towers.feature.detach().cpu().numpy().copy())
             return Exported(items.cpu().numpy().copy(), users.cpu().numpy().copy(), foldin=FoldIn("mean"),
-                            similarity="cosine")
+                            similarity="cosine", item_tower=tower)
 
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
                           validate=ndcg_validator(train, validation, self.max_val_users, self.seed),
