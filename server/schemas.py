@@ -246,8 +246,8 @@ class NewItemsRequest(Schema):
 class NewItemsResponse(Schema):
     stored = fields.Integer(required=True)
     rules = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
-                        metadata={"description": "per item, how it got its vector: fold-in, neighbours, item tower or "
-                                                          "content"})
+                        metadata={"description": "per item, how it got its vector: fold-in, neighbours, "
+                                                 "item tower or content"})
     model_version = fields.String(required=True)
 
 
