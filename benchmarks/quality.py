@@ -65,7 +65,8 @@ import suite_logs
 
 from recsys.data import Interactions, holdout, read_interactions, temporal_split, tie_share
 from recsys.datasets import load_movielens, make_synthetic
-from recsys.evaluation import evaluate
+from recsys.engine import load_engine
+from recsys.evaluation import evaluate, evaluate_per_user, ratio_interval
 from recsys.exceptions import RecsysError
 from recsys.models import MODEL_NAMES, MODEL_REGISTRY, make_model, model_class, model_params
 from recsys.pipeline import train_and_bundle
@@ -203,9 +204,11 @@ def _available_memory() -> int | None:
         return None
 
 
-def suite_ours(inter: Interactions, budget: float | None, seed: int) -> dict[str, Any]:
+def suite_ours(inter: Interactions, budget: float | None, seed: int, test: Interactions | None = None
+               ) -> dict[str, Any]:
     """The default `recsys train --tune` path: model auto, `budget` seconds of search shared by the embedding
-    models, the held-out metrics of the model it picks on validation."""
+    models, the held-out metrics of the model it picks on validation. With `test` (the split train_and_bundle
+    holds out), also its per-user NDCG@10 there ("per_user", for the ratios' intervals)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="quality-suite-") as out:
         try:
@@ -214,10 +217,11 @@ def suite_ours(inter: Interactions, budget: float | None, seed: int) -> dict[str
         except RecsysError as exc:
             log.warning("ours failed: %s", exc)
             return {"failed": str(exc), "wall_s": time.perf_counter() - t0}
+        per_user = None if test is None else evaluate_per_user(load_engine(report.bundle)[0], test)["ndcg@10"]
     metrics = report.metrics[report.model]
     return {"model": report.model, "ndcg@10": metrics["ndcg@10"], "recall@10": metrics["recall@10"],
             "seconds": report.seconds, "wall_s": time.perf_counter() - t0, "params": report.params,
-            "tuning": report.tuning, "split": getattr(report, "split", None)}
+            "tuning": report.tuning, "split": getattr(report, "split", None), "per_user": per_user}
 
 
 def suite_peer(train: Interactions, test: Interactions, name: str, budget: float, n_trials: int | None,
@@ -276,6 +280,7 @@ def run_suite(keys: list[str], budget: float | None, n_trials: int | None, round
         log.info("suite log %s: %d users x %d items, %d interactions; budget %.0f s", name, inter.n_users,
                  inter.n_items, inter.nnz, log_budget)
         ours = suite_ours(inter, log_budget, seed)
+        ours.pop("per_user", None)
         train, test = holdout(inter, 0.2, seed)  # the split train_and_bundle made for ours
         peers_ = {p: suite_peer(train, test, p, log_budget, n_trials, rounds, seed)
                   for p in (*SUITE_PEERS, "popularity")}
@@ -439,9 +444,10 @@ def tune_peer(name: str, log_key: str, train: Interactions, test: Interactions, 
     key = peer_cache_key(log_key, signature, name, space, fixed)
     entry = None if opts.retune else cache.get(key)
     if entry and "result" in entry:
-        log.info("%s: cached (%d points), test ndcg@10 %.4f", name, entry["result"]["points"],
-                 entry["result"]["ndcg@10"])
-        return {**entry["result"], "fits": 0, "cached": True}
+        log.info("%s: cached (%d points), test ndcg@10 %.4f; refitted for its per-user scores", name,
+                 entry["result"]["points"], entry["result"]["ndcg@10"])
+        per_user = evaluate_per_user(make_model(name, **entry["result"]["params"]).fit(train), test)["ndcg@10"]
+        return {**entry["result"], "fits": 0, "cached": True, "per_user": per_user}
     entry = entry or {"log": log_key, "peer": name, "signature": signature, "space": space.describe(),
                       "fixed": fixed, "points": []}
     known = {tuple(p["point"]): p["val_ndcg@10"] for p in entry["points"]}
@@ -459,7 +465,8 @@ def tune_peer(name: str, log_key: str, train: Interactions, test: Interactions, 
                                    known=known, on_point=record)
         search_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        metrics = evaluate(make_model(name, **fixed, **search.best_params).fit(train), test, 10)
+        final = make_model(name, **fixed, **search.best_params).fit(train)
+        metrics, per_user = evaluate(final, test, 10), evaluate_per_user(final, test)["ndcg@10"]
     except (RecsysError, MemoryError) as exc:
         log.warning("%s declined: %s", name, exc)
         return {"declined": f"{type(exc).__name__}: {exc}", **facts}
@@ -474,7 +481,7 @@ def tune_peer(name: str, log_key: str, train: Interactions, test: Interactions, 
     log.info("%s: best %s, validation %.4f, test ndcg@10 %.4f after %d points (%d fitted now)%s", name,
              _params_text(search.best_params), search.best_value, metrics["ndcg@10"], len(search.values),
              search.fits, "" if search.converged else " NOT CONVERGED")
-    return {**result, "fits": search.fits, "cached": False}
+    return {**result, "fits": search.fits, "cached": False, "per_user": per_user}
 
 
 def real_log(key: str, root: Path, smoke: bool) -> tuple[str, Interactions, dict[str, Any]]:
@@ -495,7 +502,7 @@ def best_peer(peers_: dict[str, dict]) -> str | None:
 
 
 def _ours_cell(row: dict[str, Any]) -> dict[str, Any]:
-    keep = ("model", "ndcg@10", "recall@10", "seconds", "wall_s", "params", "failed")
+    keep = ("model", "ndcg@10", "recall@10", "seconds", "wall_s", "params", "failed", "per_user")
     cell = {k: row[k] for k in keep if k in row}
     candidates = (row.get("tuning") or {}).get("candidates", {})
     # what the auto path measured on validation (and on its confirmation split), model by model
@@ -530,17 +537,28 @@ def real_one(key: str, root: Path, cache: PeerCache, opts: RealOptions, kept: di
     budget = opts.budget or (SMOKE_BUDGET if opts.smoke else default_budget(inter))
     log.info("real log %s: %d users x %d items, %d interactions; ours' budget %.0f s", name, inter.n_users,
              inter.n_items, inter.nnz, budget)
-    ours, default = (kept[path] if opts.keep == path else _ours_cell(suite_ours(inter, b, opts.seed))
+    ours, default = (kept[path] if opts.keep == path else _ours_cell(suite_ours(inter, b, opts.seed, test))
                      for path, b in (("ours", budget), ("default", None)))
     peers_ = {p: tune_peer(p, key, train, test, cache, opts) for p in REAL_PEERS}
     top = best_peer(peers_)
+    # per-user scores pair up over the same test users: the ratios' paired bootstrap intervals, then dropped
+    scores = {id(cell): cell.pop("per_user", None) for cell in (ours, default, *peers_.values())}
     return {"key": key, "name": name, "users": inter.n_users, "items": inter.n_items, "interactions": inter.nnz,
             "train": train.nnz, "test": test.nnz, **facts, "budget_s": budget,
             **({f"{opts.keep}_run_date": kept.get(f"{opts.keep}_run_date", kept["run_date"])} if opts.keep else {}),
             "ours": ours, "default": default,
             "peers": peers_, "best_peer": top,
             "ours_vs_best_peer": _ratio(ours, peers_[top]) if top else None,
-            "default_vs_als": _ratio(default, peers_["implicit_als"])}
+            "ours_vs_best_peer_ci": _interval(scores, ours, peers_[top]) if top else None,
+            "default_vs_als": _ratio(default, peers_["implicit_als"]),
+            "default_vs_als_ci": _interval(scores, default, peers_["implicit_als"])}
+
+
+def _interval(scores: dict[int, np.ndarray | None], ours: dict, peer: dict) -> list[float] | None:
+    """The 95 % paired bootstrap interval of ours / peer over the test users (`ratio_interval`), None where a
+    cell's per-user scores are not at hand (a kept cell of an earlier run, a failed or declined one)."""
+    a, b = scores.get(id(ours)), scores.get(id(peer))
+    return None if a is None or b is None else list(ratio_interval(a, b)[1:])
 
 
 def run_real(keys: list[str], root: Path, cache_path: Path, opts: RealOptions, out: Path,
@@ -605,9 +623,11 @@ def real_report(result: dict[str, Any]) -> str:
             f"{'yes' if r['timed'] else 'no'} | {model_text(r['ours'])} | {_cell(r['ours'])} | "
             f"{model_text(r['default'])} | {_cell(r['default'])} | {_peer_cell(als)} | "
             f"{_params_text(als.get('params', {}), skip=('seed', 'iterations'))} | {_peer_cell(r['peers']['ease'])} | "
-            f"{_num(r['ours_vs_best_peer'], '.3f')} | {_num(r['default_vs_als'], '.3f')} |")
+            f"{_with_interval(r, 'ours_vs_best_peer')} | {_with_interval(r, 'default_vs_als')} |")
     s = result["summary"]
-    lines += ["", "(c): the peer's tuned result was read from the peer cache, not searched in this run.",
+    lines += ["", ("(c): the peer's tuned result was read from the peer cache, not searched in this run. "
+              "[low, high]: the ratio's 95 % paired bootstrap interval over the log's test users (rows run before "
+              "the intervals were added have none)."),
               *notes, ""]
     for field, words in (("ours_vs_best_peer", "ours (--tune) / best tuned peer"),
                          ("default_vs_als", "default (no --tune) / tuned implicit ALS")):
@@ -663,6 +683,11 @@ def _params_text(params: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
 
 def _cell(row: dict) -> str:
     return f"{row['ndcg@10']:.4f}" if "ndcg@10" in row else ("declined" if "declined" in row else "failed")
+
+
+def _with_interval(row: dict[str, Any], field: str) -> str:
+    interval = row.get(f"{field}_ci")
+    return _num(row[field], ".3f") + ("" if not interval else f" [{interval[0]:.3f}, {interval[1]:.3f}]")
 
 
 def _num(value: float | None, spec: str) -> str:

@@ -37,7 +37,8 @@ _EXPORTS: dict[str, str] = {
     "Popularity": "models", "SpectralCF": "models", "Blend": "models", "MODEL_NAMES": "models",
     "make_model": "models", "load": "models",
     # evaluating and tuning
-    "evaluate": "evaluation", "compare": "evaluation", "ranking_metrics": "metrics", "per_user_metrics": "metrics",
+    "evaluate": "evaluation", "compare": "evaluation", "evaluate_per_user": "evaluation",
+    "ratio_interval": "evaluation", "ranking_metrics": "metrics", "per_user_metrics": "metrics",
     "tune": "tuning", "tune_auto": "tuning",
     # answering: the engine over a bundle, and training into one
     "Engine": "engine", "load_engine": "engine", "train_and_bundle": "pipeline",
@@ -67,6 +68,7 @@ __all__ = [
     "compare",
     "content_vectors",
     "evaluate",
+    "evaluate_per_user",
     "from_arrays",
     "holdout",
     "load",
@@ -77,6 +79,7 @@ __all__ = [
     "per_user_metrics",
     "random_split",
     "ranking_metrics",
+    "ratio_interval",
     "read_interactions",
     "read_item_vectors",
     "read_table",
@@ -102,7 +105,7 @@ if TYPE_CHECKING:
     )
     from .datasets import load_movielens, make_synthetic
     from .engine import Engine, load_engine
-    from .evaluation import compare, evaluate
+    from .evaluation import compare, evaluate, evaluate_per_user, ratio_interval
     from .feedback import FeedbackStore
     from .metrics import per_user_metrics, ranking_metrics
     from .models import (

@@ -19,7 +19,7 @@ import pandas as pd
 from .data import Interactions
 from .engine import Engine
 from .exceptions import DataValidationError
-from .metrics import beyond_accuracy, ranking_metrics
+from .metrics import beyond_accuracy, per_user_metrics, ranking_metrics
 
 
 def _engine(model: Any) -> Engine:
@@ -48,6 +48,43 @@ def evaluate(model: Any, test: Interactions, k: int | Sequence[int] = 10, *, tra
     ['precision@3', 'recall@3', 'ndcg@3', 'map@3', 'hit_rate@3', 'coverage@3', 'novelty@3', 'long_tail@3',
      'arp@3', 'diversity@3']
     """
+    engine, seen, relevant, users, ks, top = _rank(model, test, k, train, max_users, seed)
+    popularity = np.asarray((seen > 0).sum(axis=0), np.float64).ravel()
+    return {**ranking_metrics(top, relevant[users], ks, n_items=engine.n_items),
+            **beyond_accuracy(top, popularity, ks, item_vectors=engine.similarity_vectors, n_users=seen.shape[0])}
+
+
+def evaluate_per_user(model: Any, test: Interactions, k: int | Sequence[int] = 10, *,
+                      train: Interactions | None = None) -> dict[str, np.ndarray]:
+    """`evaluate`'s accuracy metrics per user: {"user": the indices of the users with test items, in order,
+    "ndcg@10": their values, ...}. Two models scored on the same test share "user", so their arrays pair up
+    (`ratio_interval`)."""
+    _, _, relevant, users, ks, top = _rank(model, test, k, train, None, 0)
+    return {"user": users, **per_user_metrics(top, relevant[users], ks)}
+
+
+def ratio_interval(ours: np.ndarray, theirs: np.ndarray, level: float = 0.95, n_resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """(mean(ours) / mean(theirs), low, high): the ratio of two models' mean metric over the same users and its
+    paired bootstrap interval (users resampled with replacement, both models together; percentiles at
+    (1 - level) / 2 and (1 + level) / 2). A ratio whose interval holds 1 is not a measured difference."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    if ours.shape != theirs.shape or ours.ndim != 1 or not len(ours):
+        raise DataValidationError(f"ratio_interval needs two equal-length arrays of per-user values (one per "
+                                  f"user, paired). Got shapes {ours.shape} and {theirs.shape}.")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(ours), size=(n_resamples, len(ours)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = ours[picks].mean(axis=1) / theirs[picks].mean(axis=1)
+        ratio = ours.mean() / theirs.mean()
+    # 'nearest': a resample whose denominator is 0 gives an infinite ratio, which interpolation would turn to NaN
+    low, high = np.nanpercentile(ratios, [50 * (1 - level), 50 * (1 + level)], method="nearest")
+    return float(ratio), float(low), float(high)
+
+
+def _rank(model: Any, test: Interactions, k: int | Sequence[int], train: Interactions | None,
+          max_users: int | None, seed: int):
+    """What both evaluations rank: (engine, seen, relevant, users, ks, each user's top max(ks) items)."""
     engine = _engine(model)
     if test.users != engine.users or test.items != engine.items:
         raise DataValidationError("test must share the model's id maps: split one Interactions with "
@@ -59,9 +96,7 @@ def evaluate(model: Any, test: Interactions, k: int | Sequence[int] = 10, *, tra
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     ks = [k] if isinstance(k, (int, np.integer)) else list(k)
     top, _ = engine.retriever.search(engine.user_vectors[users], max(ks), exclude=seen[users])
-    popularity = np.asarray((seen > 0).sum(axis=0), np.float64).ravel()
-    return {**ranking_metrics(top, relevant[users], ks, n_items=engine.n_items),
-            **beyond_accuracy(top, popularity, ks, item_vectors=engine.similarity_vectors, n_users=seen.shape[0])}
+    return engine, seen, relevant, users, ks, top
 
 
 def compare(models: dict[str, Any], test: Interactions, k: int | Sequence[int] = 10,

@@ -6,7 +6,7 @@ import pytest
 
 from recsys.data import from_arrays
 from recsys.engine import Engine
-from recsys.evaluation import compare, evaluate
+from recsys.evaluation import compare, evaluate, evaluate_per_user, ratio_interval
 from recsys.exceptions import DataValidationError
 from recsys.models import Popularity
 
@@ -49,3 +49,24 @@ def test_compare_gives_one_row_per_model(synthetic_split):
 def test_max_users_samples(synthetic_split):
     train, test = synthetic_split
     assert evaluate(Popularity().fit(train), test, max_users=50)["users"] == 50
+
+
+def test_per_user_values_average_to_evaluates_figure(synthetic_split):
+    train, test = synthetic_split
+    model = Popularity().fit(train)
+    per_user = evaluate_per_user(model, test, k=[5, 10])
+    assert len(per_user["user"]) == evaluate(model, test)["users"] and not np.isnan(per_user["ndcg@10"]).any()
+    assert per_user["ndcg@10"].mean() == pytest.approx(evaluate(model, test, k=10)["ndcg@10"])
+    assert per_user["recall@5"].mean() == pytest.approx(evaluate(model, test, k=5)["recall@5"])
+
+
+def test_ratio_interval_holds_one_for_noise_and_excludes_it_for_a_real_gain():
+    rng = np.random.default_rng(0)
+    theirs = rng.random(2000)
+    same, low, high = ratio_interval(theirs + rng.normal(0, 0.05, 2000), theirs)
+    assert low < 1 < high and same == pytest.approx(1, abs=0.01)
+    better, low, high = ratio_interval(theirs * 1.1 + rng.normal(0, 0.05, 2000), theirs)
+    assert better == pytest.approx(1.1, abs=0.01) and 1.0 < low < better < high
+    assert ratio_interval(theirs, theirs) == (1.0, 1.0, 1.0), "the same model: no spread at all"
+    with pytest.raises(DataValidationError, match=r"equal-length .* Got shapes \(2000,\) and \(3,\)"):
+        ratio_interval(theirs, theirs[:3])

@@ -153,6 +153,10 @@ def _check_real_row(r: dict) -> None:
                 "peers", "best_peer", "ours_vs_best_peer", "default_vs_als"):
         assert key in r, key
     assert r["train"] + r["test"] == r["interactions"]
+    for field in ("ours_vs_best_peer", "default_vs_als"):  # each ratio inside its paired bootstrap interval
+        low, high = r[f"{field}_ci"]
+        assert low <= r[field] + 1e-9 and r[field] <= high + 1e-9, (r["key"], field, low, high)
+    assert "per_user" not in r["ours"] and not any("per_user" in p for p in r["peers"].values())
     for who in ("ours", "default"):
         assert 0 <= r[who]["ndcg@10"] <= 1 and 0 <= r[who]["recall@10"] <= 1 and r[who]["model"], (r["key"], who)
         assert r[who]["seconds"] > 0
@@ -365,7 +369,7 @@ def test_default_only_keeps_ours_from_the_saved_row_and_names_both_runs(tmp_path
 
     runs = []
 
-    def ours(inter, budget, seed):
+    def ours(inter, budget, seed, test=None):
         runs.append(budget)
         return {"model": "ials", "ndcg@10": 0.2 if budget else 0.1, "params": {}}
 
@@ -375,7 +379,7 @@ def test_default_only_keeps_ours_from_the_saved_row_and_names_both_runs(tmp_path
     out, opts = tmp_path / "real.json", quality.RealOptions(smoke=True, budget=5.0)
     first = quality.run_real(["a"], tmp_path, tmp_path / "peers.json", opts, out)
     assert runs == [5.0, None]
-    monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed: runs.append(budget) or
+    monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed, test=None: runs.append(budget) or
                         {"model": "blend", "ndcg@10": 0.12, "params": {}})
     again = quality.run_real(["a"], tmp_path, tmp_path / "peers.json",
                              quality.RealOptions(smoke=True, keep="ours"), out, append=True)
@@ -398,14 +402,14 @@ def test_tune_only_keeps_the_default_path_from_the_saved_row(tmp_path, monkeypat
 
     runs = []
     monkeypatch.setattr(quality, "real_log", lambda key, root, smoke: (key, synthetic, {"source": "generated", "timed": True}))
-    monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed: runs.append(budget) or
+    monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed, test=None: runs.append(budget) or
                         {"model": "ials", "ndcg@10": 0.2 if budget else 0.1, "params": {}})
     monkeypatch.setattr(quality, "tune_peer", lambda p, *a: {"ndcg@10": 0.16 if p == "implicit_als" else 0.08})
     out = tmp_path / "real.json"
     quality.run_real(["a"], tmp_path, tmp_path / "peers.json", quality.RealOptions(smoke=True, budget=5.0), out)
     second = quality.run_real(["a"], tmp_path, tmp_path / "peers.json", quality.RealOptions(smoke=True, keep="ours"),
                               out, append=True)
-    monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed: runs.append(budget) or
+    monkeypatch.setattr(quality, "suite_ours", lambda inter, budget, seed, test=None: runs.append(budget) or
                         {"model": "blend", "ndcg@10": 0.24, "params": {}})
     third = quality.run_real(["a"], tmp_path, tmp_path / "peers.json",
                              quality.RealOptions(smoke=True, budget=5.0, keep="default"), out, append=True)
