@@ -120,23 +120,10 @@ def text_vectors(item_metadata: pd.DataFrame, columns: Sequence[str] = ("title",
         raise DataValidationError(f"The 'encoder' parameter must be one of {ENCODERS}. Got {encoder!r}.")
     if encoder == "tfidf":
         return content_vectors(item_metadata, columns, dim, seed)
-    from .encoders import encode
+    from .encoders import encode_columns
 
     _check_columns(item_metadata, columns)
-    return encode([_sentence(columns, values) for values in zip(*(item_metadata[c] for c in columns))])
-
-
-def _sentence(columns: Sequence[str], values: Sequence[object]) -> str:
-    """One item's columns as text for a sentence encoder: 'column: value. column: a, b.' (missing left out)."""
-    parts = []
-    for column, value in zip(columns, values):
-        if isinstance(value, _LIST_TYPES):
-            text = ", ".join(str(v) for v in value if not is_missing(v))
-        else:
-            text = "" if is_missing(value) else str(value).strip()
-        if text:
-            parts.append(f"{column}: {text}.")
-    return " ".join(parts)
+    return encode_columns(item_metadata, columns)
 
 
 def _svd(matrix, n_components: int, seed: int) -> np.ndarray:

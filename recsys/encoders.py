@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from .data import is_missing
 from .exceptions import DataValidationError
 
 log = logging.getLogger("recsys")
@@ -61,3 +63,21 @@ def encode(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         out[rows] = minilm().encode([texts[i] for i in rows], batch_size=batch_size, convert_to_numpy=True,
                                     normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
     return out
+
+
+def encode_columns(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """(len(frame), 384) unit vectors of each row's `columns` written as one text (`sentence`)."""
+    return encode([sentence(columns, values) for values in zip(*(frame[c] for c in columns))])
+
+
+def sentence(columns: Sequence[str], values: Sequence[object]) -> str:
+    """One item's columns as text for a sentence encoder: 'column: value. column: a, b.' (missing left out)."""
+    parts = []
+    for column, value in zip(columns, values):
+        if isinstance(value, (list, tuple, set, frozenset, np.ndarray)):
+            text = ", ".join(str(v) for v in value if not is_missing(v))
+        else:
+            text = "" if is_missing(value) else str(value).strip()
+        if text:
+            parts.append(f"{column}: {text}.")
+    return " ".join(parts)

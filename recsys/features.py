@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .data import is_missing
-from .encoders import MINILM_DIMS
+from .encoders import MINILM_DIMS, encode_columns
 from .exceptions import DataValidationError
 
 log = logging.getLogger("recsys")
@@ -206,9 +206,7 @@ class ItemFeaturizer:
         that is not a finite number, is an error naming the item and the column. The SENTENCE feature: the
         encoder's vectors of the text columns (an item without text: not present)."""
         if column == SENTENCE:
-            from .content import text_vectors
-
-            vectors = text_vectors(metadata, self.text_columns, encoder="minilm")
+            vectors = encode_columns(metadata, self.text_columns)
             return vectors, np.linalg.norm(vectors, axis=1) > 0
         values = metadata[column].to_numpy(dtype=object)
         present = np.array([_list_like(v) and len(v) > 0 for v in values])
