@@ -355,6 +355,44 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Compare two bundles (`recsys.drift`); exit 1 when a threshold is crossed (a CI gate), else 0."""
+    from .data import read_table
+    from .drift import drift
+
+    data = None
+    if args.data:
+        data = read_table(args.data, sep=args.sep, id_cols=[args.user_col, args.item_col])
+        data = data.rename(columns={args.user_col: "user", args.item_col: "item"})[["user", "item"]]
+    thresholds = {}
+    for text in args.threshold:
+        name, _, value = text.partition("=")
+        try:
+            thresholds[name.strip()] = float(value)
+        except ValueError:
+            raise DataValidationError(f"--threshold {text!r}: write name=number, e.g. moved_share=0.2.") from None
+    report = drift(resolve(args.bundle), resolve(args.against), k=args.k, max_items=args.max_items,
+                   max_users=args.max_users, data=data, thresholds=thresholds, seed=args.seed)
+    if args.json:
+        print(json.dumps(report.to_dict(args.top), indent=2, default=str))
+        return 1 if report.warnings else 0
+    s, u = report.summary, report.users
+    print(f"Items: {report.shared:,} shared, {len(report.added):,} added, {len(report.removed):,} removed")
+    print(f"Item neighbourhoods (k={args.k}, {len(report.items):,} sampled): mean overlap "
+          f"{s['mean_neighbour_overlap']:.3f}, {s['moved_share']:.1%} moved (overlap < 0.5), median displacement "
+          f"after alignment {s['median_displacement']:.3f}")
+    if u.get("users"):
+        print(f"Users ({u['users']:,} sampled): top-{args.k} Jaccard {u['jaccard']:.3f}, RBO {u['rbo']:.3f}, top item "
+              f"changed for {u['top_item_changed_share']:.1%}")
+    for version, metrics in (report.metrics or {}).items():
+        print(f"On --data, {version}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in metrics.items()))
+    print(f"\nMoved most:\n{report.moved(args.top).to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
+    for warning in report.warnings:
+        print(f"WARNING: {warning}")
+    return 1 if report.warnings else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the REST service in a new process image (recsys never imports the server or flask)."""
     import os
@@ -534,6 +572,28 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--weight-col", default=None, help="the weight column of --data (default: every row 1)")
     n.add_argument("--sep", default=None, help="the files' delimiter (default: detected)")
     n.set_defaults(func=cmd_add_items)
+
+    d = sub.add_parser("drift", help="what moved between two bundles: items, neighbourhoods, users' lists; exit 1 "
+                                     "when a threshold is crossed",
+                       description="Compare --bundle (the new version) with --against (the old one): items added and "
+                                   "removed, each item's neighbours and aligned displacement, users' top-k lists, "
+                                   "and with --data both versions' metrics on a log. Exit 1 when a threshold "
+                                   "(recsys.drift.THRESHOLDS, or --threshold name=value) is crossed, else 0.")
+    bundle_arg(d)
+    d.add_argument("--against", required=True, help="the version to compare with (a bundle or a models root)")
+    d.add_argument("--k", type=_positive_int, default=10, help="neighbours and list length (default: 10)")
+    d.add_argument("--max-items", type=_positive_int, default=5000, help="items sampled (default: 5000)")
+    d.add_argument("--max-users", type=_positive_int, default=1000, help="users sampled (default: 1000)")
+    d.add_argument("--data", default=None, help="a log neither version trained on (e.g. the next window)")
+    d.add_argument("--user-col", default="user")
+    d.add_argument("--item-col", default="item")
+    d.add_argument("--sep", default=None, help="--data's delimiter (default: detected)")
+    d.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a warning threshold, e.g. moved_share=0.2 (repeatable)")
+    d.add_argument("--top", type=_positive_int, default=10, help="items listed as moved most (default: 10)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_drift)
 
     i = sub.add_parser("info", help="verify a bundle and summarise its manifest")
     bundle_arg(i)
