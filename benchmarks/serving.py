@@ -82,8 +82,13 @@ APPS = {
     "bare": {"app": "benchmarks.bare_app:create_app()", "what": "bare Flask app, static JSON document"},
     # --uncached: the same app with both serving caches off, so every request is computed (informational)
     "uncached": {"app": None, "what": "recsys app with RECSYS_RESPONSE_CACHE_BYTES=0 and "
-                 "RECSYS_NO_FEEDBACK_CACHE_SIZE=0",
-                 "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0"}},
+                 "RECSYS_NO_FEEDBACK_CACHE_SIZE=0 (and RECSYS_RECORD_RATE=0: nothing recorded)",
+                 "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0",
+                         "RECSYS_RECORD_RATE": "0"}},
+    # --recorded: uncached with every answer recorded in the feedback database (server.recording)
+    "recorded": {"app": None, "what": "the uncached app with RECSYS_RECORD_RATE=1 (every answer recorded)",
+                 "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0",
+                         "RECSYS_RECORD_RATE": "1"}},
     # --explained: every recommendations request with explain=true (computed afresh, never cached)
     "explained": {"app": None, "what": "recsys app, each recommendations request with &explain=true",
                   "query": "&explain=true"},
@@ -541,6 +546,12 @@ def report(out: dict) -> str:
                   (f"uncached p99 ratio {u['p99_ratio']:.3f}   target <= 2.0: {'PASS' if u['p99_pass'] else 'FAIL'}"
                    f"; server CPU per request ratio {u['cpu_ratio']:.2f} (each against bare), {u['errors']} "
                    f"errors")]
+    if "recorded" in s:
+        r = s["recorded"]
+        lines += ["", (f"recorded (every computed answer recorded, RECSYS_RECORD_RATE=1): throughput "
+                       f"{r['throughput_vs_uncached']:.3f} x uncached (recording off), CPU per request "
+                       f"{r['cpu_vs_uncached']:.2f} x, {r['errors']} errors   target >= 0.95: "
+                       f"{'PASS' if r['pass'] else 'FAIL'}")]
     if "explained" in s:
         e = s["explained"]
         lines += ["", (f"explained (explain=true, computed afresh): throughput ratio {e['throughput_ratio']:.3f} "
@@ -613,6 +624,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recommendations-app", metavar="MODULE:CALL",
                    help="serve this app instead of the config's wsgi_app (server:create_app()) as (a), e.g. "
                         "a patched variant to measure a change; it must serve the same route")
+    p.add_argument("--recorded", action="store_true",
+                   help="with --uncached: also serve it with every answer recorded (RECSYS_RECORD_RATE=1)")
     p.add_argument("--explained", action="store_true",
                    help="also serve every recommendations request with explain=true (compare with --uncached)")
     p.add_argument("--uncached", action="store_true",
@@ -667,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         "gunicorn": gunicorn_settings(),
         "loadgen": args.loadgen,
         "endpoints": ["recommendations", "bare", *(["uncached"] if args.uncached else []),
+                      *(["recorded"] if args.recorded and args.uncached else []),
                       *(["explained"] if args.explained else [])],
         "rounds": [],
         "servers": {},
@@ -746,6 +760,10 @@ def main(argv: list[str] | None = None) -> int:
                              "p99_ratio": p99["uncached"] / p99["bare"],
                              "cpu_ratio": cpu["uncached"] / cpu["bare"], "errors": errors["uncached"]}
         u["throughput_pass"], u["p99_pass"] = u["throughput_ratio"] >= 0.5, u["p99_ratio"] <= 2.0
+    if args.recorded and args.uncached:
+        s["recorded"] = {"throughput_vs_uncached": rps["recorded"] / rps["uncached"],
+                         "cpu_vs_uncached": cpu["recorded"] / cpu["uncached"], "errors": errors["recorded"]}
+        s["recorded"]["pass"] = s["recorded"]["throughput_vs_uncached"] >= 0.95
     if args.explained:
         s["explained"] = {"throughput_ratio": rps["explained"] / rps["bare"], "p99_ms": p99["explained"],
                           "cpu_ms_per_request": cpu["explained"], "errors": errors["explained"],

@@ -393,6 +393,30 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 1 if report.warnings else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Online metrics per model version from the service's database (`recsys.online`)."""
+    import datetime as dt
+
+    from .online import online_report
+
+    since = None
+    if args.since:
+        try:
+            since = dt.datetime.fromisoformat(args.since).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            raise DataValidationError(f"--since {args.since!r} is not a date: write 2026-12-01 or "
+                                      "2026-12-01T08:00.") from None
+    table = online_report(args.db, since=since, horizon_s=args.horizon_hours * 3600)
+    if args.json:
+        print(table.to_json(orient="records", indent=2))
+    elif table.empty:
+        print("No served answers recorded" + (f" since {args.since}" if args.since else "") +
+              " (the service records RECSYS_RECORD_RATE of its answers).")
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the REST service in a new process image (recsys never imports the server or flask)."""
     import os
@@ -594,6 +618,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_drift)
+
+    o = sub.add_parser("report", help="online metrics per model version from the answers the service served",
+                       description="From the service's database: per model version (and A/B variant), the lists "
+                                   "served, hit rate and NDCG of each list against its user's later events, "
+                                   "coverage, the share of fallback answers and of lists named by a feedback "
+                                   "event's request_id.")
+    o.add_argument("--db", required=True, metavar="URL", help="the service's database, e.g. sqlite:///feedback.db")
+    o.add_argument("--since", default=None, help="only answers served from this date (UTC)")
+    o.add_argument("--horizon-hours", type=float, default=168.0,
+                   help="a list is judged by its user's events within this many hours (default: 168)")
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=cmd_report)
 
     i = sub.add_parser("info", help="verify a bundle and summarise its manifest")
     bundle_arg(i)

@@ -41,6 +41,19 @@ events = sa.Table(
     sa.Column("type", sa.String(64), nullable=False, default="interaction"),
     sa.Column("weight", sa.Float, nullable=False, default=1.0),
     sa.Column("ts", sa.Float, nullable=False),  # Unix seconds (UTC)
+    sa.Column("request_id", sa.String(64), nullable=True),  # the served answer the event responds to
+)
+
+served = sa.Table(  # what the service answered (a sampled share of its recommendation answers)
+    "served_lists", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("user_id", sa.String(256), nullable=False, index=True),
+    sa.Column("model_version", sa.String(256), nullable=False),
+    sa.Column("variant", sa.String(64), nullable=True),
+    sa.Column("items", sa.Text, nullable=False),  # a JSON list of item ids, best first
+    sa.Column("fallback", sa.Boolean, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
 )
 
 added_items = sa.Table(  # items added to the served model without retraining (`recsys.additions`)
@@ -60,6 +73,20 @@ class Event:
     type: str = "interaction"
     timestamp: float | None = None  # Unix seconds; defaults to the time of writing
     event_id: str | None = None
+    request_id: str | None = None  # the served answer this event responds to (X-Request-Id)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One recommendation answer as served: `items` best first."""
+
+    request_id: str
+    user: str
+    model_version: str
+    items: tuple[str, ...]
+    fallback: bool
+    timestamp: float
+    variant: str | None = None
 
 
 HISTORY_SQL = "SELECT item_id, weight FROM feedback_events WHERE user_id = ? ORDER BY ts, id"
@@ -109,8 +136,8 @@ class FeedbackStore:
         """Store events in one transaction, committed before returning; returns (stored, duplicates)."""
         now = dt.datetime.now(dt.timezone.utc).timestamp()
         rows = [{"event_id": e.event_id, "user_id": e.user, "item_id": e.item, "type": e.type,
-                 "weight": float(e.weight), "ts": float(e.timestamp if e.timestamp is not None else now)}
-                for e in batch]
+                 "weight": float(e.weight), "ts": float(e.timestamp if e.timestamp is not None else now),
+                 "request_id": e.request_id} for e in batch]
         if not rows:
             return 0, 0
         stored = self._insert_new(events, "event_id", rows)
@@ -146,6 +173,30 @@ class FeedbackStore:
                         conn.execute(table.insert().values(**row))
                         stored += 1
         return stored
+
+    def add_served(self, batch: Iterable[Served]) -> int:
+        """Store served answers in one transaction (what `server.recording` flushes); returns how many."""
+        rows = [{"request_id": s.request_id, "user_id": s.user, "model_version": s.model_version,
+                 "variant": s.variant, "items": json.dumps(list(s.items)), "fallback": bool(s.fallback),
+                 "ts": float(s.timestamp)} for s in batch]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(served.insert(), rows)
+        return len(rows)
+
+    def served_frame(self, since: float | None = None) -> pd.DataFrame:
+        """Served answers (since Unix time `since`) as a frame: request_id, user, model_version, variant, items
+        (a list), fallback, ts."""
+        query = sa.select(served.c.request_id, served.c.user_id, served.c.model_version, served.c.variant,
+                          served.c["items"], served.c.fallback, served.c.ts).order_by(served.c.id)
+        if since is not None:
+            query = query.where(served.c.ts >= since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        frame = pd.DataFrame(rows, columns=["request_id", "user", "model_version", "variant", "items", "fallback",
+                                            "ts"])
+        frame["items"] = frame["items"].map(json.loads)
+        return frame
 
     def last_added(self) -> int:
         """The id of the newest added item (0: none): what a service polls to see additions."""
@@ -202,8 +253,8 @@ class FeedbackStore:
         """Every event as a frame with columns user, item, weight, timestamp (UTC) and type."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(events.c.user_id, events.c.item_id, events.c.weight, events.c.ts,
-                                          events.c.type).order_by(events.c.id)).all()
-        frame = pd.DataFrame(rows, columns=["user", "item", "weight", "ts", "type"])
+                                          events.c.type, events.c.request_id).order_by(events.c.id)).all()
+        frame = pd.DataFrame(rows, columns=["user", "item", "weight", "ts", "type", "request_id"])
         frame["timestamp"] = pd.to_datetime(frame.pop("ts"), unit="s", utc=True)
         return frame
 
@@ -283,6 +334,9 @@ def _create_schema(engine: sa.Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         metadata.create_all(conn)
+        # a database made before events could name the answer they respond to gains that column
+        if "request_id" not in {c["name"] for c in sa.inspect(conn).get_columns("feedback_events")}:
+            conn.execute(sa.text("ALTER TABLE feedback_events ADD COLUMN request_id VARCHAR(64)"))
 
 
 SCHEMA_LOCK = 0x72656373  # 'recs': the advisory lock key that serialises schema creation (PostgreSQL)

@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "NO_FEEDBACK_CACHE_SIZE": 100_000,  # per worker: users known to have no stored events (SQLite only)
     "FEEDBACK_DB_URL": None,          # SQLAlchemy URL; default sqlite:///<instance folder>/feedback.db
     "ADDITIONS_POLL_SECONDS": 1.0,    # per worker: how often to ask the database for items added (POST /v1/items)
+    "RECORD_RATE": 0.1,               # share of recommendation answers stored in the database (0: none)
+    "RECORD_FLUSH_SECONDS": 1.0,      # per worker: how often recorded answers are written, in one transaction
     "API_KEYS": [],                   # list, or comma-separated in RECSYS_API_KEYS; needed for writes/admin
     "READ_REQUIRES_KEY": False,
     "API_TITLE": "recsys",
@@ -68,7 +70,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.from_mapping(config)
     logging.getLogger("recsys").setLevel(logging.INFO)
 
-    from . import api, errors, health, metrics
+    from . import api, errors, health, metrics, recording
 
     app.extensions[STATE] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"],
                                                 cache_bytes=int(app.config["RESPONSE_CACHE_BYTES"]))
@@ -84,4 +86,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         smorest.register_blueprint(api.blp)
     app.register_blueprint(health.bp)
     metrics.register(app)
+    app.extensions[recording.RECORDER] = recorder = recording.Recorder(
+        app.extensions[FEEDBACK], float(app.config["RECORD_RATE"]), float(app.config["RECORD_FLUSH_SECONDS"]))
+    recording.register(app, recorder)
     return app

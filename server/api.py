@@ -19,6 +19,7 @@ from . import fastpath
 from . import schemas as s
 from .auth import require_key
 from .fastpath import History, Query
+from .metrics import FEEDBACK_EVENTS, FILTER_EMPTIED
 from .state import Loaded, get_feedback, get_state
 
 blp = Blueprint("v1", __name__, url_prefix="/v1", description="Recommendations, similar items and users")
@@ -68,6 +69,8 @@ def recommendations_body(m: Loaded, q: Query, history: History) -> str:
     if not fastpath.writes_as_flask_does(current_app):
         return current_app.json.dumps(recommendations(m, q, history))
     rec = _recommend(m, q, history)
+    if (q.filters or q.genres) and sum(i is not None for i in rec.item_ids) < q.k:
+        FILTER_EMPTIED.inc()
     catalogue = m.engine.catalogue
     ids, scores, titles, idx = catalogue.scored_item_fields(rec.item_ids, rec.scores, rec.item_index)
     attributes = None if catalogue.metadata is None else catalogue.attributes_json_at(idx)
@@ -87,7 +90,9 @@ def feedback(body):
     """Store interaction events (committed before the 201); they change the user's recommendations at once."""
     require_key()
     stored, duplicates = get_feedback().add(
-        Event(e["user"], e["item"], e["weight"], e["type"], e["timestamp"], e["event_id"]) for e in body["events"])
+        Event(e["user"], e["item"], e["weight"], e["type"], e["timestamp"], e["event_id"], e["request_id"])
+        for e in body["events"])
+    FEEDBACK_EVENTS.inc(stored)
     return {"stored": stored, "duplicates": duplicates}
 
 

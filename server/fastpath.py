@@ -21,7 +21,7 @@ from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import MultiDict
 
 from . import schemas as s
-from .metrics import CACHE_RESULTS
+from .metrics import ANSWER_KINDS, CACHE_RESULTS
 from .state import Loaded, get_feedback
 
 
@@ -57,6 +57,8 @@ def respond(m: Loaded, query: Query, answer: Answer) -> Response:
         body = (answer(m, query, history) + "\n").encode()
         if key is not None:
             m.responses.put(key, body)
+    # the writer puts "fallback" first (sorted keys): the kind of a cached answer costs no parsing
+    ANSWER_KINDS["fold-in" if history else "fallback" if body.startswith(b'{"fallback": true') else "model"].inc()
     return current_app.response_class(body, mimetype="application/json")
 
 

@@ -30,6 +30,12 @@ LATENCY = Histogram("recsys_request_seconds", "Request latency", ["endpoint"],
 # stored feedback: always computed)
 CACHE = Counter("recsys_response_cache_total", "Recommendation answers by response-cache outcome", ["result"])
 CACHE_RESULTS = {result: CACHE.labels(result) for result in ("hit", "miss", "bypass")}
+# recommendation answers by what answered: the model, the popularity fallback (an unknown user), or a fold-in of
+# the user's stored feedback; computed answers that filters left with fewer than k items; stored feedback events
+ANSWERS = Counter("recsys_answers_total", "Recommendation answers by kind", ["kind"])
+ANSWER_KINDS = {kind: ANSWERS.labels(kind) for kind in ("model", "fallback", "fold-in")}
+FILTER_EMPTIED = Counter("recsys_filter_emptied_total", "Computed recommendation answers that filters left short of k")
+FEEDBACK_EVENTS = Counter("recsys_feedback_events_total", "Feedback events stored (rate() gives events per minute)")
 MODEL = Gauge("recsys_model_info", "The model version being served (value 1)", ["version"],
               multiprocess_mode="livemax")
 

@@ -214,6 +214,8 @@ class FeedbackEvent(Schema):
                              metadata={"description": "Unix seconds; default: time of receipt"})
     event_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128),
                              metadata={"description": "idempotency key: the same id is stored once"})
+    request_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64),
+                               metadata={"description": "the X-Request-Id of the answer this event responds to"})
 
 
 class FeedbackRequest(Schema):

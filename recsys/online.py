@@ -1,0 +1,62 @@
+"""Online metrics from what the service served (`served_lists`, recorded by `server.recording`) and what users did
+next (`feedback_events`): `online_report(store)` is what `recsys report` prints.
+
+For each served list: the items the same user interacted with after it was served, within `horizon_s` seconds,
+are its relevant items. Per model version (and A/B variant, when recorded): the lists and users served, the hit
+rate (lists with at least one relevant item among those served), NDCG of the served order against the relevant
+items (binary, over the list's own length), coverage (distinct items served), the share of fallback answers, and
+the share of lists named by a later event's `request_id` (the client reported a response to that very answer).
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from .feedback import FeedbackStore
+
+HORIZON_S = 7 * 24 * 3600.0  # a list is judged by what its user did in the week after it was served
+
+
+def online_report(store: FeedbackStore | str, since: float | dt.datetime | None = None,
+                  horizon_s: float = HORIZON_S) -> pd.DataFrame:
+    """One row per (model_version, variant): lists, users, hit_rate, ndcg, coverage, fallback_share,
+    attributed_share (see the module docstring). `since`: only lists served from then (Unix seconds or a
+    datetime)."""
+    store = FeedbackStore(store) if isinstance(store, str) else store
+    if isinstance(since, dt.datetime):
+        since = since.timestamp()
+    served = store.served_frame(since)
+    columns = ["model_version", "variant", "lists", "users", "hit_rate", "ndcg", "coverage", "fallback_share",
+               "attributed_share"]
+    if served.empty:
+        return pd.DataFrame(columns=columns)
+    served = served.assign(hit=0.0, ndcg=0.0, attributed=False)
+    events = store.to_frame()
+    events["ts"] = events["timestamp"].map(pd.Timestamp.timestamp)
+    by_user = {user: (group["ts"].to_numpy(), group["item"].to_numpy()) for user, group in events.groupby("user")}
+    named = set(events["request_id"].dropna())
+    hit, gain = np.zeros(len(served)), np.zeros(len(served))
+    for row, (user, items, ts) in enumerate(zip(served["user"], served["items"], served["ts"])):
+        times, later_items = by_user.get(user, (np.empty(0), np.empty(0, object)))
+        relevant = set(later_items[(times > ts) & (times <= ts + horizon_s)])
+        hits = np.array([item in relevant for item in items], dtype=float)
+        hit[row] = float(hits.any())
+        gain[row] = _ndcg(hits, len(relevant))
+    served["hit"], served["ndcg"] = hit, gain
+    served["attributed"] = served["request_id"].isin(named)
+    rows = []
+    for (version, variant), group in served.groupby(["model_version", served["variant"].fillna("")], sort=True):
+        rows.append({"model_version": version, "variant": variant or None, "lists": len(group),
+                     "users": group["user"].nunique(), "hit_rate": group["hit"].mean(), "ndcg": group["ndcg"].mean(),
+                     "coverage": len({i for items in group["items"] for i in items}),
+                     "fallback_share": group["fallback"].mean(), "attributed_share": group["attributed"].mean()})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _ndcg(hits: np.ndarray, n_relevant: int) -> float:
+    if not n_relevant or not len(hits):
+        return 0.0
+    discount = 1.0 / np.log2(np.arange(2, len(hits) + 2))
+    return float(hits @ discount / discount[:min(n_relevant, len(hits))].sum())
