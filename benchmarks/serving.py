@@ -85,10 +85,10 @@ APPS = {
                  "RECSYS_NO_FEEDBACK_CACHE_SIZE=0 (and RECSYS_RECORD_RATE=0: nothing recorded)",
                  "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0",
                          "RECSYS_RECORD_RATE": "0"}},
-    # --recorded: uncached with every answer recorded in the feedback database (server.recording)
-    "recorded": {"app": None, "what": "the uncached app with RECSYS_RECORD_RATE=1 (every answer recorded)",
-                 "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0",
-                         "RECSYS_RECORD_RATE": "1"}},
+    # --recorded RATE: uncached with that share of its answers recorded in the feedback database (server.recording;
+    # the rate is set in main)
+    "recorded": {"app": None, "what": "the uncached app recording a share of its answers (RECSYS_RECORD_RATE)",
+                 "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0"}},
     # --explained: every recommendations request with explain=true (computed afresh, never cached)
     "explained": {"app": None, "what": "recsys app, each recommendations request with &explain=true",
                   "query": "&explain=true"},
@@ -280,6 +280,8 @@ class Server:
         })
         env.update(args.server_env)  # what-if experiments, applied to both servers alike
         env.update(APPS[name].get("env", {}))
+        if name == "recorded":
+            env["RECSYS_RECORD_RATE"] = str(args.recorded)
         self.cmd = [str(BIN / "gunicorn"), "-c", CONF]
         app = args.recommendations_app if name != "bare" else APPS[name]["app"]
         if app:
@@ -548,7 +550,7 @@ def report(out: dict) -> str:
                    f"errors")]
     if "recorded" in s:
         r = s["recorded"]
-        lines += ["", (f"recorded (every computed answer recorded, RECSYS_RECORD_RATE=1): throughput "
+        lines += ["", (f"recorded (RECSYS_RECORD_RATE={r['rate']:g} of the computed answers recorded): throughput "
                        f"{r['throughput_vs_uncached']:.3f} x uncached (recording off), CPU per request "
                        f"{r['cpu_vs_uncached']:.2f} x, {r['errors']} errors   target >= 0.95: "
                        f"{'PASS' if r['pass'] else 'FAIL'}")]
@@ -624,8 +626,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recommendations-app", metavar="MODULE:CALL",
                    help="serve this app instead of the config's wsgi_app (server:create_app()) as (a), e.g. "
                         "a patched variant to measure a change; it must serve the same route")
-    p.add_argument("--recorded", action="store_true",
-                   help="with --uncached: also serve it with every answer recorded (RECSYS_RECORD_RATE=1)")
+    p.add_argument("--recorded", type=float, default=None, metavar="RATE",
+                   help="with --uncached: also serve it recording this share of its answers (the service's "
+                        "default RECSYS_RECORD_RATE is 0.1; 1 records every answer)")
     p.add_argument("--explained", action="store_true",
                    help="also serve every recommendations request with explain=true (compare with --uncached)")
     p.add_argument("--uncached", action="store_true",
@@ -660,6 +663,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.out = ROOT / "benchmarks/results" / ("serving_zipf.json" if args.traffic == "zipf" else "serving.json")
     if args.md is None:
         args.md = args.out.with_suffix(".md")
+    if args.recorded is not None and not 0 < args.recorded <= 1:
+        p.error("--recorded takes a rate in (0, 1]")
     if args.duration <= 0 or args.connections < 1 or args.rounds < 1:
         p.error("--duration, --connections and --rounds must be positive")
     return args
@@ -680,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         "gunicorn": gunicorn_settings(),
         "loadgen": args.loadgen,
         "endpoints": ["recommendations", "bare", *(["uncached"] if args.uncached else []),
-                      *(["recorded"] if args.recorded and args.uncached else []),
+                      *(["recorded"] if args.recorded is not None and args.uncached else []),
                       *(["explained"] if args.explained else [])],
         "rounds": [],
         "servers": {},
@@ -760,8 +765,8 @@ def main(argv: list[str] | None = None) -> int:
                              "p99_ratio": p99["uncached"] / p99["bare"],
                              "cpu_ratio": cpu["uncached"] / cpu["bare"], "errors": errors["uncached"]}
         u["throughput_pass"], u["p99_pass"] = u["throughput_ratio"] >= 0.5, u["p99_ratio"] <= 2.0
-    if args.recorded and args.uncached:
-        s["recorded"] = {"throughput_vs_uncached": rps["recorded"] / rps["uncached"],
+    if args.recorded is not None and args.uncached:
+        s["recorded"] = {"rate": args.recorded, "throughput_vs_uncached": rps["recorded"] / rps["uncached"],
                          "cpu_vs_uncached": cpu["recorded"] / cpu["uncached"], "errors": errors["recorded"]}
         s["recorded"]["pass"] = s["recorded"]["throughput_vs_uncached"] >= 0.95
     if args.explained:
