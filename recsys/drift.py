@@ -31,6 +31,7 @@ import pandas as pd
 
 from .engine import Engine, load_engine
 from .exceptions import DataValidationError
+from .metrics import list_ndcg
 
 # item neighbour overlap below NEIGHBOUR_OVERLAP counts an item as moved
 NEIGHBOUR_OVERLAP = 0.5
@@ -197,12 +198,10 @@ def _metrics_on(engine: Engine, data: pd.DataFrame, k: int, other: Engine) -> di
     if not users:
         return {"users": 0}
     lists = engine.recommend(users, k)[0]
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
     ndcg, recall = [], []
     for user, top in zip(users, lists):
         hits = np.array([item in relevant[user] for item in top], dtype=float)
-        ideal = discount[:min(len(relevant[user]), k)].sum()
-        ndcg.append(float(hits @ discount / ideal))
+        ndcg.append(list_ndcg(hits, len(relevant[user])))
         recall.append(hits.sum() / min(len(relevant[user]), k))
     return {"users": len(users), f"ndcg@{k}": float(np.mean(ndcg)), f"recall@{k}": float(np.mean(recall))}
 

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from .retrieval.exact import normalise
 
-__all__ = ["PER_USER_METRICS", "beyond_accuracy", "per_user_metrics", "ranking_metrics"]
+__all__ = ["PER_USER_METRICS", "beyond_accuracy", "list_ndcg", "per_user_metrics", "ranking_metrics"]
 
 #: Names of the per-user metrics, in the order they are reported for each k.
 PER_USER_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "map", "hit_rate")
@@ -46,6 +46,19 @@ def per_user_metrics(
     ``k`` is one cutoff or a sequence of cutoffs, each between 1 and ``top_items.shape[1]``.
     """
     return _per_user(*_validate(top_items, relevant, k))
+
+
+def list_ndcg(hits: np.ndarray, n_relevant: int) -> float:
+    """Binary NDCG of one ranked list: `hits` (1/0 per position, best first) against `n_relevant` relevant
+    items, the ideal list holding min(n_relevant, len(hits)) of them (what ``ndcg@k`` computes per user).
+
+    >>> round(list_ndcg(np.array([0.0, 1.0]), 1), 4)
+    0.6309
+    """
+    if not n_relevant or not len(hits):
+        return 0.0
+    discount = 1.0 / np.log2(np.arange(2, len(hits) + 2))
+    return float(np.asarray(hits, np.float64) @ discount / discount[:min(n_relevant, len(hits))].sum())
 
 
 def _per_user(top: np.ndarray, rel: sp.csr_matrix, ks: list[int]) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .feedback import FeedbackStore
+from .metrics import list_ndcg
 
 HORIZON_S = 7 * 24 * 3600.0  # a list is judged by what its user did in the week after it was served
 
@@ -43,7 +44,7 @@ def online_report(store: FeedbackStore | str, since: float | dt.datetime | None 
         relevant = set(later_items[(times > ts) & (times <= ts + horizon_s)])
         hits = np.array([item in relevant for item in items], dtype=float)
         hit[row] = float(hits.any())
-        gain[row] = _ndcg(hits, len(relevant))
+        gain[row] = list_ndcg(hits, len(relevant))
     served["hit"], served["ndcg"] = hit, gain
     served["attributed"] = served["request_id"].isin(named)
     rows = []
@@ -54,9 +55,3 @@ def online_report(store: FeedbackStore | str, since: float | dt.datetime | None 
                      "fallback_share": group["fallback"].mean(), "attributed_share": group["attributed"].mean()})
     return pd.DataFrame(rows, columns=columns)
 
-
-def _ndcg(hits: np.ndarray, n_relevant: int) -> float:
-    if not n_relevant or not len(hits):
-        return 0.0
-    discount = 1.0 / np.log2(np.arange(2, len(hits) + 2))
-    return float(hits @ discount / discount[:min(n_relevant, len(hits))].sum())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.metrics import PER_USER_METRICS, per_user_metrics, ranking_metrics
+from recsys.metrics import PER_USER_METRICS, list_ndcg, per_user_metrics, ranking_metrics
 
 
 def csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
@@ -298,3 +298,11 @@ def test_diversity_is_the_same_in_blocks(monkeypatch):
     monkeypatch.setattr(metrics, "_BLOCK_CELLS", 3)  # 3 * 16 floats: one user per block
     assert metrics.beyond_accuracy(top, np.ones(50), 6, item_vectors=vectors)["diversity@6"] == \
         pytest.approx(whole, rel=1e-6)
+
+
+def test_list_ndcg_is_the_per_user_ndcg_of_one_list():
+    top = np.array([[3, 1, 4, 0]])
+    relevant = sp.csr_matrix(np.array([[0, 1, 0, 1, 0, 1]], dtype=float))  # items 1, 3, 5
+    expected = per_user_metrics(top, relevant, 4)["ndcg@4"][0]
+    assert list_ndcg(np.array([1.0, 1.0, 0.0, 0.0]), 3) == pytest.approx(expected)
+    assert list_ndcg(np.array([]), 3) == 0 and list_ndcg(np.array([1.0]), 0) == 0
