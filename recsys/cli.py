@@ -397,7 +397,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Online metrics per model version from the service's database (`recsys.online`)."""
     import datetime as dt
 
-    from .online import online_report
+    from .online import compare_variants, online_report
 
     since = None
     if args.since:
@@ -407,13 +407,22 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise DataValidationError(f"--since {args.since!r} is not a date: write 2026-12-01 or "
                                       "2026-12-01T08:00.") from None
     table = online_report(args.db, since=since, horizon_s=args.horizon_hours * 3600)
+    variants = set(table["variant"].dropna())
+    compared = compare_variants(args.db, baseline=min(variants), since=since, horizon_s=args.horizon_hours * 3600) \
+        if len(variants) > 1 else None
     if args.json:
-        print(table.to_json(orient="records", indent=2))
+        print(json.dumps({"versions": json.loads(table.to_json(orient="records")),
+                          "variants": None if compared is None else json.loads(compared.to_json(orient="records"))},
+                         indent=2))
     elif table.empty:
         print("No served answers recorded" + (f" since {args.since}" if args.since else "") +
               " (the service records RECSYS_RECORD_RATE of its answers).")
     else:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        for row in ([] if compared is None else compared.itertuples()):
+            verdict = "differs" if row.low > 0 or row.high < 0 else "no difference shown"
+            print(f"Variant {row.variant} - {row.baseline}, hit rate: {row.difference:+.4f} (95 % interval "
+                  f"[{row.low:+.4f}, {row.high:+.4f}]; {row.lists:,} and {row.baseline_lists:,} lists): {verdict}")
     return 0
 
 

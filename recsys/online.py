@@ -14,6 +14,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
+from .exceptions import DataValidationError
 from .feedback import FeedbackStore
 from .metrics import list_ndcg
 
@@ -25,15 +26,58 @@ def online_report(store: FeedbackStore | str, since: float | dt.datetime | None 
     """One row per (model_version, variant): lists, users, hit_rate, ndcg, coverage, fallback_share,
     attributed_share (see the module docstring). `since`: only lists served from then (Unix seconds or a
     datetime)."""
-    store = FeedbackStore(store) if isinstance(store, str) else store
-    if isinstance(since, dt.datetime):
-        since = since.timestamp()
-    served = store.served_frame(since)
+    served = scored_lists(store, since, horizon_s)
     columns = ["model_version", "variant", "lists", "users", "hit_rate", "ndcg", "coverage", "fallback_share",
                "attributed_share"]
     if served.empty:
         return pd.DataFrame(columns=columns)
-    served = served.assign(hit=0.0, ndcg=0.0, attributed=False)
+    rows = []
+    for (version, variant), group in served.groupby(["model_version", served["variant"].fillna("")], sort=True):
+        rows.append({"model_version": version, "variant": variant or None, "lists": len(group),
+                     "users": group["user"].nunique(), "hit_rate": group["hit"].mean(), "ndcg": group["ndcg"].mean(),
+                     "coverage": len({i for items in group["items"] for i in items}),
+                     "fallback_share": group["fallback"].mean(), "attributed_share": group["attributed"].mean()})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def compare_variants(store: FeedbackStore | str, baseline: str = "A", metric: str = "hit",
+                     since: float | dt.datetime | None = None, horizon_s: float = HORIZON_S, level: float = 0.95,
+                     n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Each recorded A/B variant against `baseline`: the difference of their mean `metric` per served list
+    ('hit' or 'ndcg'), with a bootstrap interval (each variant's lists resampled on their own). A variant whose
+    interval excludes 0 differs from the baseline at that level."""
+    if metric not in ("hit", "ndcg"):
+        raise DataValidationError(f"The 'metric' parameter of compare_variants must be 'hit' or 'ndcg'. Got {metric!r}.")
+    served = scored_lists(store, since, horizon_s)
+    values = {v: g[metric].to_numpy() for v, g in served.groupby(served["variant"].fillna(""))}
+    if baseline not in values:
+        raise DataValidationError(f"No served lists of variant {baseline!r} are recorded. Recorded variants: "
+                                  f"{sorted(v for v in values if v)}.")
+    rng = np.random.default_rng(seed)
+    base = values[baseline]
+    base_means = base[rng.integers(0, len(base), (n_resamples, len(base)))].mean(axis=1)
+    rows = []
+    for variant, x in sorted(values.items()):
+        if variant in (baseline, ""):
+            continue
+        diffs = x[rng.integers(0, len(x), (n_resamples, len(x)))].mean(axis=1) - base_means
+        low, high = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
+        rows.append({"variant": variant, "baseline": baseline, "metric": metric, "lists": len(x),
+                     "baseline_lists": len(base), "value": x.mean(), "baseline_value": base.mean(),
+                     "difference": x.mean() - base.mean(), "low": low, "high": high})
+    return pd.DataFrame(rows)
+
+
+def scored_lists(store: FeedbackStore | str, since: float | dt.datetime | None = None,
+                 horizon_s: float = HORIZON_S) -> pd.DataFrame:
+    """The recorded lists (`FeedbackStore.served_frame`) with what their users did next: `hit` (1 when one of the
+    served items was used within `horizon_s`), `ndcg`, and `attributed` (a later event named the list)."""
+    store = FeedbackStore(store) if isinstance(store, str) else store
+    if isinstance(since, dt.datetime):
+        since = since.timestamp()
+    served = store.served_frame(since).assign(hit=0.0, ndcg=0.0, attributed=False)
+    if served.empty:
+        return served
     events = store.to_frame()
     events["ts"] = events["timestamp"].map(pd.Timestamp.timestamp)
     by_user = {user: (group["ts"].to_numpy(), group["item"].to_numpy()) for user, group in events.groupby("user")}
@@ -47,11 +91,4 @@ def online_report(store: FeedbackStore | str, since: float | dt.datetime | None 
         gain[row] = list_ndcg(hits, len(relevant))
     served["hit"], served["ndcg"] = hit, gain
     served["attributed"] = served["request_id"].isin(named)
-    rows = []
-    for (version, variant), group in served.groupby(["model_version", served["variant"].fillna("")], sort=True):
-        rows.append({"model_version": version, "variant": variant or None, "lists": len(group),
-                     "users": group["user"].nunique(), "hit_rate": group["hit"].mean(), "ndcg": group["ndcg"].mean(),
-                     "coverage": len({i for items in group["items"] for i in items}),
-                     "fallback_share": group["fallback"].mean(), "attributed_share": group["attributed"].mean()})
-    return pd.DataFrame(rows, columns=columns)
-
+    return served

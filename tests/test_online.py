@@ -8,6 +8,7 @@ import pytest
 from server_support import AUTH, KEY
 
 from recsys.cli import main
+from recsys.exceptions import DataValidationError
 from recsys.feedback import Event, FeedbackStore, Served
 from recsys.online import online_report
 from server import create_app
@@ -116,3 +117,36 @@ def test_prometheus_counts_answers_by_kind_short_filtered_answers_and_feedback_e
     assert {k: after[k] - before[k] for k in before} == {"model": 3, "fallback": 1, "fold-in": 1}
     assert value("recsys_filter_emptied_total") - emptied == 1
     assert value("recsys_feedback_events_total") - events == 2
+
+
+def test_a_variant_whose_lists_hold_the_next_item_more_often_is_named_the_winner(tmp_path, capsys):
+    """A simulated A/B stream: 400 users a variant each; B's list holds the user's next item 35 % of the time, A's
+    20 %. The comparison's interval excludes zero, and a stream where both hold it 20 % of the time does not."""
+    import numpy as np
+
+    def stream(path, rate_b: float) -> FeedbackStore:
+        store = FeedbackStore(f"sqlite:///{path}")
+        rng = np.random.default_rng(1)
+        served, events = [], []
+        for u in range(400):
+            variant = "AB"[u % 2]
+            nxt = f"i{rng.integers(1000)}"
+            hit = rng.random() < (rate_b if variant == "B" else 0.2)
+            items = (nxt, "x1", "x2") if hit else ("x1", "x2", "x3")
+            served.append(Served(f"r{u}", f"u{u}", "v-" + variant, items, False, 1000.0, variant))
+            events.append(Event(f"u{u}", nxt, timestamp=2000.0))
+        store.add_served(served)
+        store.add(events)
+        return store
+
+    from recsys.online import compare_variants
+
+    row = compare_variants(stream(tmp_path / "ab.db", 0.35)).iloc[0]
+    assert row["variant"] == "B" and row["difference"] == pytest.approx(row["value"] - row["baseline_value"])
+    assert 0 < row["low"] < row["difference"] < row["high"], row
+    assert main(["report", "--db", f"sqlite:///{tmp_path / 'ab.db'}"]) == 0
+    assert "Variant B - A, hit rate: +0.1" in capsys.readouterr().out
+    same = compare_variants(stream(tmp_path / "aa.db", 0.2)).iloc[0]
+    assert same["low"] < 0 < same["high"]
+    with pytest.raises(DataValidationError, match=r"No served lists of variant 'C'"):
+        compare_variants(stream(tmp_path / "c.db", 0.2), baseline="C")
