@@ -19,10 +19,13 @@ from flask_smorest.utils import prepare_response
 from recsys.feedback import FeedbackStore
 
 from .schemas import LIMITS
-from .state import FEEDBACK, STATE, ModelState
+from .state import FEEDBACK, STATE, STATE_B, ModelState
 
 DEFAULTS: dict[str, Any] = {
     "BUNDLE": None,                   # bundle dir or models root; the service is not ready without one
+    "BUNDLE_B": None,                 # a second bundle: an A/B test of the per-user recommendations
+    "AB_SHARE": 0.5,                  # the share of users answered by BUNDLE_B
+    "AB_SALT": "recsys",              # another salt draws another split of the users
     "SEARCH_MODE": "auto",            # auto | exact | ann
     **LIMITS,                         # MAX_K, MAX_BATCH_USERS, MAX_HISTORY_ITEMS, MAX_FEEDBACK_EVENTS
     "MAX_CONTENT_LENGTH": 1 << 20,    # bytes of request body
@@ -72,8 +75,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from . import api, errors, health, metrics, recording
 
-    app.extensions[STATE] = ModelState(app.config["BUNDLE"], mode=app.config["SEARCH_MODE"],
-                                                cache_bytes=int(app.config["RESPONSE_CACHE_BYTES"]))
+    ab = bool(app.config["BUNDLE_B"])
+    for key, bundle, variant in ((STATE, app.config["BUNDLE"], "A"), (STATE_B, app.config["BUNDLE_B"], "B")):
+        if key == STATE or ab:
+            app.extensions[key] = ModelState(bundle, mode=app.config["SEARCH_MODE"],
+                                             cache_bytes=int(app.config["RESPONSE_CACHE_BYTES"]),
+                                             variant=variant if ab else None)
     url = app.config["FEEDBACK_DB_URL"]
     if not url:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)

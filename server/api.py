@@ -20,7 +20,7 @@ from . import schemas as s
 from .auth import require_key
 from .fastpath import History, Query
 from .metrics import FEEDBACK_EVENTS, FILTER_EMPTIED
-from .state import Loaded, get_feedback, get_state
+from .state import Loaded, get_feedback, get_state, get_states, variant_of
 
 blp = Blueprint("v1", __name__, url_prefix="/v1", description="Recommendations, similar items and users")
 blp.ARGUMENTS_PARSER = fastpath.Parser()  # plain recommendation queries skip marshmallow (fastpath.Parser)
@@ -32,11 +32,15 @@ def _read_auth() -> None:
         require_key()
 
 
-def _model(wait: float | None = None) -> Loaded:
+def _model(wait: float | None = None, user: str | None = None) -> Loaded:
     """The model being served, with the items added so far (asking the database at most every `wait` seconds,
-    by default ADDITIONS_POLL_SECONDS)."""
+    by default ADDITIONS_POLL_SECONDS). During an A/B test, `user`'s variant's model (`variant_of`)."""
     poll = current_app.config["ADDITIONS_POLL_SECONDS"] if wait is None else wait
-    loaded = get_state().with_additions(get_feedback(), poll)
+    states = get_states()
+    config = current_app.config
+    state = states[1] if user is not None and len(states) > 1 and \
+        variant_of(user, float(config["AB_SHARE"]), str(config["AB_SALT"])) == "B" else states[0]
+    loaded = state.with_additions(get_feedback(), poll)
     if loaded is None:
         abort(503, message="No model loaded: the service is not ready (see /readyz).")
     return loaded
@@ -61,7 +65,7 @@ def recommendations(m: Loaded, q: Query, history: History) -> dict:
 def document(m: Loaded, rec: Recommendation) -> dict:
     """A Recommendations document of one answer."""
     return {"user": rec.user, "items": m.engine.catalogue.scored_items(rec.item_ids, rec.scores, rec.item_index),
-            "fallback": rec.fallback, "model_version": m.version}
+            "fallback": rec.fallback, "model_version": m.version, **({"variant": m.variant} if m.variant else {})}
 
 
 def recommendations_body(m: Loaded, q: Query, history: History) -> str:
@@ -74,12 +78,12 @@ def recommendations_body(m: Loaded, q: Query, history: History) -> str:
     catalogue = m.engine.catalogue
     ids, scores, titles, idx = catalogue.scored_item_fields(rec.item_ids, rec.scores, rec.item_index)
     attributes = None if catalogue.metadata is None else catalogue.attributes_json_at(idx)
-    return fastpath.recommendations_json(q.user, ids, scores, titles, rec.fallback, m.version, attributes)
+    return fastpath.recommendations_json(q.user, ids, scores, titles, rec.fallback, m.version, attributes, m.variant)
 
 
 def respond(query: Query) -> Response:
-    """A recommendations request as a JSON response (through the response cache)."""
-    return fastpath.respond(_model(), query, recommendations_body)
+    """A recommendations request as a JSON response (through the response cache of the user's model)."""
+    return fastpath.respond(_model(user=query.user), query, recommendations_body)
 
 
 @blp.route("/feedback", methods=["POST"])
@@ -123,10 +127,12 @@ def reload():
     """Load the bundle `current` points at (checksums verified) and swap it in; a corrupt one is refused
     and the old model keeps serving. Under gunicorn, every worker is then replaced gracefully (SIGHUP)."""
     require_key()
-    state = get_state()
-    previous = state.current.version if state.current else None
+    states = get_states()
+    previous = states[0].current.version if states[0].current else None
     try:
-        loaded = state.load()
+        loaded = states[0].load()
+        for state in states[1:]:  # an A/B test reloads both variants' `current`
+            state.load()
     except (RecsysError, OSError, ValueError) as e:
         abort(409, message=f"Refused to reload: {e} Still serving {previous}.")
     master = os.environ.get("RECSYS_MASTER_PID")
@@ -143,7 +149,7 @@ def recommend(args, user_id):
     item says which of the user's history items contributed most to its score."""
     query = Query(user_id, args["k"], args["offset"], tuple(args["exclude"]), tuple(args["genre"]),
                   args["include_seen"], tuple(args["filter"]))
-    return explained(_model(), query) if args["explain"] else respond(query)
+    return explained(_model(user=user_id), query) if args["explain"] else respond(query)
 
 
 def explained(m: Loaded, q: Query) -> dict:

@@ -5,7 +5,7 @@ from flask import Blueprint, abort, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from .errors import problem
-from .state import get_state
+from .state import get_states
 
 bp = Blueprint("health", __name__)
 
@@ -17,10 +17,12 @@ def livez():
 
 @bp.get("/readyz")
 def readyz():
-    state = get_state()
-    if state.current is None:
-        return problem(503, "Not ready", state.error or "No bundle configured: set RECSYS_BUNDLE.")
-    return jsonify(status="ready", model_version=state.current.version)
+    states = get_states()
+    for state in states:
+        if state.current is None:
+            return problem(503, "Not ready", state.error or "No bundle configured: set RECSYS_BUNDLE.")
+    return jsonify(status="ready", model_version=states[0].current.version,
+                   **({"model_version_b": states[1].current.version} if len(states) > 1 else {}))
 
 
 # The documentation page's assets, served by the app (works offline). A fixed list: no path from the request

@@ -139,6 +139,8 @@ class Recommendations(Schema):
     items = fields.List(fields.Nested(ScoredItem), required=True)
     fallback = fields.Boolean(required=True, metadata={"description": "true: popularity (user unknown)"})
     model_version = fields.String(required=True)
+    variant = fields.String(metadata={"description": "during an A/B test (RECSYS_BUNDLE_B): 'A' or 'B', the "
+                                                     "variant this user is always answered by"})
     explanation = fields.String(metadata={"description": "with explain=true: 'exact' (the score split over the "
                                                          "history), 'fold-in' (the split of the fold-in of the "
                                                          "same history) or 'none' (no history)"})

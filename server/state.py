@@ -3,6 +3,7 @@ accessors of what an app holds (`get_state`, `get_feedback`)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -21,11 +22,25 @@ from .cache import ResponseCache
 
 log = logging.getLogger("recsys")
 STATE, FEEDBACK = "recsys_state", "recsys_feedback"  # keys in app.extensions (set by create_app)
+STATE_B = "recsys_state_b"  # the second bundle of an A/B test (RECSYS_BUNDLE_B), when one is configured
 
 
 def get_state(app: Flask | None = None) -> ModelState:
     """The app's ModelState (the current app's by default)."""
     return (app or current_app).extensions[STATE]
+
+
+def get_states(app: Flask | None = None) -> list[ModelState]:
+    """Every ModelState the app serves: A, and B during an A/B test."""
+    extensions = (app or current_app).extensions
+    return [extensions[STATE], *([extensions[STATE_B]] if STATE_B in extensions else [])]
+
+
+def variant_of(user: str, share: float, salt: str) -> str:
+    """'B' for a `share` of users, 'A' for the rest: the same user always gets the same variant (a hash of the
+    salt and the id, so another salt draws another split)."""
+    digest = hashlib.sha256(f"{salt}:{user}".encode()).digest()
+    return "B" if int.from_bytes(digest[:8], "big") / 2 ** 64 < share else "A"
 
 
 def get_feedback(app: Flask | None = None) -> FeedbackStore:
@@ -42,6 +57,7 @@ class Loaded:
     responses: ResponseCache = field(default_factory=lambda: ResponseCache(0))
     bundle_engine: Engine | None = None  # the bundle's own engine, when `engine` also holds added items
     added: int = 0  # the newest added item (`FeedbackStore.last_added`) that `engine` holds
+    variant: str | None = None  # 'A' or 'B' during an A/B test: every answer of this model names it
 
     @property
     def version(self) -> str:
@@ -52,8 +68,9 @@ class ModelState:
     """Holds the current `Loaded` model. Requests read `current` once and use that object throughout, so a
     swap never changes the model under a request in flight."""
 
-    def __init__(self, bundle: str | None, mode: str = "auto", cache_bytes: int = 0):
+    def __init__(self, bundle: str | None, mode: str = "auto", cache_bytes: int = 0, variant: str | None = None):
         self.bundle = bundle
+        self.variant = variant
         self.mode = mode
         self.cache_bytes = cache_bytes  # per loaded model: the response cache's budget
         self.current: Loaded | None = None
@@ -78,7 +95,7 @@ class ModelState:
                 for metric, stats in engine.calibrate().items():
                     log.info("%s search measured here: index %.3f ms, exact %.3f ms per query", metric,
                              stats["ann_ms"], stats["exact_ms"])
-            loaded = Loaded(engine, bundle.manifest, bundle.path, ResponseCache(self.cache_bytes))
+            loaded = Loaded(engine, bundle.manifest, bundle.path, ResponseCache(self.cache_bytes), variant=self.variant)
             self.current, self.error = loaded, None  # requests in flight keep the object they already read
             log.info("Serving bundle %s", path)
             return loaded
@@ -100,7 +117,8 @@ class ModelState:
         try:
             engine = add_items(base, new) if new else base
             engine.prepare_serving()
-            extended = Loaded(engine, loaded.manifest, loaded.path, ResponseCache(self.cache_bytes), base, last)
+            extended = Loaded(engine, loaded.manifest, loaded.path, ResponseCache(self.cache_bytes), base, last,
+                              self.variant)
         except RecsysError as e:  # e.g. a reloaded bundle without the catalogue columns an item was placed by
             log.error("Added items not served (until the next addition or reload): %s", e)
             extended = dataclasses.replace(loaded, added=last)
