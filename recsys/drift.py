@@ -21,7 +21,7 @@ on `data`. `recsys drift` prints the report and exits 1 when there is a warning 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,24 @@ def drift(new: Engine | str | Path, old: Engine | str | Path, *, k: int = 10, ma
     report = DriftReport(sorted(new_ids - old_ids), removed, len(shared), items, users, metrics, summary)
     report.warnings = _warnings(report, limits)
     return report
+
+
+def aligned_vectors(new: Engine | str | Path, old: Engine | str | Path, item_ids: Sequence[object]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(old, new) unit vectors of `item_ids` in one space: the old version's rotated onto the new one by the
+    Procrustes fit over every shared item (as `drift` measures displacement), both padded to the wider width.
+    For a map of both versions at once (`recsys.plots.drift_map`)."""
+    new, old = _engine(new), _engine(old)
+    shared = np.array(sorted(set(new.items.ids) & set(old.items.ids)), dtype=object)
+    a = _unit(old.similarity_vectors[old.items.to_index(shared)])
+    b = _unit(new.similarity_vectors[new.items.to_index(shared)])
+    width = max(a.shape[1], b.shape[1])
+    rotation = _procrustes(a, b)
+    rows = pd.Index(shared).get_indexer(pd.Index(list(item_ids), dtype=object))
+    if (rows < 0).any():
+        raise DataValidationError(f"Item(s) {[i for i, r in zip(item_ids, rows) if r < 0][:5]} are not in both "
+                                  "versions.")
+    return _pad(a[rows], width) @ rotation, _pad(b[rows], width)
 
 
 def _engine(bundle: Engine | str | Path) -> Engine:

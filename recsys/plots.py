@@ -146,3 +146,24 @@ def dimensionality(table: pd.DataFrame, metric: str = "ndcg@10", ax: Any = None)
     twin.set_ylabel("seconds / ms x 100")
     fig.legend(fontsize=7, loc="upper left")
     return fig
+
+
+def drift_map(old_xy: np.ndarray, new_xy: np.ndarray, moved: Sequence[int], labels: Mapping[int, str] | None = None,
+              ax: Any = None) -> Any:
+    """Two versions of the same items on one map: every item where the new version puts it (grey), and for the
+    rows `moved` an arrow from where the old version (aligned) put it, labelled from `labels`."""
+    fig, ax = _axes(ax, (7.0, 6.0))
+    ax.scatter(new_xy[:, 0], new_xy[:, 1], s=4, color="0.75", label="new version")
+    for row in moved:
+        ax.annotate("", xy=new_xy[row], xytext=old_xy[row],
+                    arrowprops={"arrowstyle": "->", "color": "tab:red", "lw": 1.0})
+        ax.scatter(*old_xy[row], s=14, color="tab:blue", zorder=3)
+        ax.scatter(*new_xy[row], s=14, color="tab:red", zorder=3)
+        if labels and row in labels:
+            ax.text(*new_xy[row], labels[row], fontsize=7)
+    ax.scatter([], [], s=14, color="tab:blue", label="moved item, old version (aligned)")
+    ax.scatter([], [], s=14, color="tab:red", label="moved item, new version")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return fig
