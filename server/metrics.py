@@ -21,7 +21,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .state import get_state
+from .state import get_states
 
 REQUESTS = Counter("recsys_requests_total", "HTTP requests", ["endpoint", "method", "status"])
 LATENCY = Histogram("recsys_request_seconds", "Request latency", ["endpoint"],
@@ -67,9 +67,9 @@ def register(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics():
-        state = get_state(app)
-        if state.current is not None:
-            MODEL.labels(state.current.version).set(1)
+        for state in get_states(app):  # (both variants during an A/B test)
+            if state.current is not None:
+                MODEL.labels(state.current.version).set(1)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)

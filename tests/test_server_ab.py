@@ -41,6 +41,8 @@ def test_each_user_gets_one_variant_named_in_every_answer(ab, synthetic):
     assert [variant_of(u, 0.0, "s1") for u in users] == ["A"] * 40 and [variant_of(u, 1.0, "x") for u in users] == ["B"] * 40
     ready = client.get("/readyz").get_json()
     assert ready["model_version_b"] == next(iter(versions["B"]))
+    served = client.get("/metrics").get_data(as_text=True)
+    assert all(f'recsys_model_info{{version="{next(iter(v))}"}} 1.0' in served for v in versions.values())
     app.extensions[RECORDER].flush()
     report = online_report(app.extensions[RECORDER].store)
     assert sorted(report["variant"]) == ["A", "B"] and report["lists"].sum() == 120
