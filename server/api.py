@@ -165,11 +165,18 @@ def explained(m: Loaded, q: Query) -> dict:
 @blp.arguments(s.BatchRequest())
 @blp.response(200, s.BatchResponse)
 def recommend_batch(body):
-    """Top-k for many users in one call (the known users without feedback ranked together)."""
-    m = _model()
-    recs = m.engine.recommend_users(body["users"], body["k"], filters=_filters((), body["filters"]),
-                                    histories=get_feedback().histories(body["users"]))
-    return {"results": [document(m, rec) for rec in recs]}
+    """Top-k for many users in one call (the known users without feedback ranked together); during an A/B test
+    each user is answered by their variant's model."""
+    users, histories = body["users"], get_feedback().histories(body["users"])
+    models = [_model(user=u) for u in users]
+    results: list[dict | None] = [None] * len(users)
+    for m in {id(m): m for m in models}.values():
+        rows = [r for r, other in enumerate(models) if other is m]
+        recs = m.engine.recommend_users([users[r] for r in rows], body["k"], filters=_filters((), body["filters"]),
+                                        histories={users[r]: histories[users[r]] for r in rows})
+        for r, rec in zip(rows, recs):
+            results[r] = document(m, rec)
+    return {"results": results}
 
 
 @blp.route("/sessions/recommendations", methods=["POST"])

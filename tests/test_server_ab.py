@@ -58,3 +58,16 @@ def test_reload_swaps_both_variants(ab, synthetic):
     assert client.post("/v1/admin/reload", headers=AUTH).status_code == 200
     after = client.get(f"/v1/users/{user}/recommendations?k=2").get_json()["model_version"]
     assert before != after == newer.name
+
+
+def test_a_batch_answers_each_user_by_their_variant(ab, synthetic):
+    app, _ = ab
+    client = app.test_client()
+    users = [*synthetic.users.ids[:12], "stranger"]
+    results = client.post("/v1/recommendations/batch", json={"users": users, "k": 3}).get_json()["results"]
+    assert [r["variant"] for r in results] == [variant_of(u, 0.5, "s1") for u in users]
+    for user, result in zip(users, results):  # (a batch scores in float32 BLAS: the same items, scores to rounding)
+        single = client.get(f"/v1/users/{user}/recommendations?k=3").get_json()
+        assert [i["id"] for i in result["items"]] == [i["id"] for i in single["items"]]
+        assert [i["score"] for i in result["items"]] == pytest.approx([i["score"] for i in single["items"]], rel=1e-5)
+        assert result["model_version"] == single["model_version"]
