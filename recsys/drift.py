@@ -111,15 +111,22 @@ def aligned_vectors(new: Engine | str | Path, old: Engine | str | Path, item_ids
     For a map of both versions at once (`recsys.plots.drift_map`)."""
     new, old = _engine(new), _engine(old)
     shared = np.array(sorted(set(new.items.ids) & set(old.items.ids)), dtype=object)
-    a = _unit(old.similarity_vectors[old.items.to_index(shared)])
-    b = _unit(new.similarity_vectors[new.items.to_index(shared)])
-    width = max(a.shape[1], b.shape[1])
-    rotation = _procrustes(a, b)
     rows = pd.Index(shared).get_indexer(pd.Index(list(item_ids), dtype=object))
     if (rows < 0).any():
         raise DataValidationError(f"Item(s) {[i for i, r in zip(item_ids, rows) if r < 0][:5]} are not in both "
                                   "versions.")
-    return _pad(a[rows], width) @ rotation, _pad(b[rows], width)
+    a, b, rotation = _aligned(new, old, shared)
+    return a[rows] @ rotation, b[rows]
+
+
+def _aligned(new: Engine, old: Engine, shared: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `shared` items' unit vectors in each version, both padded to the wider width (zeros change no cosine),
+    and the orthogonal R (Procrustes, over all of them) that rotates the old onto the new: (old, new, R)."""
+    a = _unit(old.similarity_vectors[old.items.to_index(shared)])
+    b = _unit(new.similarity_vectors[new.items.to_index(shared)])
+    width = max(a.shape[1], b.shape[1])
+    a, b = _pad(a, width), _pad(b, width)
+    return a, b, _procrustes(a, b)
 
 
 def _engine(bundle: Engine | str | Path) -> Engine:
@@ -134,15 +141,13 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 def _item_table(new: Engine, old: Engine, shared: np.ndarray, k: int, max_items: int,
                 rng: np.random.Generator) -> pd.DataFrame:
     at_new, at_old = new.items.to_index(shared), old.items.to_index(shared)
-    a, b = _unit(old.similarity_vectors[at_old]), _unit(new.similarity_vectors[at_new])
+    a, b, rotation = _aligned(new, old, shared)
     queries = np.arange(len(shared))
     if len(queries) > max_items:
         queries = np.sort(rng.choice(queries, max_items, replace=False))
     overlap = np.array([len(set(x) & set(y)) / k for x, y in zip(_neighbours(b, queries, k),
                                                                    _neighbours(a, queries, k))])
-    rotated = _procrustes(a, b)
-    width = max(a.shape[1], b.shape[1])
-    displacement = np.linalg.norm(_pad(a, width) @ rotated - _pad(b, width), axis=1)[queries]
+    displacement = np.linalg.norm(a @ rotation - b, axis=1)[queries]
     norm_old = np.linalg.norm(old.item_vectors[at_old[queries]], axis=1)
     norm_new = np.linalg.norm(new.item_vectors[at_new[queries]], axis=1)
     titles = new.catalogue.titles_at(at_new[queries], (len(queries),))
@@ -171,9 +176,8 @@ def _pad(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def _procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The orthogonal R minimising |a R - b| (rows paired; widths padded to the wider one)."""
-    width = max(a.shape[1], b.shape[1])
-    u, _, vt = np.linalg.svd(_pad(a, width).astype(np.float64).T @ _pad(b, width).astype(np.float64))
+    """The orthogonal R minimising |a R - b| (rows paired, equal widths)."""
+    u, _, vt = np.linalg.svd(a.astype(np.float64).T @ b.astype(np.float64))
     return (u @ vt).astype(np.float32)
 
 
