@@ -1,4 +1,4 @@
-/* recsys._scan: the engine's exact single-query search from int8 codes (recsys/quantized.py).
+/* recsys._scan: the engine's exact single-query search from int8 codes (recsys/retrieval/int8.py).
 
    scan(codes, scales, columns, query, q_max, out[, portable]) scales the float32 query (d,) by the item
    matrix's column scales c, rounds it to int16, Q = rint(query * c / t) with t = max|query * c| / q_max
@@ -15,13 +15,17 @@
    names the loop used by default.
 
    topk(codes, scales, columns, errors, vectors, query, q_max, excluded, k, bounds, limit, out_idx, out_val)
-   is the whole of Int8Items.topk (the proof is in recsys/quantized.py): the scan, excluded items (int32 or
+   is the whole of Int8Items.topk (the proof is in recsys/retrieval/int8.py): the scan, excluded items (int32 or
    int64 indices) set to -inf, the cut G - 2C from the k-th largest of 64 interleaved group maxima of
    a - |q| e, the candidates i with a_i + |q| e_i >= cut, each scored again from vectors (float32 (n, d)) in
    double precision, and the k best of them (ties by index) written to out_idx (int64 (k,)) and out_val
    (their scores rounded to float32 (k,)). errors: float32 (n,), e_i rounded up; bounds: (max |w_i|,
    max |v_i|, max e_i). Returns k, or None where it cannot decide (a zero or non-finite query, fewer than k
    items left, more than limit candidates).
+   With offsets (float32 (n,)), slack (double) and full (float32 (D,)), the codes hold only some of the
+   vectors' D columns (the rest are scored by the caller, sparse): a_i + offsets[i] stands for the item's
+   score, within slack more than the codes' own bound, and candidates are scored again from vectors (n, D)
+   and the full query.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -262,15 +266,19 @@ static double dot(const float *v, const float *q, Py_ssize_t d) {
 
 static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *codes_obj, *scales_obj, *columns_obj, *errors_obj, *vectors_obj, *query_obj, *excluded_obj;
-    PyObject *idx_obj, *val_obj, *result = NULL;
+    PyObject *idx_obj, *val_obj, *offsets_obj = Py_None, *full_obj = Py_None, *result = NULL;
     long q_max;
     Py_ssize_t k, limit;
-    double max_stored, max_norm, max_error;
-    if (!PyArg_ParseTuple(args, "OOOOOOlOn(ddd)nOO:topk", &codes_obj, &scales_obj, &columns_obj, &errors_obj,
+    double max_stored, max_norm, max_error, slack = 0.0;
+    if (!PyArg_ParseTuple(args, "OOOOOOlOn(ddd)nOO|OdO:topk", &codes_obj, &scales_obj, &columns_obj, &errors_obj,
                           &vectors_obj, &query_obj, &q_max, &excluded_obj, &k, &max_stored, &max_norm,
-                          &max_error, &limit, &idx_obj, &val_obj))
+                          &max_error, &limit, &idx_obj, &val_obj, &offsets_obj, &slack, &full_obj))
         return NULL;
-    Py_buffer errors, vectors, excluded, out_idx, out_val;
+    if ((offsets_obj == Py_None) != (full_obj == Py_None) || !(slack >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "topk: pass offsets and full together (or neither), slack >= 0");
+        return NULL;
+    }
+    Py_buffer errors, vectors, excluded, out_idx, out_val, offsets = {0}, full = {0};
     Inputs in;
     float *approx = NULL, *select = NULL;
     Scored *scored = NULL;
@@ -289,20 +297,26 @@ static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
         goto release_idx;
     }
     if (get(val_obj, &out_val, "out_val", "f", 4, 1, 1) < 0) goto release_idx;
+    if (offsets_obj != Py_None) {
+        if (get(offsets_obj, &offsets, "offsets", "f", 4, 1, 0) < 0) goto release_val;
+        if (get(full_obj, &full, "full", "f", 4, 1, 0) < 0) goto release_offsets;
+    }
     Py_ssize_t n = in.codes.shape[0], d = in.query.shape[0], n_excluded = excluded.shape[0];
-    if (errors.shape[0] != n || vectors.shape[0] != n || vectors.shape[1] != d || k < 1 || k >= n ||
-        limit < k || out_idx.shape[0] != k || out_val.shape[0] != k) {
-        PyErr_Format(PyExc_ValueError, "topk: errors (%zd,) and vectors (%zd, %zd) must match the codes' %zd rows "
-                     "and the query's %zd columns, k (%zd) must be in 1..%zd, limit (%zd) at least k, out_idx "
-                     "(%zd,) and out_val (%zd,) k long", errors.shape[0], vectors.shape[0], vectors.shape[1], n,
-                     d, k, n - 1, limit, out_idx.shape[0], out_val.shape[0]);
-        goto release_val;
+    Py_ssize_t d_full = offsets.buf != NULL ? full.shape[0] : d;  /* the columns candidates are scored on */
+    if (errors.shape[0] != n || vectors.shape[0] != n || vectors.shape[1] != d_full || k < 1 || k >= n ||
+        limit < k || out_idx.shape[0] != k || out_val.shape[0] != k ||
+        (offsets.buf != NULL && offsets.shape[0] != n)) {
+        PyErr_Format(PyExc_ValueError, "topk: errors (%zd,), offsets and vectors (%zd, %zd) must match the codes' "
+                     "%zd rows and the query's %zd columns, k (%zd) must be in 1..%zd, limit (%zd) at least k, "
+                     "out_idx (%zd,) and out_val (%zd,) k long", errors.shape[0], vectors.shape[0],
+                     vectors.shape[1], n, d_full, k, n - 1, limit, out_idx.shape[0], out_val.shape[0]);
+        goto release_full;
     }
     for (Py_ssize_t e = 0; e < n_excluded; e++) {
         Py_ssize_t i = index_at(&excluded, e);
         if (i < 0 || i >= n) {
             PyErr_Format(PyExc_ValueError, "topk: excluded index %zd is outside 0..%zd", i, n - 1);
-            goto release_val;
+            goto release_full;
         }
     }
     if (limit > n) limit = n;  /* there are no more candidates than items */
@@ -320,11 +334,14 @@ static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
         goto release_memory;
     }
     const double *norms = in.norms;
-    const float *err = errors.buf, *vf = vectors.buf, *qf = in.query.buf;
+    const float *err = errors.buf, *vf = vectors.buf, *qf = offsets.buf != NULL ? full.buf : in.query.buf;
+    const float *off = offsets.buf;
     Py_ssize_t count = 0;
     int decided = 1;
     Py_BEGIN_ALLOW_THREADS
     scan_rows(in.codes.buf, in.scales.buf, in.q, n, in.codes.shape[1], in.t, approx, 0);
+    if (off != NULL)
+        for (Py_ssize_t i = 0; i < n; i++) approx[i] += off[i];
     for (Py_ssize_t e = 0; e < n_excluded; e++) {  /* checked above; read again without the GIL */
         Py_ssize_t i = index_at(&excluded, e);
         if (i >= 0 && i < n) approx[i] = -INFINITY;
@@ -346,7 +363,7 @@ static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
     } else {
         const double dn = (double)d * 0x1p-24;
         const double bound = (1 + 0x1p-8) * (norms[1] * max_stored + dn / (1 - dn) * norms[0] * max_norm
-                                            + 8 * 0x1p-24 * (norms[2] * max_stored + norms[0] * max_error));
+                                            + 8 * 0x1p-24 * (norms[2] * max_stored + norms[0] * max_error)) + slack;
         const float cut = nextafterf((float)((double)kth - 2 * bound), -INFINITY);
         /* the proof gives k candidates or more from a finite cut; anything else (a bound that overflowed)
            is declined rather than answered */
@@ -354,7 +371,7 @@ static PyObject *topk(PyObject *Py_UNUSED(module), PyObject *args) {
         for (Py_ssize_t i = 0; i < n && decided; i++) {
             if (approx[i] + spread * err[i] >= cut) {
                 if (count == limit) decided = 0;
-                else scored[count++] = (Scored){dot(vf + i * d, qf, d), i};
+                else scored[count++] = (Scored){dot(vf + i * d_full, qf, d_full), i};
             }
         }
         if (count < k) decided = 0;
@@ -379,6 +396,10 @@ release_memory:
     PyMem_Free(approx);
     PyMem_Free(select);
     PyMem_Free(scored);
+release_full:
+    if (full.buf != NULL) PyBuffer_Release(&full);
+release_offsets:
+    if (offsets.buf != NULL) PyBuffer_Release(&offsets);
 release_val:
     PyBuffer_Release(&out_val);
 release_idx:
@@ -399,8 +420,8 @@ static PyMethodDef methods[] = {
      "scan(codes, scales, columns, query, q_max, out[, portable]) -> (t, |q|, |q - tQ/c|, |tQ/c|) or None: "
      "out[i] = scales[i] * t * sum_j Q[j] codes[i, j] with Q = rint(query * columns / t) (int16)."},
     {"topk", topk, METH_VARARGS,
-     "topk(codes, scales, columns, errors, vectors, query, q_max, excluded, k, bounds, limit, out_idx, out_val) -> "
-     "k or None: Int8Items.topk's answer, written to out_idx and out_val (see recsys/quantized.py)."},
+     "topk(codes, scales, columns, errors, vectors, query, q_max, excluded, k, bounds, limit, out_idx, out_val"
+     "[, offsets, slack, full]) -> k or None: Int8Items.topk's answer, written to out_idx and out_val (see recsys/retrieval/int8.py)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -46,10 +46,12 @@ def profile(kind: str, n: int, d: int, rng: np.random.Generator) -> np.ndarray:
         v[n // 2:] = v[:n - n // 2]
     elif kind == "wide":
         v *= 10.0 ** rng.uniform(-3, 3, size=(n, d))
+    elif kind == "sparse":  # a blend's item-item block: most columns 3 % nonzero (scored sparse when 16 or more)
+        v[:, d // 4 + 1:] *= rng.random((n, d - d // 4 - 1)) < 0.03
     return v.astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["mf", "ials", "bias", "duplicates", "wide"])
+@pytest.mark.parametrize("kind", ["mf", "ials", "bias", "duplicates", "wide", "sparse"])
 @pytest.mark.parametrize("n, d, k", [(5000, 64, 10), (3000, 257, 100), (700, 3, 5), (300, 16, 20), (300, 2000, 10)])
 def test_topk_is_the_float32_answer(kind, n, d, k) -> None:
     rng = np.random.default_rng(n + d + k)
@@ -64,6 +66,34 @@ def test_topk_is_the_float32_answer(kind, n, d, k) -> None:
             if found is None and kind == "wide":  # int8 cannot bound these closely: float32 answers
                 continue
             assert_same(found, vectors, query, k, skip)
+
+
+def test_mostly_zero_columns_are_scored_sparse_for_the_same_answer_from_fewer_bytes() -> None:
+    """An EASE block beside iALS factors (a blend): its columns leave the codes for a sparse matrix."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    users = np.zeros((n, 600), np.float32)
+    for j in range(600):  # each column: one user's items, about 1 % of the catalogue (a few users have more)
+        items = rng.choice(n, int(rng.pareto(1.5) * 20) + 5 if j % 50 else n // 8, replace=False)
+        users[items, j] = rng.exponential(size=len(items))
+    vectors = np.hstack([rng.normal(size=(n, 48)).astype(np.float32), users])
+    codes = Int8Items(vectors)
+    assert codes.sparse is not None and codes.codes.shape[1] < 100  # the factors and the heaviest users' columns
+    assert codes.nbytes < vectors.size / 3  # under a third of the all-int8 copy
+    for _ in range(20):
+        q = rng.normal(size=vectors.shape[1]).astype(np.float32)
+        excluded = rng.choice(n, 200, replace=False)
+        assert_same(codes.topk(q, 10, excluded), vectors, q, 10, excluded)
+    q[:48] = 0  # only the sparse part and a few dense columns scored
+    assert_same(codes.topk(q, 10), vectors, q, 10)
+    with pytest.raises(ValueError, match="offsets and full together"):
+        quantized._scan.topk(codes.codes, codes.scales, codes.columns, codes.errors, codes.vectors,
+                             q[codes.dense_columns].copy(), codes.q_max, np.zeros(0, np.int64), 3, codes.bounds, 10,
+                             np.empty(3, np.int64), np.empty(3, np.float32), np.zeros(n, np.float32))
+    with pytest.raises(ValueError, match="offsets and vectors"):
+        quantized._scan.topk(codes.codes, codes.scales, codes.columns, codes.errors, codes.vectors,
+                             q[codes.dense_columns].copy(), codes.q_max, np.zeros(0, np.int64), 3, codes.bounds, 10,
+                             np.empty(3, np.int64), np.empty(3, np.float32), np.zeros(n - 1, np.float32), 0.0, q)
 
 
 def test_duplicated_items_rank_by_index() -> None:
@@ -110,7 +140,8 @@ def test_a_spread_too_wide_for_int8_is_declined_not_answered_wrongly(monkeypatch
        seed=st.integers(0, 2 ** 32 - 1))
 def test_property_topk_equals_the_exact_answer(data, n, d, k, seed) -> None:
     rng = np.random.default_rng(seed)
-    kind = data.draw(st.sampled_from(["mf", "ials", "bias", "duplicates", "wide", "integers"]))
+    kind = data.draw(st.sampled_from(["mf", "ials", "bias", "duplicates", "wide", "integers", "sparse"]))
+    d = d + 60 if kind == "sparse" else d  # 16 sparse columns at least: the split is taken
     vectors = np.rint(rng.normal(size=(n, d)) * 3).astype(np.float32) if kind == "integers" else \
         profile(kind, n, d, rng)
     q = (rng.normal(size=d) * 10.0 ** rng.uniform(-4, 4)).astype(np.float32)
