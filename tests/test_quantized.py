@@ -1,4 +1,4 @@
-"""One query's exact top-k from int8 codes (recsys/quantized.py, recsys/_scan.c): the answer is the exact
+"""One query's exact top-k from int8 codes (recsys/retrieval/int8.py, recsys/_scan.c): the answer is the exact
 answer (float64 scoring), ties by index, whatever the vectors' scale, spread or duplicates."""
 from __future__ import annotations
 
