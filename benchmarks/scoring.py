@@ -13,7 +13,8 @@ times, interleaved round by round (the machine's speed moves within minutes):
   * one query's whole exact top-k, 165 seen items excluded: float32 (column product, then the engine's top-k)
     against the int8 first pass (`recsys.retrieval.Int8Items.topk`, the engine's path since 2026-12-04), on
     the bundle's items and on its first n items for each n of --sizes (where recsys.retrieval.int8's MIN_CELLS
-    switch from float32 to int8 comes from).
+    switch from float32 to int8 comes from); where the bundle has mostly-zero columns (a blend's EASE block),
+    also the int8 pass with every column as codes (the engine's path before 2026-12-08).
 Each call is preceded by --filler-us of pure-Python work, so the item matrix is as cold as between two
 requests rather than hot from the previous call.
 
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             lambda i, c=sub_columns, seen=seen: exact_float32(queries[i % len(queries)], c, seen[i % 64], args.k), 1)
         kernels[f"top-k, {n} items: int8 first pass (Int8Items)"] = (
             lambda i, c=codes, seen=seen: c.topk(queries[i % len(queries)], args.k, seen[i % 64]), 1)
+        if codes.sparse is not None:  # a blend's mostly-zero columns: against every column as codes
+            whole = Int8Items(sub, sparse=False)
+            kernels[f"top-k, {n} items: int8, every column as codes"] = (
+                lambda i, c=whole, seen=seen: c.topk(queries[i % len(queries)], args.k, seen[i % 64]), 1)
     times: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(args.rounds):
         for name, (fn, per) in kernels.items():

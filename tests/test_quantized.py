@@ -79,6 +79,7 @@ def test_mostly_zero_columns_are_scored_sparse_for_the_same_answer_from_fewer_by
     vectors = np.hstack([rng.normal(size=(n, 48)).astype(np.float32), users])
     codes = Int8Items(vectors)
     assert codes.sparse is not None and codes.codes.shape[1] < 100  # the factors and the heaviest users' columns
+    assert Int8Items(vectors, sparse=False).sparse is None
     assert codes.nbytes < vectors.size / 3  # under a third of the all-int8 copy
     for _ in range(20):
         q = rng.normal(size=vectors.shape[1]).astype(np.float32)

@@ -60,15 +60,16 @@ _U = 2.0 ** -24
 
 
 class Int8Items:
-    """An int8 copy of float32 item vectors (n, d), one scale per item, for exact single-query top-k."""
+    """An int8 copy of float32 item vectors (n, d), one scale per item, for exact single-query top-k; mostly-zero
+    columns in a sparse matrix instead (sparse=False: every column in the codes, the benchmarks' reference)."""
 
-    def __init__(self, vectors: np.ndarray):
+    def __init__(self, vectors: np.ndarray, sparse: bool = True):
         if _scan is None:
             raise RuntimeError("recsys._scan is not built (pip install needs a C compiler); use Int8Items.build, "
                                "which answers None instead.")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.vectors = vectors  # what candidates are scored with (not copied)
-        self.dense_columns, self.sparse = split_columns(vectors)
+        self.dense_columns, self.sparse = split_columns(vectors) if sparse else (None, None)
         if self.sparse is not None:
             vectors = vectors[:, self.dense_columns]
         n, d = vectors.shape
