@@ -32,8 +32,8 @@ _EXPORTS: dict[str, str] = {
     "Interactions": "data", "IdMap": "data", "read_interactions": "data", "read_table": "data", "from_arrays": "data",
     "temporal_split": "data", "random_split": "data", "time_split": "data", "holdout": "data",
     "load_movielens": "datasets", "make_synthetic": "datasets",
-    # models (torch is imported with IALS, MF and TwoTower)
-    "IALS": "models", "MF": "models", "TwoTower": "models", "EASE": "models", "ItemKNN": "models",
+    # models (torch is imported with IALS, MF, TwoTower and SASRec)
+    "IALS": "models", "MF": "models", "TwoTower": "models", "SASRec": "models", "EASE": "models", "ItemKNN": "models",
     "Popularity": "models", "SpectralCF": "models", "Blend": "models", "MODEL_NAMES": "models",
     "make_model": "models", "load": "models",
     # evaluating and tuning
@@ -61,6 +61,7 @@ __all__ = [
     "ItemKNN",
     "LocalService",
     "Popularity",
+    "SASRec",
     "SpectralCF",
     "TwoTower",
     "__version__",
@@ -116,6 +117,7 @@ if TYPE_CHECKING:
         Blend,
         ItemKNN,
         Popularity,
+        SASRec,
         SpectralCF,
         TwoTower,
         load,

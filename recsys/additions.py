@@ -176,7 +176,8 @@ def add_items(engine: Engine, new: Sequence[NewItem]) -> Engine:
     return Engine(np.vstack([engine.item_vectors, vectors]), engine.user_vectors, engine.users,
                   IdMap([*engine.items.ids, *ids]), seen, engine.foldin, engine.similarity, metadata,
                   batch_size=engine.retriever.batch_size, similarity_dims=engine.similarity_vectors.shape[1],
-                  mode=engine.retriever.mode, projection=projection, item_tower=engine.item_tower)
+                  mode=engine.retriever.mode, projection=projection, item_tower=engine.item_tower,
+                  sequence=engine.sequence)
 
 
 def submit(engine: Engine, store: FeedbackStore, new: Sequence[NewItem]) -> dict[str, str]:

@@ -38,6 +38,7 @@ log = logging.getLogger("recsys")
 
 FORMAT_VERSION = 1
 ITEM_TOWER_WEIGHTS = "item_tower_weights"  # the array of a two-tower's feature embeddings
+SEQUENCE_PREFIX = "sequence."  # the arrays of a sequential model's encoder (`recsys.sequence`), by weight name
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.safetensors"
 CURRENT = "current"
@@ -68,6 +69,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)      # best epoch, history, device, ...
     tuning: dict[str, Any] | None = None                        # the search summary, when tuned
     item_tower: dict[str, Any] | None = None                    # a two-tower's featurizer (`recsys.features`)
+    sequence: dict[str, Any] | None = None                      # a SASRec's encoder config (`recsys.sequence`)
     index: dict[str, Any] = field(default_factory=dict)         # kept Annoy indexes: prefix, config, stats
     index_measured: dict[str, Any] = field(default_factory=dict)  # every index tuned, kept or not
     n_users: int = 0
@@ -86,7 +88,7 @@ class Manifest:
             if f.name not in out and f.name not in ("model_class", "params"):
                 out[f.name] = getattr(self, f.name)
         out["foldin"] = self.foldin.to_dict()
-        for optional in ("tuning", "item_tower"):
+        for optional in ("tuning", "item_tower", "sequence"):
             if out[optional] is None:
                 del out[optional]
         return out

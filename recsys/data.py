@@ -512,6 +512,18 @@ def _time_order_key(inter: Interactions, seed: int) -> np.ndarray:
     return key
 
 
+def user_histories(inter: Interactions, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's items in the order they were used, as (indptr, items): user u's history, oldest first, is
+    items[indptr[u]:indptr[u + 1]] (item indices; a repeated pair appears once, `Interactions` hold one row per
+    pair). Timestamps order the rows, ties by the seeded random draw the splits use (never by id); an untimed log
+    keeps its row order, which for `Interactions` built by `from_arrays` is item index order within a user."""
+    key = np.arange(inter.nnz, dtype=np.float64) if inter.timestamp is None else _time_order_key(inter, seed)
+    order = np.lexsort((key, inter.user_index))
+    indptr = np.zeros(inter.n_users + 1, np.int64)
+    np.cumsum(np.bincount(inter.user_index, minlength=inter.n_users), out=indptr[1:])
+    return indptr, inter.item_index[order].astype(np.int64)
+
+
 def _per_user_rank(inter: Interactions, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row: its 0-based position within its user when ordered by `key`, and the user's row count."""
     order = np.lexsort((key, inter.user_index))

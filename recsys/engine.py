@@ -17,13 +17,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .bundle import ITEM_TOWER_WEIGHTS, Bundle, read_bundle
+from .bundle import ITEM_TOWER_WEIGHTS, SEQUENCE_PREFIX, Bundle, read_bundle
 from .catalogue import Catalogue, Filters
 from .data import IdMap
 from .exceptions import DataValidationError
 from .features import ItemTower
 from .foldin import FoldIn
 from .retrieval import AnnIndex, CellIndex, Retriever, combine_exclusions, load_index, normalise
+from .sequence import SequenceEncoder
 
 SIMILARITIES = ("cosine", "dot")
 
@@ -52,6 +53,7 @@ class Engine:
     foldin: how a history becomes a user vector (`recsys.foldin.FoldIn`, or its dict form; default 'mean').
     projection: (n_items, d), the rows the 'linear' fold-in sums (None for every other method).
     item_tower: a two-tower's feature embeddings (`recsys.features.ItemTower`), which place new items.
+    sequence: a sequential model's encoder (`recsys.sequence.SequenceEncoder`), what the 'sequence' fold-in runs.
     indexes / index_stats / mode / batch_size: the `recsys.retrieval.Retriever`'s (`self.retriever`).
 
     >>> from recsys.data import IdMap
@@ -68,7 +70,8 @@ class Engine:
                  item_metadata: pd.DataFrame | None = None, batch_size: int = 1024,
                  similarity_dims: int | None = None, indexes: dict[str, AnnIndex | CellIndex] | None = None,
                  index_stats: dict[str, dict] | None = None, mode: str = "auto",
-                 projection: np.ndarray | None = None, item_tower: ItemTower | None = None):
+                 projection: np.ndarray | None = None, item_tower: ItemTower | None = None,
+                 sequence: SequenceEncoder | None = None):
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
         self.users, self.items = users, items
@@ -80,11 +83,8 @@ class Engine:
         self.seen = seen if seen is not None else sp.csr_matrix((len(users), len(items)), dtype=np.float32)
         self.foldin = FoldIn.from_dict(foldin)
         self.projection = None if projection is None else np.ascontiguousarray(projection, dtype=np.float32)
-        if self.foldin.method == "linear" and (self.projection is None or self.projection.shape !=
-                                                self.item_vectors.shape):
-            raise DataValidationError(f"The 'linear' fold-in needs a projection of shape {self.item_vectors.shape} "
-                                      f"(one row per item). Got {None if projection is None else projection.shape}.")
-        self.item_tower = item_tower
+        self.foldin.check(self.item_vectors, self.projection, sequence)
+        self.item_tower, self.sequence = item_tower, sequence
         if similarity not in SIMILARITIES:
             raise DataValidationError(f"similarity must be one of {SIMILARITIES}. Got {similarity!r}.")
         self.similarity = similarity
@@ -149,7 +149,7 @@ class Engine:
         """A user vector for a history of item indices (optional weights), from the item vectors alone: the
         model's own user solve, as its `recsys.foldin.FoldIn` config says (no retraining)."""
         return self.foldin.user_vector(self.item_vectors, item_index, weights, self._gramian, self.user_vectors,
-                                       self.projection)
+                                       self.projection, self.sequence)
 
     def contributions(self, item_index: np.ndarray, weights: np.ndarray | None, targets: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -363,7 +363,9 @@ def load_engine(path: str | Path, mode: str = "auto") -> tuple[Engine, Bundle]:
                     item_metadata=bundle.item_metadata, similarity_dims=m.similarity_dims, mode=mode,
                     projection=bundle.arrays.get("foldin_projection"),
                     item_tower=None if m.item_tower is None else
-                    ItemTower.from_state(m.item_tower, bundle.arrays[ITEM_TOWER_WEIGHTS]))
+                    ItemTower.from_state(m.item_tower, bundle.arrays[ITEM_TOWER_WEIGHTS]),
+                    sequence=None if m.sequence is None else
+                    SequenceEncoder.from_state(m.sequence, bundle.arrays, SEQUENCE_PREFIX))
     for metric, info in m.index.items():
         engine.retriever.indexes[metric] = load_index(bundle.path, info["prefix"], **info["config"])
         engine.retriever.index_stats[metric] = info["stats"]

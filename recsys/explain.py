@@ -23,11 +23,12 @@ def explain(engine: Engine, user: object | None, item_ids: Sequence[object], *,
     it), the `top` history items with the largest contributions to its score, each as {"item", "share"}
     (its contribution over the sum of all the history's contributions to that score). Also `how`: 'exact'
     (the served vector is the fold-in decomposed), 'fold-in' (the served vector is a trained one; the reasons
-    decompose the fold-in of the same history), or 'none' (no history: a popularity fallback or a model
-    without personalisation; every list is empty)."""
+    decompose the fold-in of the same history), or 'none' (no history: a popularity fallback, a model
+    without personalisation, or a sequential model, whose scores do not split over the history; every list is
+    empty)."""
     index, weights, how = _history(engine, user, history or ())
     targets = engine.items.to_index(list(item_ids), kind="item")
-    if not len(index) or engine.foldin.method == "constant":
+    if not len(index) or engine.foldin.method in ("constant", "sequence"):
         return [[] for _ in targets], "none"
     distinct, contrib = engine.contributions(index, weights, targets)
     out = []

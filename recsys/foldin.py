@@ -18,14 +18,17 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.linalg import lapack
 
 from .exceptions import DataValidationError
 
-FOLDIN_METHODS = ("ridge", "mean", "indicator", "constant", "linear", "blend")
+if TYPE_CHECKING:
+    from .sequence import SequenceEncoder
+
+FOLDIN_METHODS = ("ridge", "mean", "indicator", "constant", "linear", "blend", "sequence")
 CONFIDENCES = ("binary", "weight", "log", "power")
 
 
@@ -70,7 +73,9 @@ class FoldIn:
     'constant' uses the mean training user vector (models without personalisation); 'linear' sums the rows of
     the model's exported projection matrix over the distinct history items (spectral filters, whose user
     vector is a fixed linear map of the binary history row, as in training); 'blend' concatenates the fold-ins
-    of its `parts` (`recsys.models.blend`), each on its own columns of the item vectors.
+    of its `parts` (`recsys.models.blend`), each on its own columns of the item vectors; 'sequence' runs a
+    sequential model's encoder (`recsys.sequence.SequenceEncoder`, SASRec) on the history in its given order
+    (weights are ignored: a sequence has no confidences).
     confidence (iALS only; None elsewhere): repeated items' weights are summed and mapped through `confidence`
     with `alpha` and `epsilon`, and the penalty scales with `reg_exponent` (see `penalty`).
     """
@@ -120,14 +125,30 @@ class FoldIn:
                                       f"{[f.name for f in dataclasses.fields(cls)]}.")
         return cls(**config)
 
+    def check(self, item_vectors: np.ndarray, projection: np.ndarray | None = None,
+              sequence: SequenceEncoder | None = None) -> None:
+        """Raise DataValidationError unless the arrays this fold-in needs are there: the 'linear' method's
+        projection, one row per item; the 'sequence' method's encoder (a blend's part's too), as wide as the
+        item vectors (or as its part's columns)."""
+        if self.method == "linear" and (projection is None or projection.shape != item_vectors.shape):
+            raise DataValidationError(f"The 'linear' fold-in needs a projection of shape {item_vectors.shape} "
+                                      f"(one row per item). Got {None if projection is None else projection.shape}.")
+        widths = [item_vectors.shape[1]] if self.method == "sequence" else \
+            [p.dims for p in self.parts if p.foldin.method == "sequence"]
+        if widths and (sequence is None or sequence.factors != widths[0] or len(widths) > 1):
+            raise DataValidationError(f"The 'sequence' fold-in needs one sequence encoder of {widths[0]} factors "
+                                      "(a SASRec bundle's 'sequence' manifest entry and its arrays). Got "
+                                      f"{None if sequence is None else f'{sequence.factors} factors'}.")
+
     def user_vector(self, item_vectors: np.ndarray, item_index: np.ndarray, weights: np.ndarray | None = None,
                     gramian: Callable[[], np.ndarray] | None = None, user_vectors: np.ndarray | None = None,
-                    projection: np.ndarray | None = None) -> np.ndarray:
+                    projection: np.ndarray | None = None, sequence: SequenceEncoder | None = None) -> np.ndarray:
         """The user vector for a history of item indices (with optional weights).
 
         gramian(columns=None): item_vectors[:, columns].T @ item_vectors[:, columns] (callers cache it; computed
         here when None). user_vectors: the training users' vectors, whose mean the 'constant' method (and an empty
-        history) returns. projection: (n_items, d), what the 'linear' method sums.
+        history) returns. projection: (n_items, d), what the 'linear' method sums. sequence: the encoder the
+        'sequence' method runs, on `item_index` in its order (oldest first).
         """
         item_index = np.asarray(item_index, dtype=np.int64)
         if self.method == "constant" or len(item_index) == 0:
@@ -135,7 +156,12 @@ class FoldIn:
                 return user_vectors.mean(axis=0)
             return np.zeros(item_vectors.shape[1], np.float32)
         if self.method == "blend":
-            return _blend_user_vector(self, item_vectors, item_index, weights, gramian, user_vectors, projection)
+            return _blend_user_vector(self, item_vectors, item_index, weights, gramian, user_vectors, projection,
+                                      sequence)
+        if self.method == "sequence":
+            if sequence is None:
+                raise DataValidationError("The 'sequence' fold-in needs the model's sequence encoder.")
+            return sequence.encode(item_vectors, item_index)
         w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
         if self.method == "mean":
             return (w @ item_vectors[item_index]) / w.sum()
@@ -173,14 +199,15 @@ class FoldIn:
         user_vector's score of target t. Every method is linear in its history once the history is fixed:
         'mean' weights each item's vector, 'linear' sums projection rows, 'indicator' reads item-item weights,
         'ridge' (iALS) is (G^-1 sum_j c_j y_j) . y_t with G the history's own system, so item j contributes
-        c_j y_j . G^-1 y_t (implicit's `explain`). 'constant' has no contributions (all zeros)."""
+        c_j y_j . G^-1 y_t (implicit's `explain`). 'constant' has no contributions (all zeros), nor has
+        'sequence': its transformer is not linear in the history, so no split of a score is exact."""
         item_index = np.asarray(item_index, dtype=np.int64)
         w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
         distinct, inverse = np.unique(item_index, return_inverse=True)
         summed = np.bincount(inverse, weights=w, minlength=len(distinct))  # repeated items' weights add up
         targets = np.asarray(targets, dtype=np.int64)
         out = np.zeros((len(distinct), len(targets)))
-        if self.method == "constant" or not len(distinct):
+        if self.method in ("constant", "sequence") or not len(distinct):
             return distinct, out
         if self.method == "blend":
             for part, _, vectors, part_gramian, part_projection in _parts(self, item_vectors, gramian, projection):
@@ -238,9 +265,10 @@ class BlendPart:
 
 def _blend_user_vector(foldin: FoldIn, item_vectors: np.ndarray, item_index: np.ndarray,
                        weights: np.ndarray | None, gramian: Callable[..., np.ndarray] | None,
-                       user_vectors: np.ndarray | None, projection: np.ndarray | None) -> np.ndarray:
+                       user_vectors: np.ndarray | None, projection: np.ndarray | None,
+                       sequence: SequenceEncoder | None) -> np.ndarray:
     """Each part's own fold-in on its own columns (views, never copies: this runs per request), scaled as the
-    blend scaled its user vectors."""
+    blend scaled its user vectors; a 'sequence' part runs the blend's one encoder."""
     if sum(p.dims for p in foldin.parts) != item_vectors.shape[1]:
         raise DataValidationError(f"The blend's parts cover {sum(p.dims for p in foldin.parts)} columns; the item "
                                   f"vectors have {item_vectors.shape[1]}.")
@@ -248,7 +276,8 @@ def _blend_user_vector(foldin: FoldIn, item_vectors: np.ndarray, item_index: np.
     for part, cols, vectors, part_gramian, part_projection in _parts(foldin, item_vectors, gramian, projection):
         vector = part.foldin.user_vector(
             vectors, item_index, weights, part_gramian,
-            None if user_vectors is None else user_vectors[:, cols] / (part.user_scale or 1.0), part_projection)
+            None if user_vectors is None else user_vectors[:, cols] / (part.user_scale or 1.0), part_projection,
+            sequence)
         out.append(np.asarray(vector, np.float32) * part.user_scale)
     return np.concatenate(out).astype(np.float32)
 

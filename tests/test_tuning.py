@@ -617,7 +617,7 @@ def test_with_a_budget_the_closed_form_searches_go_past_their_counts_only_within
     assert trials(3600.0) == [tuning.closed_form_trials(m, 3600.0) for m in models] == [24, 10]
 
 
-@pytest.mark.parametrize("name", ["ials", "mf", "two_tower", "ease", "spectral", "itemknn", "popularity"])
+@pytest.mark.parametrize("name", ["ials", "mf", "two_tower", "sasrec", "ease", "spectral", "itemknn", "popularity"])
 def test_what_a_model_searches_is_declared_on_its_class_and_allowed_by_its_constraints(name):
     """One place per model: its search space, start points, trial defaults and weight parameters are class
     attributes, every name is a parameter of the model, and every range end and start value passes the

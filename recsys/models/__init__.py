@@ -18,11 +18,12 @@ if TYPE_CHECKING:
     from .ials import IALS
     from .mf import MF
     from .popularity import Popularity
+    from .sasrec import SASRec
     from .spectral import SpectralCF
     from .two_tower import TwoTower
 
 _CLASSES = {"Blend": "blend", "IALS": "ials", "MF": "mf", "TwoTower": "two_tower", "EASE": "baselines", "ItemKNN": "baselines",
-            "Popularity": "popularity", "SpectralCF": "spectral"}
+            "Popularity": "popularity", "SASRec": "sasrec", "SpectralCF": "spectral"}
 
 __all__ = [
     "EASE",
@@ -34,6 +35,7 @@ __all__ = [
     "ItemKNN",
     "Popularity",
     "Recommender",
+    "SASRec",
     "SpectralCF",
     "TwoTower",
     "load",

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..bundle import ITEM_TOWER_WEIGHTS, Bundle, Manifest, csr_arrays, write_bundle
+from ..bundle import ITEM_TOWER_WEIGHTS, SEQUENCE_PREFIX, Bundle, Manifest, csr_arrays, write_bundle
 from ..data import Interactions
 from ..engine import Engine, load_engine
 from ..exceptions import BundleError, DataValidationError, NotFittedError
@@ -24,6 +24,7 @@ from ..features import ItemTower
 from ..foldin import FoldIn
 from ..params import Options, Range
 from ..retrieval import INDEX_PREFIX, build_indexes
+from ..sequence import SequenceEncoder
 from .registry import MODEL_REGISTRY, model_class
 
 
@@ -40,6 +41,7 @@ class Exported:
     extra: dict = field(default_factory=dict)  # JSON-able training facts (best epoch, history, ...)
     projection: np.ndarray | None = None  # (n_items, d): what the 'linear' fold-in sums (spectral models)
     item_tower: ItemTower | None = None  # a two-tower's feature embeddings: new items' vectors from attributes
+    sequence: SequenceEncoder | None = None  # a sequential model's encoder: what its 'sequence' fold-in runs
 
 
 class Recommender:
@@ -132,7 +134,7 @@ class Recommender:
         self.engine_ = Engine(exported.item_vectors, exported.user_vectors, users, items, seen=seen,
                               foldin=exported.foldin, similarity=exported.similarity, item_metadata=item_metadata,
                               similarity_dims=exported.similarity_dims, projection=exported.projection,
-                              item_tower=exported.item_tower)
+                              item_tower=exported.item_tower, sequence=exported.sequence)
 
     def _check_fitted(self) -> Engine:
         if not hasattr(self, "engine_"):
@@ -199,6 +201,8 @@ class Recommender:
             arrays["foldin_projection"] = engine.projection
         if engine.item_tower is not None:
             arrays[ITEM_TOWER_WEIGHTS] = engine.item_tower.weights
+        if engine.sequence is not None:
+            arrays.update(engine.sequence.arrays(SEQUENCE_PREFIX))
         files = {}
         for metric, index in engine.retriever.indexes.items():
             files.update(index.file_writers(INDEX_PREFIX[metric]))
@@ -210,7 +214,8 @@ class Recommender:
             index={metric: {"prefix": INDEX_PREFIX[metric], "config": index.config(),
                             "stats": engine.retriever.index_stats.get(metric, {})} for metric, index in engine.retriever.indexes.items()},
             index_measured=engine.retriever.index_stats,
-            item_tower=None if engine.item_tower is None else _jsonable(engine.item_tower.state()), **sections)
+            item_tower=None if engine.item_tower is None else _jsonable(engine.item_tower.state()),
+            sequence=None if engine.sequence is None else engine.sequence.state(), **sections)
         return write_bundle(path, arrays=arrays, users=self.users_, items=self.items_, manifest=manifest,
                             item_metadata=engine.catalogue.metadata, files=files)
 
@@ -240,7 +245,8 @@ def model_from_bundle(engine: Engine, bundle: Bundle, expected: type[Recommender
     model.exported_ = Exported(bundle.arrays["item_vectors"], bundle.arrays["user_vectors"],
                                foldin=manifest.foldin, similarity=manifest.similarity,
                                similarity_dims=manifest.similarity_dims, extra=manifest.training,
-                               projection=bundle.arrays.get("foldin_projection"), item_tower=engine.item_tower)
+                               projection=bundle.arrays.get("foldin_projection"), item_tower=engine.item_tower,
+                               sequence=engine.sequence)
     model.users_, model.items_, model.engine_ = bundle.users, bundle.items, engine
     model.manifest_ = manifest
     return model

@@ -131,7 +131,9 @@ def blend_exported(exports: Sequence[Exported], weights: Sequence[float], train:
         projection = np.hstack([np.zeros((len(items[j]), parts[j].dims), np.float32) if p is None else p
                                 for j, p in enumerate(projections)]).astype(np.float32)
     first = exports[0]
+    # a 'sequence' part runs its model's encoder on its own columns (`FoldIn.check` allows one such part)
+    sequence = next((e.sequence for e in exports if e.sequence is not None), None)
     return Exported(np.hstack(items).astype(np.float32), np.hstack(user_cols).astype(np.float32),
                     foldin=FoldIn("blend", parts=tuple(parts)), similarity=first.similarity,
                     similarity_dims=first.similarity_dims or parts[0].dims, extra={"components": info},
-                    projection=projection)
+                    projection=projection, sequence=sequence)

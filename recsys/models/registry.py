@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 MODEL_REGISTRY: dict[str, type[Recommender]] = {}  # filled as each Recommender subclass is defined
 # built-in name -> module; other subclasses (e.g. a benchmark's peers) register themselves when defined
 _MODULES = {"ials": "ials", "mf": "mf", "two_tower": "two_tower", "ease": "baselines", "itemknn": "baselines",
-            "popularity": "popularity", "spectral": "spectral", "blend": "blend"}
+            "popularity": "popularity", "spectral": "spectral", "blend": "blend", "sasrec": "sasrec"}
 MODEL_NAMES: tuple[str, ...] = tuple(_MODULES)
 
 
