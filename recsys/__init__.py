@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     # reading and splitting logs
     "Interactions": "data", "IdMap": "data", "read_interactions": "data", "read_table": "data", "from_arrays": "data",
     "temporal_split": "data", "random_split": "data", "time_split": "data", "holdout": "data",
+    "leave_last_out": "data",
     "load_movielens": "datasets", "make_synthetic": "datasets",
     # models (torch is imported with IALS, MF, TwoTower and SASRec)
     "IALS": "models", "MF": "models", "TwoTower": "models", "SASRec": "models", "EASE": "models", "ItemKNN": "models",
@@ -72,6 +73,7 @@ __all__ = [
     "evaluate_per_user",
     "from_arrays",
     "holdout",
+    "leave_last_out",
     "load",
     "load_engine",
     "load_movielens",
@@ -98,6 +100,7 @@ if TYPE_CHECKING:
         Interactions,
         from_arrays,
         holdout,
+        leave_last_out,
         random_split,
         read_interactions,
         read_table,

@@ -570,6 +570,18 @@ def temporal_split(inter: Interactions, test_fraction: float | None = 0.2, *, te
     return _holdout(inter, _time_order_key(inter, seed), test_fraction, test_k, min_train)
 
 
+def leave_last_out(inter: Interactions, *, seed: int = 0) -> tuple[Interactions, Interactions, Interactions]:
+    """(train, validation, test): per user, the last interaction in time is test and the one before it validation
+    (the split sequential models are judged on, beside the temporal 80/20); users with fewer than three keep them
+    all in train. Ties in time are ordered by the random draw seeded by `seed` that `temporal_split` uses."""
+    if inter.timestamp is None:
+        raise DataValidationError("leave_last_out needs timestamps: read the log with time_col=<column>.")
+    rank, count = _per_user_rank(inter, _time_order_key(inter, seed))
+    held = count >= 3
+    test, validation = held & (rank == count - 1), held & (rank == count - 2)
+    return inter.subset(~(test | validation)), inter.subset(validation), inter.subset(test)
+
+
 def holdout(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[Interactions, Interactions]:
     """Each user's latest `test_fraction` (ties in time in a random order seeded by `seed`), or a random
     `test_fraction` per user when the log has no timestamps (the split `recsys train` and `recsys.tuning` use)."""

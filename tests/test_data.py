@@ -17,6 +17,7 @@ from recsys.data import (
     align_item_metadata,
     detect_delimiter,
     from_arrays,
+    leave_last_out,
     random_split,
     read_interactions,
     temporal_split,
@@ -478,6 +479,22 @@ def test_temporal_split_exact_rows() -> None:
     train, test = temporal_split(inter, test_fraction=0.5)
     assert sorted(pairs(test)) == [("a", "w"), ("a", "y"), ("b", "x")]
     assert sorted(pairs(train)) == [("a", "x"), ("a", "z"), ("b", "y")]
+
+
+def test_leave_last_out_holds_each_users_last_event_for_test_and_the_one_before_for_validation() -> None:
+    inter = from_arrays(np.array(["a"] * 4 + ["b"] * 3 + ["c"] * 2), np.array(["w", "x", "y", "z", "x", "y", "z", "w", "x"]),
+                        timestamp=np.array([40, 10, 30, 20, 5, 1, 9, 1, 2]))
+    train, validation, test = leave_last_out(inter)
+    assert sorted(pairs(test)) == [("a", "w"), ("b", "z")]
+    assert sorted(pairs(validation)) == [("a", "y"), ("b", "x")]
+    assert sorted(pairs(train)) == [("a", "x"), ("a", "z"), ("b", "y"), ("c", "w"), ("c", "x")]  # c: too few
+    tied = day_granular()
+    splits = [leave_last_out(tied, seed=s) for s in (0, 0, 1)]
+    assert pairs(splits[0][2]) == pairs(splits[1][2]) != pairs(splits[2][2]), "ties: a seeded draw"
+    _, _, test = splits[0]
+    assert abs(test.item_index.mean() - tied.item_index.mean()) < 15, "never by id"
+    with pytest.raises(DataValidationError, match="leave_last_out needs timestamps"):
+        leave_last_out(from_arrays(np.array(["a"]), np.array(["x"])))
 
 
 def day_granular(n_users: int = 400, n_items: int = 300, per_user: int = 20, days: int = 2, seed: int = 0

@@ -15,6 +15,7 @@ from recsys.engine import load_engine
 from recsys.exceptions import DataValidationError
 from recsys.foldin import FoldIn
 from recsys.models import IALS, Blend, Popularity, load
+from recsys.models import sasrec as sasrec_module
 from recsys.models.sasrec import SASRec, SASRecNetwork, recent_items, training_windows
 from recsys.sequence import SequenceEncoder
 
@@ -117,6 +118,14 @@ def test_sampled_softmax_with_popularity_negatives_learns_the_order_too():
     assert model.recommend_for_history(["n4", "A"], k=1)[0][0] == "B"
 
 
+def test_loss_auto_takes_the_full_softmax_unless_an_epoch_costs_more_than_softmax_work(monkeypatch):
+    log = ordered_log(seed=2)
+    assert fast_sasrec(epochs=1).fit(log).exported_.extra["loss"] == "softmax"
+    monkeypatch.setattr(sasrec_module, "SOFTMAX_WORK", 0.0)
+    assert fast_sasrec(epochs=1).fit(log).exported_.extra["loss"] == "sampled"
+    assert fast_sasrec(epochs=1, loss="softmax").fit(log).exported_.extra["loss"] == "softmax"
+
+
 # ------------------------------------------------------------------------------------ bundles
 def test_round_trip_and_serving_without_torch(ordered, tmp_path):
     log, model = ordered
@@ -197,7 +206,7 @@ def test_training_windows_give_every_next_item_once():
     ("max_len", 2.5, "The 'max_len' parameter of SASRec must be an int >= 1. Got 2.5."),
     ("dropout", 1.5, "The 'dropout' parameter of SASRec must be a float >= 0 and <= 1. Got 1.5."),
     ("lr", 0.0, "The 'lr' parameter of SASRec must be a float > 0. Got 0.0."),
-    ("loss", "bpr", "The 'loss' parameter of SASRec must be one of 'softmax', 'sampled'. Got 'bpr'."),
+    ("loss", "bpr", "The 'loss' parameter of SASRec must be one of 'auto', 'softmax', 'sampled'. Got 'bpr'."),
     ("sampling", "zipf", "must be one of 'uniform', 'popularity'. Got 'zipf'."),
     ("n_negatives", 0, "The 'n_negatives' parameter of SASRec must be an int >= 1. Got 0."),
     ("n_heads", 3, "The 'n_heads' parameter of SASRec must divide 'factors' (16). Got 3."),

@@ -13,6 +13,8 @@ original binary cross-entropy with one sampled negative is overconfident and ran
 'sampled' is the softmax over the positive and `n_negatives` items shared by the batch, drawn uniformly or by
 popularity, with the logQ correction (each candidate's logit less log(n_negatives x its sampling probability))
 so that popularity sampling does not push popular items down, for catalogues too wide for the full softmax.
+'auto' (the default) takes the full softmax while an epoch's output layer costs at most SOFTMAX_WORK
+multiply-adds (training positions x items x factors: ml-latest-small's 100k x 9.7k x 64 is 6e10), else 'sampled'.
 
 Serving needs no torch: the bundle holds the item embeddings as item vectors, each training user's encoded
 history as their user vector, and the transformer's weights as a `recsys.sequence.SequenceEncoder`, which the
@@ -38,6 +40,7 @@ from .loop import fit_loop, ndcg_validator, optimise, resolve_device, seed_every
 
 EPS = 1e-6  # the layer norms' epsilon (the numpy encoder reads it from the bundle)
 ENCODE_BATCH = 1024  # users encoded at once for the exported user vectors
+SOFTMAX_WORK = 2e11  # loss 'auto': the most output-layer multiply-adds per epoch for the full softmax
 
 
 class SASRec(Recommender):
@@ -45,7 +48,7 @@ class SASRec(Recommender):
 
     factors: embedding size. n_layers / n_heads (must divide factors): transformer blocks and attention heads.
     max_len: the most recent items a user vector reads. dropout: on embeddings, attention weights and
-    sub-layer outputs in training. lr / weight_decay: AdamW's. batch_size: windows per step. loss: 'softmax'
+    sub-layer outputs in training. lr / weight_decay: AdamW's. batch_size: windows per step. loss: 'auto', 'softmax'
     (full catalogue) or 'sampled' (`n_negatives` shared negatives from `sampling`: 'uniform' or 'popularity',
     with the logQ correction). epochs / patience: early stopping on validation NDCG@10 when `fit` gets a
     validation set (max_val_users: the sample it is judged on). max_seconds: a bound on training time, checked
@@ -57,7 +60,7 @@ class SASRec(Recommender):
         "factors": Interval(int, 1), "n_layers": Interval(int, 1), "n_heads": Interval(int, 1),
         "max_len": Interval(int, 1), "dropout": Interval(float, 0, 1), "lr": Interval(float, 0, closed_low=False),
         "weight_decay": Interval(float, 0), "batch_size": Interval(int, 1), "epochs": Interval(int, 1),
-        "patience": Interval(int, 1), "loss": Options(("softmax", "sampled")), "n_negatives": Interval(int, 1),
+        "patience": Interval(int, 1), "loss": Options(("auto", "softmax", "sampled")), "n_negatives": Interval(int, 1),
         "sampling": Options(("uniform", "popularity")), "seed": Interval(int, 0),
         "device": Options(("auto", "cpu", "cuda", "mps")), "progress": BOOL,
         "max_val_users": Interval(int, 1, none_ok=True), "max_seconds": Interval(float, 0, none_ok=True),
@@ -71,7 +74,7 @@ class SASRec(Recommender):
 
     def __init__(self, *, factors: int = 64, n_layers: int = 2, n_heads: int = 1, max_len: int = 50,
                  dropout: float = 0.2, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 128,
-                 epochs: int = 200, patience: int = 10, loss: str = "softmax", n_negatives: int = 256,
+                 epochs: int = 200, patience: int = 10, loss: str = "auto", n_negatives: int = 256,
                  sampling: str = "uniform", seed: int = 0, device: str = "auto", progress: bool = True,
                  max_val_users: int | None = 5000, max_seconds: float | None = None):
         self.factors = factors
@@ -102,6 +105,8 @@ class SASRec(Recommender):
         n_items = train.n_items
         indptr, items = user_histories(train, self.seed)
         inputs, targets = training_windows(indptr, items, self.max_len, pad=n_items)
+        loss = self.loss if self.loss != "auto" else \
+            "softmax" if float(len(items) - len(indptr) + 1) * n_items * self.factors <= SOFTMAX_WORK else "sampled"
         recent = torch.as_tensor(recent_items(indptr, items, self.max_len, pad=n_items))
         has_history = np.diff(indptr) > 0
         net = SASRecNetwork(n_items, self.factors, self.n_layers, self.n_heads, self.max_len, self.dropout,
@@ -119,7 +124,7 @@ class SASRec(Recommender):
                 idx = order[start:start + self.batch_size]
                 seqs, tgts = trim(inputs[idx], targets[idx], n_items)
                 negatives = None
-                if self.loss == "sampled":
+                if loss == "sampled":
                     negatives = (torch.multinomial(q, self.n_negatives, replacement=True, generator=gen)
                                  if self.sampling == "popularity" else
                                  torch.randint(n_items, (self.n_negatives,), generator=gen)).to(device)
@@ -145,10 +150,10 @@ class SASRec(Recommender):
 
         result = fit_loop(epochs=self.epochs, run_epoch=run_epoch, snapshot=snapshot,
                           validate=ndcg_validator(train, validation, self.max_val_users, self.seed),
-                          patience=self.patience, progress=self.progress, desc=f"SASRec({self.loss})",
+                          patience=self.patience, progress=self.progress, desc=f"SASRec({loss})",
                           max_seconds=self.max_seconds)
         exported = result.best_state
-        exported.extra = result.facts(device=str(device), windows=len(inputs))
+        exported.extra = result.facts(device=str(device), windows=len(inputs), loss=loss)
         return exported
 
     def _batch_loss(self, net: SASRecNetwork, seqs: torch.Tensor, targets: torch.Tensor,
