@@ -517,11 +517,26 @@ def user_histories(inter: Interactions, seed: int = 0) -> tuple[np.ndarray, np.n
     items[indptr[u]:indptr[u + 1]] (item indices; a repeated pair appears once, `Interactions` hold one row per
     pair). Timestamps order the rows, ties by the seeded random draw the splits use (never by id); an untimed log
     keeps its row order, which for `Interactions` built by `from_arrays` is item index order within a user."""
+    order, indptr = _history_order(inter, seed)
+    return indptr, inter.item_index[order].astype(np.int64)
+
+
+def time_ordered_matrix(inter: Interactions, seed: int = 0) -> sp.csr_matrix:
+    """`inter.matrix()` with each row's entries in `user_histories` order (oldest first) instead of by item index:
+    what a sequence model's bundle stores as the users' seen items, so that a known user's history folds in in
+    order. A log holding a pair twice gets `matrix()` (summed, by item index)."""
+    order, indptr = _history_order(inter, seed)
+    m = sp.csr_matrix((inter.weight[order].astype(np.float32), inter.item_index[order], indptr),
+                      shape=(inter.n_users, inter.n_items))
+    return m if m.nnz == inter.matrix().nnz else inter.matrix()
+
+
+def _history_order(inter: Interactions, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows' order by user, then time (ties by the seeded draw; untimed: row order), the users' CSR indptr)."""
     key = np.arange(inter.nnz, dtype=np.float64) if inter.timestamp is None else _time_order_key(inter, seed)
-    order = np.lexsort((key, inter.user_index))
     indptr = np.zeros(inter.n_users + 1, np.int64)
     np.cumsum(np.bincount(inter.user_index, minlength=inter.n_users), out=indptr[1:])
-    return indptr, inter.item_index[order].astype(np.int64)
+    return np.lexsort((key, inter.user_index)), indptr
 
 
 def _per_user_rank(inter: Interactions, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

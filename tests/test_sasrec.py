@@ -216,3 +216,15 @@ def test_invalid_params_are_named(synthetic, param, value, expected):
     with pytest.raises(DataValidationError) as err:
         fast_sasrec(**{param: value}).fit(synthetic)
     assert expected in str(err.value)
+
+
+def test_a_known_user_with_new_feedback_is_folded_in_in_time_order(ordered, tmp_path):
+    """The bundle keeps each user's seen items in time order, so training history + feedback is one sequence."""
+    log, model = ordered
+    indptr, in_time = user_histories(log)
+    u = next(u for u in range(log.n_users) if np.any(np.diff(in_time[indptr[u]:indptr[u + 1]]) < 0))  # not by index
+    items, _ = model.engine_.folded_history(log.users.ids[u], [("n1", 1.0)])
+    np.testing.assert_array_equal(items[:-1], in_time[indptr[u]:indptr[u + 1]])
+    assert model.engine_.items.ids[items[-1]] == "n1"
+    loaded = load(model.save(tmp_path / "bundle"))  # the order survives the bundle
+    np.testing.assert_array_equal(loaded.engine_.folded_history(log.users.ids[u], [])[0], items[:-1])

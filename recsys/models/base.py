@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..bundle import ITEM_TOWER_WEIGHTS, SEQUENCE_PREFIX, Bundle, Manifest, csr_arrays, write_bundle
-from ..data import Interactions
+from ..data import Interactions, time_ordered_matrix
 from ..engine import Engine, load_engine
 from ..exceptions import BundleError, DataValidationError, NotFittedError
 from ..features import ItemTower
@@ -121,7 +122,7 @@ class Recommender:
             raise DataValidationError("validation must share the id maps of the training interactions: "
                                       "create both with one of the recsys.data split functions.")
         exported = self._fit(interactions, validation)
-        self._set_state(exported, interactions.users, interactions.items, interactions.matrix(),
+        self._set_state(exported, interactions.users, interactions.items, seen_matrix(exported, interactions),
                         interactions.item_metadata)
         return self
 
@@ -224,6 +225,12 @@ class Recommender:
         """Load a bundle written by `save` (checksums verified). On the base class, picks the right model."""
         engine, bundle = load_engine(path)
         return model_from_bundle(engine, bundle, expected=None if cls is Recommender else cls)
+
+
+def seen_matrix(exported: Exported, interactions: Interactions) -> sp.csr_matrix:
+    """The users' seen items as the engine keeps them: by item index, or in time order for a model with a sequence
+    encoder, which folds a known user's history in as it happened (ties by the splits' draw with seed 0)."""
+    return interactions.matrix() if exported.sequence is None else time_ordered_matrix(interactions)
 
 
 def model_from_bundle(engine: Engine, bundle: Bundle, expected: type[Recommender] | None = None

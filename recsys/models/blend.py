@@ -25,7 +25,7 @@ import numpy as np
 from ..data import Interactions
 from ..exceptions import DataValidationError
 from ..foldin import BlendPart, FoldIn
-from .base import Exported, Recommender
+from .base import Exported, Recommender, seen_matrix
 from .registry import MODEL_NAMES, make_model
 
 SPREAD_USERS = 1000  # training users whose score spread sets each component's scale
@@ -88,7 +88,7 @@ class Blend(Recommender):
         blend = cls(components=tuple((m.name, m.get_params()) for m in models), weights=tuple(weights), seed=seed)
         blend._validate_params()
         exported = blend_exported([m.exported_ for m in models], weights, train, seed, names=[m.name for m in models])
-        blend._set_state(exported, train.users, train.items, train.matrix(), train.item_metadata)
+        blend._set_state(exported, train.users, train.items, seen_matrix(exported, train), train.item_metadata)
         return blend
 
 

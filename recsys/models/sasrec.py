@@ -103,7 +103,7 @@ class SASRec(Recommender):
         gen = seed_everything(self.seed)
         device = resolve_device(self.device)
         n_items = train.n_items
-        indptr, items = user_histories(train, self.seed)
+        indptr, items = user_histories(train)  # ties as the bundle's seen matrix orders them (recsys.models.base.seen_matrix)
         inputs, targets = training_windows(indptr, items, self.max_len, pad=n_items)
         loss = self.loss if self.loss != "auto" else \
             "softmax" if float(len(items) - len(indptr) + 1) * n_items * self.factors <= SOFTMAX_WORK else "sampled"
