@@ -35,6 +35,10 @@ def create_app() -> Flask:
     def recommendations(user_id: str):
         return doc
 
+    @app.post("/v1/sessions/recommendations")
+    def sessions():  # --traffic sessions: the body is not read, as the static answer needs nothing from it
+        return doc
+
     @app.post("/v1/feedback")
     def feedback():  # the feedback events of --traffic zipf: answered as the service answers one stored event
         return {"stored": 1, "duplicates": 0}, 201

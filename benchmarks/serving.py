@@ -71,6 +71,7 @@ BIN = Path(sys.executable).parent
 CONF = "server/gunicorn.conf.py"
 N_USERS = 610  # MovieLens ml-latest-small users "1".."610"
 ROUTE = "/v1/users/{user}/recommendations?k={k}"
+SESSION_ROUTE = "/v1/sessions/recommendations"
 TICKS = os.sysconf("SC_CLK_TCK")
 API_KEY = "serving-benchmark"  # RECSYS_API_KEYS of the servers: the feedback posts of --traffic zipf send it
 POST_HEADERS = {"Content-Type": "application/json", "X-API-Key": API_KEY}
@@ -89,6 +90,10 @@ APPS = {
     # the rate is set in main)
     "recorded": {"app": None, "what": "the uncached app recording a share of its answers (RECSYS_RECORD_RATE)",
                  "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0"}},
+    # --versus BUNDLE: the uncached app serving another bundle (a SASRec beside an iALS), the same requests
+    "versus": {"app": None, "what": "the uncached app serving the --versus bundle",
+               "env": {"RECSYS_RESPONSE_CACHE_BYTES": "0", "RECSYS_NO_FEEDBACK_CACHE_SIZE": "0",
+                       "RECSYS_RECORD_RATE": "0"}},
     # --explained: every recommendations request with explain=true (computed afresh, never cached)
     "explained": {"app": None, "what": "recsys app, each recommendations request with &explain=true",
                   "query": "&explain=true"},
@@ -218,6 +223,19 @@ def cycle_requests(k: int) -> list[Request]:
     return [("GET", ROUTE.format(user=u, k=k), "") for u in range(1, N_USERS + 1)]
 
 
+def session_requests(k: int, length: int = 10) -> list[Request]:
+    """--traffic sessions: for every MovieLens user in turn, an anonymous session of their last `length` items in
+    time order (POST /v1/sessions/recommendations): every answer folds a history in (a SASRec runs its encoder)."""
+    from recsys.data import read_interactions, user_histories
+    from recsys.datasets import load_movielens
+
+    inter = read_interactions(load_movielens().interactions, time_col="timestamp")
+    indptr, items = user_histories(inter)
+    bodies = [json.dumps({"items": inter.items.ids[items[indptr[u]:indptr[u + 1]][-length:]].tolist(), "k": k},
+                         separators=(",", ":")) for u in range(inter.n_users)]
+    return [("POST", SESSION_ROUTE, body) for body in bodies]
+
+
 def zipf_requests(bundle: Path, args: argparse.Namespace) -> tuple[list[Request], dict]:
     """--traffic zipf: --sequence requests whose users are drawn from a Zipf law (exponent --zipf-exponent)
     over every user of the bundle, in a random order of popularity; a --feedback-share of them are feedback
@@ -273,7 +291,7 @@ class Server:
             "RECSYS_BIND": f"127.0.0.1:{self.port}",
             "RECSYS_WORKERS": str(args.workers),
             "RECSYS_THREADS": str(args.threads),
-            "RECSYS_BUNDLE": str(bundle),
+            "RECSYS_BUNDLE": str(args.versus if name == "versus" else bundle),
             "RECSYS_FEEDBACK_DB_URL": f"sqlite:///{work / 'feedback.db'}",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "RECSYS_API_KEYS": API_KEY,
@@ -504,7 +522,9 @@ def report(out: dict) -> str:
         (f"load: {out['loadgen_desc']}; {a['duration']:g} s per endpoint after {a['warmup']:g} s warm-up, "
         f"{a['connections']} connections, " + (
             f"GET /v1/users/<1..610>/recommendations?k={a['k']}" if a["traffic"] == "cycle" else
-            "traffic " + traffic_desc(out["traffic"], a))),
+            f"POST {SESSION_ROUTE}, each MovieLens user's last 10 items in time order, k={a['k']}"
+            if a["traffic"] == "sessions" else "traffic " + traffic_desc(out["traffic"], a))),
+        *([f"versus bundle: {a['versus']}"] if a.get("versus") else []),
         (f"loadavg at start: {' '.join(f'{x:.2f}' for x in out['machine']['loadavg_start'])}; at end: "
         f"{' '.join(f'{x:.2f}' for x in out['machine']['loadavg_end'])}"),
         "",
@@ -561,6 +581,13 @@ def report(out: dict) -> str:
                        f"request, {e['errors']} errors") + (
             f"; against uncached: throughput {e['throughput_vs_uncached']:.3f}, CPU per request "
             f"{e['cpu_vs_uncached']:.2f}" if "cpu_vs_uncached" in e else "")]
+    if "versus" in s:
+        v = s["versus"]
+        lines += ["", (f"versus (the uncached app serving {v['bundle']}): throughput ratio {v['throughput_ratio']:.3f} "
+                       f"against bare, p99 {v['p99_ms']:.2f} ms, server CPU {v['cpu_ms_per_request']:.3f} ms per "
+                       f"request, {v['errors']} errors") + (
+            f"; against uncached (--bundle): throughput {v['throughput_vs_uncached']:.3f}, CPU per request "
+            f"{v['cpu_vs_uncached']:.2f}" if "cpu_vs_uncached" in v else "")]
     for name in out["endpoints"]:
         c = {key: sum(r[name]["gunicorn_log"][key] for r in out["rounds"])
              for key in ("booted_workers", "worker_timeouts", "tracebacks")}
@@ -629,14 +656,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recorded", type=float, default=None, metavar="RATE",
                    help="with --uncached: also serve it recording this share of its answers (the service's "
                         "default RECSYS_RECORD_RATE is 0.1; 1 records every answer)")
+    p.add_argument("--versus", type=Path, default=None, metavar="BUNDLE",
+                   help="also the uncached app serving this bundle, the same requests (with --uncached: the "
+                        "ratio of its throughput to --bundle's)")
     p.add_argument("--explained", action="store_true",
                    help="also serve every recommendations request with explain=true (compare with --uncached)")
     p.add_argument("--uncached", action="store_true",
                    help="also measure the recommendations app with its response cache and feedback-store "
                         "memory off (every request computed: feedback query, scoring, serialisation)")
-    p.add_argument("--traffic", choices=("cycle", "zipf"), default="cycle",
+    p.add_argument("--traffic", choices=("cycle", "zipf", "sessions"), default="cycle",
                    help="cycle: the MovieLens users 1..610 in turn, no feedback (default); zipf: users drawn from "
-                        "a Zipf law over a larger bundle's users, some of them posting feedback")
+                        "a Zipf law over a larger bundle's users, some of them posting feedback; sessions: "
+                        "anonymous sessions of each MovieLens user's last 10 items (every answer folds in)")
     p.add_argument("--zipf-users", type=int, default=100_000, help="zipf: users of the generated log")
     p.add_argument("--zipf-items", type=int, default=20_000, help="zipf: items of the generated log")
     p.add_argument("--per-user", type=float, default=20.0, help="zipf: mean interactions per user of the log")
@@ -686,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadgen": args.loadgen,
         "endpoints": ["recommendations", "bare", *(["uncached"] if args.uncached else []),
                       *(["recorded"] if args.recorded is not None and args.uncached else []),
-                      *(["explained"] if args.explained else [])],
+                      *(["versus"] if args.versus else []), *(["explained"] if args.explained else [])],
         "rounds": [],
         "servers": {},
     }
@@ -716,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.traffic == "zipf":
             args.requests, out["traffic"] = zipf_requests(bundle, args)
             log.info("traffic: %s", out["traffic"])
+        elif args.traffic == "sessions":
+            args.requests = session_requests(args.k)
         else:
             args.requests = cycle_requests(args.k)
         for rnd in range(1, args.rounds + 1):
@@ -769,6 +802,11 @@ def main(argv: list[str] | None = None) -> int:
         s["recorded"] = {"rate": args.recorded, "throughput_vs_uncached": rps["recorded"] / rps["uncached"],
                          "cpu_vs_uncached": cpu["recorded"] / cpu["uncached"], "errors": errors["recorded"]}
         s["recorded"]["pass"] = s["recorded"]["throughput_vs_uncached"] >= 0.95
+    if args.versus:
+        s["versus"] = {"bundle": str(args.versus), "throughput_ratio": rps["versus"] / rps["bare"],
+                       "p99_ms": p99["versus"], "cpu_ms_per_request": cpu["versus"], "errors": errors["versus"],
+                       **({"throughput_vs_uncached": rps["versus"] / rps["uncached"],
+                           "cpu_vs_uncached": cpu["versus"] / cpu["uncached"]} if args.uncached else {})}
     if args.explained:
         s["explained"] = {"throughput_ratio": rps["explained"] / rps["bare"], "p99_ms": p99["explained"],
                           "cpu_ms_per_request": cpu["explained"], "errors": errors["explained"],

@@ -35,6 +35,20 @@ def test_cycle_traffic_is_every_movielens_user_in_turn():
     assert len(requests) == serving.N_USERS and {method for method, _, _ in requests} == {"GET"}
 
 
+def test_session_traffic_posts_each_movielens_users_last_items_in_time_order():
+    from recsys.data import read_interactions, user_histories
+    from recsys.datasets import load_movielens
+
+    requests = serving.session_requests(10)
+    assert len(requests) == serving.N_USERS and {m for m, _, _ in requests} == {"POST"}
+    inter = read_interactions(load_movielens().interactions, time_col="timestamp")
+    indptr, items = user_histories(inter)
+    first = json.loads(requests[0][2])
+    assert requests[0][1] == "/v1/sessions/recommendations" and first["k"] == 10
+    assert first["items"] == inter.items.ids[items[indptr[0]:indptr[1]][-10:]].tolist()
+    assert " " not in requests[0][2], "one line of the traffic file: method, path, body"
+
+
 def test_the_explained_endpoint_sends_the_same_gets_with_explain_and_the_posts_as_they_are():
     args = argparse.Namespace(requests=[("GET", "/v1/users/1/recommendations?k=10", ""),
                                         ("POST", "/v1/feedback", '{"events": []}')])
