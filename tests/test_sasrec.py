@@ -228,3 +228,26 @@ def test_a_known_user_with_new_feedback_is_folded_in_in_time_order(ordered, tmp_
     assert model.engine_.items.ids[items[-1]] == "n1"
     loaded = load(model.save(tmp_path / "bundle"))  # the order survives the bundle
     np.testing.assert_array_equal(loaded.engine_.folded_history(log.users.ids[u], [])[0], items[:-1])
+
+
+def test_the_service_answers_sessions_and_feedback_in_the_order_of_events(ordered, tmp_path):
+    """The session endpoint and a new user's stored feedback are sequences: after ... A, B comes first."""
+    from server_support import AUTH, KEY, events
+
+    from server import create_app
+
+    _, model = ordered
+    app = create_app({"BUNDLE": str(model.save(tmp_path / "bundle")), "TESTING": True, "API_KEYS": [KEY],
+                      "FEEDBACK_DB_URL": f"sqlite:///{tmp_path / 'feedback.db'}"})
+    client = app.test_client()
+
+    def session(items):
+        body = client.post("/v1/sessions/recommendations", json={"items": items, "k": 3}).get_json()
+        return {item["id"]: item["score"] for item in body["items"]}
+    after_a, earlier = session(["n1", "n2", "A"]), session(["A", "n1", "n2"])
+    assert next(iter(after_a)) == "B"
+    assert after_a["B"] > earlier.get("B", -np.inf) + 1, "the same set in another order: B is less likely next"
+    assert client.post("/v1/feedback", json=events(("walk-in", "n1"), ("walk-in", "n2"), ("walk-in", "A")),
+                       headers=AUTH).status_code == 201
+    answer = client.get("/v1/users/walk-in/recommendations?k=3").get_json()
+    assert answer["items"][0]["id"] == "B" and not answer["fallback"]
