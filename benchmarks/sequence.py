@@ -4,7 +4,7 @@ Protocol, per log:
   * `recsys.data.leave_last_out`: each user's last event (by time, ties by the seeded draw the splits use) is the
     test item, the one before it the validation item, the rest training; users with fewer than three events keep
     them all in training;
-  * set-based: the model the default `recsys train` path picks (model auto, no --tune: `recsys.tuning.tune_auto`
+  * set-based: the model the default `recsys train` path picks (model auto, no --tune: `recsys.pipeline.tune_candidates`
     on the training + validation events with its own holdout), fitted on training + validation;
   * SASRec at its defaults: early stopping on the validation item, then refitted on training + validation for
     the epochs it chose;
@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import logging
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,8 @@ import real_logs
 from recsys.data import Interactions, from_arrays, leave_last_out
 from recsys.evaluation import evaluate, evaluate_per_user, ratio_interval
 from recsys.models import make_model, model_params
-from recsys.tuning import choose, tune_auto
+from recsys.pipeline import tune_candidates
+from recsys.tuning import choose
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("benchmarks.sequence")
@@ -49,7 +51,7 @@ def generated(name: str, n_users: int = 3000, n_items: int = 800, length: int = 
               seed: int = 0) -> Interactions:
     """Users walk the catalogue: each next item is the previous one's fixed successor with probability `follow`,
     else drawn by a Zipf-like popularity; 'unordered' shuffles each user's times (the same sets, no order)."""
-    rng = np.random.default_rng(seed)
+    rng, shuffle = np.random.default_rng(seed), np.random.default_rng(seed + 1)  # the same walks either way
     successor = rng.permutation(n_items)
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
     popularity /= popularity.sum()
@@ -63,7 +65,7 @@ def generated(name: str, n_users: int = 3000, n_items: int = 800, length: int = 
                 walk.append(nxt)
             elif len(set(walk)) >= n_items - 1:
                 break
-        t = np.arange(len(walk)) if name == "planted" else rng.permutation(len(walk))
+        t = np.arange(len(walk)) if name == "planted" else shuffle.permutation(len(walk))
         users += [f"u{u}"] * len(walk)
         items += [f"i{i}" for i in walk]
         times.append(t)
@@ -78,7 +80,7 @@ def load(key: str, datasets: Path, smoke: bool) -> Interactions:
 
 def set_based(train: Interactions, seed: int) -> tuple[str, dict]:
     """The model and parameters the default `recsys train` path (model auto, no --tune) picks on `train`."""
-    best = choose(tune_auto(train, budget=None, seed=seed))
+    best = choose(tune_candidates(train, "auto", budget=None, common={"seed": seed, "progress": False}, seed=seed))
     return best.estimator()
 
 
@@ -129,6 +131,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write(out: Path, command: str, smoke: bool, rows: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                               "command": command, "machine": platform.platform(), "smoke": smoke, "logs": rows},
+                              indent=1))
+    out.with_suffix(".md").write_text(f"# SASRec vs the set-based default, leave-last-out\n\ncommand: {command}\n\n"
+                                      f"{table(rows)}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--logs", default=",".join(REAL + GENERATED), help="comma-separated (default: every log)")
@@ -142,21 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(keys) - set(REAL + GENERATED))
     if unknown:
         p.error(f"unknown --logs {unknown}; choose among {list(REAL + GENERATED)}")
-    rows = []
+    rows: list[dict] = []
+    command = ("benchmarks/sequence.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     for key in keys:
         try:
             rows.append(run_log(key, args))
         except real_logs.MissingLog as err:
             log.warning("%s skipped: %s", key, err)
-    text = table(rows)
-    print(text)
-    command = "benchmarks/sequence.py " + " ".join(argv if argv is not None else [])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                    "command": command.strip(), "machine": platform.platform(),
-                                    "smoke": args.smoke, "logs": rows}, indent=1))
-    args.out.with_suffix(".md").write_text(f"# SASRec vs the set-based default, leave-last-out\n\n"
-                                           f"command: {command.strip()}\n\n{text}\n")
+            continue
+        write(args.out, command, args.smoke, rows)  # after every log: a long run keeps what it measured
+    print(table(rows))
     return 0
 
 
