@@ -15,6 +15,7 @@ def test_the_sequence_benchmark_writes_each_logs_ratio_with_its_interval(tmp_pat
     low, high = row["sasrec_vs_set_based_ci"]
     assert low <= row["sasrec_vs_set_based"] <= high
     assert row["sasrec_vs_set_based"] == row["sasrec"]["ndcg@10"] / row["set_based"]["ndcg@10"]
+    assert row["sasrec_vs_ials_ci"][0] <= row["sasrec_vs_ials"] <= row["sasrec_vs_ials_ci"][1]
     assert "| planted | 300 | 120 |" in capsys.readouterr().out and out.with_suffix(".md").exists()
 
 
