@@ -575,19 +575,10 @@ def report(out: dict) -> str:
                        f"{r['cpu_vs_uncached']:.2f} x, {r['errors']} errors   target >= 0.95: "
                        f"{'PASS' if r['pass'] else 'FAIL'}")]
     if "explained" in s:
-        e = s["explained"]
-        lines += ["", (f"explained (explain=true, computed afresh): throughput ratio {e['throughput_ratio']:.3f} "
-                       f"against bare, p99 {e['p99_ms']:.2f} ms, server CPU {e['cpu_ms_per_request']:.3f} ms per "
-                       f"request, {e['errors']} errors") + (
-            f"; against uncached: throughput {e['throughput_vs_uncached']:.3f}, CPU per request "
-            f"{e['cpu_vs_uncached']:.2f}" if "cpu_vs_uncached" in e else "")]
+        lines += ["", beside_line("explained (explain=true, computed afresh)", s["explained"], "uncached")]
     if "versus" in s:
-        v = s["versus"]
-        lines += ["", (f"versus (the uncached app serving {v['bundle']}): throughput ratio {v['throughput_ratio']:.3f} "
-                       f"against bare, p99 {v['p99_ms']:.2f} ms, server CPU {v['cpu_ms_per_request']:.3f} ms per "
-                       f"request, {v['errors']} errors") + (
-            f"; against uncached (--bundle): throughput {v['throughput_vs_uncached']:.3f}, CPU per request "
-            f"{v['cpu_vs_uncached']:.2f}" if "cpu_vs_uncached" in v else "")]
+        lines += ["", beside_line(f"versus (the uncached app serving {s['versus']['bundle']})", s["versus"],
+                                  "uncached (--bundle)")]
     for name in out["endpoints"]:
         c = {key: sum(r[name]["gunicorn_log"][key] for r in out["rounds"])
              for key in ("booted_workers", "worker_timeouts", "tracebacks")}
@@ -599,6 +590,14 @@ def report(out: dict) -> str:
                        "wrk is preferred.")]
     lines.append(f"\ntotal {out['total_s']:.0f} s")
     return "\n".join(lines)
+
+
+def beside_line(label: str, e: dict, uncached: str) -> str:
+    """One line of the report for an informational endpoint's figures (`beside` in main)."""
+    return (f"{label}: throughput ratio {e['throughput_ratio']:.3f} against bare, p99 {e['p99_ms']:.2f} ms, server "
+            f"CPU {e['cpu_ms_per_request']:.3f} ms per request, {e['errors']} errors") + (
+        f"; against {uncached}: throughput {e['throughput_vs_uncached']:.3f}, CPU per request "
+        f"{e['cpu_vs_uncached']:.2f}" if "cpu_vs_uncached" in e else "")
 
 
 def traffic_desc(t: dict, a: dict) -> str:
@@ -782,6 +781,12 @@ def main(argv: list[str] | None = None) -> int:
     p99 = {n: med(n, "p99_ms") for n in out["endpoints"]}
     cpu = {n: med(n, "server_cpu_ms_per_request") for n in out["endpoints"]}
     errors = {n: sum(r[n]["errors"] for r in out["rounds"]) for n in out["endpoints"]}
+
+    def beside(name: str) -> dict:
+        """An informational endpoint's figures against bare (and against uncached, when it ran)."""
+        return {"throughput_ratio": rps[name] / rps["bare"], "p99_ms": p99[name], "cpu_ms_per_request": cpu[name],
+                "errors": errors[name], **({"throughput_vs_uncached": rps[name] / rps["uncached"],
+                                            "cpu_vs_uncached": cpu[name] / cpu["uncached"]} if args.uncached else {})}
     s = {
         "throughput_ratio": rps["recommendations"] / rps["bare"],
         "p99_ratio": p99["recommendations"] / p99["bare"],
@@ -803,15 +808,9 @@ def main(argv: list[str] | None = None) -> int:
                          "cpu_vs_uncached": cpu["recorded"] / cpu["uncached"], "errors": errors["recorded"]}
         s["recorded"]["pass"] = s["recorded"]["throughput_vs_uncached"] >= 0.95
     if args.versus:
-        s["versus"] = {"bundle": str(args.versus), "throughput_ratio": rps["versus"] / rps["bare"],
-                       "p99_ms": p99["versus"], "cpu_ms_per_request": cpu["versus"], "errors": errors["versus"],
-                       **({"throughput_vs_uncached": rps["versus"] / rps["uncached"],
-                           "cpu_vs_uncached": cpu["versus"] / cpu["uncached"]} if args.uncached else {})}
+        s["versus"] = {"bundle": str(args.versus), **beside("versus")}
     if args.explained:
-        s["explained"] = {"throughput_ratio": rps["explained"] / rps["bare"], "p99_ms": p99["explained"],
-                          "cpu_ms_per_request": cpu["explained"], "errors": errors["explained"],
-                          **({"cpu_vs_uncached": cpu["explained"] / cpu["uncached"],
-                              "throughput_vs_uncached": rps["explained"] / rps["uncached"]} if args.uncached else {})}
+        s["explained"] = beside("explained")
     out["summary"] = s
     out["total_s"] = time.perf_counter() - started
     out["machine"]["loadavg_end"] = os.getloadavg()

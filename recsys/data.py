@@ -526,14 +526,21 @@ def time_ordered_matrix(inter: Interactions, seed: int = 0) -> sp.csr_matrix:
     what a sequence model's bundle stores as the users' seen items, so that a known user's history folds in in
     order. A log holding a pair twice gets `matrix()` (summed, by item index)."""
     order, indptr = _history_order(inter, seed)
-    m = sp.csr_matrix((inter.weight[order].astype(np.float32), inter.item_index[order], indptr),
-                      shape=(inter.n_users, inter.n_items))
-    return m if m.nnz == inter.matrix().nnz else inter.matrix()
+    canonical = inter.matrix()
+    if canonical.nnz != inter.nnz:  # a pair held twice: summed, by item index
+        return canonical
+    return sp.csr_matrix((inter.weight[order].astype(np.float32), inter.item_index[order], indptr),
+                         shape=(inter.n_users, inter.n_items))
 
 
 def _history_order(inter: Interactions, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the rows' order by user, then time (ties by the seeded draw; untimed: row order), the users' CSR indptr)."""
+    """`_user_order` by time (ties by the seeded draw; untimed: row order)."""
     key = np.arange(inter.nnz, dtype=np.float64) if inter.timestamp is None else _time_order_key(inter, seed)
+    return _user_order(inter, key)
+
+
+def _user_order(inter: Interactions, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows' order by user, then `key`; the users' CSR indptr into that order)."""
     indptr = np.zeros(inter.n_users + 1, np.int64)
     np.cumsum(np.bincount(inter.user_index, minlength=inter.n_users), out=indptr[1:])
     return np.lexsort((key, inter.user_index)), indptr
@@ -541,12 +548,10 @@ def _history_order(inter: Interactions, seed: int) -> tuple[np.ndarray, np.ndarr
 
 def _per_user_rank(inter: Interactions, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row: its 0-based position within its user when ordered by `key`, and the user's row count."""
-    order = np.lexsort((key, inter.user_index))
-    counts = np.bincount(inter.user_index, minlength=inter.n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    order, indptr = _user_order(inter, key)
     rank = np.empty(inter.nnz, dtype=np.int64)
-    rank[order] = np.arange(inter.nnz) - starts[inter.user_index[order]]
-    return rank, counts[inter.user_index]
+    rank[order] = np.arange(inter.nnz) - indptr[inter.user_index[order]]
+    return rank, np.diff(indptr)[inter.user_index]
 
 
 def _holdout(inter: Interactions, key: np.ndarray, test_fraction: float | None, test_k: int | None,

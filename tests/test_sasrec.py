@@ -19,14 +19,7 @@ from recsys.models import sasrec as sasrec_module
 from recsys.models.sasrec import SASRec, SASRecNetwork, recent_items, training_windows
 from recsys.sequence import SequenceEncoder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one intra-op thread avoids OpenMP spinning on a loaded CPU (much slower there)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fast_sasrec(**overrides) -> SASRec:

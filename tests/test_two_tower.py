@@ -17,14 +17,7 @@ from recsys.foldin import FoldIn
 from recsys.models import MF, Popularity
 from recsys.models.two_tower import TwoTower, logq_correction, sampled_softmax_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one intra-op thread avoids OpenMP spinning on a loaded CPU (much slower there)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fast_tt(**overrides) -> TwoTower:

@@ -36,8 +36,6 @@ u C), and candidates are scored again on every column: the answer is the same as
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import scipy.sparse as sp
 
@@ -69,7 +67,7 @@ class Int8Items:
                                "which answers None instead.")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.vectors = vectors  # what candidates are scored with (not copied)
-        self.dense_columns, self.sparse = split_columns(vectors) if sparse else (None, None)
+        self.dense_columns, self.sparse_columns, self.sparse = split_columns(vectors) if sparse else (None, None, None)
         if self.sparse is not None:
             vectors = vectors[:, self.dense_columns]
         n, d = vectors.shape
@@ -114,7 +112,7 @@ class Int8Items:
     @property
     def nbytes(self) -> int:
         sparse = 0 if self.sparse is None else self.sparse.data.nbytes + self.sparse.indices.nbytes + \
-            self.sparse.indptr.nbytes + self.dense_columns.nbytes
+            self.sparse.indptr.nbytes + self.dense_columns.nbytes + self.sparse_columns.nbytes
         return self.codes.nbytes + self.scales.nbytes + self.errors.nbytes + self.columns.nbytes + sparse
 
     def topk(self, query: np.ndarray, k: int, excluded: np.ndarray | None = None
@@ -144,20 +142,16 @@ class Int8Items:
             answer = _scan.topk(self.codes, self.scales, self.columns, self.errors, self.vectors,
                                 np.ascontiguousarray(q[self.dense_columns]), self.q_max, skip, k, self.bounds, limit,
                                 idx, val, offsets, self.slack_per_norm * norm, q)
-        return None if answer is None else (idx, val)  # None: a zero or non-finite query, fewer than k items
-        # left, or too many candidates
-
-    @functools.cached_property
-    def sparse_columns(self) -> np.ndarray:
-        return np.setdiff1d(np.arange(self.vectors.shape[1]), self.dense_columns)
+        # None: a zero or non-finite query, fewer than k items left, or too many candidates
+        return None if answer is None else (idx, val)
 
 
-def split_columns(vectors: np.ndarray) -> tuple[np.ndarray | None, sp.csr_matrix | None]:
-    """(the dense columns' indices, the other columns as float32 CSR), or (None, None) when fewer than
-    MIN_SPARSE_COLUMNS columns have at most SPARSE_DENSITY nonzeros or no column is dense."""
+def split_columns(vectors: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, sp.csr_matrix | None]:
+    """(the dense columns' indices, the sparse columns' indices, those columns as float32 CSR), or (None, None,
+    None) when fewer than MIN_SPARSE_COLUMNS columns have at most SPARSE_DENSITY nonzeros or no column is dense."""
     n = len(vectors)
     nonzero = np.count_nonzero(vectors, axis=0) if n else np.zeros(vectors.shape[1], np.int64)
     sparse = nonzero <= SPARSE_DENSITY * n
     if sparse.sum() < MIN_SPARSE_COLUMNS or sparse.all():
-        return None, None
-    return np.flatnonzero(~sparse), sp.csr_matrix(vectors[:, sparse])
+        return None, None, None
+    return np.flatnonzero(~sparse), np.flatnonzero(sparse), sp.csr_matrix(vectors[:, sparse])
